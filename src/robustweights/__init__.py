@@ -1,0 +1,30 @@
+"""robustweights: train networks with projected weights and stress-test any network's weights.
+
+Python API (the command line ``robustweights`` is a thin layer over it)::
+
+    import robustweights as rw
+    t = rw.transform("power:beta=0.5")                        # a weight transform
+    result = rw.train(rw.TrainConfig(model="cnn", projection="sign", epochs=3, out="runs/sign"))
+    model, config = rw.load("runs/sign")                       # hidden weights, ready to evaluate
+    rw.evaluate(model, config)                                 # {"error": ..., "loss": ..., ...}
+    with rw.distort(model, "add-gauss:sigma=0.5", torch.Generator().manual_seed(0)):
+        rw.evaluate(model, config)                             # weights restored on exit
+
+The method is Merolla et al. 2016, "Deep neural networks are robust to weight
+binarization and other non-linear distortions" (arXiv 1606.01981).
+"""
+
+from .errors import UserError
+from .models import create_model, list_models, register_model
+from .projected import attach, clip_, detach, distort, projected_layers, use_weights
+from .train import TrainConfig, TrainResult, evaluate, load, train
+from .transforms import Transform, list_transforms, transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UserError", "Transform", "transform", "list_transforms",
+    "attach", "detach", "clip_", "distort", "projected_layers", "use_weights",
+    "create_model", "list_models", "register_model",
+    "TrainConfig", "TrainResult", "train", "load", "evaluate",
+]

@@ -1,0 +1,12 @@
+"""The one exception type for mistakes a user can make.
+
+Anything a user can get wrong (a path, a file, a name, a value) raises
+:class:`UserError` with a one-line message that says what is wrong and what is
+allowed. The command line prints that line and exits with status 2; every other
+exception is a bug and keeps its traceback. ``UserError`` subclasses
+``ValueError`` so that library callers can catch it the usual way.
+"""
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message is one line."""

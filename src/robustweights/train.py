@@ -1,0 +1,460 @@
+"""Projected training, checkpoints, loading and evaluation (the library behind ``robustweights train``).
+
+    from robustweights import TrainConfig, train, load, evaluate
+    result = train(TrainConfig(model="cnn", dataset="fashion-mnist", projection="sign", epochs=3, out="runs/sign"))
+    model, config = load("runs/sign")
+    evaluate(model, config)                     # {"error": ..., "loss": ..., "weights": "projected", ...}
+    evaluate(model, config, weights="hidden")   # the float hidden weights as they are
+
+A run folder holds ``checkpoint.pt`` (hidden weights, optimizer state, epochs
+done, full configuration), ``config.json`` and ``metrics.jsonl`` (one line per
+epoch). Every file is written atomically (temporary file, then rename), so an
+interrupted or failed run never leaves a half-written file, and checkpoints are
+read with ``torch.load(weights_only=True)``, which cannot run code.
+
+Determinism: the model is initialised from ``seed``; the data order, the
+augmentation and the random projections of epoch ``e`` draw from generators
+seeded from ``(seed, e)``, so a run resumed from the checkpoint of epoch ``e``
+ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as data_mod
+from . import models, projected
+from .errors import UserError
+from .transforms import transform
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "robustweights-checkpoint"
+VERSION = 1
+
+
+def _opt(help: str, choices=None, **kw):
+    """A config field with its command-line help (the CLI is built from these)."""
+    return field(metadata={"help": help, "choices": choices}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` and inside the checkpoint."""
+
+    model: str = _opt("registered model name (see `robustweights list`) or package.module:function", default="cnn")
+    width: float = _opt("multiplier for every hidden channel/unit count", default=1.0)
+    dataset: str = _opt("dataset", data_mod.DATASETS, default="fashion-mnist")
+    data_dir: str | None = _opt("folder (or archive) holding the dataset; default: its usual place", default=None)
+    preprocess: str = _opt("input preprocessing, fitted on training data only; gcn-zca is BinaryConnect's",
+                           data_mod.PREPROCESS, default="standardize")
+    augment: str = _opt("data augmentation (BinaryConnect used none)", data_mod.AUGMENT, default="none")
+    train_subset: int | None = _opt("train on a seeded random subset of this many examples", default=None)
+    test_subset: int | None = _opt("test on a seeded random subset of this many examples", default=None)
+    image_size: int | None = _opt("imagefolder only: side of the square crop, pixels (default 224)", default=None)
+    projection: str = _opt("weight projection spec, e.g. sign, stoch-sign, power:beta=0.5, stoch-mult:gamma=0.5",
+                           default="identity")
+    mode: str = _opt("where the projection acts: fwd+bwd (standard), fwd (output only), none (clip only)",
+                     projected.MODES, default="fwd+bwd")
+    clip: str = _opt("clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or 'none'",
+                     default="1")
+    float_first: bool = _opt("leave the first layer unprojected and unclipped", default=False)
+    float_last: bool = _opt("leave the last layer unprojected and unclipped", default=False)
+    loss: str = _opt("training loss: cross-entropy, or BinaryConnect's squared hinge", ("ce", "sq-hinge"), default="ce")
+    optimizer: str = _opt("optimizer", ("adam", "sgd"), default="adam")
+    lr: float = _opt("initial learning rate", default=1e-3)
+    lr_end: float | None = _opt("final learning rate of the exp schedule (default lr/1000)", default=None)
+    momentum: float = _opt("SGD momentum", default=0.9)
+    weight_decay: float = _opt("L2 weight decay (0: none, as in BinaryConnect)", default=0.0)
+    schedule: str = _opt("learning-rate schedule: exp decays per epoch from lr to lr_end (BinaryConnect), "
+                         "cosine per step to 0", ("exp", "cosine", "constant"), default="cosine")
+    epochs: int = _opt("passes over the training data", default=10)
+    batch_size: int = _opt("training batch size, examples", default=100)
+    eval_batch_size: int = _opt("evaluation batch size, examples", default=1000)
+    seed: int = _opt("seed for initialisation, data order and random projections", default=0)
+    device: str = _opt("'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'", default="auto")
+    amp: bool = _opt("bf16 autocast on CUDA (no effect on CPU)", default=False)
+    channels_last: bool = _opt("channels-last memory format (faster convolutions on GPUs)", default=False)
+    num_workers: int = _opt("imagefolder only: data loader worker processes", default=0)
+    out: str | None = _opt("run folder for checkpoint.pt, config.json, metrics.jsonl (none: keep nothing)",
+                           default=None)
+
+    def validate(self) -> "TrainConfig":
+        """Check every value a user can get wrong; raises UserError with one line."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"{f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
+        transform(self.projection)
+        positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, v in positive.items():
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise UserError(f"{name} must be a positive number, not {v!r}")
+        for name in ("train_subset", "test_subset", "image_size", "lr_end"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise UserError(f"{name} must be positive, not {v!r}")
+        if self.clip not in ("glorot", "none"):
+            try:
+                ok = float(self.clip) > 0 and math.isfinite(float(self.clip))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {self.clip!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
+        return self
+
+    @property
+    def clip_bound(self) -> "float | str | None":
+        return None if self.clip == "none" else ("glorot" if self.clip == "glorot" else float(self.clip))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict]           # one metrics row per epoch (what metrics.jsonl holds)
+    test_error: float             # after the last epoch, with the evaluation weights of method.md section 3
+    checkpoint: str | None        # path of checkpoint.pt, or None without `out`
+    seconds: float
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def _seed(*parts) -> int:
+    """A 63-bit seed derived from ``parts`` (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_mod.Data:
+    return data_mod.load_data(
+        config.dataset, data_dir or config.data_dir, preprocess=config.preprocess,
+        train_subset=config.train_subset, test_subset=config.test_subset,
+        image_size=config.image_size, seed=config.seed, num_workers=config.num_workers)
+
+
+def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None, model_factory=None) -> nn.Module:
+    """The configured network with its projection attached (model initialised from ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    model = models.create_model(model_factory or config.model, num_classes=num_classes,
+                                in_shape=tuple(in_shape), width=config.width)
+    projected.attach(model, config.projection, mode=config.mode, clip=config.clip_bound,
+                     float_first=config.float_first, float_last=config.float_last, generator=generator)
+    return model
+
+
+def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if name == "sq-hinge":
+        # BinaryConnect: targets +-1 per class, mean of max(0, 1 - t*y)^2.
+        t = 2 * F.one_hot(y, logits.shape[1]).to(logits.dtype) - 1
+        return F.relu(1 - t * logits).square().mean()
+    return F.cross_entropy(logits, y)
+
+
+def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """Learning rate at ``step`` of ``steps`` in ``epoch`` (a pure function, so resuming needs no state)."""
+    if config.schedule == "exp":
+        end = config.lr_end if config.lr_end is not None else config.lr / 1000
+        return config.lr * (end / config.lr) ** (epoch / max(1, config.epochs - 1))
+    if config.schedule == "cosine":
+        t = (epoch * steps + step) / (config.epochs * steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return config.lr
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce", batch_size: int = 1000,
+                   device=None, amp: bool = False, channels_last: bool = False) -> dict:
+    """Error and mean loss of ``model`` on ``split`` as the model stands (no change of weights)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.int64)
+    n = 0
+    try:
+        for x, y in split.batches(batch_size, device=device):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp and _is_cuda(device)):
+                logits = model(x)
+            total_loss += loss_fn(loss, logits.float(), y).double() * len(y)
+            wrong += (logits.argmax(1) != y).sum()
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise UserError("the evaluation split is empty")
+    return {"error": wrong.item() / n, "loss": total_loss.item() / n, "n": n}
+
+
+def _weights_label(model: nn.Module) -> str:
+    """Which weights an evaluation used, in words (reports always say so)."""
+    uses = {("hidden" if m.rw.eval_uses_hidden() else "projected") for _, m in projected.projected_layers(model)}
+    return "/".join(sorted(uses)) or "hidden"
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num_classes, in_shape, data) -> None:
+    state = {
+        "format": FORMAT, "version": VERSION, "epoch": epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+        "config": dataclasses.asdict(config), "history": history,
+        "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
+        "torch": torch.__version__,
+    }
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: "str | os.PathLike") -> dict:
+    """Read a checkpoint file (or a run folder holding ``checkpoint.pt``) safely; UserError if it is not one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise UserError(f"no checkpoint at {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p} is not a readable checkpoint (truncated, corrupt or unsafe): {first[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{p} is not a robustweights checkpoint")
+    return state
+
+
+def load(path: "str | os.PathLike", *, model_factory: str | None = None, device: str = "cpu"):
+    """The trained network of a checkpoint with its hidden weights, in eval mode, and its :class:`TrainConfig`.
+
+    A checkpoint whose model is a ``package.module:function`` factory imports
+    that code only when ``model_factory`` names it again: a checkpoint from a
+    stranger must not choose what code runs.
+    """
+    state = read_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    if ":" in config.model and model_factory != config.model:
+        raise UserError(f"{path} was trained with model factory {config.model!r}; pass "
+                        f"model_factory={config.model!r} (--model-factory) to allow importing it")
+    model = build_model(config, state["num_classes"], state["in_shape"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit model {config.model!r} width {config.width}: "
+                        f"{str(e).splitlines()[0]}") from None
+    return model.to(resolve_device(device)).eval(), config
+
+
+def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_dir: str | None = None, *,
+             weights: str = "auto", batch_size: int | None = None, data: data_mod.Data | None = None) -> dict:
+    """Test (or train) error and loss of ``model`` on the dataset and preprocessing of ``config``.
+
+    ``weights``: ``auto`` follows method.md section 3 (a deterministic training
+    projection is applied, a random one is not), ``hidden`` uses the hidden
+    weights exactly as they are, ``projected`` applies the training projection.
+    """
+    if split not in ("test", "train"):
+        raise UserError(f"split must be 'test' or 'train', not {split!r}")
+    data = data or load_config_data(config, data_dir)
+    with projected.use_weights(model, weights):
+        out = evaluate_split(model, getattr(data, split), loss=config.loss,
+                             batch_size=batch_size or config.eval_batch_size, amp=config.amp,
+                             channels_last=config.channels_last)
+        out["weights"] = _weights_label(model)
+    out["dataset"] = data.description
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+# Fields that may differ when a run is resumed: they do not change what is computed.
+_RESUMABLE = {"epochs", "out", "device", "num_workers", "data_dir", "eval_batch_size"}
+
+
+def _check_out(config: TrainConfig, resume: bool) -> dict | None:
+    """Refuse to overwrite a run; on resume return its checkpoint."""
+    if config.out is None:
+        if resume:
+            raise UserError("--resume needs --out, the run folder to continue")
+        return None
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    ckpt = out / CHECKPOINT
+    if not resume:
+        if ckpt.exists() or (out / "metrics.jsonl").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if not ckpt.exists():
+        raise UserError(f"nothing to resume: {ckpt} does not exist")
+    state = read_checkpoint(ckpt)
+    saved = TrainConfig.from_dict(state["config"])
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in _RESUMABLE and getattr(saved, f.name) != getattr(config, f.name):
+            raise UserError(f"cannot resume {out}: {f.name} was {getattr(saved, f.name)!r}, "
+                            f"now {getattr(config, f.name)!r}")
+    return state
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None) -> TrainResult:
+    """Train ``config.model`` with projected weights; see the module docstring.
+
+    ``callback(epoch, metrics)`` runs after each epoch's checkpoint is written
+    (raise from it to stop early). A non-finite loss raises :class:`Diverged`
+    and leaves the last good checkpoint as it was.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    state = _check_out(config, resume)
+    device = resolve_device(config.device)
+    data = load_config_data(config)
+    gen = torch.Generator(device=device)
+    model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_split, test_split = data.train, data.test
+    if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
+        # Data resident on the GPU: no host-to-device copy per batch.
+        train_split = data_mod.TensorSplit(train_split.x.to(device), train_split.y.to(device))
+        test_split = data_mod.TensorSplit(test_split.x.to(device), test_split.y.to(device))
+    params = model.parameters()
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = list(state["history"]), state["epoch"]
+    out = Path(config.out) if config.out else None
+    if out is not None:
+        write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    data_info = {"name": data.name, "description": data.description}
+
+    t0 = time.perf_counter()
+    steps = math.ceil(len(train_split) / config.batch_size)
+    check_every = 50 if _is_cuda(device) else 1  # a finiteness check syncs the GPU
+    for epoch in range(start, config.epochs):
+        data_gen = torch.Generator().manual_seed(_seed(config.seed, epoch, "data"))
+        gen.manual_seed(_seed(config.seed, epoch, "projection"))
+        model.train()
+        t_epoch = time.perf_counter()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        wrong = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        bar = tqdm(total=len(train_split), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        batches = train_split.batches(config.batch_size, shuffle=True, generator=data_gen,
+                                      augment=config.augment, device=device)
+        for step, (x, y) in enumerate(batches):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(config, epoch, step, steps)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and _is_cuda(device)):
+                logits = model(x)
+            loss = loss_fn(config.loss, logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            projected.clip_(model)
+            loss_sum += loss.detach().double() * len(y)
+            wrong += (logits.detach().argmax(1) != y).sum()
+            seen += len(y)
+            bar.update(len(y))
+            if step % check_every == 0 or step == steps - 1:
+                if not math.isfinite(loss_sum.item()):
+                    bar.close()
+                    raise Diverged(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
+                                   f"try a lower --lr. The last good checkpoint is kept.")
+                if progress and step % 10 == 0:
+                    rate = seen / (time.perf_counter() - t_epoch)
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                    acc=f"{1 - wrong.item() / seen:.3f}", img_s=f"{rate:.0f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t_epoch
+        test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size,
+                              amp=config.amp, channels_last=config.channels_last)
+        row = {"epoch": epoch + 1, "lr": lr_at(config, epoch, 0, steps),
+               "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
+               "test_loss": test["loss"], "test_error": test["error"], "test_weights": _weights_label(model),
+               "seconds": train_seconds, "images_per_second": seen / train_seconds}
+        history.append(row)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
+                       f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
+                       f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s")
+        if out is not None:
+            save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=epoch + 1, config=config,
+                            history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info)
+            write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if callback is not None:
+            callback(epoch + 1, row)
+    seconds = time.perf_counter() - t0
+    test_error = history[-1]["test_error"] if history else float("nan")
+    return TrainResult(model.eval(), config, history, test_error,
+                       str(out / CHECKPOINT) if out is not None else None, seconds)

@@ -1,0 +1,381 @@
+"""Weight transforms: one registry for training projections and test-time distortions.
+
+Every transform is a pure tensor function ``f(w, generator, H, **params)`` plus
+one registry entry that names it, declares its parameters with their allowed
+ranges, and says whether it draws random numbers. A transform is built from a
+spec string and called on a weight tensor::
+
+    t = transform("power:beta=0.5")
+    wp = t(w)                       # w is never modified
+    t = transform("stoch-mult:gamma=0.5,flip=true")
+    wp = t(w, generator=g)          # random draws come from g only
+
+Definitions follow ``shared/design/method.md`` section 2. ``H`` is the
+magnitude a transform maps onto, chosen by its ``scale`` parameter:
+
+* ``max``  -- the tensor's own ``max|W|`` (default), so that ``power:beta=0``
+  equals ``sign`` and a float network that was never clipped is not penalised
+  for its weight scale;
+* ``clip`` -- the training clip bound ``H`` passed by the caller (training uses
+  this);
+* ``mean`` -- ``mean|W|``, the scale that minimises the squared error of a
+  binary tensor;
+* a positive number.
+
+``sign(0) = +1`` everywhere, so binarised tensors never hold zeros.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+__all__ = ["Transform", "transform", "list_transforms", "parse_spec", "SCALES"]
+
+SCALES = ("max", "clip", "mean")
+_REQUIRED = object()
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a transform: its type, default and allowed range."""
+
+    name: str
+    kind: str                                  # "float", "int", "bool" or "scale"
+    default: Any = _REQUIRED
+    ok: Callable[[Any], bool] = lambda v: True
+    allowed: str = ""                          # the range in words, for error messages
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    fn: Callable[..., Tensor]
+    params: tuple[Param, ...]
+    random: bool
+    doc: str
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, *params: Param, random: bool = False):
+    """Put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``."""
+
+    def deco(fn):
+        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def list_transforms(pattern: str = "*") -> list[str]:
+    """Registered transform names matching a shell-style ``pattern``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+_SCALE = Param("scale", "scale", "max", allowed="max, clip, mean or a positive number")
+
+
+def _magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
+    """The ``H`` a transform maps onto (see the module docstring)."""
+    if scale == "max":
+        h = w.detach().abs().amax()
+    elif scale == "mean":
+        h = w.detach().abs().mean()
+    elif scale == "clip":
+        return float(clip)
+    else:
+        return float(scale)
+    # An all-zero tensor has no scale; 1 keeps divisions finite (the result is 0 or +-1).
+    return torch.where(h > 0, h, torch.ones_like(h))
+
+
+def _sign(w: Tensor) -> Tensor:
+    """``sign`` with ``sign(0) = +1`` (and ``sign(-0.0) = +1``), in ``w``'s dtype."""
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    return torch.where(w >= 0, one, -one)
+
+
+def _uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
+    """``U[0, 1)`` draws shaped like ``w``, from ``g`` only (drawn on ``g``'s device)."""
+    device = g.device if g is not None else w.device
+    return torch.rand(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+
+
+def _normal(w: Tensor, g: torch.Generator | None) -> Tensor:
+    device = g.device if g is not None else w.device
+    return torch.randn(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+
+
+# ---------------------------------------------------------------------------
+# The transforms (method.md section 2 table; prune and bitflip model hardware faults)
+# ---------------------------------------------------------------------------
+
+@register("identity")
+def identity(w, g, H):
+    """``W``: the float baseline."""
+    return w.clone()
+
+
+@register("sign", _SCALE)
+def sign(w, g, H):
+    """``H * sign(W)``, ``sign(0) = +1``: deterministic binarisation."""
+    return _sign(w) * H
+
+
+@register("stoch-sign", _SCALE, random=True)
+def stoch_sign(w, g, H):
+    """``+H`` with probability ``q = clip((W/H + 1)/2, 0, 1)``, else ``-H``.
+
+    BinaryConnect's stochastic binarisation. Unbiased: ``E[out] = H(2q - 1) =
+    clip(W, -H, H)``.
+    """
+    q = ((w / H + 1) / 2).clamp(0, 1)
+    return torch.where(_uniform(w, g) < q, 1.0, -1.0).to(w.dtype) * H
+
+
+@register("ternary", Param("delta", "float", ok=lambda d: 0 <= d <= 1, allowed="0 <= delta <= 1"), _SCALE)
+def ternary(w, g, H, delta):
+    """``H * sign(W)`` where ``|W| > delta*H``, else 0."""
+    return torch.where(w.abs() > delta * H, _sign(w) * H, torch.zeros_like(w))
+
+
+@register("quant", Param("bits", "int", ok=lambda b: 1 <= b <= 16, allowed="1 <= bits <= 16"), _SCALE)
+def quant(w, g, H, bits):
+    """Uniform symmetric quantiser with ``L = 2^bits`` levels on ``[-H, H]``.
+
+    Levels are ``+-(2j+1)/(L-1) * H`` for ``j = 0 .. L/2-1`` (evenly spaced, step
+    ``2H/(L-1)``, both ends included); ``|W|/H`` is rounded to the nearest level
+    and clipped to ``H``. Computed as ``sign(W) * level(|W|)`` so that
+    ``bits=1`` equals ``sign`` exactly, zero included.
+    """
+    L = 2 ** bits
+    m = (w.abs() / H).clamp(max=1)
+    j = torch.floor(m * ((L - 1) / 2)).clamp(max=L // 2 - 1)
+    return _sign(w) * H * ((2 * j + 1) / (L - 1))
+
+
+@register("power", Param("beta", "float", ok=lambda b: b >= 0, allowed="beta >= 0"), _SCALE)
+def power(w, g, H, beta):
+    """``H * sign(W) * |W/H|^beta``.
+
+    ``beta=0`` is ``sign`` and ``beta=1`` is ``identity``; both ends are computed
+    by those functions so the identities hold bit for bit.
+    """
+    if beta == 0:
+        return sign(w, g, H)
+    if beta == 1:
+        return identity(w, g, H)
+    return _sign(w) * H * (w.abs() / H).pow(beta)
+
+
+@register(
+    "stoch-mult",
+    Param("gamma", "float", ok=lambda x: 0 < x <= 1, allowed="0 < gamma <= 1"),
+    Param("flip", "bool", False, allowed="true or false"),
+    _SCALE,
+    random=True,
+)
+def stoch_mult(w, g, H, gamma, flip):
+    """``W * u`` with ``u ~ U[gamma, 1/gamma]`` elementwise, a new draw every call.
+
+    The stochastic projection rule (a reconstruction, method.md). With
+    ``flip=true`` the magnitude is ``|W| * u`` and the sign is drawn as in
+    ``stoch-sign`` (``+`` with probability ``clip((W/H + 1)/2, 0, 1)``).
+    ``gamma=1`` is the identity (without flip).
+    """
+    u = gamma + (1 / gamma - gamma) * _uniform(w, g)
+    if not flip:
+        return w * u
+    q = ((w / H + 1) / 2).clamp(0, 1)
+    s = torch.where(_uniform(w, g) < q, 1.0, -1.0).to(w.dtype)
+    return s * w.abs() * u
+
+
+@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
+def add_gauss(w, g, H, sigma):
+    """``W + sigma * std(W) * n``, ``n ~ N(0, 1)``: additive noise relative to the tensor's spread.
+
+    ``std`` is the population standard deviation of the whole tensor.
+    """
+    return w + (sigma * w.detach().std(correction=0)) * _normal(w, g)
+
+
+@register("mult-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
+def mult_gauss(w, g, H, sigma):
+    """``W * (1 + sigma * n)``, ``n ~ N(0, 1)``: multiplicative noise."""
+    return w * (1 + sigma * _normal(w, g))
+
+
+@register("clip", _SCALE)
+def clip(w, g, H):
+    """``clip(W, -H, H)``; with ``scale=clip`` this is the training clip alone."""
+    return w.clamp(-H, H)
+
+
+@register("prune", Param("frac", "float", ok=lambda f: 0 <= f <= 1, allowed="0 <= frac <= 1"))
+def prune(w, g, H, frac):
+    """Zero the ``floor(frac * n)`` smallest-magnitude weights of the tensor (ties by position)."""
+    k = int(math.floor(frac * w.numel()))
+    out = w.clone()
+    if k > 0:
+        idx = w.detach().abs().flatten().argsort(stable=True)[:k]
+        out.view(-1)[idx] = 0
+    return out
+
+
+@register("bitflip", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1"), random=True)
+def bitflip(w, g, H, p):
+    """Flip the sign of each weight independently with probability ``p`` (a hardware fault)."""
+    return torch.where(_uniform(w, g) < p, -w, w)
+
+
+# ---------------------------------------------------------------------------
+# Specs: "name:key=value,key=value"
+# ---------------------------------------------------------------------------
+
+def parse_spec(spec: str) -> tuple[str, dict[str, list[str]]]:
+    """Split ``"name:k=v,k=v2,v3"`` into the name and raw value lists per key.
+
+    A token without ``=`` continues the previous key's list (grid syntax used by
+    sweeps); :func:`transform` accepts one value per key.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"empty transform spec; choose one of: {', '.join(list_transforms())}")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}")
+    values: dict[str, list[str]] = {}
+    key = None
+    for token in filter(None, (t.strip() for t in rest.split(","))):
+        if "=" in token:
+            key, _, v = token.partition("=")
+            key = key.strip()
+            if key in values:
+                raise UserError(f"{spec!r}: parameter {key!r} given twice")
+            values[key] = [v.strip()]
+        elif key is None:
+            raise UserError(f"{spec!r}: expected key=value after ':', got {token!r}")
+        else:
+            values[key].append(token)
+    return name, values
+
+
+def _convert(entry: Entry, p: Param, raw: str) -> Any:
+    where = f"{entry.name}: {p.name}={raw!r}"
+    try:
+        if p.kind == "bool":
+            low = raw.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            v = low in ("true", "1", "yes")
+        elif p.kind == "int":
+            v = int(raw)
+        elif p.kind == "scale" and raw in SCALES:
+            v = raw
+        else:
+            v = float(raw)
+            if p.kind == "scale" and not v > 0:
+                raise ValueError
+    except ValueError:
+        raise UserError(f"{where} is not valid; allowed: {p.allowed}") from None
+    if isinstance(v, float) and not math.isfinite(v) or not p.ok(v):
+        raise UserError(f"{where} is out of range; allowed: {p.allowed}")
+    return v
+
+
+def _format(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+class Transform:
+    """A registered transform with its parameters bound; call it as ``t(w, generator=None)``.
+
+    ``t.spec`` is the canonical spec string (every parameter written out);
+    ``t.random`` says whether it draws random numbers; ``t.given`` holds the
+    parameters the user wrote (the others took defaults).
+    """
+
+    def __init__(self, name: str, params: dict[str, Any] | None = None, given=None):
+        self.entry = _REGISTRY[name]
+        self.name = name
+        self.params = dict(params or {})
+        self.given = frozenset(self.params if given is None else given)
+
+    @property
+    def random(self) -> bool:
+        return self.entry.random
+
+    @property
+    def spec(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in self.params.items())
+
+    def with_defaults(self, **defaults) -> "Transform":
+        """A copy where parameters the user did not give take ``defaults`` (e.g. ``scale="clip"``)."""
+        declared = {p.name for p in self.entry.params}
+        params = dict(self.params)
+        for k, v in defaults.items():
+            if k in declared and k not in self.given:
+                params[k] = v
+        return Transform(self.name, params, self.given)
+
+    def __call__(self, w: Tensor, generator: torch.Generator | None = None, *, clip: float = 1.0) -> Tensor:
+        """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip``."""
+        p = dict(self.params)
+        H = _magnitude(w, p.pop("scale"), clip) if "scale" in p else None
+        return self.entry.fn(w, generator, H, **p)
+
+    def __repr__(self) -> str:
+        return f"transform({self.spec!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Transform) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+
+def transform(spec: "str | Transform") -> Transform:
+    """Build a :class:`Transform` from a spec such as ``"quant:bits=4"`` or ``"stoch-mult:gamma=0.5,flip=true"``.
+
+    Raises :class:`~robustweights.errors.UserError` (a ``ValueError``) naming the
+    valid choices for an unknown name, an unknown, missing or repeated
+    parameter, or a value out of range.
+    """
+    if isinstance(spec, Transform):
+        return spec
+    name, raw = parse_spec(spec)
+    entry = _REGISTRY[name]
+    declared = {p.name: p for p in entry.params}
+    for key in raw:
+        if key not in declared:
+            allowed = ", ".join(declared) or "none"
+            raise UserError(f"{name}: unknown parameter {key!r}; parameters: {allowed}")
+    params = {}
+    for p in entry.params:
+        if p.name in raw:
+            if len(raw[p.name]) > 1:
+                raise UserError(f"{spec!r}: {p.name} takes one value here (lists and ranges are for sweeps)")
+            params[p.name] = _convert(entry, p, raw[p.name][0])
+        elif p.default is _REQUIRED:
+            raise UserError(f"{name}: missing parameter {p.name!r} ({p.allowed}), e.g. {name}:{p.name}=...")
+        else:
+            params[p.name] = p.default
+    return Transform(name, params, given=raw.keys())

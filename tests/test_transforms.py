@@ -1,0 +1,179 @@
+"""The identities that define each transform, and the spec parser's contract."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robustweights import UserError, list_transforms, transform
+
+floats = st.floats(-3, 3, allow_nan=False, allow_infinity=False, width=32)
+weights = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v, dtype=torch.float32))
+scales = st.sampled_from(["max", "mean", "clip", "0.5", "2"])
+
+
+def same(a, b):
+    return torch.equal(a, b)
+
+
+@given(weights, scales)
+def test_power_zero_is_sign_and_one_is_identity(w, scale):
+    assert same(transform(f"power:beta=0,scale={scale}")(w), transform(f"sign:scale={scale}")(w))
+    assert same(transform(f"power:beta=1,scale={scale}")(w), w)
+
+
+@given(weights, scales)
+def test_quant_one_bit_is_sign(w, scale):
+    assert same(transform(f"quant:bits=1,scale={scale}")(w), transform(f"sign:scale={scale}")(w))
+
+
+@given(weights, st.integers(1, 8))
+def test_quant_takes_at_most_2_to_the_k_values_inside_the_range(w, k):
+    q = transform(f"quant:bits={k}")(w)
+    assert q.unique().numel() <= 2 ** k
+    H = w.abs().max().item() or 1.0
+    assert q.abs().max().item() <= H * (1 + 1e-6)
+
+
+def test_quant_levels_are_uniform_and_rounding_is_nearest():
+    w = torch.linspace(-1, 1, 10001)
+    q = transform("quant:bits=3,scale=clip")(w)
+    levels = q.unique()
+    assert torch.allclose(levels, torch.linspace(-1, 1, 8))
+    assert (q - w).abs().max() <= 1 / 7 + 1e-6  # half a step
+
+
+@given(weights)
+def test_sign_is_plus_minus_H_and_sign_of_zero_is_plus(w):
+    s = transform("sign:scale=clip")(w)
+    assert set(s.unique().tolist()) <= {-1.0, 1.0}
+    assert same(s, torch.where(w >= 0, 1.0, -1.0))
+    assert transform("sign")(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_stoch_sign_is_unbiased():
+    w = torch.linspace(-1.5, 1.5, 61)
+    g = torch.Generator().manual_seed(0)
+    t = transform("stoch-sign:scale=clip")
+    mean = torch.stack([t(w, g) for _ in range(4000)]).mean(0)
+    # 4000 draws of +-1: standard error <= 1/sqrt(4000) ~ 0.016
+    assert (mean - w.clamp(-1, 1)).abs().max() < 0.07
+    assert set(t(w, g).unique().tolist()) <= {-1.0, 1.0}
+
+
+@given(weights, st.floats(0.05, 1.0))
+def test_stoch_mult_stays_within_gamma_and_its_inverse(w, gamma):
+    out = transform(f"stoch-mult:gamma={gamma}")(w, torch.Generator().manual_seed(1))
+    ratio_ok = (out.abs() >= w.abs() * gamma * (1 - 1e-5)) & (out.abs() <= w.abs() / gamma * (1 + 1e-5))
+    assert bool(ratio_ok.all())
+    assert same(torch.sign(out), torch.sign(w))
+
+
+def test_stoch_mult_flip_draws_signs_like_stoch_sign():
+    w = torch.full((20000,), 0.5)
+    out = transform("stoch-mult:gamma=0.5,flip=true,scale=clip")(w, torch.Generator().manual_seed(2))
+    assert abs((out > 0).float().mean().item() - 0.75) < 0.02  # q = (0.5 + 1) / 2
+    assert bool(((out.abs() >= 0.25 - 1e-6) & (out.abs() <= 1.0 + 1e-6)).all())
+
+
+@pytest.mark.parametrize("spec", [s for s in ["stoch-sign", "stoch-mult:gamma=0.5", "stoch-mult:gamma=0.3,flip=true",
+                                              "add-gauss:sigma=0.5", "mult-gauss:sigma=0.2", "bitflip:p=0.1"]])
+def test_same_generator_seed_same_output_and_input_untouched(spec):
+    t = transform(spec)
+    assert t.random
+    w = torch.randn(50, 7)
+    before = w.clone()
+    a = t(w, torch.Generator().manual_seed(5))
+    b = t(w, torch.Generator().manual_seed(5))
+    c = t(w, torch.Generator().manual_seed(6))
+    assert same(a, b) and not same(a, c)
+    assert same(w, before)
+
+
+def test_random_transforms_draw_only_from_the_generator_passed():
+    w = torch.randn(100)
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    a = transform("add-gauss:sigma=1")(w, g)
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = transform("add-gauss:sigma=1")(w, torch.Generator().manual_seed(3))
+    assert same(a, b)
+
+
+@given(weights)
+def test_deterministic_transforms_never_change_their_input(w):
+    before = w.clone()
+    for spec in ["identity", "sign", "ternary:delta=0.3", "quant:bits=4", "power:beta=0.5", "clip", "prune:frac=0.5"]:
+        transform(spec)(w)
+    assert same(w, before)
+
+
+def test_add_gauss_noise_has_the_asked_spread():
+    w = torch.randn(200000) * 3
+    out = transform("add-gauss:sigma=0.8")(w, torch.Generator().manual_seed(0))
+    assert abs((out - w).std().item() / w.std().item() - 0.8) < 0.01
+    assert same(transform("add-gauss:sigma=0")(w, None), w)
+
+
+def test_ternary_prune_bitflip_clip():
+    w = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.9])
+    assert transform("ternary:delta=0.25,scale=clip")(w).tolist() == [-1.0, 0.0, 0.0, 1.0, 1.0]
+    assert torch.equal(transform("prune:frac=0.4")(w), torch.tensor([-1.0, 0.0, 0.0, 0.3, 0.9]))  # the 2 smallest
+    assert same(transform("bitflip:p=1")(w, None), -w)
+    assert same(transform("bitflip:p=0")(w, None), w)
+    assert torch.equal(transform("clip:scale=0.5")(w), torch.tensor([-0.5, -0.2, 0.0, 0.3, 0.5]))
+
+
+def test_power_between_bends_magnitudes_toward_H():
+    w = torch.tensor([0.25, -0.04, 1.0])
+    assert torch.allclose(transform("power:beta=0.5,scale=clip")(w), torch.tensor([0.5, -0.2, 1.0]))
+
+
+def test_spec_round_trips_and_scale_defaults():
+    t = transform("stoch-mult:gamma=0.5,flip=true")
+    assert t.spec == "stoch-mult:gamma=0.5,flip=true,scale=max"
+    assert transform(t.spec) == t
+    assert t.with_defaults(scale="clip").params["scale"] == "clip"
+    assert transform("sign:scale=mean").with_defaults(scale="clip").params["scale"] == "mean"
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("nope", "choose one of"),
+    ("gauss:sigma=1", "add-gauss"),
+    ("power", "missing parameter 'beta'"),
+    ("power:b=1", "unknown parameter"),
+    ("stoch-mult:gamma=2", "0 < gamma <= 1"),
+    ("stoch-mult:gamma=0", "0 < gamma <= 1"),
+    ("quant:bits=0", "1 <= bits <= 16"),
+    ("quant:bits=2.5", "not valid"),
+    ("add-gauss:sigma=-1", "sigma >= 0"),
+    ("add-gauss:sigma=nan", "sigma >= 0"),
+    ("sign:scale=huge", "max, clip, mean"),
+    ("sign:scale=-1", "max, clip, mean"),
+    ("stoch-mult:gamma=0.5,flip=maybe", "true or false"),
+    ("add-gauss:sigma=0,0.5", "sweeps"),
+    ("power:beta=1,beta=2", "twice"),
+    ("", "choose one of"),
+])
+def test_bad_specs_raise_value_error_naming_the_choices(spec, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(")) as e:
+        transform(spec)
+    assert isinstance(e.value, UserError)
+    assert "\n" not in str(e.value)
+
+
+def test_registry_holds_every_transform_of_the_method():
+    names = set(list_transforms())
+    assert {"identity", "sign", "stoch-sign", "ternary", "quant", "power", "stoch-mult", "add-gauss",
+            "mult-gauss", "clip", "prune", "bitflip"} <= names
+
+
+@settings(max_examples=30)
+@given(st.floats(0.01, 0.99))
+def test_power_is_monotone_and_keeps_signs(beta):
+    w = torch.linspace(-1, 1, 101)
+    p = transform(f"power:beta={beta},scale=clip")(w)
+    assert bool((p[1:] >= p[:-1]).all())
+    assert math.isclose(p[-1].item(), 1.0) and math.isclose(p[0].item(), -1.0)
