@@ -57,7 +57,7 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, read_checkpoint, train
+    from .training import TrainConfig, read_checkpoint, train
 
     given = _given(args, TrainConfig)
     if args.resume:
@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import evaluate, load
+    from .training import evaluate, load
 
     model, config = load(args.checkpoint, model_factory=args.model_factory)
     r = evaluate(model, config, split=args.split, data_dir=args.data_dir, weights=args.weights)
@@ -117,7 +117,7 @@ def cmd_list(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .projected import WEIGHTS
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     p = _Parser(prog="robustweights", description="Train networks with projected (binarized, quantized, noisy) "
                 "weights and stress-test any network against weight distortions.",

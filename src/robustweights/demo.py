@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import projected
 from .errors import UserError
-from .train import TrainConfig, evaluate, load_config_data, train, write_text
+from .training import TrainConfig, evaluate, load_config_data, train, write_text
 
 MARKER = "demo.json"
 EPOCHS = 8  # enough for both networks to settle on 5000 images; about a minute each on 2 cores

@@ -254,7 +254,7 @@ def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num
         "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
         "config": dataclasses.asdict(config), "history": history,
         "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
 

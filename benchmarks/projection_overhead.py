@@ -1,0 +1,93 @@
+"""Projection overhead: a training step with a projection against a float step of the same model.
+
+    python benchmarks/projection_overhead.py                     # cnn on 28x28 and bc-vgg 0.25 on 32x32
+    python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
+
+Each step is forward, backward, Adam step and the hidden-weight clip, on random
+inputs of the model's natural size (the data does not change the cost). The
+float step is the same model with `identity` (which skips the projection but
+still clips, as training does). Steps of the variants are interleaved in rounds
+so that drift of the machine hits all of them alike; the figure is the ratio of
+median step times from one run. Prints the machine and torch version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import robustweights as rw  # noqa: E402
+from robustweights.projected import clip_  # noqa: E402
+
+SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet18": (3, 32, 32)}
+
+
+def make_step(model_name, width, projection, batch, device, mode="fwd+bwd"):
+    torch.manual_seed(0)
+    shape = SHAPES[model_name]
+    model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
+    rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        clip_(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def bench(model_name, width, projections, batch, rounds, per_round, device):
+    steps = {p: make_step(model_name, width, p, batch, device) for p in ["identity", *projections]}
+    times = {p: [] for p in steps}
+    for s in steps.values():  # warm-up
+        for _ in range(3):
+            s()
+    for _ in range(rounds):
+        for p, s in steps.items():
+            t = time.perf_counter()
+            for _ in range(per_round):
+                s()
+            times[p].append((time.perf_counter() - t) / per_round)
+    base = statistics.median(times["identity"])
+    print(f"\n{model_name} width {width}, batch {batch}: float step {base * 1e3:.1f} ms (median of {rounds} rounds)")
+    for p in projections:
+        m = statistics.median(times[p])
+        print(f"  {p:<28} {m * 1e3:8.1f} ms   ratio {m / base:.3f}")
+    return {p: statistics.median(times[p]) / base for p in projections}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
+    ap.add_argument("--projections", nargs="+", default=["sign", "stoch-sign", "stoch-mult:gamma=0.5"])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--per-round", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
+    for m in args.models:
+        width, batch = configs[m]
+        bench(m, width, args.projections, batch, args.rounds, args.per_round, device)
+
+
+if __name__ == "__main__":
+    main()

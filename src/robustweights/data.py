@@ -1,0 +1,596 @@
+"""Datasets: reading them safely, preprocessing them, and serving batches.
+
+``load_data(name, data_dir)`` returns a :class:`Data` whose ``train`` and
+``test`` splits yield ``(x, y)`` batches: ``x`` float32 ``(B, C, H, W)``,
+already preprocessed, and ``y`` int64 ``(B,)``. Five datasets:
+
+* ``fashion-mnist`` and ``mnist``: the four official IDX files (gzipped or not).
+* ``cifar10``: the official "python version" (a ``cifar-10-batches-py/``
+  folder or the ``cifar-10-python.tar.gz`` archive itself). Its batches are
+  pickles, and a pickle can run any code it names, so they are read with an
+  unpickler that admits only the numpy array reconstruction they need.
+* ``imagefolder``: ImageNet's class-per-folder layout, decoded lazily with PIL.
+* ``demo``: a 5000/1000 Fashion-MNIST subset shipped inside the package.
+
+Every mistake a user can make (a wrong name, a missing folder, a truncated or
+hostile file) raises :class:`~robustweights.errors.UserError` naming the file.
+Randomness (subsets, shuffling, augmentation) comes only from an explicit seed or
+``torch.Generator``, so the same state gives the same batches.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import UserError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "demo")
+PREPROCESS = ("standardize", "gcn-zca")
+AUGMENT = ("none", "flip-crop")
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+MNIST_CLASSES = [str(d) for d in range(10)]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck"]
+IDX_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+# sha256 of test_batch in the shared copy whose pixels went through JPEG (quality 75);
+# numbers measured on it must say so (see ../shared/datasets/README.md).
+CIFAR_JPEG_COPY_SHA256 = "01a8b7dda4a32e5d952e8429eabd5dc716b1ade1ac75f5f71a9df9e9e4a849be"
+DEMO_ASSET = "fashion-mnist-small.npz"
+DEMO_DESCRIPTION = "Fashion-MNIST subset shipped with robustweights (5000 train / 1000 test)"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+STATS_IMAGES = 500      # image-folder mean/std come from this many training images
+ZCA_FILTER_BIAS = 0.1   # BinaryConnect's pylearn2 ZCA setting
+GCN_SCALE = 55.0        # pylearn2 global_contrast_normalize(scale=55)
+CHUNK = 4096            # rows per float64 block in GCN/ZCA: bounds memory to ~100 MB
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+# --------------------------------------------------------------------------- batches
+
+def augment_batch(x: Tensor, generator: torch.Generator | None, kind: str = "flip-crop",
+                  pad: int = 4) -> Tensor:
+    """Random horizontal flip (p = 1/2) and random crop after zero padding, per example.
+
+    Example ``b`` becomes ``out[b, :, i, j] = xp[b, :, dy_b + i, dx_b + j']`` where ``xp``
+    is ``x`` zero-padded by ``pad`` on each side, ``dy_b, dx_b ~ U{0..2 pad}`` and
+    ``j' = W-1-j`` if flipped else ``j``: crop then flip as one gather. The data are
+    already standardized, so a zero pad is the mean colour. The random numbers are
+    drawn on the CPU from ``generator`` (same state, same draws on every device) and
+    moved to ``x.device``.
+    """
+    _check_choice("augmentation", kind, AUGMENT)
+    if kind == "none":
+        return x
+    b, _, h, w = x.shape                                                       # (B, C, H, W)
+    flip = torch.rand(b, generator=generator) < 0.5                            # (B,)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)        # (B,) each
+    rows = dy[:, None] + torch.arange(h)                                       # (B, H)
+    cols = torch.arange(w).expand(b, w)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)        # (B, W)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    xp = F.pad(x, (pad, pad, pad, pad))                                        # (B, C, H+2p, W+2p)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]     # (B, C, H, W)
+
+
+class Split:
+    """One split of a dataset: a sized source of ``(x, y)`` batches.
+
+    Subclasses say how to fetch the examples of a list of indices (``_fetch``);
+    ordering, batching, device transfer and augmentation live here so that both
+    kinds of split draw from ``generator`` in the same way: first one permutation
+    ``torch.randperm(n)`` (if ``shuffle``), then one augmentation draw per batch.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _fetch(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None, augment: str = "none",
+                device: str | torch.device = "cpu", drop_last: bool = False,
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``x`` float32 ``(B, C, H, W)`` and ``y`` int64 ``(B,)`` on ``device``.
+
+        ``shuffle=False`` gives dataset order; ``drop_last`` drops a final short batch.
+        """
+        _check_choice("augmentation", augment, AUGMENT)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for x, y in self._fetch(list(order[:stop].split(batch_size))):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            yield augment_batch(x, generator, augment), y
+
+
+class TensorSplit(Split):
+    """A split held whole in memory: ``x`` float32 ``(N, C, H, W)`` preprocessed, ``y`` int64.
+
+    Batches are plain indexing (a copy, so callers may modify them); no DataLoader,
+    no worker processes. ``x`` and ``y`` may also live on the GPU already.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor):
+        if x.ndim != 4 or y.shape != (x.shape[0],):
+            raise ValueError(f"need x (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def _fetch(self, index_batches):
+        for idx in index_batches:
+            idx = idx.to(self.x.device)
+            yield self.x[idx], self.y[idx]
+
+
+def _read_image(path: str, size: int) -> Tensor:
+    """Decode to RGB, resize the shorter side to ``size`` (bilinear, antialiased by PIL),
+    crop the centre ``size x size``; returns float32 ``(3, size, size)`` in [0, 1]."""
+    from PIL import Image  # imported here: only image folders need PIL
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            # torchvision's Resize(int) rule: shorter side exactly `size`, the other truncated
+            nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+            im = im.resize((max(nw, size), max(nh, size)), Image.BILINEAR)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            pixels = np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL reports broken files as OSError, ValueError or (some plugins) SyntaxError
+        raise UserError(f"{path}: cannot read this image ({_one_line(e)})") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)        # (3, S, S)
+
+
+class FolderSplit(Split):
+    """Images decoded lazily from files (ImageNet layout), standardized with ``mean``/``std``.
+
+    ``files`` holds ``(path, label)``. A ``torch.utils.data.DataLoader`` with
+    ``num_workers`` worker processes decodes them; the batch order comes from
+    ``generator`` through an explicit list of index batches, so the loader's own
+    randomness is never used.
+    """
+
+    def __init__(self, files: list[tuple[str, int]], image_size: int,
+                 mean: Tensor, std: Tensor, num_workers: int = 0):
+        self.files, self.image_size, self.num_workers = files, image_size, num_workers
+        self.mean, self.std = mean.float(), std.float()                        # (3,) each
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, i: int) -> Tensor:
+        """Example ``i`` as float32 ``(3, S, S)``; raises UserError naming a bad file."""
+        x = _read_image(self.files[i][0], self.image_size)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        # A worker's exception reaches the main process as a multi-line traceback, so a
+        # bad image is flagged with label -1 here and re-read (and reported) in _fetch.
+        try:
+            return self.load_image(i), self.files[i][1]
+        except UserError:
+            return torch.zeros(3, self.image_size, self.image_size), -1
+
+    def _fetch(self, index_batches):
+        batches = [idx.tolist() for idx in index_batches]
+        loader = torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=self.num_workers)
+        for idx, (x, y) in zip(batches, loader):
+            bad = (y < 0).nonzero().flatten().tolist()
+            if bad:
+                self.load_image(idx[bad[0]])  # raises the UserError that names the file
+                raise UserError(f"{self.files[idx[bad[0]]][0]}: could not be read during training")
+            yield x, y
+
+
+# --------------------------------------------------------------------------- readers
+# Each reader returns uint8 pixels (N, C, H, W) and int64 labels for train and test.
+
+def _check_labels(y: object, n: int, where: str) -> np.ndarray:
+    try:
+        y = np.asarray(y)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise UserError(f"{where}: labels are not a list of integers ({_one_line(e)})") from None
+    if y.shape != (n,) or y.dtype.kind not in "iu" or (n and not 0 <= y.min() <= y.max() < 10):
+        values = f" from {y.min()} to {y.max()}" if y.size and y.dtype.kind in "iu" else ""
+        raise UserError(f"{where}: expected {n} integer labels in 0..9, found {y.dtype} {y.shape}{values}")
+    return y.astype(np.int64)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an IDX file (LeCun's MNIST format), gzipped or not.
+
+    Layout: magic ``0x00 0x00 0x08 ndim`` (type 0x08 = unsigned byte; so 0x00000803
+    for images, 0x00000801 for labels), ``ndim`` big-endian uint32 sizes, then the
+    bytes row-major. Gzip is recognized by its magic bytes, not the name, because
+    browsers often save a decompressed file under the ``.gz`` name.
+    """
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot read this IDX file ({_one_line(e)})") from None
+    head = 4 + 4 * ndim
+    if len(raw) < head or raw[:4] != bytes([0, 0, 8, ndim]):
+        raise UserError(f"{path}: not an IDX file of {ndim}-D unsigned bytes "
+                        f"(expected magic 0x{0x800 + ndim:08x}, found 0x{raw[:4].hex() or '(empty)'})")
+    dims = struct.unpack(f">{ndim}I", raw[4:head])
+    if len(raw) - head != int(np.prod(dims)):
+        raise UserError(f"{path}: holds {len(raw) - head} data bytes but its header promises "
+                        f"{int(np.prod(dims))} for shape {dims} (truncated or corrupt)")
+    return np.frombuffer(bytearray(raw), np.uint8, offset=head).reshape(dims)
+
+
+def _read_mnist(folder: Path) -> list[np.ndarray]:
+    """The four IDX files of MNIST or Fashion-MNIST: [x_train, y_train, x_test, y_test]."""
+    out = []
+    for images, labels in IDX_FILES:
+        paths = []
+        for base in (images, labels):
+            found = [folder / n for n in (base, base + ".gz") if (folder / n).is_file()]
+            if not found:
+                raise UserError(f"{folder}: missing {base} (or {base}.gz), one of the four IDX files")
+            paths.append(found[0])
+        x = _read_idx(paths[0], 3)                                             # (N, H, W)
+        out += [x[:, None], _check_labels(_read_idx(paths[1], 1), len(x), str(paths[1]))]
+    if out[0].shape[1:] != out[2].shape[1:]:
+        raise UserError(f"{folder}: train images are {out[0].shape[2:]} but test images {out[2].shape[2:]}")
+    return out
+
+
+try:  # numpy >= 2; numpy.core is a deprecated alias there and warns on import
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+# The only globals an honest CIFAR-10 pickle names: numpy's array reconstruction
+# (under its numpy 1 and numpy 2 module names) and _codecs.encode, which Python 3
+# uses to write bytes at protocol 2.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global outside ``_PICKLE_GLOBALS``.
+
+    A pickle runs code only by naming a callable (``find_class``) and calling it;
+    with the callables limited to array reconstruction a file from a stranger can
+    at worst hand us wrong data, which the callers then validate.
+    """
+
+    def __init__(self, raw: bytes, where: str):
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.where = where
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise UserError(f"{self.where}: refuses to load global {module}.{name} "
+                            "(a CIFAR-10 batch holds only numpy arrays; this file may be malicious)")
+        return _PICKLE_GLOBALS[module, name]
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        obj = _SafeUnpickler(raw, where).load()
+    except UserError:
+        raise
+    except Exception as e:  # anything else going wrong inside an untrusted pickle is the file's fault
+        raise UserError(f"{where}: not a readable CIFAR-10 pickle, truncated or corrupt "
+                        f"({type(e).__name__}: {_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a pickled dict, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
+    """Raw bytes of the CIFAR-10 batch files, by name, and where they came from.
+
+    ``path`` may be the ``cifar-10-batches-py`` folder, its parent, the official
+    ``cifar-10-python.tar.gz``, or a folder holding that archive. Archive members are
+    read in memory (nothing is extracted to disk).
+    """
+    wanted = set(CIFAR_BATCHES) | {"batches.meta"}
+    if path.is_dir():
+        for folder in (path, path / "cifar-10-batches-py"):
+            if (folder / "test_batch").is_file():
+                return {n: (folder / n).read_bytes() for n in wanted if (folder / n).is_file()}, str(folder)
+        if not (path / "cifar-10-python.tar.gz").is_file():
+            raise UserError(f"{path}: holds neither the CIFAR-10 batches (data_batch_1..5, test_batch) "
+                            "nor cifar-10-python.tar.gz")
+        path = path / "cifar-10-python.tar.gz"
+    found = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and name in wanted:
+                    found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot read this CIFAR-10 archive ({_one_line(e)})") from None
+    return found, str(path)
+
+
+def _read_cifar(path: Path) -> tuple[list[np.ndarray], list[str], bool, str]:
+    """CIFAR-10 python version: arrays, class names, whether it is the JPEG copy, source."""
+    files, where = _cifar_files(path)
+    parts = {}
+    for name in CIFAR_BATCHES:
+        if name not in files:
+            raise UserError(f"{where}: missing {name}")
+        label = f"{where}/{name}" if Path(where).is_dir() else f"{where}:{name}"
+        batch = _unpickle(files[name], label)
+        data = batch.get("data")
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise UserError(f"{label}: b'data' must be a uint8 array of shape (N, 3072), found {got}")
+        # 3072 = 3 planes (R, G, B) of 32x32 row-major pixels, hence (N, 3, 32, 32)
+        parts[name] = data.reshape(-1, 3, 32, 32), _check_labels(batch.get("labels"), len(data), label)
+    classes = CIFAR_CLASSES
+    if "batches.meta" in files:
+        names = _unpickle(files["batches.meta"], f"{where}/batches.meta").get("label_names")
+        if isinstance(names, list) and len(names) == 10:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    train = [parts[n] for n in CIFAR_BATCHES[:5]]
+    arrays = [np.concatenate([p[0] for p in train]), np.concatenate([p[1] for p in train]),
+              np.array(parts["test_batch"][0]), parts["test_batch"][1]]
+    jpeg = hashlib.sha256(files["test_batch"]).hexdigest() == CIFAR_JPEG_COPY_SHA256
+    return arrays, classes, jpeg, where
+
+
+def _read_demo() -> list[np.ndarray]:
+    """The Fashion-MNIST subset in ``assets/`` (made by scripts/make_demo_data.py)."""
+    with (resources.files(__package__) / "assets" / DEMO_ASSET).open("rb") as f, np.load(f) as z:
+        return [z["x_train"][:, None], z["y_train"].astype(np.int64),
+                z["x_test"][:, None], z["y_test"].astype(np.int64)]
+
+
+def _list_images(split_dir: Path, classes: list[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(path, label)`` of every image under ``split_dir/<class>/``, classes sorted."""
+    if not split_dir.is_dir():
+        raise UserError(f"no such folder {split_dir} (an image folder needs train/ and val/ or test/)")
+    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image files>)")
+    if classes is not None and found != classes:
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise UserError(f"{split_dir}: class folders differ from train/ (missing {missing[:5]}, extra {extra[:5]})")
+    files = []
+    for label, name in enumerate(found):
+        # scandir's is_file() needs no stat call: matters for ImageNet's 1.3 million files
+        images = sorted(e.path for e in os.scandir(split_dir / name)
+                        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise UserError(f"{split_dir / name}: no images (expected files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += [(p, label) for p in images]
+    return files, found
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def _standardize(train: Tensor, test: Tensor) -> None:
+    """In place: ``x <- (x - mean_c) / std_c``, per-channel mean and (population) std of
+    the training pixels in [0, 1]. A constant channel keeps std 1 (no division by 0)."""
+    std, mean = torch.std_mean(train, dim=(0, 2, 3), keepdim=True, correction=0)   # (1, C, 1, 1)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for x in (train, test):
+        x.sub_(mean).div_(std)
+
+
+def _gcn(x: Tensor) -> Tensor:
+    """pylearn2 ``global_contrast_normalize(scale=55)`` on rows of ``x`` (N, D), in place:
+    ``x <- 55 (x - mean(x)) / ||x - mean(x)||``; a divisor under 1e-8 is replaced by 1 so
+    that constant images stay 0."""
+    x -= x.mean(1, keepdim=True)
+    divisor = x.norm(dim=1, keepdim=True) / GCN_SCALE
+    return x.div_(torch.where(divisor < 1e-8, torch.ones_like(divisor), divisor))
+
+
+def _gcn_zca(train: Tensor, test: Tensor) -> None:
+    """In place: global contrast normalization, then ZCA whitening fitted on train.
+
+    BinaryConnect's CIFAR-10 preprocessing (pylearn2 ``ZCA(filter_bias=0.1)``): with
+    ``m`` the mean of the GCN'd training rows and ``C = Xc^T Xc / N`` their covariance,
+    ``C = V diag(e) V^T``, ``W = V diag(1 / sqrt(e + 0.1)) V^T`` and ``x <- (x - m) W``.
+    The bias keeps near-zero-variance directions from being blown up into noise.
+    Statistics are accumulated in float64 over row blocks (``C = X^T X / N - m m^T``,
+    one pass, ~100 MB at a time instead of 1.2 GB for CIFAR-10) and decomposed in float64;
+    results are float32. CIFAR-10 (50000 x 3072) takes ~20 s on 2 CPU cores.
+    """
+    rows = [x.view(len(x), -1) for x in (train, test)]                         # (N, D) views
+    d = rows[0].shape[1]
+    total, gram = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    for block in rows[0].split(CHUNK):
+        g = _gcn(block.double())
+        total += g.sum(0)
+        gram.addmm_(g.T, g)
+        block.copy_(g)
+    for block in rows[1].split(CHUNK):
+        block.copy_(_gcn(block.double()))
+    n = len(rows[0])
+    mean = total / n                                                           # (D,)
+    eigval, eigvec = torch.linalg.eigh(gram / n - torch.outer(mean, mean))
+    # clamp: rounding can leave the (rank-deficient) covariance tiny negative eigenvalues
+    w = (eigvec * (eigval.clamp_min(0) + ZCA_FILTER_BIAS).rsqrt()) @ eigvec.T  # (D, D)
+    # The product itself runs in float32, twice as fast; its result is stored in float32
+    # anyway and differs from the float64 product by ~1e-6 relative.
+    mean, w = mean.float(), w.float()
+    for x in rows:
+        for block in x.split(CHUNK):
+            block.copy_((block - mean) @ w)
+
+
+# --------------------------------------------------------------------------- load_data
+
+@dataclass
+class Data:
+    """A dataset ready for training; ``description`` says where it came from and any caveat."""
+    name: str
+    description: str
+    num_classes: int
+    in_shape: tuple[int, int, int]   # (C, H, W)
+    classes: list[str]
+    train: Split
+    test: Split
+
+
+_SUBFOLDER = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10-batches-py"}
+
+
+def default_data_dir(name: str) -> str | None:
+    """Where ``name`` is found when no data_dir is given, or None.
+
+    Searched in order: ``$ROBUSTWEIGHTS_DATA/<subfolder>``; then for the MNISTs
+    Debian's ``/usr/share/datasets/<name>``; for CIFAR-10 ``./data/``,
+    ``../shared/datasets/`` (from the working directory) and the ``shared/datasets/``
+    beside the repository checkout. ``demo`` needs none; ``imagefolder`` has none.
+    """
+    _check_choice("dataset", name, DATASETS)
+    if name not in _SUBFOLDER:
+        return None
+    sub, places = _SUBFOLDER[name], []
+    if os.environ.get("ROBUSTWEIGHTS_DATA"):
+        base = Path(os.environ["ROBUSTWEIGHTS_DATA"]).expanduser()
+        places += [base / sub] + ([base / "cifar-10-python.tar.gz"] if name == "cifar10" else [])
+    if name == "cifar10":
+        places += [Path("data") / sub, Path("../shared/datasets") / sub]
+        parents = Path(__file__).resolve().parents   # .../<checkout>/src/robustweights/data.py
+        if len(parents) > 3:
+            places.append(parents[3] / "shared/datasets" / sub)
+    else:
+        places.append(Path("/usr/share/datasets") / sub)
+    return next((str(p.resolve()) for p in places if p.exists()), None)
+
+
+def _subset(k: int | None, n: int, seed: int, stream: int, what: str) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of size ``k`` (None: keep all); train and
+    test draw from independent streams of the same seed."""
+    if k is None:
+        return None
+    if not isinstance(k, int) or not 1 <= k <= n:
+        raise UserError(f"{what} subset must be an integer in 1..{n} (the split's size), got {k!r}")
+    return np.sort(np.random.default_rng([seed, stream]).choice(n, k, replace=False))
+
+
+def _load_image_folder(root: Path, image_size: int | None, train_subset: int | None,
+                       test_subset: int | None, seed: int, num_workers: int) -> Data:
+    train_files, classes = _list_images(root / "train", None)
+    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+    test_files, _ = _list_images(test_dir, classes)
+    size = 224 if image_size is None else image_size
+    if not isinstance(size, int) or size < 1 or not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"need a positive image size and num_workers >= 0, got {image_size!r} and {num_workers!r}")
+    files = []
+    for k, split, stream, what in ((train_subset, train_files, 0, "train"), (test_subset, test_files, 1, "test")):
+        idx = _subset(k, len(split), seed, stream, what)
+        files.append(split if idx is None else [split[i] for i in idx])
+    # mean/std from a seeded pick of up to 500 training images, as they are fed (resized, cropped)
+    pick = np.random.default_rng([seed, 2]).choice(len(files[0]), min(STATS_IMAGES, len(files[0])), replace=False)
+    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    for i in pick:
+        x = _read_image(files[0][i][0], size).double().flatten(1)             # (3, S*S)
+        total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    splits = [FolderSplit(f, size, mean, std, num_workers) for f in files]
+    return Data("imagefolder", f"image folder {root} ({len(classes)} classes)", len(classes),
+                (3, size, size), classes, *splits)
+
+
+def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "standardize",
+              train_subset: int | None = None, test_subset: int | None = None,
+              image_size: int | None = None, seed: int = 0, num_workers: int = 0) -> Data:
+    """Load dataset ``name`` (one of DATASETS) from ``data_dir`` or its default place.
+
+    ``train_subset``/``test_subset`` keep a random subset (seeded by ``seed``) before the
+    preprocessing is fitted; the preprocessing (PREPROCESS) is fitted on the training
+    split only and applied to both. ``image_size`` (default 224) and ``num_workers``
+    apply to ``imagefolder`` only; the other datasets are held in memory.
+    """
+    _check_choice("dataset", name, DATASETS)
+    _check_choice("preprocessing", preprocess, PREPROCESS)
+    if name != "demo":
+        if data_dir is None:
+            data_dir = default_data_dir(name)
+        if data_dir is None and name == "imagefolder":
+            raise UserError("imagefolder needs --data-dir: a folder holding train/<class>/ and val/<class>/")
+        if data_dir is None:
+            raise UserError(f"no {name} data found in the default places; pass --data-dir "
+                            f"or set ROBUSTWEIGHTS_DATA to a folder holding {_SUBFOLDER[name]}/")
+        path = Path(data_dir).expanduser()
+        if not path.exists():
+            raise UserError(f"no such folder {path} (the data folder for {name})")
+        if name != "cifar10" and not path.is_dir():
+            raise UserError(f"{path}: expected a folder, found a file")
+    if name == "imagefolder":
+        if preprocess != "standardize":
+            raise UserError(f"preprocessing {preprocess!r} needs every image in memory; "
+                            "imagefolder supports only 'standardize'")
+        return _load_image_folder(path, image_size, train_subset, test_subset, seed, num_workers)
+    if image_size is not None:
+        raise UserError(f"image size applies only to imagefolder; {name} images keep their size")
+
+    if name == "demo":
+        arrays, classes, description = _read_demo(), FASHION_CLASSES, DEMO_DESCRIPTION
+    elif name == "cifar10":
+        arrays, classes, jpeg, where = _read_cifar(path)
+        description = f"CIFAR-10{' (JPEG copy)' if jpeg else ''} from {where}"
+    else:
+        arrays = _read_mnist(path)
+        classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
+        description = f"{'Fashion-MNIST' if name == 'fashion-mnist' else 'MNIST'} from {path}"
+
+    tensors = []
+    for k, (x, y), stream, what in ((train_subset, arrays[:2], 0, "train"), (test_subset, arrays[2:], 1, "test")):
+        idx = _subset(k, len(y), seed, stream, what)
+        if idx is not None:
+            x, y = x[idx], y[idx]
+            description += f"; {what} subset {k} of {len(arrays[2 * stream + 1])} (seed {seed})"
+        tensors += [torch.from_numpy(np.ascontiguousarray(x)).float().div_(255),   # (N, C, H, W)
+                    torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))]    # (N,)
+    (_standardize if preprocess == "standardize" else _gcn_zca)(tensors[0], tensors[2])
+    return Data(name, description, len(classes), tuple(tensors[0].shape[1:]), list(classes),
+                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]))

@@ -1,0 +1,368 @@
+"""Tests for robustweights.data: readers on files written here, hostile and broken
+files, preprocessing statistics, reproducible batches, and the real datasets."""
+
+import builtins
+import gzip
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robustweights.data import (AUGMENT, DATASETS, PREPROCESS, Data, FolderSplit, TensorSplit,
+                                _read_idx, augment_batch, default_data_dir, load_data)
+from robustweights.errors import UserError
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/datasets/cifar-10-batches-py"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def need(path: Path, what: str) -> None:
+    """Skip when real data is absent, except on CI, where absence is a failure."""
+    if not path.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{what} missing at {path} (CI must have it)")
+        pytest.skip(f"{what} not available at {path}")
+
+
+# --------------------------------------------------------------------------- writers
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
+    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def write_mnist(folder: Path, n_train=50, n_test=20, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
+              rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)]
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_idx(folder / n, a, gz) for n, a in zip(names, arrays)]
+    return arrays, paths
+
+
+def write_cifar(folder: Path, n=6, seed=0):
+    """A fake cifar-10-batches-py: channel-planar uint8 rows, as the official files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, 1024:2048] //= 2   # channels with different statistics
+        labels = rng.integers(0, 10, n).tolist()
+        batches[name] = (data, labels)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                         b"filenames": [b"x.png"] * n}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}, f, protocol=2)
+    return batches
+
+
+def unstandardize(x: torch.Tensor, train_pixels: np.ndarray) -> np.ndarray:
+    """Undo per-channel standardization computed from uint8 train pixels (N, C, H, W)."""
+    p = train_pixels.astype(np.float64) / 255
+    mean, std = p.mean(axis=(0, 2, 3)), p.std(axis=(0, 2, 3))
+    return np.rint((x.double().numpy() * std[:, None, None] + mean[:, None, None]) * 255)
+
+
+# --------------------------------------------------------------------------- IDX
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    arrays, paths = write_mnist(tmp_path, gz=gz)
+    for a, p in zip(arrays, paths):
+        np.testing.assert_array_equal(_read_idx(p, a.ndim), a)
+    data = load_data("mnist", str(tmp_path))
+    assert (data.in_shape, len(data.train), len(data.test)) == ((1, 28, 28), 50, 20)
+    assert torch.equal(data.train.y, torch.from_numpy(arrays[1].astype(np.int64)))
+    assert torch.equal(data.test.y, torch.from_numpy(arrays[3].astype(np.int64)))
+    train_pixels = arrays[0][:, None]
+    np.testing.assert_array_equal(unstandardize(data.train.x, train_pixels), train_pixels)
+    np.testing.assert_array_equal(unstandardize(data.test.x, train_pixels), arrays[2][:, None])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bad-gzip", "cut-gzip", "magic", "count", "label"])
+def test_broken_idx_names_the_file(tmp_path, damage):
+    arrays, paths = write_mnist(tmp_path, gz=damage in ("bad-gzip", "cut-gzip"))
+    victim = paths[0] if damage not in ("count", "label") else paths[1]
+    raw = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(raw[:-100])
+    elif damage == "bad-gzip":
+        victim.write_bytes(raw[:20] + bytes(200) + raw[220:])
+    elif damage == "cut-gzip":
+        victim.write_bytes(raw[: len(raw) // 2])
+    elif damage == "magic":
+        victim.write_bytes(b"\x00\x00\x08\x01" + raw[4:])
+    elif damage == "count":
+        write_idx(victim, arrays[1][:-1], gz=False)
+    else:
+        write_idx(victim, np.full(50, 10, np.uint8), gz=False)
+    with pytest.raises(UserError, match=victim.name) as err:
+        load_data("mnist", str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+class Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("how", ["os.system", "builtins.eval"])
+def test_malicious_cifar_pickle_is_refused(tmp_path, how):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    marker = tmp_path / "marker"
+    command = f"touch {marker}"
+    evil = Evil(os.system, command) if how == "os.system" else \
+        Evil(builtins.eval, f"__import__('os').system({command!r})")
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": evil, b"labels": [0]}, f, protocol=2)
+    with pytest.raises(UserError, match=r"data_batch_2: refuses to load global (posix\.system|__builtin__\.eval)"):
+        load_data("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong-shape", "wrong-dtype", "no-labels", "label-range"])
+def test_broken_cifar_batch_names_the_file(tmp_path, damage):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    victim = folder / "test_batch"
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    bad = {"wrong-shape": {**good, b"data": np.zeros((2, 3000), np.uint8)},
+           "wrong-dtype": {**good, b"data": np.zeros((2, 3072), np.float32)},
+           "no-labels": {b"data": good[b"data"]},
+           "label-range": {**good, b"labels": [0, 10]}}.get(damage)
+    if bad is None:
+        victim.write_bytes(victim.read_bytes()[:5000])
+    else:
+        victim.write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(UserError, match="test_batch"):
+        load_data("cifar10", str(folder))
+
+
+def test_fake_cifar_folder_and_archive_load_exact_pixels(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    batches = write_cifar(folder)
+    data = load_data("cifar10", str(tmp_path))
+    assert data.description.startswith("CIFAR-10 from") and "JPEG" not in data.description
+    assert data.classes == [f"class{i}" for i in range(10)] and data.in_shape == (3, 32, 32)
+    train_rows = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    train_pixels = train_rows.reshape(-1, 3, 32, 32)
+    pixels = unstandardize(data.train.x, train_pixels)
+    np.testing.assert_array_equal(pixels, train_pixels)
+    # channel-planar layout: row 0 of data_batch_1, pixel (row 5, column 7) of R, G, B
+    rows = batches["data_batch_1"][0]
+    assert pixels[0, :, 5, 7].tolist() == [rows[0, c * 1024 + 5 * 32 + 7] for c in range(3)]
+    assert data.train.y.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    assert data.test.y.tolist() == batches["test_batch"][1]
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / archive.name).write_bytes(archive.read_bytes())
+    for where in (archive, tmp_path / "elsewhere"):
+        from_tar = load_data("cifar10", str(where))
+        assert torch.equal(from_tar.train.x, data.train.x) and torch.equal(from_tar.test.y, data.test.y)
+        assert from_tar.classes == data.classes
+
+
+def test_standardize_gives_zero_mean_unit_std_on_train(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py", n=40)
+    x = load_data("cifar10", str(tmp_path)).train.x
+    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def pylearn2_gcn_zca(train: np.ndarray, test: np.ndarray):
+    """Reference: pylearn2 global_contrast_normalize(scale=55) then ZCA(filter_bias=0.1)."""
+    def gcn(x):
+        x = x - x.mean(axis=1, keepdims=True)
+        norm = np.sqrt((x ** 2).sum(axis=1, keepdims=True)) / 55.0
+        norm[norm < 1e-8] = 1.0
+        return x / norm
+    train, test = gcn(train), gcn(test)
+    mean = train.mean(axis=0)
+    eigs, eigv = np.linalg.eigh(np.dot((train - mean).T, train - mean) / train.shape[0])
+    whiten = np.dot(eigv * np.sqrt(1.0 / (eigs + 0.1)), eigv.T)
+    return (train - mean) @ whiten, (test - mean) @ whiten
+
+
+def test_gcn_zca_whitens_train_and_matches_pylearn2(tmp_path):
+    arrays, _ = write_mnist(tmp_path, n_train=4000, n_test=300, gz=False)
+    data = load_data("mnist", str(tmp_path), preprocess="gcn-zca")
+    x = data.train.x.reshape(4000, -1).double()                               # (N, 784)
+    assert x.mean(0).abs().max() < 1e-4
+    eig = torch.linalg.eigvalsh(x.T @ x / len(x))
+    # GCN removes the constant direction (each image has mean 0); every other direction
+    # has variance e / (e + 0.1) with e ~ 55^2 / 784 per direction: close to 1.
+    assert eig[0] < 1e-6 and eig[1:].min() > 0.9 and eig.max() < 1.0
+    ref_train, ref_test = pylearn2_gcn_zca(arrays[0].reshape(4000, -1) / 255.0, arrays[2].reshape(300, -1) / 255.0)
+    np.testing.assert_allclose(x.numpy(), ref_train, atol=1e-4)
+    np.testing.assert_allclose(data.test.x.reshape(300, -1).numpy(), ref_test, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- batches
+
+def test_batches_order_and_reproducibility():
+    split = TensorSplit(torch.randn(23, 3, 8, 8), torch.arange(23))
+    plain = list(split.batches(5))
+    assert [len(y) for _, y in plain] == [5, 5, 5, 5, 3]
+    assert torch.equal(torch.cat([y for _, y in plain]), torch.arange(23))
+    assert [len(y) for _, y in split.batches(5, drop_last=True)] == [5, 5, 5, 5]
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return list(split.batches(5, shuffle=True, generator=g, augment="flip-crop"))
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in c]))
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(23))   # each example once
+    for x, y in split.batches(23, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        assert torch.equal(x, split.x[y])                                    # labels follow images
+
+
+def test_augment_batch_is_a_flip_and_crop_of_each_example():
+    x = torch.randn(32, 3, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    assert out.shape == x.shape
+    assert torch.equal(out, augment_batch(x, torch.Generator().manual_seed(3), pad=2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    flips = 0
+    for b in range(32):
+        candidates = [(f, padded[b, :, i:i + 8, j:j + 8]) for i in range(5) for j in range(5) for f in (0, 1)]
+        matches = [f for f, crop in candidates if torch.equal(out[b], crop.flip(-1) if f else crop)]
+        assert matches, f"example {b} is no flip/crop of its input"
+        flips += matches[0]
+    assert 0 < flips < 32
+    assert augment_batch(x, None, "none") is x
+    with pytest.raises(UserError, match="flip-crop"):
+        augment_batch(x, None, "rotate")
+
+
+# --------------------------------------------------------------------------- image folders
+
+def write_folder(root: Path):
+    rng = np.random.default_rng(0)
+    sizes = [(20, 30), (40, 16), (33, 33)]
+    for split, count in (("train", 3), ("val", 2)):
+        for c, name in enumerate(["cat", "dog", "emu"]):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                w, h = sizes[(i + c) % 3]
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    Image.new("RGB", (50, 20), (200, 100, 50)).save(root / "val" / "emu" / "solid.png")
+
+
+def test_imagefolder_loads_classes_and_shapes(tmp_path):
+    write_folder(tmp_path)
+    data = load_data("imagefolder", str(tmp_path), image_size=16)
+    assert data.classes == ["cat", "dog", "emu"] and data.num_classes == 3 and data.in_shape == (3, 16, 16)
+    assert (len(data.train), len(data.test)) == (9, 7) and isinstance(data.train, FolderSplit)
+    ys = []
+    for x, y in data.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0), augment="flip-crop"):
+        assert x.shape == (len(y), 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+        ys += y.tolist()
+    assert sorted(ys) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    x, y = next(iter(data.test.batches(7)))
+    assert y.tolist() == [0, 0, 1, 1, 2, 2, 2]
+    # the solid image (last in sorted order) is one colour after resize and crop, standardized
+    expected = (torch.tensor([200, 100, 50]) / 255 - data.test.mean) / data.test.std
+    torch.testing.assert_close(x[6], expected[:, None, None].expand(3, 16, 16))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_imagefolder_corrupt_image_names_the_file(tmp_path, num_workers):
+    write_folder(tmp_path)
+    (tmp_path / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    data = load_data("imagefolder", str(tmp_path), image_size=8, num_workers=num_workers)
+    with pytest.raises(UserError, match="broken.png") as err:
+        list(data.test.batches(3))
+    assert "\n" not in str(err.value)
+    (tmp_path / "train" / "cat" / "bad.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="bad.jpg"):
+        load_data("imagefolder", str(tmp_path), image_size=8)   # read while estimating mean/std
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    write_folder(tmp_path)
+    with pytest.raises(UserError, match="imagefolder supports only"):
+        load_data("imagefolder", str(tmp_path), preprocess="gcn-zca")
+    (tmp_path / "train" / "fox").mkdir()
+    with pytest.raises(UserError, match="fox"):
+        load_data("imagefolder", str(tmp_path))
+    for image in (tmp_path / "train" / "cat").iterdir():
+        image.unlink()
+    (tmp_path / "val" / "fox").mkdir()
+    with pytest.raises(UserError, match="cat: no images"):
+        load_data("imagefolder", str(tmp_path))
+
+
+# --------------------------------------------------------------------------- names and folders
+
+def test_user_errors_list_choices_and_name_folders(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="fashion-mnist, mnist, cifar10, imagefolder, demo"):
+        load_data("svhn")
+    with pytest.raises(UserError, match="standardize, gcn-zca"):
+        load_data("demo", preprocess="pca")
+    with pytest.raises(UserError, match="none, flip-crop"):
+        next(TensorSplit(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)).batches(1, augment="mixup"))
+    with pytest.raises(UserError, match="no such folder .*nowhere"):
+        load_data("mnist", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="1..5000"):
+        load_data("demo", train_subset=5001)
+    monkeypatch.setenv("ROBUSTWEIGHTS_DATA", str(tmp_path))
+    write_mnist(tmp_path / "mnist")
+    assert default_data_dir("mnist") == str(tmp_path / "mnist")
+    assert len(load_data("mnist", test_subset=7).test) == 7
+    assert (DATASETS, PREPROCESS, AUGMENT)[2] == ("none", "flip-crop")
+
+
+# --------------------------------------------------------------------------- real data
+
+def test_demo_is_balanced_fashion_mnist():
+    data = load_data("demo")
+    assert isinstance(data, Data) and data.description == \
+        "Fashion-MNIST subset shipped with robustweights (5000 train / 1000 test)"
+    assert (len(data.train), len(data.test), data.in_shape) == (5000, 1000, (1, 28, 28))
+    assert torch.bincount(data.train.y).tolist() == [500] * 10
+    assert torch.bincount(data.test.y).tolist() == [100] * 10
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    sub = load_data("demo", train_subset=100, seed=1)
+    assert len(sub.train) == 100 and "subset 100 of 5000 (seed 1)" in sub.description
+    assert torch.equal(sub.train.y, load_data("demo", train_subset=100, seed=1).train.y)
+
+
+def test_shared_cifar_copy_is_labelled_jpeg(monkeypatch, tmp_path):
+    need(SHARED_CIFAR, "shared CIFAR-10 copy")
+    data = load_data("cifar10", str(SHARED_CIFAR), train_subset=200, test_subset=50)
+    assert "CIFAR-10 (JPEG copy)" in data.description
+    assert (len(data.train), len(data.test), data.in_shape) == (200, 50, (3, 32, 32))
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer",
+                            "dog", "frog", "horse", "ship", "truck"]
+    monkeypatch.delenv("ROBUSTWEIGHTS_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)   # found beside the checkout, whatever the working directory
+    assert default_data_dir("cifar10") == str(SHARED_CIFAR)
+
+
+def test_debian_fashion_mnist_loads_in_full():
+    need(DEBIAN_FASHION, "Debian dataset-fashion-mnist")
+    data = load_data("fashion-mnist", str(DEBIAN_FASHION))
+    assert (len(data.train), len(data.test), data.in_shape, data.num_classes) == (60000, 10000, (1, 28, 28), 10)
+    assert torch.bincount(data.train.y).tolist() == [6000] * 10
+    assert data.description == f"Fashion-MNIST from {DEBIAN_FASHION}"

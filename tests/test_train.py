@@ -1,0 +1,148 @@
+"""Training end to end on real data, checkpoints, resume, divergence, load and evaluate."""
+
+import json
+
+import pytest
+import torch
+
+import robustweights as rw
+from robustweights import training as train_mod
+from robustweights.projected import projected_layers
+
+
+def tiny(tmp_path=None, name="run", **kw):
+    """A small but real run: the MLP on the shipped Fashion-MNIST subset."""
+    base = dict(model="mlp", width=0.25, dataset="demo", train_subset=1000, test_subset=500, epochs=2,
+                batch_size=50, lr=3e-3, seed=0)
+    base.update(kw)
+    if tmp_path is not None:
+        base["out"] = str(tmp_path / name)
+    return rw.TrainConfig(**base)
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sign_cnn_learns_fashion_mnist_subset_and_checkpoint_round_trips(tmp_path):
+    config = rw.TrainConfig(model="cnn", width=0.5, dataset="demo", projection="sign", epochs=3, batch_size=50,
+                            lr=2e-3, out=str(tmp_path / "sign"))
+    result = rw.train(config, progress=False)
+    assert result.test_error < 0.25, result.history   # sane: chance is 90% error
+    for _, m in projected_layers(result.model):        # hidden weights clipped to [-1, 1]
+        assert m.weight.abs().max() <= 1.0
+    run = tmp_path / "sign"
+    assert json.loads((run / "config.json").read_text())["projection"] == "sign"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["test_weights"] == "projected"
+    model, cfg = rw.load(run)
+    assert cfg == config
+    assert same_state(model.state_dict(), result.model.state_dict())
+    r = rw.evaluate(model, cfg)
+    assert r["error"] == pytest.approx(result.test_error) and r["weights"] == "projected"
+    # the sign network tested with its binary weights equals it tested with sign(W) of the hidden ones
+    with rw.distort(model, "sign:scale=clip"):
+        assert rw.evaluate(model, cfg, weights="hidden")["error"] == pytest.approx(r["error"])
+    hidden = rw.evaluate(model, cfg, weights="hidden")
+    assert hidden["weights"] == "hidden" and hidden["error"] != r["error"]
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
+    kw = dict(projection="stoch-sign", epochs=3, augment="flip-crop")
+    full = rw.train(tiny(tmp_path, "full", **kw), progress=False)
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rw.train(tiny(tmp_path, "cut", **kw), progress=False, callback=stop_after_first)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = rw.train(tiny(tmp_path, "cut", **kw), resume=True, progress=False)
+    assert same_state(resumed.model.state_dict(), full.model.state_dict())
+    key = [(h["train_loss"], h["test_error"]) for h in full.history]
+    assert [(h["train_loss"], h["test_error"]) for h in resumed.history] == key
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a = rw.train(tiny(epochs=1), progress=False).model.state_dict()
+    b = rw.train(tiny(epochs=1), progress=False).model.state_dict()
+    c = rw.train(tiny(epochs=1, seed=1), progress=False).model.state_dict()
+    assert same_state(a, b) and not same_state(a, c)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny(tmp_path, epochs=3)
+    real = train_mod.loss_fn
+    calls = {"n": 0}
+    steps_per_epoch = 1000 // 50
+
+    def poisoned(name, logits, y):
+        calls["n"] += 1
+        loss = real(name, logits, y)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 3 else loss
+
+    monkeypatch.setattr(train_mod, "loss_fn", poisoned)
+    with pytest.raises(train_mod.Diverged, match="non-finite"):
+        rw.train(config, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    config = tiny(tmp_path, epochs=1)
+    rw.train(config, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(rw.UserError, match="already holds a run"):
+        rw.train(config, progress=False)
+    with pytest.raises(rw.UserError, match="cannot resume .*projection"):
+        rw.train(tiny(tmp_path, epochs=2, projection="sign"), resume=True, progress=False)
+    assert ckpt.read_bytes() == before
+
+
+def test_fwd_mode_and_clip_only_train(tmp_path):
+    for mode in ("fwd", "none"):
+        result = rw.train(tiny(projection="sign", mode=mode, epochs=1), progress=False)
+        assert result.test_error < 0.5
+
+
+def test_schedules():
+    c = tiny(lr=1e-2, epochs=4, schedule="exp", lr_end=1e-4)
+    assert [round(train_mod.lr_at(c, e, 0, 10), 8) for e in range(4)] == [1e-2, round(1e-2 * 1e-2 ** (1 / 3), 8),
+                                                                          round(1e-2 * 1e-2 ** (2 / 3), 8), 1e-4]
+    c = tiny(lr=1.0, epochs=2, schedule="cosine")
+    assert train_mod.lr_at(c, 0, 0, 10) == 1.0 and train_mod.lr_at(c, 1, 0, 10) == pytest.approx(0.5)
+
+
+def test_load_refuses_files_that_are_not_checkpoints(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(rw.UserError, match="not a readable checkpoint"):
+        rw.load(bad)
+    torch.save({"hello": 1}, bad)
+    with pytest.raises(rw.UserError, match="not a robustweights checkpoint"):
+        rw.load(bad)
+    with pytest.raises(rw.UserError, match="no checkpoint"):
+        rw.load(tmp_path / "missing")
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "robustweights-checkpoint", "x": Evil()}, bad)
+    with pytest.raises(rw.UserError, match="not a readable checkpoint"):
+        rw.load(bad)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    rw.train(tiny(tmp_path, epochs=1), progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[:5000])
+    with pytest.raises(rw.UserError, match="not a readable checkpoint"):
+        rw.load(cut)
