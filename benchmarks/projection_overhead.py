@@ -31,17 +31,21 @@ from robustweights.projected import clip_  # noqa: E402
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
-def make_step(model_name, width, projection, batch, device, mode="fwd+bwd"):
+def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False):
     torch.manual_seed(0)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
+    fmt = torch.channels_last if amp else torch.contiguous_format  # the GPU fast path uses both
+    model.to(memory_format=fmt)
     rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, *shape, device=device)
+    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -52,8 +56,8 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd"):
     return step
 
 
-def bench(model_name, width, projections, batch, rounds, per_round, device):
-    steps = {p: make_step(model_name, width, p, batch, device) for p in ["identity", *projections]}
+def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False):
+    steps = {p: make_step(model_name, width, p, batch, device, amp=amp) for p in ["identity", *projections]}
     times = {p: [] for p in steps}
     for s in steps.values():  # warm-up
         for _ in range(3):
@@ -65,10 +69,11 @@ def bench(model_name, width, projections, batch, rounds, per_round, device):
                 s()
             times[p].append((time.perf_counter() - t) / per_round)
     base = statistics.median(times["identity"])
-    print(f"\n{model_name} width {width}, batch {batch}: float step {base * 1e3:.1f} ms (median of {rounds} rounds)")
+    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+          f"float step {base * 1e3:.1f} ms = {batch / base:.0f} img/s (median of {rounds} rounds)")
     for p in projections:
         m = statistics.median(times[p])
-        print(f"  {p:<28} {m * 1e3:8.1f} ms   ratio {m / base:.3f}")
+        print(f"  {p:<28} {m * 1e3:8.1f} ms = {batch / m:7.0f} img/s   ratio {m / base:.3f}")
     return {p: statistics.median(times[p]) / base for p in projections}
 
 
@@ -79,6 +84,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--per-round", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--width", type=float, default=None, help="override the model's benchmark width")
+    ap.add_argument("--batch", type=int, default=None, help="override the model's benchmark batch size")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast and channels-last (CUDA)")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
@@ -86,7 +94,8 @@ def main():
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
     for m in args.models:
         width, batch = configs[m]
-        bench(m, width, args.projections, batch, args.rounds, args.per_round, device)
+        bench(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
+              amp=args.amp)
 
 
 if __name__ == "__main__":

@@ -355,9 +355,12 @@ class Diverged(UserError):
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None) -> TrainResult:
+          callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None,
+          data: data_mod.Data | None = None) -> TrainResult:
     """Train ``config.model`` with projected weights; see the module docstring.
 
+    ``data`` may pass the dataset already loaded for this configuration (it is
+    loaded from the configuration otherwise).
     ``callback(epoch, metrics)`` runs after each epoch's checkpoint is written
     (raise from it to stop early). A non-finite loss raises :class:`Diverged`
     and leaves the last good checkpoint as it was.
@@ -367,7 +370,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     config.validate()
     state = _check_out(config, resume)
     device = resolve_device(config.device)
-    data = load_config_data(config)
+    data = data or load_config_data(config)
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)

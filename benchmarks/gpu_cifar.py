@@ -1,0 +1,201 @@
+"""GPU runs on CIFAR-10: full-width bc-vgg with float, sign and stoch-mult weights, then additive-noise curves.
+
+    python benchmarks/gpu_cifar.py --data-dir DIR --out OUT [--epochs 30] [--budget-s 150]
+    python benchmarks/gpu_cifar.py --pack SRC_DIR DEST_DIR      # xz-compress batches to carry to a GPU machine
+    python benchmarks/gpu_cifar.py --unpack SRC_DIR DEST_DIR    # and back, byte for byte
+
+The device machine cannot see ``../shared/datasets``, and one call carries at
+most 64 MiB, so the CIFAR batch files travel xz-compressed (a delta filter
+first: neighbouring pixels are alike), in two calls. Unpacked files are
+byte-identical, so the loader still recognises the JPEG copy by its sha256.
+
+Made for a short lease of one H100/H200 (see DEVELOPERS.md of the tool
+library): every run has a wall-time budget and stops after the epoch that
+crosses it; results are written to OUT as they come (``gpu_cifar.json``), so a
+run cut short still leaves its numbers. The recipe is BinaryConnect's (GCN +
+ZCA, no augmentation, Adam, exponentially decaying learning rate, all layers
+projected) with the GPU fast path: data resident on the GPU, channels-last,
+bf16 autocast, a larger batch than BinaryConnect's 50 so that the GPU is busy.
+
+After training, each network is tested under ``add-gauss:sigma=s`` (3 trials
+per strength) on its hidden weights and, for the sign network, also on its
+binary weights (``--on projected``), with and without re-estimating the
+batch-norm statistics on training batches (method.md section 3 option).
+Effective bits ``0.5*log2(1 + 1/s^2)`` (method.md section 4): s=0.8 is 0.68 bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import robustweights as rw  # noqa: E402
+from robustweights import projected, training  # noqa: E402
+
+RUNS = {
+    "identity": dict(projection="identity"),
+    "sign": dict(projection="sign"),
+    "stoch-mult": dict(projection="stoch-mult:gamma=0.5"),
+}
+SIGMAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+
+
+XZ_FILTERS = [{"id": 3, "dist": 1}, {"id": 0x21, "preset": 6}]  # lzma.FILTER_DELTA, lzma.FILTER_LZMA2
+
+
+def pack(src: Path, dest: Path) -> None:
+    import lzma
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        (dest / (f.name + ".xz")).write_bytes(lzma.compress(f.read_bytes(), lzma.FORMAT_XZ, filters=XZ_FILTERS))
+
+
+def unpack(src: Path, dest: Path) -> None:
+    import lzma
+    from concurrent.futures import ThreadPoolExecutor
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("*.xz"))
+    with ThreadPoolExecutor(8) as pool:  # lzma releases the GIL
+        list(pool.map(lambda f: (dest / f.name[:-3]).write_bytes(lzma.decompress(f.read_bytes())), files))
+
+
+class OutOfTime(Exception):
+    pass
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, split, batches: int, batch_size: int, device) -> None:
+    """Recompute batch-norm running statistics as a cumulative average over ``batches`` training batches."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum,) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
+        if i >= batches:
+            break
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            model(x.contiguous(memory_format=torch.channels_last))
+    for m, (mom,) in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+def sweep(model, config, data, device, on: str, bn: bool) -> list[dict]:
+    rows = []
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BN stats are restored after each cell
+    for s in SIGMAS:
+        for trial in range(3 if s > 0 else 1):
+            g = torch.Generator(device=device).manual_seed(1000 * trial + int(s * 100))
+            with projected.distort(model, f"add-gauss:sigma={s}", g, on=on):
+                if bn:
+                    reestimate_bn(model, data.train, 20, 500, device)
+                r = rw.evaluate(model, config, weights="hidden", data=data, batch_size=2000)
+            model.load_state_dict(state)
+            bits = 0.5 * math.log2(1 + 1 / s ** 2) if s > 0 else None
+            rows.append({"sigma": s, "trial": trial, "error": r["error"], "effective_bits": bits,
+                         "on": on, "bn_reestimated": bn})
+    return rows
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] in ("--pack", "--unpack"):
+        (pack if sys.argv[1] == "--pack" else unpack)(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--budget-s", type=float, default=150, help="training wall-time budget per run, seconds")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--train-subset", type=int, default=None)
+    ap.add_argument("--device", default="cuda", help="cpu only to try the script on a tiny setting")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip() or "see the results note",
+              "command": "python benchmarks/gpu_cifar.py " + " ".join(sys.argv[1:]), "runs": {}}
+
+    def save():
+        (args.out / "gpu_cifar.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    data = None
+    for name in args.runs:
+        config = rw.TrainConfig(model="bc-vgg", width=args.width, dataset="cifar10", data_dir=args.data_dir,
+                                preprocess="gcn-zca", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                schedule="exp", lr_end=args.lr / 100, device=args.device, amp=True, channels_last=True,
+                                eval_batch_size=2000, train_subset=args.train_subset,
+                                out=str(Path("/tmp/gpu_runs") / f"{name}-{time.time_ns()}"), **RUNS[name])
+        entry = report["runs"][name] = {"config": dataclasses.asdict(config), "epochs": []}
+        t_train = 0.0
+        reached_85 = None
+
+        def on_epoch(epoch, m):
+            nonlocal t_train, reached_85
+            t_train += m["seconds"]
+            entry["epochs"].append({**m, "train_seconds_cumulative": t_train})
+            if reached_85 is None and m["test_error"] <= 0.15:
+                reached_85 = {"epoch": epoch, "train_seconds": t_train}
+                entry["time_to_85"] = reached_85
+            print(f"{name}: epoch {epoch} test error {m['test_error']:.2%} ({m['test_weights']}), "
+                  f"{m['images_per_second']:.0f} img/s, {t_train:.0f} s", flush=True)
+            save()
+            if t_train > args.budget_s:
+                raise OutOfTime
+
+        t0 = time.perf_counter()
+        data = data or training.load_config_data(config)
+        try:
+            rw.train(config, progress=False, callback=on_epoch, data=data)
+        except OutOfTime:
+            entry["stopped_by_budget"] = True
+        entry["wall_seconds"] = time.perf_counter() - t0
+        model, cfg = rw.load(config.out, device=args.device)
+        model.to(memory_format=torch.channels_last)
+        test = rw.evaluate(model, cfg, data=data)
+        entry["final"] = {"test_error": test["error"], "weights": test["weights"], "dataset": test["dataset"]}
+        print(f"{name}: final test error {test['error']:.2%} ({test['weights']} weights) on {test['dataset']}",
+              flush=True)
+        save()
+        entry["sweeps"] = []
+        # The sign network's hidden weights are not its evaluation weights (its batch-norm statistics
+        # belong to weights of magnitude H), so its curves distort the binary weights it runs with.
+        variants = [("projected", False), ("projected", True), ("hidden", True)] if name == "sign" else \
+            [("hidden", False), ("hidden", True)]
+        for on, bn in variants:
+            t1 = time.perf_counter()
+            rows = sweep(model, cfg, data, device, on, bn)
+            entry["sweeps"] += rows
+            means = {s: sum(r["error"] for r in rows if r["sigma"] == s) / max(1, sum(r["sigma"] == s for r in rows))
+                     for s in SIGMAS}
+            print(f"{name}: add-gauss on {on} weights, BN re-estimated={bn}: " +
+                  ", ".join(f"s={s}: {e:.2%}" for s, e in means.items()) + f" ({time.perf_counter() - t1:.0f} s)",
+                  flush=True)
+            save()
+        del model
+        torch.cuda.empty_cache()
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
