@@ -17,6 +17,7 @@ binarization and other non-linear distortions" (arXiv 1606.01981).
 from .errors import UserError
 from .models import create_model, list_models, register_model
 from .projected import attach, clip_, detach, distort, projected_layers, use_weights
+from .sweep import SweepConfig, run_sweep, sweep
 from .training import TrainConfig, TrainResult, evaluate, load, train
 from .transforms import Transform, list_transforms, transform
 
@@ -27,4 +28,12 @@ __all__ = [
     "attach", "detach", "clip_", "distort", "projected_layers", "use_weights",
     "create_model", "list_models", "register_model",
     "TrainConfig", "TrainResult", "train", "load", "evaluate",
+    "SweepConfig", "sweep", "run_sweep", "report",
 ]
+
+
+def report(*args, **kwargs):
+    """Figures and tables from sweep result folders; see :func:`robustweights.report.report`."""
+    from .report import report as _report
+
+    return _report(*args, **kwargs)

@@ -43,9 +43,15 @@ def _field_type(f: dataclasses.Field):
 def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
     """One flag per config field; defaults are suppressed so we can tell which flags were given."""
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        help = f"{f.metadata.get('help', '')} (default: {f.default})"
-        if _field_type(f) is bool:
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help = f"{f.metadata.get('help', '')} (default: {default})"
+        if f.metadata.get("positional"):
+            p.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=f.metadata["help"])
+        elif str(f.type).startswith("list"):
+            p.add_argument(flag, dest=f.name, action="append", default=argparse.SUPPRESS,
+                           metavar=f.name.upper().rstrip("S"), help=f.metadata.get("help"))
+        elif _field_type(f) is bool:
             p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help)
         else:
             p.add_argument(flag, type=_field_type(f), choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
@@ -97,6 +103,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(**_given(args, SweepConfig))
+    r = run_sweep(config, progress=not args.quiet)
+    print(f"sweep of {r['label']} on {r['data_description']} ({r['split']} split)")
+    print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights); distorted: "
+          f"{r['on']} weights; batch-norm statistics "
+          + (f"re-estimated on {r['bn_reestimate']} training batches per cell" if r["bn_reestimate"]
+             else "as stored (not re-estimated)"))
+    groups: dict = {}
+    for row in r["rows"]:
+        groups.setdefault(row["spec"], []).append(row["error"])
+    for spec, errs in groups.items():
+        mean = sum(errs) / len(errs)
+        spread = f" (min {min(errs):.2%}, max {max(errs):.2%}, {len(errs)} trials)" if len(errs) > 1 else ""
+        print(f"  {spec:<40} error {mean:.2%}{spread}")
+    best = r["lowest_bits"]
+    if best:
+        print(f"lowest effective bits with mean error <= {r['target_error']:.2%}: {best['effective_bits']:.3g} "
+              f"bits per weight ({best['spec']}, mean error {best['mean_error']:.2%})")
+    else:
+        print(f"no distortion with an effective-bits figure kept the mean error <= {r['target_error']:.2%}")
+    print(f"results: {config.out}/results.csv, results.json, sweep.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    at = {}
+    for item in args.at or []:
+        name, _, value = item.partition("=")
+        try:
+            at[name] = float(value)
+        except ValueError:
+            raise UserError(f"--at {item!r}: expected DISTORTION=VALUE, e.g. add-gauss=0.8") from None
+    r = report(args.results, args.out, at=at or None, title=args.title)
+    print(f"report: {r['html']} (and {Path(r['md']).name}, {len(r['figures'])} figures)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from .models import list_models
     from .transforms import _REGISTRY, list_transforms
@@ -124,8 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # --debug is also accepted after the command; SUPPRESS keeps the top-level value when it is not given.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
 
-    t = sub.add_parser("train", help="train a network with projected weights",
+    t = sub.add_parser("train", parents=[debug], help="train a network with projected weights",
                        description="Train a network with weights projected in the forward pass "
                        "(BinaryConnect style: float hidden weights, straight-through gradients, clipping).")
     _add_config_flags(t, TrainConfig)
@@ -133,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test error of a checkpoint",
+    e = sub.add_parser("evaluate", parents=[debug], help="test error of a checkpoint",
                        description="Test error and loss of a trained checkpoint on its own dataset and preprocessing.")
     e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
     e.add_argument("--weights", choices=WEIGHTS, default="auto",
@@ -144,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="train float and binarized networks on shipped data and compare them",
+    d = sub.add_parser("demo", parents=[debug],
+                       help="train float and binarized networks on shipped data and compare them",
                        description="The main job on embedded data (a Fashion-MNIST subset shipped in the package): "
                        "no download, no dataset to install, a few minutes on 2 CPU cores.")
     d.add_argument("--out", default="runs/demo", help="folder for the two runs (default: runs/demo)")
@@ -152,7 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    ls = sub.add_parser("list", help="list models, transforms and datasets")
+    from .sweep import SweepConfig
+
+    sw = sub.add_parser("sweep", parents=[debug], help="test error of a network under test-time weight distortions",
+                        description="Stress-test a checkpoint (or your own model: --model-factory with --state-dict "
+                        "and --dataset) against weight distortion grids; writes results.csv, results.json and "
+                        "sweep.json. Started again on the same --out, it computes only the missing cells.")
+    _add_config_flags(sw, SweepConfig)
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", parents=[debug], help="figures and tables from sweep results",
+                        description="Turn one or several sweep result folders into report.html (self-contained), "
+                        "report.md and PNG figures.")
+    rp.add_argument("results", nargs="+", help="sweep result folders")
+    rp.add_argument("--out", required=True, help="report folder")
+    rp.add_argument("--at", action="append", metavar="DISTORTION=VALUE",
+                    help="strength for the matrix table, repeatable (default: each grid's middle value)")
+    rp.add_argument("--title", default=None)
+    rp.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", parents=[debug], help="list models, transforms and datasets")
     ls.add_argument("what", nargs="?", choices=("models", "transforms", "datasets", "all"), default="all")
     ls.set_defaults(func=cmd_list)
     return p

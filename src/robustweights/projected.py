@@ -231,17 +231,18 @@ def effective_weight(layer: nn.Module) -> Tensor:
 
 @contextmanager
 def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator | None = None,
-            *, on: str = "hidden"):
+            *, on: str = "hidden", exclude: "set[str] | tuple[str, ...]" = ()):
     """Within the block every projected layer uses ``t(W)`` (one draw per layer, fixed for the block).
 
     ``on="hidden"`` distorts the hidden weights, ``on="projected"`` the weights
-    evaluation would otherwise use. The hidden weights are never written: the
-    distorted tensors are pinned beside them and dropped on exit, error or not.
+    evaluation would otherwise use. Layers named in ``exclude`` keep their
+    evaluation weights. The hidden weights are never written: the distorted
+    tensors are pinned beside them and dropped on exit, error or not.
     """
     if on not in ("hidden", "projected"):
         raise UserError(f"distort on must be 'hidden' or 'projected', not {on!r}")
     t = transform(t)
-    layers = [m for _, m in projected_layers(model)]
+    layers = [m for n, m in projected_layers(model) if n not in exclude]
     before = [m.rw.pinned for m in layers]
     try:
         with torch.no_grad():

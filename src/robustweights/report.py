@@ -1,0 +1,770 @@
+"""Reports: figures and tables from sweep result folders, for people to look at.
+
+    robustweights report runs/sweep-sign runs/sweep-float --out reports/sign-vs-float
+    rw.report(["runs/sweep-sign", "runs/sweep-float"], "reports/sign-vs-float", at={"add-gauss": 0.8})
+
+A sweep result folder (written by :func:`robustweights.sweep.run_sweep`) holds
+``sweep.json`` (provenance: checkpoint, data, weights, commit, machine) and
+``results.json`` (one row per distortion, strength and trial). A report turns
+one or several such folders into, in ``out``:
+
+- ``error_vs_strength.png``: test error against the strength of each test-time
+  distortion, one line per checkpoint (mean over trials, min-max band);
+- ``error_vs_bits.png``: test error against effective bits per weight
+  (method.md section 4), with the paper's 11% at 0.68 bits marked;
+- ``matrix.png``: method.md section 3's matrix (training projection by
+  test-time distortion), when the inputs hold at least two ways of training;
+- ``report.html`` (self-contained: images embedded as data URIs, inline CSS,
+  nothing fetched, so it opens offline and can be mailed), ``report.md``
+  (links the PNGs beside it) and ``report.json`` (what went in; it also marks
+  the folder as a report, so that a rerun may overwrite it and never a folder
+  that holds something else).
+
+Every figure names the dataset with its caveat (``CIFAR-10 (JPEG copy)``), and
+the report lists each input's provenance, as method.md asks of every result.
+
+Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas
+explicitly, not through pyplot: a report made inside a notebook neither
+switches the notebook's backend nor leaves figures open.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import math
+import statistics
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
+
+from .errors import UserError
+from .training import _atomic_write, write_text
+
+MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
+FIGURE_DPI = 120
+PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits
+FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "matrix.png")
+OUTPUTS = FIGURES + ("report.html", "report.md")   # what a rerun may replace or remove; report.json aside
+
+# Axis labels of the swept parameters, with their unit or meaning (method.md sections 2-3).
+PARAM_LABELS = {
+    ("add-gauss", "sigma"): "sigma (noise std / weight std)",
+    ("mult-gauss", "sigma"): "sigma (relative noise std)",
+    ("power", "beta"): "beta (power exponent)",
+    ("quant", "bits"): "bits (2^bits levels)",
+    ("prune", "frac"): "frac (fraction pruned)",
+    ("bitflip", "p"): "p (flip probability)",
+    ("stoch-mult", "gamma"): "gamma (u ~ U[gamma, 1/gamma])",
+    ("ternary", "delta"): "delta (zero threshold / H)",
+}
+# Parameters whose small values distort most: power:beta=0 and quant:bits=1 are sign,
+# stoch-mult:gamma=1 is the identity. Every other parameter distorts more as it grows.
+SMALLER_IS_STRONGER = {"beta", "bits", "gamma"}
+MARKERS = "osD^vPX*<>ph"
+
+HOW_TO_READ = (
+    "Each point is the test error of a trained network whose weights were distorted at test time "
+    "(each convolution and linear weight tensor, independently), averaged over the trials "
+    "(independent random draws) at that strength; the shaded band spans the lowest to the highest "
+    "trial, and the dashed line of the same colour is the network's undistorted error. That line is "
+    "measured with the weights the network is normally tested with (projected, for a deterministic "
+    "training projection such as sign), while distortions act on the hidden weights unless the "
+    "provenance says projected: a curve need not start on its dashed line. "
+    "Distortion grows with sigma (noise relative to the weight spread), frac and p, and falls as "
+    "beta or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the "
+    "weights as they are. Effective bits per weight (method.md section 4) bound what a distorted "
+    "weight can carry: 0.5*log2(1 + 1/sigma^2) under Gaussian noise, log2(levels) for a quantizer. "
+    "A robust network keeps a flat curve near its dashed line; the paper's claim is that networks "
+    "trained with binarized weights stay flat far longer than float ones. The provenance tables "
+    "below say which weights were distorted (hidden or projected) and whether batch-norm "
+    "statistics were re-estimated after distorting."
+)
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str, float] | None" = None,
+           title: str | None = None) -> dict:
+    """Write figures, ``report.html``, ``report.md`` and ``report.json`` for sweep result folders into ``out``.
+
+    ``at`` maps a distortion name to the strength shown in the table of mean
+    errors (e.g. ``{"add-gauss": 0.8, "power": 0.0}``); a distortion not named
+    gets the grid value nearest to the median of its grid. ``title`` heads the
+    report. ``out`` is created if needed; an existing folder is overwritten
+    only if it holds a report written here.
+
+    Returns ``{"html": Path, "md": Path, "figures": [Path], "table": rows}``:
+    one row per input, ``{"label": ..., column: mean error in % or None}``.
+    Nothing is written unless every input reads and every argument is valid.
+    """
+    folders = [Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)]
+    if not folders:
+        raise UserError("give at least one sweep result folder")
+    seen = set()
+    for f in folders:
+        if f.resolve() in seen:
+            raise UserError(f"{f} is given twice; give each sweep result folder once")
+        seen.add(f.resolve())
+    sources = [Source(f, *load_results(f)) for f in folders]
+    _name_sources(sources)
+    keys = list(dict.fromkeys(k for s in sources for k in s.curves))   # first appearance: the sweep's order
+    names = _display_names(keys)
+    panels = _panels(keys, names)
+    columns = _table_columns(keys, names, sources, at or {})
+    out = Path(out)
+    old_files = _check_out(out)
+
+    # Everything is drawn before the first byte is written, so a failure leaves `out` as it was.
+    colors = _colors(len(sources))
+    caption = dataset_caption(sources)
+    ylabel = _error_label(sources)
+    figures = {"error_vs_strength.png": _fig_strength(sources, panels, colors, caption, ylabel),
+               "error_vs_bits.png": _fig_bits(sources, keys, names, colors, caption, ylabel)}
+    if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2:
+        figures["matrix.png"] = _fig_matrix(sources, panels, colors, caption, ylabel)
+    pngs = {name: _png(fig) for name, fig in figures.items() if fig is not None}
+    table = [{"label": s.label, **{label: _mean_at(s, key, value) for label, key, value in columns}}
+             for s in sources]
+    doc = Document(title or "Robustness to test-time weight distortions", caption, sources, keys, names,
+                   pngs, [label for label, _, _ in columns], table, ylabel)
+
+    files = list(pngs) + ["report.html", "report.md"]
+    manifest = {"kind": MARKER, "inputs": [str(s.folder.resolve()) for s in sources],
+                "labels": [s.label for s in sources],
+                "at": {label: value for label, _, value in columns if value is not None},
+                "files": files, "written": _now()}
+    # The marker goes first: a report interrupted half way still owns its folder and can be rerun.
+    claimed = list(dict.fromkeys(old_files + files))
+    write_text(out / "report.json", json.dumps({**manifest, "files": claimed}, indent=2) + "\n")
+    for name, data in pngs.items():
+        _write_bytes(out / name, data)
+    write_text(out / "report.md", doc.markdown())
+    write_text(out / "report.html", doc.html())
+    for name in set(old_files) - set(files):   # e.g. matrix.png of an earlier report with more inputs
+        (out / name).unlink(missing_ok=True)
+    write_text(out / "report.json", json.dumps(manifest, indent=2) + "\n")
+    return {"html": out / "report.html", "md": out / "report.md", "figures": [out / n for n in pngs],
+            "table": table}
+
+
+def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
+    """``(sweep.json, rows of results.json)`` of a sweep result folder, checked.
+
+    Raises :class:`UserError`, naming the folder and the file, for a folder
+    that is not a sweep result: a file missing, unreadable, not JSON, or
+    without the fields a report needs.
+    """
+    folder = Path(result_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; give a sweep result folder (from robustweights sweep)")
+    prov = _read_json(folder, "sweep.json")
+    rows = _read_json(folder, "results.json")
+    where = f"{folder}/sweep.json"
+    if not isinstance(prov, dict):
+        raise UserError(f"{where} is not a sweep's provenance (expected a JSON object)")
+    for k in ("label", "data_description", "baseline_error"):
+        if k not in prov:
+            raise UserError(f"{where} lacks {k!r}; is {folder} a sweep result folder?")
+    if not (isinstance(prov["label"], str) and prov["label"].strip()):
+        raise UserError(f"{where}: label must be a non-empty string, not {prov['label']!r}")
+    if not isinstance(prov["data_description"], str):
+        raise UserError(f"{where}: data_description must be a string, not {prov['data_description']!r}")
+    if not (_is_number(prov["baseline_error"]) and 0 <= prov["baseline_error"] <= 1):
+        raise UserError(f"{where}: baseline_error must be a number in [0, 1], not {prov['baseline_error']!r}")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{folder}/results.json holds no result rows (expected a non-empty JSON list)")
+    for i, r in enumerate(rows):
+        problem = _row_problem(r)
+        if problem:
+            raise UserError(f"{folder}/results.json row {i}: {problem}")
+    return prov, rows
+
+
+def _read_json(folder: Path, name: str):
+    path = folder / name
+    if not path.is_file():
+        raise UserError(f"{folder} is not a sweep result folder: {name} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is corrupt ({e.msg} at line {e.lineno}); rerun the sweep to rewrite it") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is corrupt (not UTF-8 text); rerun the sweep to rewrite it") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror})") from None
+
+
+def _row_problem(r) -> str | None:
+    """What is wrong with one row of results.json, or None."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    missing = [k for k in ("distortion", "param", "value", "error") if k not in r]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not (isinstance(r["distortion"], str) and r["distortion"]) or not isinstance(r["param"], str):
+        return f"distortion {r['distortion']!r} and param {r['param']!r} must be names"
+    for k in ("value", "error"):
+        if not _is_number(r[k]):
+            return f"{k} {r[k]!r} is not a finite number"
+    if not 0 <= r["error"] <= 1:
+        return f"error {r['error']!r} is outside [0, 1]"
+    if r.get("effective_bits") is not None and not _is_number(r["effective_bits"]):
+        return f"effective_bits {r['effective_bits']!r} is neither a finite number nor null"
+    return None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_out(out: Path) -> list[str]:
+    """Refuse an ``out`` that holds anything but an earlier report; return that report's files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return []
+    try:
+        previous = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):   # missing, unreadable or not JSON: not ours
+        previous = None
+    if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
+        raise UserError(f"{out} exists and is not a robustweights report folder; choose another --out")
+    return [f for f in previous.get("files", []) if f in OUTPUTS]   # never remove anything else
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------
+# Curves: rows grouped by distortion and strength, mean and spread over trials
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Key:
+    """Which distortion a curve shows."""
+
+    name: str     # transform name, e.g. "add-gauss"
+    param: str    # the swept parameter; "" for a distortion without one (sign, identity)
+    fixed: str    # the spec's other parameters, e.g. "scale=max": different values are different distortions
+
+
+@dataclass
+class Curve:
+    """Test error of one network under one distortion, per strength; errors in %."""
+
+    x: list[float]               # strengths, ascending
+    mean: list[float]            # mean over trials
+    lo: list[float]              # lowest trial
+    hi: list[float]              # highest trial
+    trials: list[int]
+    bits: list[float | None]     # mean effective bits per weight; None where the distortion has no figure
+
+
+@dataclass
+class Source:
+    """One input: a sweep result folder, its provenance and its curves."""
+
+    folder: Path
+    prov: dict
+    rows: list[dict]
+    label: str = field(init=False)                  # legend name, unique among the inputs
+    curves: dict[Key, Curve] = field(init=False)
+
+    def __post_init__(self):
+        self.label = self.prov["label"]
+        self.curves = curves(self.rows)
+
+
+def row_key(row: dict) -> Key:
+    """The distortion of a row: its name, swept parameter, and the other parameters of its spec."""
+    _, _, rest = str(row.get("spec") or row["distortion"]).partition(":")
+    fixed = ",".join(t for t in rest.split(",") if t and t.partition("=")[0] != row["param"])
+    return Key(row["distortion"], row["param"], fixed)
+
+
+def curves(rows: list[dict]) -> dict[Key, Curve]:
+    """Mean, lowest and highest error (in %) over trials, per distortion and strength."""
+    groups: dict[Key, dict[float, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault(row_key(r), {}).setdefault(float(r["value"]), []).append(r)
+    out = {}
+    for key, by_x in groups.items():
+        xs = sorted(by_x)
+        errors = [[100 * r["error"] for r in by_x[x]] for x in xs]
+        bits = [[r["effective_bits"] for r in by_x[x] if r.get("effective_bits") is not None] for x in xs]
+        out[key] = Curve(xs, [statistics.fmean(e) for e in errors], [min(e) for e in errors],
+                         [max(e) for e in errors], [len(e) for e in errors],
+                         [statistics.fmean(b) if b else None for b in bits])
+    return out
+
+
+def _name_sources(sources: list[Source]) -> None:
+    """Make legend labels unique: a repeated label gets its folder's name (then its position) added."""
+    for make in (lambda s, i: f"{s.prov['label']} [{s.folder.name}]",
+                 lambda s, i: f"{s.prov['label']} [{s.folder.name} #{i + 1}]"):
+        counts: dict[str, int] = {}
+        for s in sources:
+            counts[s.label] = counts.get(s.label, 0) + 1
+        for i, s in enumerate(sources):
+            if counts[s.label] > 1:
+                s.label = make(s, i)
+
+
+def _display_names(keys: list[Key]) -> dict[Key, str]:
+    """A distortion's name, with its parameters added only where two distortions share the name."""
+    names = {}
+    for k in keys:
+        if sum(other.name == k.name for other in keys) == 1:
+            names[k] = k.name
+        else:
+            names[k] = f"{k.name} ({', '.join(filter(None, [f'vs {k.param}' if k.param else '', k.fixed]))})"
+    return names
+
+
+def _strongest(key: Key, curve: Curve) -> int:
+    """Index of the most distorting strength of a curve."""
+    return 0 if key.param in SMALLER_IS_STRONGER else len(curve.x) - 1
+
+
+def short_description(description: str) -> str:
+    """The dataset with its caveat, without the path: "CIFAR-10 (JPEG copy) from /x; test subset ..."
+    gives "CIFAR-10 (JPEG copy); test subset ..." (a subset is a caveat too)."""
+    head, sep, tail = description.partition(" from ")
+    return "; ".join([head.strip()] + tail.split("; ")[1:]) if sep else description.strip()
+
+
+def dataset_caption(sources: list[Source]) -> str:
+    """The dataset every figure names; each one with its inputs' labels where the inputs disagree."""
+    by_desc: dict[str, list[str]] = {}
+    for s in sources:
+        by_desc.setdefault(short_description(s.prov["data_description"]) or "dataset not recorded", []).append(s.label)
+    if len(by_desc) == 1:
+        return next(iter(by_desc))
+    return "; ".join(f"{d}: {', '.join(labels)}" for d, labels in by_desc.items())
+
+
+def _error_label(sources: list[Source]) -> str:
+    splits = {s.prov.get("split") or "test" for s in sources}
+    return f"{splits.pop()} error (%)" if len(splits) == 1 else "error (%)"
+
+
+# ---------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Panel:
+    """One plot: a swept distortion, or side by side every distortion without a parameter."""
+
+    title: str
+    keys: tuple[Key, ...]
+    names: tuple[str, ...]     # the keys' display names (x tick labels of a panel without parameter)
+
+    @property
+    def swept(self) -> bool:
+        return bool(self.keys[0].param)
+
+
+def _panels(keys: list[Key], names: dict[Key, str]) -> list[Panel]:
+    fixed = tuple(k for k in keys if not k.param)
+    return ([Panel(names[k], (k,), (names[k],)) for k in keys if k.param]
+            + ([Panel("without parameter", fixed, tuple(names[k] for k in fixed))] if fixed else []))
+
+
+def _colors(n: int) -> list:
+    palette = matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors
+    return [palette[i % len(palette)] for i in range(n)]
+
+
+def _ymax(sources: list[Source]) -> float:
+    """A shared upper y limit: comparing panels by eye needs one scale."""
+    top = max([100 * s.prov["baseline_error"] for s in sources]
+              + [h for s in sources for c in s.curves.values() for h in c.hi])
+    return min(100.0, top * 1.08 + 2)
+
+
+def _draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:
+    """Mean as a line with markers, min-max over trials as a band; one strength as a point with a bar."""
+    if len(xs) == 1:
+        ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt=marker, color=color, ms=5, capsize=3)
+    else:
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+        ax.plot(xs, mean, color=color, marker=marker, ms=3.5, lw=1.6)
+
+
+def _draw_panel(ax, panel: Panel, sources: list[Source], colors: list, *, labels: bool = True) -> None:
+    """One panel: each source's curve (with band) and its undistorted error as a dashed line."""
+    for s, color in zip(sources, colors):
+        ax.axhline(100 * s.prov["baseline_error"], color=color, ls="--", lw=0.9, alpha=0.8)
+    if panel.swept:
+        key = panel.keys[0]
+        for s, color in zip(sources, colors):
+            c = s.curves.get(key)
+            if c:
+                _draw_curve(ax, c.x, c.mean, c.lo, c.hi, color)
+        if key.param == "bits":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if labels:
+            ax.set_xlabel(_param_label(key))
+    else:
+        # Categories side by side; several sources are spread a little so their bars do not hide each other.
+        step = min(0.6 / len(sources), 0.2)
+        for i, (s, color) in enumerate(zip(sources, colors)):
+            for j, key in enumerate(panel.keys):
+                c = s.curves.get(key)
+                if c:
+                    x = j + (i - (len(sources) - 1) / 2) * step
+                    _draw_curve(ax, [x], c.mean[:1], c.lo[:1], c.hi[:1], color)
+        crowded = sum(len(n) for n in panel.names) > 8 * len(panel.names) and len(panel.names) > 1
+        ax.set_xticks(range(len(panel.keys)), panel.names, rotation=25 if crowded else 0,
+                      ha="right" if crowded else "center")
+        ax.set_xlim(-0.6, len(panel.keys) - 0.4)
+        if labels:
+            ax.set_xlabel("distortion (no strength to sweep)")
+    if labels:
+        ax.set_title(panel.title, fontsize=11)
+    ax.grid(alpha=0.3)
+
+
+def _param_label(key: Key) -> str:
+    return PARAM_LABELS.get((key.name, key.param), key.param)
+
+
+def _legend_handles(sources: list[Source], colors: list) -> list:
+    return ([Line2D([], [], color=c, marker="o", ms=4, lw=1.6, label=s.label) for s, c in zip(sources, colors)]
+            + [Patch(color="0.5", alpha=0.3, label="min-max over trials"),
+               Line2D([], [], color="0.4", ls="--", lw=0.9, label="undistorted error")])
+
+
+def _fig_strength(sources, panels, colors, caption, ylabel) -> Figure:
+    """Figure 1: error against each distortion's strength, one panel per distortion."""
+    ncols = 2 if len(panels) == 4 else min(3, len(panels))   # 2x2 rather than 3 + 1 alone
+    nrows = math.ceil(len(panels) / ncols)
+    width = max(4.4 * ncols, 8.0)   # at least room for the legend and the dataset caption
+    fig = Figure(figsize=(width, 3.3 * nrows + 1.2), dpi=FIGURE_DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _draw_panel(ax, panel, sources, colors)
+        ax.yaxis.set_tick_params(labelleft=True)   # sharey hides them on inner panels; they help reading
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    axes[0][0].set_ylim(0, _ymax(sources))
+    _suptitle(fig, "Test error under test-time weight distortions", caption)
+    handles = _legend_handles(sources, colors)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), max(1, int(width / 2.6))),
+               frameon=False)
+    return fig
+
+
+def _fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
+    """Figure 2: error against effective bits per weight; None when no row has an effective-bits figure."""
+    bit_keys = [k for k in keys if any(b is not None for s in sources if k in s.curves for b in s.curves[k].bits)]
+    if not bit_keys:
+        return None
+    markers = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(bit_keys)}
+    fig = Figure(figsize=(9, 5.4), dpi=FIGURE_DPI, layout="constrained")
+    ax = fig.subplots()
+    for s, color in zip(sources, colors):
+        ax.axhline(100 * s.prov["baseline_error"], color=color, ls="--", lw=0.9, alpha=0.8)
+        for k in bit_keys:
+            c = s.curves.get(k)
+            pts = sorted(p for p in zip(c.bits, c.mean, c.lo, c.hi) if p[0] is not None) if c else []
+            if pts:
+                b, m, lo, hi = (list(v) for v in zip(*pts))
+                _draw_curve(ax, b, m, lo, hi, color, marker=markers[k])
+    ax.axvline(PAPER_BITS, color="0.25", lw=0.8, ls=":")
+    ax.plot([PAPER_BITS], [PAPER_ERROR], marker="*", ms=11, color="0.15", ls="none")
+    # Written low, beside the line: the curves rarely go below the undistorted error, so nothing hides it.
+    ax.text(PAPER_BITS, 0.025, " paper: 11% at 0.68 bits", ha="left", va="bottom", fontsize=8.5, color="0.15",
+            transform=blended_transform_factory(ax.transData, ax.transAxes))   # x in bits, y in axes fraction
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, max(_ymax(sources), PAPER_ERROR + 5))
+    ax.set_xlabel("effective bits per weight")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    # Over the axes, not the figure: the legends take the right-hand side.
+    ax.set_title(_title("Test error against effective bits per weight", caption, 6.4), fontsize=12)
+    fig.legend(handles=_legend_handles(sources, colors), loc="outside right upper", title="network", frameon=False)
+    fig.legend(handles=[Line2D([], [], color="0.2", marker=markers[k], ls="none", label=names[k]) for k in bit_keys]
+               + [Line2D([], [], color="0.15", marker="*", ms=10, ls="none", label="paper (CIFAR-10)")],
+               loc="outside right lower", title="distortion", frameon=False)
+    return fig
+
+
+def _fig_matrix(sources, panels, colors, caption, ylabel) -> Figure:
+    """Figure 3: rows are the networks (their training projection), columns the test-time distortions."""
+    nr, nc = len(sources), len(panels)
+    fig = Figure(figsize=(2.8 * nc + 1.4, 2.1 * nr + 1.3), dpi=FIGURE_DPI, layout="constrained")
+    axes = fig.subplots(nr, nc, sharey=True, sharex="col", squeeze=False)
+    for i, (s, color) in enumerate(zip(sources, colors)):
+        for j, panel in enumerate(panels):
+            ax = axes[i][j]
+            _draw_panel(ax, panel, [s], [color], labels=False)
+            if i == 0:
+                ax.set_title(panel.title, fontsize=10)
+            if i == nr - 1:
+                ax.set_xlabel(_param_label(panel.keys[0]) if panel.swept else "", fontsize=8.5)
+        axes[i][0].set_ylabel(f"{s.label}\n{ylabel}", fontsize=9)
+    axes[0][0].set_ylim(0, _ymax(sources))
+    _suptitle(fig, "Training projection (rows) against test-time distortion (columns)", caption)
+    return fig
+
+
+def _title(title: str, caption: str, inches: float) -> str:
+    """Title and dataset caption, wrapped to ``inches`` (a long caveat must not be clipped)."""
+    return "\n".join([title] + textwrap.wrap(caption, int(inches * 9.5)))   # characters per inch at 12 pt
+
+
+def _suptitle(fig: Figure, title: str, caption: str) -> None:
+    fig.suptitle(_title(title, caption, fig.get_figwidth()), fontsize=12)
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)   # the Agg canvas, explicitly: no pyplot, no global backend
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI, facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Tables and text
+# ---------------------------------------------------------------------------
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def _table_columns(keys, names, sources, at: dict) -> list[tuple[str, Key, float | None]]:
+    """``(column label, distortion, strength)`` of the table of mean errors: one column per distortion."""
+    for name, value in at.items():
+        matches = [k for k in keys if name in (names[k], k.name)]
+        if not matches:
+            have = ", ".join(dict.fromkeys(names[k] for k in keys if k.param))
+            raise UserError(f"--at {name}: no such distortion in these results; have: {have}")
+        if not any(k.param for k in matches):
+            raise UserError(f"--at {name}: {name} has no strength to choose")
+        if not _is_number(value):
+            raise UserError(f"--at {name}={value!r}: the strength must be a finite number")
+    columns = []
+    for k in keys:
+        if not k.param:
+            columns.append((names[k], k, None))
+            continue
+        grid = sorted({x for s in sources if k in s.curves for x in s.curves[k].x})
+        want = at.get(names[k], at.get(k.name))
+        if want is None:
+            want = statistics.median(grid)
+        value = min(grid, key=lambda x: (abs(x - want), x))   # on the grid: a mean needs measured points
+        columns.append((f"{names[k]} {k.param}={_fmt(value)}", k, value))
+    return columns
+
+
+def _mean_at(s: Source, key: Key, value: float | None) -> float | None:
+    c = s.curves.get(key)
+    if c is None:
+        return None
+    if value is None:
+        return c.mean[0]
+    return c.mean[c.x.index(value)] if value in c.x else None
+
+
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
+    """One line: undistorted error, error at each distortion's strongest setting, the lowest effective bits."""
+    p = s.prov
+    weights = f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else ""
+    parts = []
+    for k in keys:
+        c = s.curves.get(k)
+        if c is None:
+            continue
+        i = _strongest(k, c)
+        where = f"{names[k]} {k.param}={_fmt(c.x[i])}" if k.param else names[k]
+        spread = f" (min {c.lo[i]:.1f}, max {c.hi[i]:.1f} over {c.trials[i]} trials)" if c.hi[i] > c.lo[i] else ""
+        parts.append(f"{where}: {c.mean[i]:.1f}%{spread}")
+    text = f"undistorted error {100 * p['baseline_error']:.1f}%{weights}; at the strongest setting: {'; '.join(parts)}."
+    best = p.get("lowest_bits")
+    if isinstance(best, dict) and _is_number(best.get("effective_bits")) and _is_number(p.get("target_error")):
+        text += (f" Lowest effective bits with mean error at or below {100 * p['target_error']:.1f}%: "
+                 f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')}).")
+    return text
+
+
+def provenance(s: Source) -> list[tuple[str, str]]:
+    """(field, value) rows that say where an input's numbers came from."""
+    p = s.prov
+
+    def get(k):
+        v = p.get(k)
+        return "–" if v is None or v == "" else str(v)
+
+    bn = p.get("bn_reestimate") or 0
+    keep = (p.get("config") or {}).get("keep") if isinstance(p.get("config"), dict) else None
+    return [
+        ("label", s.label),
+        ("result folder", str(s.folder)),
+        ("checkpoint", get("checkpoint")),
+        ("checkpoint sha256", get("checkpoint_sha256")[:12]),
+        ("trained with", f"{get('train_projection')} ({get('train_mode')})"),
+        ("model, width", f"{get('model')}, {get('width')}"),
+        ("dataset", get("data_description")),
+        ("split", get("split")),
+        ("undistorted error", f"{100 * p['baseline_error']:.2f}%"
+         + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else "")),
+        ("weights distorted", get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else "")),
+        ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn else "off (statistics as trained)"),
+        ("trials, seed", f"{get('trials')}, {get('seed')}"),
+        ("git commit", get("git_commit")),
+        ("torch, device", f"{get('torch')}, {get('device')}"),
+        ("time", _span(p.get("start"), p.get("end"))),
+    ]
+
+
+def _span(start, end) -> str:
+    if not start:
+        return "–"
+    if not end:
+        return f"{start} – not finished (the results may be partial)"
+    try:
+        seconds = (datetime.datetime.fromisoformat(end) - datetime.datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return f"{start} – {end}"
+    h, rest = divmod(int(seconds), 3600)
+    return f"{start} – {end} ({f'{h} h ' if h else ''}{rest // 60} min {rest % 60} s)"
+
+
+# ---------------------------------------------------------------------------
+# HTML and Markdown
+# ---------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1180px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.prov td:first-child { color: #555; white-space: nowrap; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 0.92em; }
+.prov-grid { display: flex; flex-wrap: wrap; gap: 1.2em; } .prov-grid table { max-width: 560px; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+FIGURE_CAPTIONS = {
+    "error_vs_strength.png": "Test error against the strength of each test-time distortion, one line per "
+                             "network: mean over trials, band from the lowest to the highest trial; "
+                             "dashed: the network's undistorted error.",
+    "error_vs_bits.png": "Test error against effective bits per weight (method.md section 4) for the "
+                         "distortions that have such a figure; colour is the network, marker the "
+                         "distortion. Dotted line and star: the paper's 11% CIFAR-10 test error at "
+                         "0.68 effective bits per weight.",
+    "matrix.png": "The matrix of method.md section 3: one row per network (its training projection and "
+                  "mode), one column per test-time distortion; same y scale everywhere.",
+}
+
+
+@dataclass
+class Document:
+    """Everything a report shows, rendered as HTML or Markdown."""
+
+    title: str
+    caption: str
+    sources: list[Source]
+    keys: list[Key]
+    names: dict[Key, str]
+    pngs: dict[str, bytes]
+    columns: list[str]
+    table: list[dict]
+    error_label: str        # "test error (%)", or the split the sweeps measured
+
+    def html(self) -> str:
+        e = html.escape
+        out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(self.title)}</title>",
+               f"<style>{CSS}</style></head><body>",
+               f"<h1>{e(self.title)}</h1>",
+               f"<p class=\"sub\">Data: {e(self.caption)}. Written {e(_now())} by robustweights.</p>",
+               "<h2>Headlines</h2><ul>"]
+        out += [f"<li><b>{e(s.label)}</b>: {e(headline(s, self.keys, self.names))}</li>" for s in self.sources]
+        out.append("</ul><h2>Figures</h2>")
+        for name, data in self.pngs.items():
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            out.append(f"<figure><img src=\"{uri}\" alt=\"{e(name)}\"><figcaption>{e(FIGURE_CAPTIONS[name])} "
+                       f"Data: {e(self.caption)}.</figcaption></figure>")
+        if self.no_bits_note():
+            out.append(f"<p>{e(self.no_bits_note())}</p>")
+        out.append(f"<h2>Mean {e(self.error_label)} at chosen strengths</h2>")
+        out.append("<table><tr><th>network</th>" + "".join(f"<th>{e(c)}</th>" for c in self.columns) + "</tr>")
+        for row in self.table:
+            out.append(f"<tr><td>{e(row['label'])}</td>"
+                       + "".join(f"<td class=\"num\">{_cell(row[c])}</td>" for c in self.columns) + "</tr>")
+        out.append(f"</table><p>{e(self._table_note())}</p>")
+        out.append(f"<h2>How to read</h2><p>{e(HOW_TO_READ)}</p><h2>Provenance</h2><div class=\"prov-grid\">")
+        for s in self.sources:
+            (_, label), *rows = provenance(s)
+            out.append(f"<table class=\"prov\"><tr><th colspan=\"2\">{e(label)}</th></tr>"
+                       + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
+        out.append("</div></body></html>\n")
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", "", f"Data: {self.caption}. Written {_now()} by robustweights.", "",
+               "## Headlines", ""]
+        out += [f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources]
+        out += ["", "## Figures", ""]
+        for name in self.pngs:
+            out += [f"![{name}]({name})", "", f"{FIGURE_CAPTIONS[name]} Data: {self.caption}.", ""]
+        if self.no_bits_note():
+            out += [self.no_bits_note(), ""]
+        out += [f"## Mean {self.error_label} at chosen strengths", "",
+                "| network | " + " | ".join(_md(c) for c in self.columns) + " |",
+                "|---|" + "---:|" * len(self.columns)]
+        out += ["| " + _md(row["label"]) + " | " + " | ".join(_cell(row[c]) for c in self.columns) + " |"
+                for row in self.table]
+        out += ["", self._table_note(), "", "## How to read", "", HOW_TO_READ, "", "## Provenance", ""]
+        for s in self.sources:
+            (_, label), *rows = provenance(s)
+            out += [f"### {_md(label)}", "", "| | |", "|---|---|"]
+            out += [f"| {_md(k)} | {_md(v)} |" for k, v in rows]
+            out.append("")
+        return "\n".join(out)
+
+    def no_bits_note(self) -> str:
+        if "error_vs_bits.png" in self.pngs:
+            return ""
+        return ("No distortion in these results has an effective-bits figure (method.md section 4: Gaussian "
+                "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits.")
+
+    def _table_note(self) -> str:
+        return ("Mean over trials; – where a network was not tested at that strength. Strengths are the "
+                "ones asked for (--at), else the grid value nearest to the middle of each distortion's grid.")
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,496 @@
+"""Robustness sweeps: test error of a trained network under test-time weight distortions.
+
+    import robustweights as rw
+    model, config = rw.load("runs/sign")
+    data = rw.training.load_config_data(config)
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0,0.5,1", "power:beta=0:1:0.25"], trials=5, seed=0)
+
+A distortion grid is a transform spec whose one swept parameter holds a list
+(``add-gauss:sigma=0,0.25,0.5``) or an inclusive range ``start:stop:step``
+(``power:beta=0:1:0.1``; ``quant:bits=1..8`` for integers). A grid without a
+list is a single strength. Every (distortion, strength, trial) is a *cell*;
+random distortions get ``trials`` independent draws, deterministic ones one.
+Each cell draws from its own generator seeded from the sweep seed and the
+cell (spec and trial), so any cell can be rerun alone and gives the same
+number, and a killed sweep restarted on the same folder computes only the
+missing cells (:func:`run_sweep`).
+
+Distorting never writes the hidden weights and never copies the model: the
+distorted tensors are pinned beside the weights for the cell
+(:func:`robustweights.projected.distort`) and dropped afterwards, and when
+batch-norm statistics are re-estimated for a cell, the saved statistics are
+put back exactly, also after an error or Ctrl-C in the middle of a cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import math
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import bits as bits_mod
+from . import data as data_mod
+from . import projected
+from .errors import UserError
+from .training import (_seed, evaluate_split, load, load_config_data, resolve_device, write_text)
+from .transforms import Transform, parse_spec, transform
+
+COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
+           "entropy_bits", "spec", "on"]
+DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
+
+
+# ---------------------------------------------------------------------------
+# Grids and cells
+# ---------------------------------------------------------------------------
+
+def _expand(raw: list[str], where: str) -> list[str]:
+    """Values of one parameter: a list, ``start:stop:step`` (stop included) or ``a..b`` (integers)."""
+    if len(raw) == 1 and ".." in raw[0]:
+        a, _, b = raw[0].partition("..")
+        try:
+            lo, hi = int(a), int(b)
+        except ValueError:
+            raise UserError(f"{where}: a range a..b needs integers, got {raw[0]!r}") from None
+        return [str(v) for v in range(lo, hi + 1)]
+    if len(raw) == 1 and raw[0].count(":") == 2:
+        try:
+            a, b, s = (float(x) for x in raw[0].split(":"))
+        except ValueError:
+            raise UserError(f"{where}: a range is start:stop:step with numbers, got {raw[0]!r}") from None
+        if not s > 0 or b < a:
+            raise UserError(f"{where}: range {raw[0]!r} needs step > 0 and stop >= start")
+        n = int(math.floor((b - a) / s + 1e-9))
+        return [repr(round(a + i * s, 10)) for i in range(n + 1)]
+    return raw
+
+
+def parse_grid(spec: str) -> list[Transform]:
+    """The transforms of a distortion grid, in grid order (see the module docstring)."""
+    name, raw = parse_spec(spec)
+    values = {k: _expand(v, spec) for k, v in raw.items()}
+    swept = [k for k, v in values.items() if len(v) > 1]
+    if len(swept) > 1:
+        raise UserError(f"{spec!r}: sweep one parameter per grid, not {', '.join(swept)}")
+    if any(len(v) == 0 for v in values.values()):
+        raise UserError(f"{spec!r}: empty grid")
+    key = swept[0] if swept else None
+    fixed = ",".join(f"{k}={v[0]}" for k, v in values.items() if k != key)
+    out = []
+    for v in (values[key] if key else [None]):
+        parts = [p for p in (fixed, f"{key}={v}" if key else "") if p]
+        out.append(transform(name + (":" + ",".join(parts) if parts else "")))
+    return out
+
+
+def swept_param(t: Transform, grid: list[Transform]) -> tuple[str, float]:
+    """(parameter name, value) that distinguishes ``t`` within its grid; ('', 0.0) for a single fixed cell."""
+    if len(grid) > 1:
+        for k, v in t.params.items():
+            if any(g.params[k] != v for g in grid):
+                return k, float(v)
+    numeric = [k for k, p in ((p.name, p) for p in t.entry.params) if p.kind in ("float", "int")]
+    return (numeric[0], float(t.params[numeric[0]])) if numeric else ("", 0.0)
+
+
+@dataclass(frozen=True)
+class Cell:
+    t: Transform
+    param: str
+    value: float
+    trial: int
+
+    def key(self) -> tuple[str, int]:
+        return self.t.spec, self.trial
+
+
+def cells(distortions: list[str], trials: int) -> list[Cell]:
+    """Every cell of the grids, in order; random distortions get ``trials`` trials, others one."""
+    if not distortions:
+        raise UserError("no distortion given; e.g. --distortion add-gauss:sigma=0,0.5,1")
+    if not (isinstance(trials, int) and trials >= 1):
+        raise UserError(f"trials must be a positive integer, not {trials!r}")
+    out = []
+    for spec in distortions:
+        grid = parse_grid(spec)
+        for t in grid:
+            param, value = swept_param(t, grid)
+            for trial in range(trials if t.random else 1):
+                out.append(Cell(t, param, value, trial))
+    seen = set()
+    for c in out:
+        if c.key() in seen:
+            raise UserError(f"distortion {c.t.spec} appears twice in the grids")
+        seen.add(c.key())
+    return out
+
+
+def cell_seed(seed: int, c: Cell) -> int:
+    return _seed(seed, c.t.spec, c.trial) % (2 ** 62)
+
+
+# ---------------------------------------------------------------------------
+# Batch-norm re-estimation (method.md section 3 option)
+# ---------------------------------------------------------------------------
+
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
+                   seed: int = 0):
+    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
+
+    A cumulative average (momentum ``None``) over fixed batches drawn from
+    ``seed``; the saved statistics and momenta are put back exactly on exit.
+    """
+    if batches <= 0:
+        yield
+        return
+    bns = _bn_layers(model)
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns]
+    was_training = model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
+                if i >= batches:
+                    break
+                model(x)
+        model.train(was_training)
+        yield
+    finally:
+        model.train(was_training)
+        for m, (mom, mean, var, n) in zip(bns, saved):
+            m.momentum = mom
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
+
+
+# ---------------------------------------------------------------------------
+# The sweep itself
+# ---------------------------------------------------------------------------
+
+def _rows_frame(rows: list[dict]):
+    try:
+        import pandas as pd
+    except ImportError:
+        return rows
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, seed: int = 0, on: str = "hidden",
+          keep: tuple[str, ...] = (), bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
+          loss: str = "ce", done: dict | None = None, on_row: Callable[[dict], None] | None = None,
+          progress: bool = False, as_frame: bool = True):
+    """Test error of ``model`` under every cell of ``distortions``; a list of rows (a pandas frame if available).
+
+    ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
+    training split serves batch-norm re-estimation) or a ``Split`` to test.
+    ``on`` distorts the ``hidden`` or the ``projected`` weights; ``keep`` names
+    layers to leave undistorted (``first``, ``last`` or layer names);
+    ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
+    batches after distorting. ``done`` maps cell keys ``(spec, trial)`` to rows
+    already computed (they are reused, not recomputed); ``on_row`` is called
+    with each new row.
+    """
+    from tqdm.auto import tqdm
+
+    if on not in ("hidden", "projected"):
+        raise UserError(f"on must be 'hidden' or 'projected', not {on!r}")
+    test = getattr(data, split) if isinstance(data, data_mod.Data) else data
+    train = data.train if isinstance(data, data_mod.Data) else None
+    if bn_batches and train is None:
+        raise UserError("batch-norm re-estimation needs the training split: pass a Data, not a Split")
+    if not projected.projected_layers(model):
+        projected.attach(model, "identity", mode="none", clip=None)  # a user's plain model: test it as it is
+    exclude = resolve_keep(model, keep)
+    device = next(model.parameters()).device
+    todo = cells(distortions, trials)
+    done = dict(done or {})
+    rows = []
+    model.eval()
+    bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
+    for c in bar:
+        if c.key() in done:
+            rows.append(done[c.key()])
+            continue
+        s = cell_seed(seed, c)
+        g = torch.Generator(device=device).manual_seed(s)
+        with projected.distort(model, c.t, g, on=on, exclude=exclude):
+            entropy = None
+            if bits_mod.is_discrete(c.t):
+                entropy = bits_mod.weighted_entropy([m.rw.pinned for n, m in projected.projected_layers(model)
+                                                     if n not in exclude])
+            with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
+                r = evaluate_split(model, test, loss=loss, batch_size=batch_size, device=device)
+        row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
+               "error": r["error"], "loss": r["loss"], "effective_bits": bits_mod.capacity_bits(c.t),
+               "n_examples": r["n"], "entropy_bits": entropy, "spec": c.t.spec, "on": on}
+        rows.append(row)
+        bar.set_postfix(cell=c.t.spec, error=f"{r['error']:.2%}")
+        if on_row is not None:
+            on_row(row)
+    bar.close()
+    return _rows_frame(rows) if as_frame else rows
+
+
+def resolve_keep(model: nn.Module, keep) -> set[str]:
+    """Layer names to leave undistorted: ``first``, ``last`` or names of projected layers."""
+    names = [n for n, _ in projected.projected_layers(model)]
+    out = set()
+    for k in keep:
+        if k == "first":
+            out.add(names[0])
+        elif k == "last":
+            out.add(names[-1])
+        elif k in names:
+            out.add(k)
+        else:
+            raise UserError(f"--keep {k!r}: no such layer; use first, last or one of: {', '.join(names)}")
+    return out
+
+
+def lowest_bits(rows: list[dict], target: float) -> dict | None:
+    """The distortion strength with the lowest effective bits whose mean error is at or below ``target``."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["effective_bits"] is not None:
+            groups.setdefault(r["spec"], []).append(r)
+    best = None
+    for spec, rs in groups.items():
+        mean = sum(r["error"] for r in rs) / len(rs)
+        b = rs[0]["effective_bits"]
+        if mean <= target and (best is None or b < best["effective_bits"]):
+            best = {"spec": spec, "effective_bits": b, "mean_error": mean, "trials": len(rs)}
+    return best
+
+
+# ---------------------------------------------------------------------------
+# Sweeps with files: provenance, resume, summary (what `robustweights sweep` runs)
+# ---------------------------------------------------------------------------
+
+def _opt(help: str, **kw):
+    return field(metadata={"help": help}, **kw)
+
+
+@dataclass
+class SweepConfig:
+    """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the same."""
+
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "checkpoint.pt (or its run folder) from `robustweights train`", "positional": True})
+    model_factory: str | None = _opt("your own model: package.module:function that builds it", default=None)
+    state_dict: str | None = _opt("with --model-factory: a file holding the model's state_dict", default=None)
+    dataset: str | None = _opt("with --model-factory: dataset to test on", default=None)
+    data_dir: str | None = _opt("dataset folder if not where training found it", default=None)
+    preprocess: str = _opt("with --model-factory: input preprocessing", default="standardize")
+    distortions: list[str] = field(default_factory=lambda: list(DEFAULT_DISTORTIONS), metadata={
+        "flag": "--distortion", "help": "a distortion grid, repeatable: add-gauss:sigma=0,0.5,1 or "
+        "power:beta=0:1:0.1 (range, stop included) or quant:bits=1..8 (default: " + " and ".join(DEFAULT_DISTORTIONS) + ")"})
+    trials: int = _opt("independent draws per strength of a random distortion", default=5)
+    seed: int = _opt("sweep seed; each cell's seed derives from it and the cell", default=0)
+    on: str = field(default="hidden", metadata={"help": "distort the hidden weights or the projected ones",
+                                                "choices": ("hidden", "projected")})
+    keep: list[str] = field(default_factory=list, metadata={
+        "help": "leave a layer undistorted, repeatable: first, last or a layer name"})
+    bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
+    split: str = field(default="test", metadata={"help": "split to test on", "choices": ("test", "train")})
+    test_subset: int | None = _opt("test on a seeded subset of this many examples", default=None)
+    batch_size: int = _opt("evaluation batch size", default=1000)
+    target_error: float | None = _opt("target for the effective-bits summary (default: undistorted + 1 point)",
+                                      default=None)
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    out: str = _opt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")
+
+    # Fields that a restarted sweep may change without changing any number.
+    RESUMABLE = ("data_dir", "device", "out", "target_error", "batch_size")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).resolve().parent)
+        return r.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _load_state_dict(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no state_dict file at {p}")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to read is the file's fault here
+        raise UserError(f"{p} is not a readable state_dict (truncated, corrupt or unsafe): "
+                        f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{p} does not hold a state_dict (a dict of tensors)")
+    return sd
+
+
+def prepare(config: SweepConfig):
+    """The model, data, loss, description and label a sweep config names."""
+    from .models import create_model
+    from .training import TrainConfig
+
+    device = resolve_device(config.device)
+    if config.checkpoint:
+        model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
+        tc = dataclasses.replace(tc, test_subset=config.test_subset)
+        data = load_config_data(tc, config.data_dir)
+        kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
+        label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
+        info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": _sha256(_ckpt_path(config.checkpoint)),
+                "model": tc.model, "width": tc.width, "train_projection": tc.projection, "train_mode": tc.mode,
+                "dataset": tc.dataset}
+        return model, data, tc.loss, label, info
+    if not (config.model_factory and config.state_dict and config.dataset):
+        raise UserError("give a checkpoint, or --model-factory with --state-dict and --dataset")
+    tc = TrainConfig(dataset=config.dataset, data_dir=config.data_dir, preprocess=config.preprocess,
+                     test_subset=config.test_subset)
+    data = load_config_data(tc)
+    model = create_model(config.model_factory, num_classes=data.num_classes, in_shape=data.in_shape)
+    sd = _load_state_dict(config.state_dict)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise UserError(f"{config.state_dict} does not fit the model from {config.model_factory}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    projected.attach(model, "identity", mode="none", clip=None)
+    info = {"checkpoint": str(config.state_dict), "checkpoint_sha256": _sha256(Path(config.state_dict)),
+            "model": config.model_factory, "width": None, "train_projection": "unknown", "train_mode": "unknown",
+            "dataset": config.dataset}
+    return model.to(device).eval(), data, "ce", f"{config.model_factory} (own model)", info
+
+
+def _ckpt_path(p: str) -> Path:
+    p = Path(p)
+    return p / "checkpoint.pt" if p.is_dir() else p
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def _write_rows(out: Path, rows: list[dict]) -> None:
+    write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    write_text(out / "results.csv", _csv(rows))
+
+
+def _comparable(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in SweepConfig.RESUMABLE}
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
+    """Sweep a checkpoint (or a user's model) into ``config.out``; resumes a killed sweep of the same config.
+
+    Returns the provenance (``sweep.json``) with ``rows`` and ``summary`` added.
+    """
+    if config.trials < 1:
+        raise UserError(f"trials must be at least 1, not {config.trials}")
+    if config.bn_reestimate < 0:
+        raise UserError(f"bn-reestimate must be 0 or more, not {config.bn_reestimate}")
+    if config.split not in ("test", "train"):
+        raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
+    todo = cells(config.distortions, config.trials)           # checks the grids before anything is read
+    out = Path(config.out)
+    previous = None
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+        if (out / "sweep.json").exists():
+            try:
+                previous = json.loads((out / "sweep.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
+        elif any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
+    model, data, loss, label, info = prepare(config)
+    cfg = dataclasses.asdict(config)
+    done: dict = {}
+    if previous is not None:
+        if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
+            raise UserError(f"{out} holds a sweep of another checkpoint ({previous.get('checkpoint')}); "
+                            "choose another --out")
+        if _comparable(previous.get("config", {})) != _comparable(cfg):
+            diff = [k for k, v in _comparable(cfg).items() if previous.get("config", {}).get(k) != v]
+            raise UserError(f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
+                            "choose another --out")
+        try:
+            old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
+        except json.JSONDecodeError:
+            old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
+        done = {(r["spec"], r["trial"]): r for r in old_rows}
+    device = next(model.parameters()).device
+    prov = {**info, "label": label, "data_description": data.description, "split": config.split,
+            "on": config.on, "bn_reestimate": config.bn_reestimate, "trials": config.trials, "seed": config.seed,
+            "git_commit": _git_commit(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "start": (previous or {}).get("start") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "end": None, "config": cfg, "cells": len(todo)}
+    test = getattr(data, config.split)
+    with projected.use_weights(model, "auto"):
+        base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
+    prov["baseline_error"] = base["error"]
+    prov["baseline_weights"] = "/".join(sorted({"hidden" if m.rw.eval_uses_hidden() else "projected"
+                                                for _, m in projected.projected_layers(model)}))
+    write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
+
+    rows_so_far = [done[c.key()] for c in todo if c.key() in done]
+    if progress and done:
+        print(f"resuming {out}: {len(rows_so_far)} of {len(todo)} cells already done")
+
+    def on_row(row):
+        rows_so_far.append(row)
+        order = {c.key(): i for i, c in enumerate(todo)}
+        _write_rows(out, sorted(rows_so_far, key=lambda r: order[(r["spec"], r["trial"])]))
+
+    t0 = time.perf_counter()
+    rows = sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
+                 keep=tuple(config.keep), bn_batches=config.bn_reestimate, batch_size=config.batch_size,
+                 split=config.split, loss=loss, done=done, on_row=on_row, progress=progress, as_frame=False)
+    _write_rows(out, rows)
+    target = config.target_error if config.target_error is not None else base["error"] + 0.01
+    best = lowest_bits(rows, target)
+    prov.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                seconds=time.perf_counter() - t0, target_error=target, lowest_bits=best)
+    write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
+    return {**prov, "rows": rows}
