@@ -125,6 +125,9 @@ def main():
     ap.add_argument("--budget-s", type=float, default=150, help="training wall-time budget per run, seconds")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--train-subset", type=int, default=None)
+    ap.add_argument("--loss", default="ce", choices=("ce", "sq-hinge"))
+    ap.add_argument("--clip", default="1", help="clip bound H, 'glorot' or 'none'")
+    ap.add_argument("--lr-end-ratio", type=float, default=0.01, help="exp schedule: final lr / initial lr")
     ap.add_argument("--device", default="cuda", help="cpu only to try the script on a tiny setting")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,8 @@ def main():
     for name in args.runs:
         config = rw.TrainConfig(model="bc-vgg", width=args.width, dataset="cifar10", data_dir=args.data_dir,
                                 preprocess="gcn-zca", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                schedule="exp", lr_end=args.lr / 100, device=args.device, amp=True, channels_last=True,
+                                schedule="exp", lr_end=args.lr * args.lr_end_ratio, loss=args.loss,
+                                clip=args.clip, device=args.device, amp=True, channels_last=True,
                                 eval_batch_size=2000, train_subset=args.train_subset,
                                 out=str(Path("/tmp/gpu_runs") / f"{name}-{time.time_ns()}"), **RUNS[name])
         entry = report["runs"][name] = {"config": dataclasses.asdict(config), "epochs": []}

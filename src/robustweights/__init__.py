@@ -17,7 +17,7 @@ binarization and other non-linear distortions" (arXiv 1606.01981).
 from .errors import UserError
 from .models import create_model, list_models, register_model
 from .projected import attach, clip_, detach, distort, projected_layers, use_weights
-from .sweep import SweepConfig, run_sweep, sweep
+from .sweeps import SweepConfig, run_sweep, sweep
 from .training import TrainConfig, TrainResult, evaluate, load, train
 from .transforms import Transform, list_transforms, transform
 

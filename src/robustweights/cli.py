@@ -104,11 +104,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepConfig, run_sweep
+    from .sweeps import SweepConfig, run_sweep
 
     config = SweepConfig(**_given(args, SweepConfig))
     r = run_sweep(config, progress=not args.quiet)
     print(f"sweep of {r['label']} on {r['data_description']} ({r['split']} split)")
+    if r["on"] == "hidden" and "projected" in r["baseline_weights"]:
+        print("note: this network runs with projected weights; distorting its hidden weights tests weights it "
+              "was not trained to run with (batch-norm statistics included). --on projected distorts the weights "
+              "it runs with; --bn-reestimate N re-estimates the statistics.")
     print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights); distorted: "
           f"{r['on']} weights; batch-norm statistics "
           + (f"re-estimated on {r['bn_reestimate']} training batches per cell" if r["bn_reestimate"]
@@ -204,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    from .sweep import SweepConfig
+    from .sweeps import SweepConfig
 
     sw = sub.add_parser("sweep", parents=[debug], help="test error of a network under test-time weight distortions",
                         description="Stress-test a checkpoint (or your own model: --model-factory with --state-dict "

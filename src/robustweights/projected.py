@@ -59,9 +59,14 @@ class LayerState:
     def project(self, w: Tensor) -> Tensor:
         return self.projection(w, self.generator, clip=self.H if self.H is not None else 1.0)
 
+    @property
+    def plain(self) -> bool:
+        """No projection acts: clip-only mode, or the identity (whose projected weights are the hidden ones)."""
+        return self.mode == "none" or self.projection.name == "identity"
+
     def eval_uses_hidden(self) -> bool:
         """Outside training: use the hidden weight as it is (see :data:`WEIGHTS`)?"""
-        if self.mode == "none" or self.weights == "hidden":
+        if self.plain or self.weights == "hidden":
             return True
         return self.weights == "auto" and self.projection.random
 
@@ -92,7 +97,7 @@ class _Projected:
         s, w = self.rw, self.weight
         if s.pinned is not None:
             return self._f(x, s.pinned)
-        if s.mode == "none" or (not self.training and s.eval_uses_hidden()):
+        if s.plain or (not self.training and s.eval_uses_hidden()):
             return self._f(x, w)
         if not self.training and not torch.is_grad_enabled():
             return self._f(x, s.project(w))

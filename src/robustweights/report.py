@@ -3,7 +3,7 @@
     robustweights report runs/sweep-sign runs/sweep-float --out reports/sign-vs-float
     rw.report(["runs/sweep-sign", "runs/sweep-float"], "reports/sign-vs-float", at={"add-gauss": 0.8})
 
-A sweep result folder (written by :func:`robustweights.sweep.run_sweep`) holds
+A sweep result folder (written by :func:`robustweights.sweeps.run_sweep`) holds
 ``sweep.json`` (provenance: checkpoint, data, weights, commit, machine) and
 ``results.json`` (one row per distortion, strength and trial). A report turns
 one or several such folders into, in ``out``:
@@ -86,6 +86,9 @@ HOW_TO_READ = (
     "beta or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the "
     "weights as they are. Effective bits per weight (method.md section 4) bound what a distorted "
     "weight can carry: 0.5*log2(1 + 1/sigma^2) under Gaussian noise, log2(levels) for a quantizer. "
+    "Transforms that set magnitudes use each network's own scale unless the spec names one: the "
+    "training clip bound for a network trained with a projection, max|W| for a float one (provenance: "
+    "distortion scale). "
     "A robust network keeps a flat curve near its dashed line; the paper's claim is that networks "
     "trained with binarized weights stay flat far longer than float ones. The provenance tables "
     "below say which weights were distorted (hidden or projected) and whether batch-norm "
@@ -291,21 +294,27 @@ class Source:
 
     def __post_init__(self):
         self.label = self.prov["label"]
-        self.curves = curves(self.rows)
+        self.curves = curves(self.rows, self.prov.get("scale_default"))
 
 
-def row_key(row: dict) -> Key:
-    """The distortion of a row: its name, swept parameter, and the other parameters of its spec."""
+def row_key(row: dict, default_scale: str | None = None) -> Key:
+    """The distortion of a row: its name, swept parameter, and the other parameters of its spec.
+
+    ``scale=<the sweep's default scale>`` is left out: each network is distorted
+    at its own natural scale (``robustweights.sweeps.default_scale``), so a float
+    and a sign-trained network's ``power`` curves belong in one panel.
+    """
     _, _, rest = str(row.get("spec") or row["distortion"]).partition(":")
-    fixed = ",".join(t for t in rest.split(",") if t and t.partition("=")[0] != row["param"])
+    default = f"scale={default_scale}" if default_scale else None
+    fixed = ",".join(t for t in rest.split(",") if t and t.partition("=")[0] != row["param"] and t != default)
     return Key(row["distortion"], row["param"], fixed)
 
 
-def curves(rows: list[dict]) -> dict[Key, Curve]:
+def curves(rows: list[dict], default_scale: str | None = None) -> dict[Key, Curve]:
     """Mean, lowest and highest error (in %) over trials, per distortion and strength."""
     groups: dict[Key, dict[float, list[dict]]] = {}
     for r in rows:
-        groups.setdefault(row_key(r), {}).setdefault(float(r["value"]), []).append(r)
+        groups.setdefault(row_key(r, default_scale), {}).setdefault(float(r["value"]), []).append(r)
     out = {}
     for key, by_x in groups.items():
         xs = sorted(by_x)
@@ -636,6 +645,7 @@ def provenance(s: Source) -> list[tuple[str, str]]:
         ("undistorted error", f"{100 * p['baseline_error']:.2f}%"
          + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else "")),
         ("weights distorted", get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else "")),
+        ("distortion scale unless named", get("scale_default")),
         ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn else "off (statistics as trained)"),
         ("trials, seed", f"{get('trials')}, {get('seed')}"),
         ("git commit", get("git_commit")),

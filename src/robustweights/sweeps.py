@@ -78,8 +78,11 @@ def _expand(raw: list[str], where: str) -> list[str]:
     return raw
 
 
-def parse_grid(spec: str) -> list[Transform]:
-    """The transforms of a distortion grid, in grid order (see the module docstring)."""
+def parse_grid(spec: str, scale: str | None = None) -> list[Transform]:
+    """The transforms of a distortion grid, in grid order (see the module docstring).
+
+    ``scale``, if given, is the ``scale`` of every transform whose spec does not name one.
+    """
     name, raw = parse_spec(spec)
     values = {k: _expand(v, spec) for k, v in raw.items()}
     swept = [k for k, v in values.items() if len(v) > 1]
@@ -92,7 +95,8 @@ def parse_grid(spec: str) -> list[Transform]:
     out = []
     for v in (values[key] if key else [None]):
         parts = [p for p in (fixed, f"{key}={v}" if key else "") if p]
-        out.append(transform(name + (":" + ",".join(parts) if parts else "")))
+        t = transform(name + (":" + ",".join(parts) if parts else ""))
+        out.append(t.with_defaults(scale=scale) if scale else t)
     return out
 
 
@@ -117,7 +121,7 @@ class Cell:
         return self.t.spec, self.trial
 
 
-def cells(distortions: list[str], trials: int) -> list[Cell]:
+def cells(distortions: list[str], trials: int, scale: str | None = None) -> list[Cell]:
     """Every cell of the grids, in order; random distortions get ``trials`` trials, others one."""
     if not distortions:
         raise UserError("no distortion given; e.g. --distortion add-gauss:sigma=0,0.5,1")
@@ -125,7 +129,7 @@ def cells(distortions: list[str], trials: int) -> list[Cell]:
         raise UserError(f"trials must be a positive integer, not {trials!r}")
     out = []
     for spec in distortions:
-        grid = parse_grid(spec)
+        grid = parse_grid(spec, scale)
         for t in grid:
             param, value = swept_param(t, grid)
             for trial in range(trials if t.random else 1):
@@ -136,6 +140,23 @@ def cells(distortions: list[str], trials: int) -> list[Cell]:
             raise UserError(f"distortion {c.t.spec} appears twice in the grids")
         seen.add(c.key())
     return out
+
+
+def default_scale(model: nn.Module) -> str:
+    """The ``scale`` distortions take unless their spec names one.
+
+    ``clip`` (the training clip bound ``H``) for a network trained with a
+    projection, ``max`` (method.md's default) otherwise. Measured reason: every
+    model here ends its layers with batch norm, whose stored statistics belong
+    to the weight magnitudes seen in training. A sign-trained network's hidden
+    weights rarely reach ``H``, so ``sign`` at ``scale=max`` gives weights
+    ``+-max|W|`` it never ran with, while ``scale=clip`` gives back exactly the
+    binary network it was trained as. The sign-trained demo CNN (``robustweights
+    demo``) gives 90.0% test error under ``sign:scale=max`` and its own 11.0%
+    under ``sign:scale=clip``.
+    """
+    trained = any(not m.rw.plain for _, m in projected.projected_layers(model))
+    return "clip" if trained else "max"
 
 
 def cell_seed(seed: int, c: Cell) -> int:
@@ -156,7 +177,9 @@ def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int,
     """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
 
     A cumulative average (momentum ``None``) over fixed batches drawn from
-    ``seed``; the saved statistics and momenta are put back exactly on exit.
+    ``seed``, with only the batch-norm layers in training mode (the rest of the
+    network runs as it is evaluated and draws no random numbers); the saved
+    statistics and momenta are put back exactly on exit.
     """
     if batches <= 0:
         yield
@@ -169,7 +192,7 @@ def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int,
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
-        model.train()
+            m.train()  # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
@@ -226,7 +249,7 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
         projected.attach(model, "identity", mode="none", clip=None)  # a user's plain model: test it as it is
     exclude = resolve_keep(model, keep)
     device = next(model.parameters()).device
-    todo = cells(distortions, trials)
+    todo = cells(distortions, trials, default_scale(model))
     done = dict(done or {})
     rows = []
     model.eval()
@@ -430,7 +453,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
         raise UserError(f"bn-reestimate must be 0 or more, not {config.bn_reestimate}")
     if config.split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
-    todo = cells(config.distortions, config.trials)           # checks the grids before anything is read
+    cells(config.distortions, config.trials)           # checks the grids before anything is read
     out = Path(config.out)
     previous = None
     if out.exists():
@@ -444,6 +467,10 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
         elif any(out.iterdir()):
             raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
     model, data, loss, label, info = prepare(config)
+    if config.on not in ("hidden", "projected"):
+        raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
+    resolve_keep(model, config.keep)                          # a bad --keep fails before sweep.json is written
+    todo = cells(config.distortions, config.trials, default_scale(model))
     cfg = dataclasses.asdict(config)
     done: dict = {}
     if previous is not None:
@@ -462,7 +489,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "trials": config.trials, "seed": config.seed,
-            "git_commit": _git_commit(), "torch": torch.__version__,
+            "scale_default": default_scale(model), "git_commit": _git_commit(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "start": (previous or {}).get("start") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "end": None, "config": cfg, "cells": len(todo)}

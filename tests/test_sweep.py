@@ -1,0 +1,572 @@
+"""Sweeps: grids, per-cell seeds, exact restoration, files, resume, refusals, effective bits, the command."""
+
+import copy
+import csv
+import datetime
+import hashlib
+import importlib
+import io
+import json
+import math
+import re
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import robustweights as rw
+from robustweights import bits as bits_mod
+from robustweights.cli import main
+from robustweights.sweeps import Cell, SweepConfig, cell_seed, cells, lowest_bits, parse_grid, run_sweep
+from robustweights.training import evaluate_split, load_config_data
+
+sweep_mod = importlib.import_module("robustweights.sweeps")
+
+HEADER = "distortion,param,value,trial,seed,error,loss,effective_bits,n_examples"
+GRIDS = ["add-gauss:sigma=0,0.5", "sign"]        # 2 strengths x 2 trials + 1 deterministic = 5 cells
+
+
+# ---------------------------------------------------------------------------
+# helpers and fixtures
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny real network for the whole module: the MLP on the shipped Fashion-MNIST subset, 1 epoch."""
+    root = tmp_path_factory.mktemp("sweep")
+    config = rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=500, test_subset=300, epochs=1,
+                            batch_size=50, lr=3e-3, seed=0, out=str(root / "run"))
+    result = rw.train(config, progress=False)
+    data = load_config_data(config)
+    return SimpleNamespace(root=root, ckpt=root / "run" / "checkpoint.pt", config=config, result=result, data=data)
+
+
+@pytest.fixture
+def net(trained):
+    """A fresh copy of the trained network (loaded from its checkpoint) and the module's data."""
+    model, _ = rw.load(trained.ckpt)
+    return model, trained.data
+
+
+@pytest.fixture(scope="module")
+def done_sweep(trained):
+    """An uninterrupted `run_sweep` of GRIDS into its own folder (never modified by the tests)."""
+    out = trained.root / "full"
+    r = run_sweep(sweep_config(trained, out), progress=False)
+    return SimpleNamespace(out=out, result=r, rows=r["rows"])
+
+
+def sweep_config(trained, out, **kw):
+    base = dict(checkpoint=str(trained.ckpt), distortions=list(GRIDS), trials=2, test_subset=300, out=str(out))
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def bns(model):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes (empty when the folder does not exist)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refuses(fn, match):
+    with pytest.raises(rw.UserError, match=match) as e:
+        fn()
+    assert "\n" not in str(e.value)      # one line
+    return str(e.value)
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------
+# 1. grids and cells
+# ---------------------------------------------------------------------------
+
+def test_list_grid_keeps_its_order():
+    grid = parse_grid("add-gauss:sigma=0,0.25,0.5")
+    assert [t.spec for t in grid] == ["add-gauss:sigma=0.0", "add-gauss:sigma=0.25", "add-gauss:sigma=0.5"]
+    assert [t.params["sigma"] for t in parse_grid("add-gauss:sigma=0.5,0,0.25")] == [0.5, 0.0, 0.25]
+
+
+def test_ranges_include_the_stop_without_float_drift():
+    assert [t.params["beta"] for t in parse_grid("power:beta=0:1:0.25")] == [0, 0.25, 0.5, 0.75, 1]
+    # 0.1 steps are where naive accumulation drifts (0.30000000000000004) or loses the stop (1/0.1)
+    tenth = [t.params["beta"] for t in parse_grid("power:beta=0:1:0.1")]
+    assert tenth == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert [t.spec for t in parse_grid("add-gauss:sigma=0.1:0.3:0.1")] == [
+        "add-gauss:sigma=0.1", "add-gauss:sigma=0.2", "add-gauss:sigma=0.3"]
+    assert len(parse_grid("add-gauss:sigma=0:1.5:0.25")) == 7
+    assert [t.params["bits"] for t in parse_grid("quant:bits=1..4")] == [1, 2, 3, 4]
+    assert [t.params["sigma"] for t in parse_grid("add-gauss:sigma=0.5")] == [0.5]      # a single strength
+
+
+def test_fixed_parameters_stay_on_every_cell_of_a_grid():
+    grid = parse_grid("stoch-mult:gamma=0.5,0.8,flip=true")
+    assert [(t.params["gamma"], t.params["flip"]) for t in grid] == [(0.5, True), (0.8, True)]
+    cs = cells(["stoch-mult:gamma=0.5,0.8,flip=true"], trials=1)
+    assert [(c.param, c.value) for c in cs] == [("gamma", 0.5), ("gamma", 0.8)]
+    assert all("flip=true" in c.t.spec for c in cs)
+
+
+def test_random_distortions_get_trials_deterministic_ones_one_cell():
+    cs = cells(["add-gauss:sigma=0.5,1", "sign", "quant:bits=1..2", "power:beta=0:1:0.5"], trials=3)
+    assert [(c.t.name, c.value, c.trial) for c in cs] == [
+        ("add-gauss", 0.5, 0), ("add-gauss", 0.5, 1), ("add-gauss", 0.5, 2),
+        ("add-gauss", 1.0, 0), ("add-gauss", 1.0, 1), ("add-gauss", 1.0, 2),
+        ("sign", 0.0, 0), ("quant", 1.0, 0), ("quant", 2.0, 0),
+        ("power", 0.0, 0), ("power", 0.5, 0), ("power", 1.0, 0)]
+    assert [c.param for c in cs[:6]] == ["sigma"] * 6 and cs[6].param == "" and cs[7].param == "bits"
+    assert len(cells(["stoch-sign"], trials=4)) == 4 and len(cells(["ternary:delta=0.3"], trials=4)) == 1
+
+
+@pytest.mark.parametrize("grids, trials, words", [
+    ([], 2, "no distortion given"),
+    (["add-gauss:sigma=-1"], 2, "out of range"),
+    (["add-gauss:sigma=1:0:0.5"], 2, "stop >= start"),
+    (["add-gauss:sigma=0:1:0"], 2, "step > 0"),
+    (["stoch-mult:gamma=0.5,0.8,flip=true,false"], 2, "one parameter per grid"),
+    (["wobble:x=1,2"], 2, "unknown transform 'wobble'"),
+    (["add-gauss:sigma=0.5"], 0, "trials must be a positive integer"),
+    (["add-gauss:sigma=0.5"], -1, "trials must be a positive integer"),
+    (["add-gauss:sigma=0,0.5", "add-gauss:sigma=0.5"], 2, "appears twice"),
+    (["power:beta=0.5,0.50"], 1, "appears twice"),
+    (["add-gauss:sigma="], 2, "sigma=''"),
+    (["quant:bits=1..x"], 1, "needs integers"),
+])
+def test_grid_mistakes_are_user_errors(grids, trials, words):
+    refuses(lambda: cells(grids, trials), re.escape(words))
+
+
+# ---------------------------------------------------------------------------
+# 2. per-cell seeds
+# ---------------------------------------------------------------------------
+
+def test_any_cell_rerun_alone_gives_the_same_number(net):
+    model, data = net
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5,1", "sign"], trials=3, seed=7, as_frame=False)
+    assert len(rows) == 7
+    by_key = {(r["spec"], r["trial"]): r for r in rows}
+    cell = by_key[("add-gauss:sigma=1.0", 2)]
+    c = Cell(rw.transform("add-gauss:sigma=1"), "sigma", 1.0, 2)
+    assert cell["seed"] == cell_seed(7, c)
+
+    alone = rw.sweep(model, data, ["add-gauss:sigma=1"], trials=3, seed=7, as_frame=False)[2]
+    assert alone == cell                                       # every field, floats exactly
+    # the grids in another order: each cell still gets the same draw
+    reordered = rw.sweep(model, data, ["sign", "add-gauss:sigma=1,0.5"], trials=3, seed=7, as_frame=False)
+    assert {(r["spec"], r["trial"]): r for r in reordered} == by_key
+    # and by hand: the cell is a distortion drawn from its seed, then a plain evaluation
+    with rw.distort(model, "add-gauss:sigma=1", torch.Generator().manual_seed(cell["seed"])):
+        r = evaluate_split(model, data.test, batch_size=1000)
+    assert (r["error"], r["loss"]) == (cell["error"], cell["loss"])
+
+    # trials are independent draws
+    trials = [by_key[("add-gauss:sigma=1.0", t)]["loss"] for t in range(3)]
+    assert len(set(trials)) == 3
+
+
+def test_another_seed_redraws_random_cells_only(net):
+    model, data = net
+    a = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=7, as_frame=False)
+    b = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=8, as_frame=False)
+    for ra, rb in zip(a[:2], b[:2]):
+        assert ra["seed"] != rb["seed"] and ra["loss"] != rb["loss"]
+    assert a[2]["spec"] == b[2]["spec"] == "sign:scale=max"
+    assert (a[2]["error"], a[2]["loss"]) == (b[2]["error"], b[2]["loss"])
+
+
+def test_sweep_gives_a_frame_with_pandas_and_rows_without(net):
+    model, data = net
+    rows = rw.sweep(model, data, ["sign"], trials=1, as_frame=False)
+    assert len(rows) == 1 and list(rows[0]) == sweep_mod.COLUMNS
+    result = rw.sweep(model, data, ["sign"], trials=1)
+    try:
+        import pandas as pd
+    except ImportError:
+        assert result == rows
+    else:
+        assert isinstance(result, pd.DataFrame) and list(result.columns) == sweep_mod.COLUMNS
+        assert result.to_dict("records") == rows
+
+
+# ---------------------------------------------------------------------------
+# 3. the network comes back bit for bit, also after an interrupt mid-cell
+# ---------------------------------------------------------------------------
+
+def test_full_sweep_with_bn_reestimation_restores_everything(net):
+    model, data = net
+    before = state(model)
+    versions = [p._version for p in model.parameters()]
+    momenta = [m.momentum for m in bns(model)]
+    grids = ["add-gauss:sigma=0.5", "quant:bits=2"]
+    with_bn = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100, as_frame=False)
+    assert same_state(state(model), before)                       # weights and batch-norm buffers
+    assert [p._version for p in model.parameters()] == versions   # the hidden weights were never written
+    assert [m.momentum for m in bns(model)] == momenta
+    assert all(m.rw.pinned is None for _, m in rw.projected_layers(model)) and not model.training
+    # the re-estimation really changed the statistics used for the cells (so restoring them mattered)
+    without = rw.sweep(model, data, grids, trials=2, seed=0, batch_size=100, as_frame=False)
+    assert all(a["loss"] != b["loss"] for a, b in zip(with_bn, without))
+    again = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100, as_frame=False)
+    assert again == with_bn
+
+
+@pytest.mark.parametrize("stop_at, in_bn_reestimation", [(2, True), (4, False)])
+def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_bn_reestimation):
+    model, data = net
+    baseline = evaluate_split(model, data.test, batch_size=100)
+    before = state(model)
+    momenta = [m.momentum for m in bns(model)]
+    layer = rw.projected_layers(model)[0][1]
+    bn = bns(model)[0]
+    seen = {"calls": 0}
+
+    def hook(module, inputs, output):
+        seen["calls"] += 1
+        if seen["calls"] == stop_at:
+            seen.update(bn_training=bn.training, momentum=bn.momentum, pinned=module.rw.pinned is not None,
+                        stats_changed=not torch.equal(bn.running_mean, before["2.running_mean"]))
+            raise KeyboardInterrupt
+
+    handle = layer.register_forward_hook(hook)
+    # batch_size 100: each cell runs 2 re-estimation batches (calls 1, 2), then 3 test batches (calls 3-5)
+    with pytest.raises(KeyboardInterrupt):
+        rw.sweep(model, data, ["add-gauss:sigma=0.5"], trials=2, bn_batches=2, batch_size=100, as_frame=False)
+    handle.remove()
+    # the interrupt hit where intended: a distorted cell with re-estimated statistics
+    assert seen["bn_training"] is in_bn_reestimation and seen["momentum"] is None
+    assert seen["pinned"] and seen["stats_changed"]
+
+    assert same_state(state(model), before)
+    assert all(m.rw.pinned is None for _, m in rw.projected_layers(model))
+    assert [m.momentum for m in bns(model)] == momenta
+    assert not model.training and not any(m.training for m in model.modules())
+    assert evaluate_split(model, data.test, batch_size=100) == baseline
+
+
+def test_kept_layers_and_global_rng_stay_out_of_bn_reestimation(net):
+    """Re-estimating batch norm must not run the training projection of a layer left undistorted."""
+    model, data = net
+    rw.attach(model, "stoch-sign")         # a random training projection: tested with the hidden weights
+    kw = dict(trials=1, seed=3, bn_batches=2, batch_size=100, keep=("first",), as_frame=False)
+    rng = torch.get_rng_state()
+    a = rw.sweep(model, data, ["add-gauss:sigma=0.5"], **kw)
+    assert torch.equal(torch.get_rng_state(), rng)                 # no draws from the global generator
+    torch.manual_seed(123)
+    b = rw.sweep(model, data, ["add-gauss:sigma=0.5"], **kw)
+    assert a == b
+
+
+# ---------------------------------------------------------------------------
+# 4. no copy of the model
+# ---------------------------------------------------------------------------
+
+def test_sweep_never_copies_the_model(net, monkeypatch, trained, tmp_path):
+    model, data = net
+    ptrs = [p.data_ptr() for p in model.parameters()]
+
+    def no_deepcopy(*a, **k):
+        raise AssertionError("copy.deepcopy called during a sweep")
+
+    monkeypatch.setattr(copy, "deepcopy", no_deepcopy)
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5", "sign"], trials=2, bn_batches=2, batch_size=100,
+                    as_frame=False)
+    assert len(rows) == 3 and [p.data_ptr() for p in model.parameters()] == ptrs
+
+    # run_sweep too (dataclasses.asdict deep-copies plain config values: only models and tensors are refused)
+    monkeypatch.undo()
+    original = copy.deepcopy
+
+    def no_model_copies(obj, *a, **k):
+        if isinstance(obj, (nn.Module, torch.Tensor)) or (
+                isinstance(obj, dict) and any(isinstance(v, torch.Tensor) for v in obj.values())):
+            raise AssertionError(f"copy.deepcopy of a {type(obj).__name__} during a sweep")
+        return original(obj, *a, **k)
+
+    monkeypatch.setattr(copy, "deepcopy", no_model_copies)
+    r = run_sweep(sweep_config(trained, tmp_path / "out", distortions=["sign"], bn_reestimate=2), progress=False)
+    assert len(r["rows"]) == 1
+
+
+# ---------------------------------------------------------------------------
+# 5. sweeps with files: provenance, interrupt and resume
+# ---------------------------------------------------------------------------
+
+def test_run_sweep_writes_results_and_provenance(trained, done_sweep):
+    out = done_sweep.out
+    text = (out / "results.csv").read_text()
+    assert text.startswith(HEADER)
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert len(table) == 5 and [r["spec"] for r in table] == ["add-gauss:sigma=0.0"] * 2 + [
+        "add-gauss:sigma=0.5"] * 2 + ["sign:scale=max"]
+    assert table[0]["effective_bits"] == "" and float(table[4]["effective_bits"]) == 1.0
+    rows = json.loads((out / "results.json").read_text())
+    assert rows == done_sweep.rows and [r["n_examples"] for r in rows] == [300] * 5
+    assert [float(r["error"]) for r in table] == [r["error"] for r in rows]
+
+    prov = json.loads((out / "sweep.json").read_text())
+    assert prov["checkpoint_sha256"] == hashlib.sha256(trained.ckpt.read_bytes()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", prov["git_commit"])
+    assert prov["torch"] == torch.__version__
+    assert prov["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    start, end = (datetime.datetime.fromisoformat(prov[k]) for k in ("start", "end"))
+    assert start <= end
+    assert prov["baseline_error"] == trained.result.test_error
+    assert prov["label"] == "identity (float)" and prov["baseline_weights"] == "hidden"  # identity: W itself
+    assert prov["data_description"] == trained.data.description and "subset" in prov["data_description"]
+    assert prov["cells"] == 5 and prov["trials"] == 2 and prov["config"]["distortions"] == GRIDS
+    assert prov["target_error"] == pytest.approx(prov["baseline_error"] + 0.01)
+
+
+def test_killed_sweep_resumes_with_only_the_missing_cells(trained, done_sweep, tmp_path, monkeypatch):
+    real = sweep_mod.evaluate_split
+    calls = {"n": 0, "stop": None}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep_mod, "evaluate_split", counting)
+    config = sweep_config(trained, tmp_path / "cut")
+    calls["stop"] = 1 + 3 + 1          # the baseline, 3 cells, then killed in the 4th
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, progress=False)
+    partial = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert partial == done_sweep.rows[:3]
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["end"] is None
+
+    calls.update(n=0, stop=None)
+    r = run_sweep(config, progress=False)
+    assert calls["n"] == 1 + 2          # the baseline and the 2 missing cells
+    assert r["rows"] == done_sweep.rows
+    for name in ("results.json", "results.csv"):
+        assert (tmp_path / "cut" / name).read_text() == (done_sweep.out / name).read_text()
+
+    # a finished sweep run again (with settings that change no number) computes nothing
+    calls["n"] = 0
+    again = run_sweep(sweep_config(trained, tmp_path / "cut", batch_size=64, device="cpu", target_error=0.5),
+                      progress=False)
+    assert calls["n"] == 1 and again["rows"] == done_sweep.rows and again["target_error"] == 0.5
+
+
+# ---------------------------------------------------------------------------
+# 6. refusals leave every file as it was
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def used_out(done_sweep, tmp_path):
+    """A copy of a finished sweep folder, and its bytes."""
+    out = tmp_path / "used"
+    shutil.copytree(done_sweep.out, out)
+    return out, snapshot(out)
+
+
+def test_same_folder_for_another_checkpoint_or_config_is_refused(trained, used_out, tmp_path):
+    out, files = used_out
+    other = torch.load(trained.ckpt, weights_only=True)
+    key = next(k for k in other["model"] if k.endswith("weight"))
+    other["model"][key] = other["model"][key] + 0.01
+    torch.save(other, tmp_path / "other.pt")
+    refuses(lambda: run_sweep(sweep_config(trained, out, checkpoint=str(tmp_path / "other.pt")), progress=False),
+            "another checkpoint")
+    refuses(lambda: run_sweep(sweep_config(trained, out, trials=3), progress=False), "different sweep.*trials")
+    refuses(lambda: run_sweep(sweep_config(trained, out, distortions=["sign"]), progress=False),
+            "different sweep.*distortions")
+    assert snapshot(out) == files
+
+
+def test_folder_with_unrelated_files_is_refused(trained, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    refuses(lambda: run_sweep(sweep_config(trained, out), progress=False), "not a sweep result folder")
+    assert snapshot(out) == {"notes.txt": b"my notes\n"}
+
+
+def test_bad_checkpoint_files_are_refused(trained, used_out, tmp_path):
+    out, files = used_out
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(trained.ckpt.read_bytes()[:3000])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    other = tmp_path / "other.pt"
+    torch.save({"hello": torch.zeros(2)}, other)
+    for path, words in [(cut, "not a readable checkpoint"), (junk, "not a readable checkpoint"),
+                        (other, "not a robustweights checkpoint"), (tmp_path / "missing.pt", "no checkpoint")]:
+        before = path.read_bytes() if path.exists() else None
+        refuses(lambda: run_sweep(sweep_config(trained, out, checkpoint=str(path)), progress=False), words)
+        refuses(lambda: run_sweep(sweep_config(trained, tmp_path / "new", checkpoint=str(path)), progress=False),
+                words)
+        assert (path.read_bytes() if path.exists() else None) == before
+    assert snapshot(out) == files and not (tmp_path / "new").exists()
+
+
+def test_a_mistake_after_loading_leaves_no_file_behind(trained, tmp_path):
+    """A bad --keep is found before anything is written, so the corrected command can use the same folder."""
+    out = tmp_path / "out"
+    refuses(lambda: run_sweep(sweep_config(trained, out, keep=["nope"]), progress=False), "no such layer")
+    assert not out.exists()
+    r = run_sweep(sweep_config(trained, out, keep=["first"], distortions=["sign"]), progress=False)
+    assert len(r["rows"]) == 1
+
+
+NETS = """
+from torch import nn
+
+def net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+
+
+@pytest.fixture
+def own_model(tmp_path, monkeypatch):
+    (tmp_path / "rw_sweep_test_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rw_sweep_test_nets", raising=False)
+    torch.manual_seed(0)
+    good = tmp_path / "good.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).state_dict(), good)
+    bad = tmp_path / "bad.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 7)).state_dict(), bad)
+    return good, bad
+
+
+def factory_config(tmp_path, out, **kw):
+    base = dict(model_factory="rw_sweep_test_nets:net", state_dict=str(tmp_path / "good.pt"), dataset="demo",
+                test_subset=300, distortions=["add-gauss:sigma=0,0.5", "sign"], trials=2, out=str(out))
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def test_own_model_mistakes_are_refused(own_model, tmp_path):
+    out = tmp_path / "out"
+    refuses(lambda: run_sweep(factory_config(tmp_path, out, model_factory="rw_no_such_module:net"), progress=False),
+            "cannot import module 'rw_no_such_module'")
+    refuses(lambda: run_sweep(factory_config(tmp_path, out, state_dict=str(tmp_path / "bad.pt")), progress=False),
+            "does not fit the model")
+    refuses(lambda: run_sweep(factory_config(tmp_path, out, state_dict=str(tmp_path / "nope.pt")), progress=False),
+            "no state_dict file")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    refuses(lambda: run_sweep(factory_config(tmp_path, out, state_dict=str(tmp_path / "junk.pt")), progress=False),
+            "not a readable state_dict")
+    refuses(lambda: run_sweep(factory_config(tmp_path, out, dataset=None), progress=False), "--dataset")
+    assert not out.exists()
+
+
+def test_own_model_sweeps(own_model, tmp_path):
+    good, _ = own_model
+    r = run_sweep(factory_config(tmp_path, tmp_path / "out"), progress=False)
+    assert r["label"] == "rw_sweep_test_nets:net (own model)"
+    assert r["checkpoint_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert len(r["rows"]) == 5 and all(0 <= row["error"] <= 1 for row in r["rows"])
+    assert r["rows"][0]["error"] == r["baseline_error"]           # sigma = 0 is the undistorted network
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["label"].endswith("(own model)")
+
+
+# ---------------------------------------------------------------------------
+# 7. effective bits
+# ---------------------------------------------------------------------------
+
+def test_capacity_bits_per_distortion():
+    cap = bits_mod.capacity_bits
+    assert cap("add-gauss:sigma=0.8") == pytest.approx(0.5 * math.log2(1 + 1 / 0.64))
+    assert round(cap("add-gauss:sigma=0.8"), 2) == 0.68                         # the paper's figure
+    assert cap("mult-gauss:sigma=0.8") == cap("add-gauss:sigma=0.8")
+    assert cap("add-gauss:sigma=1") == 0.5
+    assert cap("add-gauss:sigma=0") is None
+    assert cap("quant:bits=3") == 3 and cap("quant:bits=1") == 1
+    assert cap("ternary:delta=0.5") == pytest.approx(math.log2(3))
+    assert cap("sign") == cap("stoch-sign") == cap("power:beta=0") == 1
+    assert cap("power:beta=0.5") is None and cap("identity") is None and cap("prune:frac=0.5") is None
+
+
+def test_entropy_bits():
+    assert bits_mod.entropy_bits(torch.tensor([1.0, -1.0, 1.0, -1.0])) == pytest.approx(1.0)
+    assert bits_mod.entropy_bits(torch.tensor([0.5, 0.5, 0.5])) == 0
+    assert bits_mod.entropy_bits(torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(2.0)
+    assert bits_mod.weighted_entropy([torch.tensor([1.0, -1.0]), torch.ones(6)]) == pytest.approx(0.25)
+
+
+def test_entropy_of_discrete_cells_in_a_sweep(net):
+    model, data = net
+    rows = rw.sweep(model, data, ["quant:bits=1..3", "sign", "power:beta=0,0.5", "add-gauss:sigma=0.5"], trials=1,
+                    as_frame=False)
+    quant = {int(r["value"]): r for r in rows if r["distortion"] == "quant"}
+    for k, r in quant.items():
+        assert 0 < r["entropy_bits"] <= k and r["effective_bits"] == k
+    assert quant[1]["entropy_bits"] < quant[2]["entropy_bits"] < quant[3]["entropy_bits"]
+    sign = next(r for r in rows if r["distortion"] == "sign")
+    assert 0 < sign["entropy_bits"] <= 1 and sign["entropy_bits"] == quant[1]["entropy_bits"]
+    power = {r["value"]: r for r in rows if r["distortion"] == "power"}
+    assert power[0.0]["entropy_bits"] == sign["entropy_bits"] and power[0.0]["effective_bits"] == 1
+    assert power[0.5]["entropy_bits"] is None and power[0.5]["effective_bits"] is None
+    assert next(r for r in rows if r["distortion"] == "add-gauss")["entropy_bits"] is None
+
+
+def test_lowest_bits_uses_the_mean_error_over_trials():
+    def row(spec, bits, error):
+        return {"spec": spec, "effective_bits": bits, "error": error}
+
+    rows = [row("a", 0.5, 0.25), row("a", 0.5, 0.5),          # mean 0.375 (one trial alone meets 0.25)
+            row("b", 1.0, 0.125), row("b", 1.0, 0.25),        # mean 0.1875
+            row("c", None, 0.0),                              # no figure: never chosen
+            row("d", 2.0, 0.0625)]
+    assert lowest_bits(rows, 0.25) == {"spec": "b", "effective_bits": 1.0, "mean_error": 0.1875, "trials": 2}
+    assert lowest_bits(rows, 0.375)["spec"] == "a"             # at the target counts
+    assert lowest_bits(rows, 0.1)["spec"] == "d"
+    assert lowest_bits(rows, 0.01) is None
+    assert lowest_bits([], 1.0) is None
+
+
+# ---------------------------------------------------------------------------
+# 8. the command
+# ---------------------------------------------------------------------------
+
+def run_main(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own mistakes
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sweep_command(trained, tmp_path, capsys):
+    d = tmp_path / "cli"
+    code, out, err = run_main(capsys, "sweep", str(trained.ckpt), "--distortion", "add-gauss:sigma=0,1",
+                              "--trials", "2", "--test-subset", "300", "--out", str(d), "--quiet")
+    assert code == 0, err
+    assert "lowest effective bits" in out or "no distortion with an effective-bits figure" in out
+    assert "add-gauss:sigma=1.0" in out and "(float)" in out
+    assert len(json.loads((d / "results.json").read_text())) == 4
+
+
+@pytest.mark.parametrize("grid, words", [("add-gauss:sigma=-1", "sigma >= 0"), ("add-gauss:sigma=", "sigma=''")])
+def test_sweep_command_mistakes_print_one_line(trained, tmp_path, capsys, grid, words):
+    d2 = tmp_path / "bad"
+    code, out, err = run_main(capsys, "sweep", str(trained.ckpt), "--distortion", grid, "--out", str(d2))
+    assert code == 2
+    assert words in one_error_line(err)
+    assert not d2.exists()
