@@ -102,10 +102,18 @@ def _magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
     return torch.where(h > 0, h, torch.ones_like(h))
 
 
+def _pm(mask: Tensor, H, dtype) -> Tensor:
+    """``+H`` where ``mask``, else ``-H``, exactly (``2H - H = H``; ``0 - H = -H``).
+
+    Arithmetic on the mask rather than ``torch.where`` with scalars: several
+    times faster on CPUs, and this runs in every training forward pass.
+    """
+    return mask.to(dtype).mul_(2 * H).sub_(H)
+
+
 def _sign(w: Tensor) -> Tensor:
     """``sign`` with ``sign(0) = +1`` (and ``sign(-0.0) = +1``), in ``w``'s dtype."""
-    one = torch.ones((), dtype=w.dtype, device=w.device)
-    return torch.where(w >= 0, one, -one)
+    return _pm(w >= 0, 1, w.dtype)
 
 
 def _uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
@@ -132,7 +140,7 @@ def identity(w, g, H):
 @register("sign", _SCALE)
 def sign(w, g, H):
     """``H * sign(W)``, ``sign(0) = +1``: deterministic binarisation."""
-    return _sign(w) * H
+    return _pm(w >= 0, H, w.dtype)
 
 
 @register("stoch-sign", _SCALE, random=True)
@@ -142,8 +150,8 @@ def stoch_sign(w, g, H):
     BinaryConnect's stochastic binarisation. Unbiased: ``E[out] = H(2q - 1) =
     clip(W, -H, H)``.
     """
-    q = ((w / H + 1) / 2).clamp(0, 1)
-    return torch.where(_uniform(w, g) < q, 1.0, -1.0).to(w.dtype) * H
+    # u < q  <=>  (2u - 1) H < W for u in [0, 1): the clip of q is implied; in place, as it runs every step.
+    return _pm(_uniform(w, g).mul_(2).sub_(1).mul_(H) < w, H, w.dtype)
 
 
 @register("ternary", Param("delta", "float", ok=lambda d: 0 <= d <= 1, allowed="0 <= delta <= 1"), _SCALE)
@@ -196,12 +204,11 @@ def stoch_mult(w, g, H, gamma, flip):
     ``stoch-sign`` (``+`` with probability ``clip((W/H + 1)/2, 0, 1)``).
     ``gamma=1`` is the identity (without flip).
     """
-    u = gamma + (1 / gamma - gamma) * _uniform(w, g)
+    u = _uniform(w, g).mul_(1 / gamma - gamma).add_(gamma)
     if not flip:
-        return w * u
-    q = ((w / H + 1) / 2).clamp(0, 1)
-    s = torch.where(_uniform(w, g) < q, 1.0, -1.0).to(w.dtype)
-    return s * w.abs() * u
+        return u.mul_(w)
+    up = _uniform(w, g).mul_(2).sub_(1).mul_(H) < w   # + with probability clip((W/H + 1)/2, 0, 1)
+    return _pm(up, 1, w.dtype).mul_(w.abs()).mul_(u)
 
 
 @register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
