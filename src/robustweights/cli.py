@@ -63,7 +63,7 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainConfig, read_checkpoint, train
+    from .training import TrainConfig, distributed_env, read_checkpoint, train
 
     given = _given(args, TrainConfig)
     if args.resume:
@@ -74,6 +74,8 @@ def cmd_train(args) -> int:
     else:
         config = TrainConfig(**given)
     result = train(config, resume=args.resume, progress=not args.quiet)
+    if distributed_env()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     h = result.history[-1] if result.history else {}
     print(f"test error: {result.test_error:.2%} ({h.get('test_weights', '?')} weights) after {config.epochs} "
           f"epochs, {result.seconds:.0f} s; model {config.model} width {config.width}, projection "

@@ -121,16 +121,25 @@ class Split:
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None, augment: str = "none",
                 device: str | torch.device = "cpu", drop_last: bool = False,
+                shard: tuple[int, int] = (0, 1),
                 ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``x`` float32 ``(B, C, H, W)`` and ``y`` int64 ``(B,)`` on ``device``.
 
         ``shuffle=False`` gives dataset order; ``drop_last`` drops a final short batch.
+        ``shard=(rank, world)`` keeps every ``world``-th example of the order from
+        ``rank`` on (distributed training: every rank draws the same order, then
+        takes its own share; the last ``n % world`` examples are left out so that
+        every rank runs the same number of steps).
         """
         _check_choice("augmentation", augment, AUGMENT)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        rank, world = shard
+        if world > 1:
+            order = order[:n - n % world][rank::world]
+            n = len(order)
         stop = n - n % batch_size if drop_last else n
         for x, y in self._fetch(list(order[:stop].split(batch_size))):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -354,6 +354,36 @@ class Diverged(UserError):
     """The loss became NaN or infinite."""
 
 
+# ---------------------------------------------------------------------------
+# torch.distributed (torchrun): one process per device, DistributedDataParallel
+# ---------------------------------------------------------------------------
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """Join the process group torchrun describes; returns (rank, world, device, whether we initialised it).
+
+    Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs.
+    """
+    import torch.distributed as dist
+
+    rank, world, local = distributed_env()
+    if world == 1:
+        return 0, 1, resolve_device(device_name), False
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, ours
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None,
           data: data_mod.Data | None = None) -> TrainResult:
@@ -364,18 +394,38 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     ``callback(epoch, metrics)`` runs after each epoch's checkpoint is written
     (raise from it to stop early). A non-finite loss raises :class:`Diverged`
     and leaves the last good checkpoint as it was.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel:
+    ``batch_size`` stays the global batch, each rank takes its share of every
+    epoch's order, random projections draw from per-rank generators seeded from
+    the run seed and the rank, and only rank 0 shows progress and writes files.
     """
+    config.validate()
+    rank, world, device, ours = _init_distributed(config.device)
+    try:
+        return _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
+    finally:
+        if ours:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config, resume, progress, callback, model_factory, data, rank, world, device) -> TrainResult:
     from tqdm.auto import tqdm
 
-    config.validate()
+    if config.batch_size % world:
+        raise UserError(f"batch size {config.batch_size} must be divisible by the {world} processes "
+                        f"(it is the global batch: each process takes batch_size / processes)")
     state = _check_out(config, resume)
-    device = resolve_device(config.device)
     data = data or load_config_data(config)
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
+    if world > 1:
+        # Gradients are averaged over ranks, so every rank takes the same step from the same
+        # weights and clips them the same way: the hidden weights stay bitwise identical.
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if _is_cuda(device) else None)
     train_split, test_split = data.train, data.test
     if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
         # Data resident on the GPU: no host-to-device copy per batch.
@@ -393,17 +443,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = list(state["history"]), state["epoch"]
-    out = Path(config.out) if config.out else None
+    out = Path(config.out) if config.out and rank == 0 else None
     if out is not None:
         write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     data_info = {"name": data.name, "description": data.description}
 
     t0 = time.perf_counter()
-    steps = math.ceil(len(train_split) / config.batch_size)
+    local_batch = config.batch_size // world
+    steps = math.ceil((len(train_split) // world) / local_batch)
     check_every = 50 if _is_cuda(device) else 1  # a finiteness check syncs the GPU
     for epoch in range(start, config.epochs):
         data_gen = torch.Generator().manual_seed(_seed(config.seed, epoch, "data"))
-        gen.manual_seed(_seed(config.seed, epoch, "projection"))
+        gen.manual_seed(_seed(config.seed, epoch, "projection", *((rank,) if world > 1 else ())))
         model.train()
         t_epoch = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -411,15 +462,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         seen = 0
         bar = tqdm(total=len(train_split), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        batches = train_split.batches(config.batch_size, shuffle=True, generator=data_gen,
-                                      augment=config.augment, device=device)
+        batches = train_split.batches(local_batch, shuffle=True, generator=data_gen,
+                                      augment=config.augment, device=device, shard=(rank, world))
         for step, (x, y) in enumerate(batches):
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, epoch, step, steps)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and _is_cuda(device)):
-                logits = model(x)
+                logits = net(x)
             loss = loss_fn(config.loss, logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,17 +479,22 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
             loss_sum += loss.detach().double() * len(y)
             wrong += (logits.detach().argmax(1) != y).sum()
             seen += len(y)
-            bar.update(len(y))
+            bar.update(len(y) * world)  # the bar counts all ranks' images (their shares are equal)
             if step % check_every == 0 or step == steps - 1:
                 if not math.isfinite(loss_sum.item()):
                     bar.close()
                     raise Diverged(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
                                    f"try a lower --lr. The last good checkpoint is kept.")
                 if progress and step % 10 == 0:
-                    rate = seen / (time.perf_counter() - t_epoch)
+                    rate = seen * world / (time.perf_counter() - t_epoch)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                     acc=f"{1 - wrong.item() / seen:.3f}", img_s=f"{rate:.0f}")
         bar.close()
+        if world > 1:  # the epoch's training figures over all ranks
+            totals = torch.stack([loss_sum, wrong.double(), torch.tensor(float(seen), device=device,
+                                                                          dtype=torch.float64)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, wrong, seen = totals[0], totals[1], int(totals[2].item())
         train_seconds = time.perf_counter() - t_epoch
         test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size,
                               amp=config.amp, channels_last=config.channels_last)
@@ -455,6 +511,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
             save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=epoch + 1, config=config,
                             history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info)
             write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if world > 1:
+            torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
         if callback is not None:
             callback(epoch + 1, row)
     seconds = time.perf_counter() - t0
