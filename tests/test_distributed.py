@@ -74,3 +74,48 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
     assert rw.evaluate(model, config)["error"] == pytest.approx(r[0]["test_error"])
     if projection == "sign":   # (this tiny stoch-sign net learns nothing in 16 steps, in one process too)
         assert r[0]["test_error"] < 0.6   # chance: 0.9
+
+
+def _sweep_worker(rank, world, port, config_dict):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    rw.run_sweep(rw.SweepConfig(**config_dict), progress=False)
+
+
+def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path, monkeypatch):
+    import importlib
+
+    sweeps = importlib.import_module("robustweights.sweeps")
+    ckpt = tmp_path / "train"
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    grids = ["add-gauss:sigma=0.5,1", "power:beta=0,0.5", "bitflip:p=0.1"]
+    base = dict(checkpoint=str(ckpt), distortions=grids, trials=2, test_subset=200, seed=3)
+    rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
+    mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "two")}), nprocs=2, join=True)
+    for name in ("results.json", "results.csv"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    prov = json.loads((tmp_path / "two" / "sweep.json").read_text())
+    assert prov["processes"] == 2
+    assert prov["cells_by_rank"] == [4, 4]   # 8 cells (2 x 2 noise, 2 power, 2 bitflip), divided
+    assert not list((tmp_path / "two").glob("results.rank*"))
+
+    # A single-process sweep killed after 3 cells, resumed by 2 processes: the same table again.
+    calls = {"n": 0}
+    real = sweeps.evaluate_split
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 4:   # the baseline, then 3 cells
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "cut")), progress=False)
+    monkeypatch.setattr(sweeps, "evaluate_split", real)
+    assert len(json.loads((tmp_path / "cut" / "results.json").read_text())) == 3
+    mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}), nprocs=2, join=True)
+    assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [3, 2]  # 5 left after 3

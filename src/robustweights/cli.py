@@ -107,9 +107,12 @@ def cmd_demo(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweeps import SweepConfig, run_sweep
+    from .training import distributed_env
 
     config = SweepConfig(**_given(args, SweepConfig))
     r = run_sweep(config, progress=not args.quiet)
+    if distributed_env()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     print(f"sweep of {r['label']} on {r['data_description']} ({r['split']} split)")
     if r["on"] == "hidden" and "projected" in r["baseline_weights"]:
         print("note: this network runs with projected weights; distorting its hidden weights tests weights it "

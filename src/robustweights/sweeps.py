@@ -225,7 +225,7 @@ def _rows_frame(rows: list[dict]):
 def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, seed: int = 0, on: str = "hidden",
           keep: tuple[str, ...] = (), bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
           loss: str = "ce", done: dict | None = None, on_row: Callable[[dict], None] | None = None,
-          progress: bool = False, as_frame: bool = True):
+          progress: bool = False, as_frame: bool = True, only: set | None = None):
     """Test error of ``model`` under every cell of ``distortions``; a list of rows (a pandas frame if available).
 
     ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
@@ -235,7 +235,8 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
     batches after distorting. ``done`` maps cell keys ``(spec, trial)`` to rows
     already computed (they are reused, not recomputed); ``on_row`` is called
-    with each new row.
+    with each new row. ``only``, if given, is the set of cell keys to compute
+    (the others are skipped: a distributed sweep gives each rank its share).
     """
     from tqdm.auto import tqdm
 
@@ -257,6 +258,8 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     for c in bar:
         if c.key() in done:
             rows.append(done[c.key()])
+            continue
+        if only is not None and c.key() not in only:
             continue
         s = cell_seed(seed, c)
         g = torch.Generator(device=device).manual_seed(s)
@@ -445,8 +448,36 @@ def _comparable(cfg: dict) -> dict:
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     """Sweep a checkpoint (or a user's model) into ``config.out``; resumes a killed sweep of the same config.
 
-    Returns the provenance (``sweep.json``) with ``rows`` and ``summary`` added.
+    Returns the provenance (``sweep.json``) with ``rows`` added. Under
+    ``torchrun`` the missing cells are divided among the ranks (``gloo``
+    suffices: only rows travel); each rank keeps its finished rows in
+    ``results.rankN.jsonl`` (read back on resume, so ``--out`` must be a folder
+    every rank sees) and rank 0 writes the merged table, the same as one
+    process would.
     """
+    from .training import _init_distributed
+
+    rank, world, device, ours = _init_distributed(config.device)
+    try:
+        return _run_sweep(config, progress and rank == 0, rank, world, device)
+    finally:
+        if ours:
+            torch.distributed.destroy_process_group()
+
+
+def _partial_rows(out: Path) -> list[dict]:
+    """Rows that ranks of an interrupted distributed sweep finished (``results.rankN.jsonl``)."""
+    rows = []
+    for f in sorted(out.glob("results.rank*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by the kill: recompute that cell
+    return rows
+
+
+def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device) -> dict:
     if config.trials < 1:
         raise UserError(f"trials must be at least 1, not {config.trials}")
     if config.bn_reestimate < 0:
@@ -466,7 +497,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
                 raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
         elif any(out.iterdir()):
             raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
-    model, data, loss, label, info = prepare(config)
+    model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)))
     if config.on not in ("hidden", "projected"):
         raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
     resolve_keep(model, config.keep)                          # a bad --keep fails before sweep.json is written
@@ -485,7 +516,9 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
             old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
         except json.JSONDecodeError:
             old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
-        done = {(r["spec"], r["trial"]): r for r in old_rows}
+        done = {(r["spec"], r["trial"]): r for r in old_rows + _partial_rows(out)}
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read the folder before rank 0 writes to it
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "trials": config.trials, "seed": config.seed,
@@ -499,25 +532,49 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     prov["baseline_error"] = base["error"]
     prov["baseline_weights"] = "/".join(sorted({"hidden" if m.rw.eval_uses_hidden() else "projected"
                                                 for _, m in projected.projected_layers(model)}))
-    write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
+    prov["processes"] = world
+    if rank == 0:
+        write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
 
     rows_so_far = [done[c.key()] for c in todo if c.key() in done]
     if progress and done:
         print(f"resuming {out}: {len(rows_so_far)} of {len(todo)} cells already done")
 
+    order = {c.key(): i for i, c in enumerate(todo)}
+    mine = [c.key() for c in todo if c.key() not in done][rank::world]
+    rows_mine: list[dict] = []
+    part = out / f"results.rank{rank}.jsonl"
+
     def on_row(row):
-        rows_so_far.append(row)
-        order = {c.key(): i for i, c in enumerate(todo)}
-        _write_rows(out, sorted(rows_so_far, key=lambda r: order[(r["spec"], r["trial"])]))
+        if world == 1:
+            rows_so_far.append(row)
+            _write_rows(out, sorted(rows_so_far, key=lambda r: order[(r["spec"], r["trial"])]))
+        else:
+            rows_mine.append(row)
+            write_text(part, "".join(json.dumps(r) + "\n" for r in rows_mine))
 
     t0 = time.perf_counter()
     rows = sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
                  keep=tuple(config.keep), bn_batches=config.bn_reestimate, batch_size=config.batch_size,
-                 split=config.split, loss=loss, done=done, on_row=on_row, progress=progress, as_frame=False)
-    _write_rows(out, rows)
+                 split=config.split, loss=loss, done=done, on_row=on_row, progress=progress, as_frame=False,
+                 only=set(mine))
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, rows_mine)
+        prov["cells_by_rank"] = [len(rs) for rs in gathered]
+        merged = dict(done)
+        merged.update({(r["spec"], r["trial"]): r for rs in gathered for r in rs})
+        rows = sorted(merged.values(), key=lambda r: order[(r["spec"], r["trial"])])
+        if len(rows) != len(todo):
+            raise RuntimeError(f"distributed sweep merged {len(rows)} rows for {len(todo)} cells")
+    if rank == 0:
+        _write_rows(out, rows)
+        for f in out.glob("results.rank*.jsonl"):
+            f.unlink()
     target = config.target_error if config.target_error is not None else base["error"] + 0.01
     best = lowest_bits(rows, target)
     prov.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 seconds=time.perf_counter() - t0, target_error=target, lowest_bits=best)
-    write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
+    if rank == 0:
+        write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
     return {**prov, "rows": rows}
