@@ -7,19 +7,11 @@ import sys
 
 import pytest
 
+from conftest import run_main
 from robustweights.cli import main
 
 TINY = ["--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "500", "--test-subset", "200",
         "--epochs", "1", "--batch-size", "50", "--quiet"]
-
-
-def run_main(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own mistakes
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err):

@@ -19,7 +19,7 @@ from torch import nn
 
 import robustweights as rw
 from robustweights import bits as bits_mod
-from robustweights.cli import main
+from conftest import run_main
 from robustweights.sweeps import Cell, SweepConfig, cell_seed, cells, lowest_bits, parse_grid, run_sweep
 from robustweights.training import evaluate_split, load_config_data
 
@@ -543,15 +543,6 @@ def test_lowest_bits_uses_the_mean_error_over_trials():
 # ---------------------------------------------------------------------------
 # 8. the command
 # ---------------------------------------------------------------------------
-
-def run_main(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own mistakes
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_sweep_command(trained, tmp_path, capsys):
     d = tmp_path / "cli"
