@@ -119,3 +119,36 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
     mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}), nprocs=2, join=True)
     assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
     assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [3, 2]  # 5 left after 3
+
+
+def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch):
+    """A distributed sweep killed mid-way leaves results.rankN.jsonl; a restart computes only the rest."""
+    import importlib
+    import shutil
+
+    sweeps = importlib.import_module("robustweights.sweeps")
+    ckpt = tmp_path / "train"
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
+                test_subset=200, seed=3)
+    rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "full")), progress=False)
+    rows = json.loads((tmp_path / "full" / "results.json").read_text())
+    # What two ranks would have left after finishing 2 and 1 of their cells (ranks take every other cell).
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(tmp_path / "full" / "sweep.json", killed / "sweep.json")
+    (killed / "results.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0:4:2]))
+    (killed / "results.rank1.jsonl").write_text(json.dumps(rows[1]) + "\n" + '{"cut by the kil')
+    calls = {"n": 0}
+    real = sweeps.evaluate_split
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate_split", counting)
+    rw.run_sweep(rw.SweepConfig(**base, out=str(killed)), progress=False)
+    assert calls["n"] == 1 + len(rows) - 3          # the baseline, then only the cells no rank finished
+    assert (killed / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
+    assert not list(killed.glob("results.rank*"))

@@ -50,7 +50,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .errors import UserError
-from .training import _atomic_write, write_text
+from .training import write_bytes, write_text
 
 MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
 FIGURE_DPI = 120
@@ -154,7 +154,7 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     claimed = list(dict.fromkeys(old_files + files))
     write_text(out / "report.json", json.dumps({**manifest, "files": claimed}, indent=2) + "\n")
     for name, data in pngs.items():
-        _write_bytes(out / name, data)
+        write_bytes(out / name, data)
     write_text(out / "report.md", doc.markdown())
     write_text(out / "report.html", doc.html())
     for name in set(old_files) - set(files):   # e.g. matrix.png of an earlier report with more inputs
@@ -247,10 +247,6 @@ def _check_out(out: Path) -> list[str]:
     if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
         raise UserError(f"{out} exists and is not a robustweights report folder; choose another --out")
     return [f for f in previous.get("files", []) if f in OUTPUTS]   # never remove anything else
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _now() -> str:

@@ -208,6 +208,10 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def _is_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
