@@ -128,6 +128,7 @@ def main():
     ap.add_argument("--loss", default="ce", choices=("ce", "sq-hinge"))
     ap.add_argument("--clip", default="1", help="clip bound H, 'glorot' or 'none'")
     ap.add_argument("--lr-end-ratio", type=float, default=0.01, help="exp schedule: final lr / initial lr")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training steps")
     ap.add_argument("--device", default="cuda", help="cpu only to try the script on a tiny setting")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def main():
         config = rw.TrainConfig(model="bc-vgg", width=args.width, dataset="cifar10", data_dir=args.data_dir,
                                 preprocess="gcn-zca", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 schedule="exp", lr_end=args.lr * args.lr_end_ratio, loss=args.loss,
-                                clip=args.clip, device=args.device, amp=True, channels_last=True,
+                                clip=args.clip, device=args.device, amp=True, channels_last=True, compile=args.compile,
                                 eval_batch_size=2000, train_subset=args.train_subset,
                                 out=str(Path("/tmp/gpu_runs") / f"{name}-{time.time_ns()}"), **RUNS[name])
         entry = report["runs"][name] = {"config": dataclasses.asdict(config), "epochs": []}

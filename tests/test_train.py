@@ -146,3 +146,20 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     cut.write_bytes(ckpt.read_bytes()[:5000])
     with pytest.raises(rw.UserError, match="not a readable checkpoint"):
         rw.load(cut)
+
+
+def test_compiled_training_steps_give_the_same_weights(monkeypatch):
+    # Dynamo's capture of the projected layers (the straight-through Function included), with the
+    # eager backend so that no code generation slows the suite; inductor was checked by hand.
+    real, compiled_models = torch.compile, []
+
+    def eager_compile(m, **k):
+        compiled_models.append(m)
+        return real(m, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain = rw.train(tiny(epochs=1, projection="sign"), progress=False).model.state_dict()
+    assert compiled_models == []
+    compiled = rw.train(tiny(epochs=1, projection="sign", compile=True), progress=False).model.state_dict()
+    assert len(compiled_models) == 1
+    assert same_state(plain, compiled)

@@ -89,6 +89,7 @@ class TrainConfig:
     device: str = _opt("'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'", default="auto")
     amp: bool = _opt("bf16 autocast on CUDA (no effect on CPU)", default=False)
     channels_last: bool = _opt("channels-last memory format (faster convolutions on GPUs)", default=False)
+    compile: bool = _opt("torch.compile the training steps (slow first steps; for long GPU runs)", default=False)
     num_workers: int = _opt("imagefolder only: data loader worker processes", default=0)
     out: str | None = _opt("run folder for checkpoint.pt, config.json, metrics.jsonl (none: keep nothing)",
                            default=None)
@@ -430,6 +431,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         # Gradients are averaged over ranks, so every rank takes the same step from the same
         # weights and clips them the same way: the hidden weights stay bitwise identical.
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if _is_cuda(device) else None)
+    if config.compile:
+        net = torch.compile(net)  # same weights and checkpoints: only the steps go through the compiled graph
     train_split, test_split = data.train, data.test
     if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
         # Data resident on the GPU: no host-to-device copy per batch.
