@@ -45,7 +45,7 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (_seed, evaluate_split, load, load_config_data, resolve_device, write_text)
+from .training import _seed, evaluate_split, load, load_config_data, resolve_device, weights_label, write_text
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
@@ -529,9 +529,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     test = getattr(data, config.split)
     with projected.use_weights(model, "auto"):
         base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
+        prov["baseline_weights"] = weights_label(model)
     prov["baseline_error"] = base["error"]
-    prov["baseline_weights"] = "/".join(sorted({"hidden" if m.rw.eval_uses_hidden() else "projected"
-                                                for _, m in projected.projected_layers(model)}))
     prov["processes"] = world
     if rank == 0:
         write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")

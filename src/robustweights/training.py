@@ -243,7 +243,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
     return {"error": wrong.item() / n, "loss": total_loss.item() / n, "n": n}
 
 
-def _weights_label(model: nn.Module) -> str:
+def weights_label(model: nn.Module) -> str:
     """Which weights an evaluation used, in words (reports always say so)."""
     uses = {("hidden" if m.rw.eval_uses_hidden() else "projected") for _, m in projected.projected_layers(model)}
     return "/".join(sorted(uses)) or "hidden"
@@ -317,7 +317,7 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
         out = evaluate_split(model, getattr(data, split), loss=config.loss,
                              batch_size=batch_size or config.eval_batch_size, amp=config.amp,
                              channels_last=config.channels_last)
-        out["weights"] = _weights_label(model)
+        out["weights"] = weights_label(model)
     out["dataset"] = data.description
     return out
 
@@ -507,7 +507,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
                               amp=config.amp, channels_last=config.channels_last)
         row = {"epoch": epoch + 1, "lr": lr_at(config, epoch, 0, steps),
                "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
-               "test_loss": test["loss"], "test_error": test["error"], "test_weights": _weights_label(model),
+               "test_loss": test["loss"], "test_error": test["error"], "test_weights": weights_label(model),
                "seconds": train_seconds, "images_per_second": seen / train_seconds}
         history.append(row)
         if progress:
