@@ -64,13 +64,12 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool =
                 schedule="cosine", seed=0)
     rows = {}
     t0 = time.perf_counter()
-    data = None
+    data = load_config_data(TrainConfig(**base))  # both networks train and test on it: load once
     for name, projection in (("float", "identity"), ("sign", "sign")):
         config = TrainConfig(**base, projection=projection, out=str(out_path / name))
         if progress:
             print(f"[1/3] training the {name} network ({projection}, {config.epochs} epochs) ...", flush=True)
         result = train(config, progress=progress, data=data)
-        data = data or load_config_data(config)
         model = result.model
         hidden = evaluate(model, config, weights="hidden", data=data)
         binarize = "sign:scale=clip" if projection == "sign" else "sign"
