@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from robustweights.errors import UserError
-from robustweights.report import load_results, report, short_description
+from robustweights.reports import load_results, report, short_description
 
 SIGN_DESC = "CIFAR-10 (JPEG copy) from /work/shared/datasets/cifar-10-batches-py"
 

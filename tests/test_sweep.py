@@ -561,3 +561,35 @@ def test_sweep_command_mistakes_print_one_line(trained, tmp_path, capsys, grid, 
     assert code == 2
     assert words in one_error_line(err)
     assert not d2.exists()
+
+
+def test_bn_calibration_is_exact_repeatable_and_only_touches_statistics(net):
+    """calibrate_bn: the same batches give bit-identical statistics; weights and momenta stay as they were."""
+    model, data = net
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    momenta = [m.momentum for m in bns(model)]
+    sweep_mod.calibrate_bn(model, data.train, 3, 100, "cpu", seed=5)
+    first = [(m.running_mean.clone(), m.running_var.clone()) for m in bns(model)]
+    assert int(bns(model)[0].num_batches_tracked) == 3
+    sweep_mod.calibrate_bn(model, data.train, 3, 100, "cpu", seed=5)
+    assert all(torch.equal(a, m.running_mean) and torch.equal(b, m.running_var)
+               for (a, b), m in zip(first, bns(model)))
+    # a cumulative average over the 3 batches: the first layer's mean is the mean of its inputs' pre-activations
+    g = torch.Generator().manual_seed(5)
+    xs = torch.cat([x for _, (x, _) in zip(range(3), data.train.batches(100, shuffle=True, generator=g))])
+    lin = rw.projected_layers(model)[0][1]
+    with torch.no_grad():
+        pre = lin(xs.flatten(1))
+    assert torch.allclose(bns(model)[0].running_mean, pre.mean(0), atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert [m.momentum for m in bns(model)] == momenta and not model.training
+
+
+def test_run_sweep_calibrates_once_before_baseline_and_cells(trained, tmp_path):
+    r = run_sweep(sweep_config(trained, tmp_path / "cal", bn_calibrate=3), progress=False)
+    model, _ = rw.load(trained.ckpt)
+    sweep_mod.calibrate_bn(model, trained.data.train, 3, 1000, "cpu", seed=sweep_mod._seed(0, "calibrate"))
+    assert r["baseline_error"] == evaluate_split(model, trained.data.test)["error"]
+    assert r["bn_calibrate"] == 3
+    plain = run_sweep(sweep_config(trained, tmp_path / "plain"), progress=False)
+    assert [a["loss"] for a in r["rows"]] != [b["loss"] for b in plain["rows"]]

@@ -28,12 +28,19 @@ __all__ = [
     "attach", "detach", "clip_", "distort", "projected_layers", "use_weights",
     "create_model", "list_models", "register_model",
     "TrainConfig", "TrainResult", "train", "load", "evaluate",
-    "SweepConfig", "sweep", "run_sweep", "report",
+    "SweepConfig", "sweep", "run_sweep", "report", "reproduce",
 ]
 
 
 def report(*args, **kwargs):
-    """Figures and tables from sweep result folders; see :func:`robustweights.report.report`."""
-    from .report import report as _report
+    """Figures and tables from sweep result folders; see :func:`robustweights.reports.report`."""
+    from .reports import report as _report
 
     return _report(*args, **kwargs)
+
+
+def reproduce(*args, **kwargs):
+    """Reproduce an experiment of the paper end to end; see :func:`robustweights.experiments.reproduce`."""
+    from .experiments import reproduce as _reproduce
+
+    return _reproduce(*args, **kwargs)

@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   robustweights train --resume --out runs/bc --epochs 30
   robustweights evaluate runs/sign --weights hidden
   robustweights list transforms
+  robustweights reproduce matrix --scale tiny
+  robustweights reproduce all --scale cpu --out runs/repro-cpu --set epochs=10
 """
 
 
@@ -105,6 +107,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .experiments import resolve_preset, reproduce
+
+    if args.show:
+        preset = resolve_preset(args.scale, args.set or [])
+        width = max(map(len, preset))
+        for k, v in preset.items():
+            print(f"{k:<{width}}  {v}")
+        return 0
+    out = args.out or f"runs/reproduce-{args.experiment}-{args.scale}"
+    command = "robustweights " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    reproduce(args.experiment, args.scale, out, overrides=args.set or [], progress=not args.quiet, command=command)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from .sweeps import SweepConfig, run_sweep
     from .training import distributed_env
@@ -121,6 +138,7 @@ def cmd_sweep(args) -> int:
     print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights); distorted: "
           f"{r['on']} weights; batch-norm statistics "
           + (f"re-estimated on {r['bn_reestimate']} training batches per cell" if r["bn_reestimate"]
+             else f"calibrated once on {r['bn_calibrate']} training batches" if r.get("bn_calibrate")
              else "as stored (not re-estimated)"))
     groups: dict = {}
     for row in r["rows"]:
@@ -140,7 +158,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from .reports import report
 
     at = {}
     for item in args.at or []:
@@ -232,6 +250,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strength for the matrix table, repeatable (default: each grid's middle value)")
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
+
+    from .experiments import EXPERIMENTS, PRESETS
+
+    rr = sub.add_parser(
+        "reproduce", parents=[debug], help="reproduce the paper's claims: train, sweep, report, verdicts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an experiment of Merolla et al. 2016 end to end (train every row it needs, sweep, report) "
+        "and end with a claims table (claims.json) whose verdicts come only from numbers measured in the run. "
+        "Rerun the same command on the same --out to continue a killed run.",
+        epilog="experiments:\n"
+        "  matrix          8 training projections x 5 test-time distortions (claims 1 and 3)\n"
+        "  effective-bits  lowest bits per weight at a target error: float, sign, stoch-mult (claim 2)\n"
+        "  stoch-proj      stoch-mult against sign and stoch-sign with the same budget (claim 5)\n"
+        "  imagenet        resnet18 on class-per-folder images; without --set data_dir=PATH only the path\n"
+        "                  is tested, on generated folders (claim 4 needs ImageNet, which is not here)\n"
+        "  all             matrix + effective-bits + stoch-proj on shared rows\n"
+        "scales:\n"
+        "  tiny  Fashion-MNIST slice, small MLP: a minute or two on 2 CPU cores\n"
+        "  cpu   CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores\n"
+        "  gpu   full-width bc-vgg, BinaryConnect recipe, 100 epochs: for a GPU\n"
+        "see every key of a scale with --show; change any with --set KEY=VALUE")
+    rr.add_argument("experiment", choices=tuple(EXPERIMENTS), metavar="EXPERIMENT",
+                    help="one of: " + ", ".join(EXPERIMENTS))
+    rr.add_argument("--scale", choices=tuple(PRESETS), default="tiny", help="preset (default: tiny)")
+    rr.add_argument("--out", default=None, help="run folder (default: runs/reproduce-EXPERIMENT-SCALE)")
+    rr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a preset key, repeatable (e.g. --set epochs=10 --set width=0.5)")
+    rr.add_argument("--show", action="store_true", help="print the preset with overrides applied and exit")
+    rr.add_argument("--quiet", action="store_true", help="no progress bars")
+    rr.set_defaults(func=cmd_reproduce)
 
     ls = sub.add_parser("list", parents=[debug], help="list models, transforms and datasets")
     ls.add_argument("what", nargs="?", choices=("models", "transforms", "datasets", "all"), default="all")

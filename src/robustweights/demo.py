@@ -55,7 +55,7 @@ def _mean_error(rows: list[dict], spec_prefix: str, value: float) -> float:
 
 def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool = True) -> dict:
     """Train, test, sweep, report and compare; returns the numbers it printed."""
-    from .report import report
+    from .reports import report
     from .sweeps import SweepConfig, run_sweep
 
     out_path = Path(out)

@@ -171,22 +171,19 @@ def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
-@contextmanager
-def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
-                   seed: int = 0):
-    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
+def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_size: int, device,
+                 seed: int = 0) -> None:
+    """Replace batch-norm statistics by their average over ``batches`` training batches, for good.
 
     A cumulative average (momentum ``None``) over fixed batches drawn from
-    ``seed``, with only the batch-norm layers in training mode (the rest of the
-    network runs as it is evaluated and draws no random numbers); the saved
-    statistics and momenta are put back exactly on exit.
+    ``seed``, with only the batch-norm layers in training mode: every other
+    layer runs as it is evaluated (a stochastically trained layer with its
+    hidden weights, a pinned distortion with its pinned tensor) and draws no
+    random numbers. Momenta are put back afterwards; the statistics are not
+    (see :func:`reestimated_bn` for a version that puts them back).
     """
-    if batches <= 0:
-        yield
-        return
     bns = _bn_layers(model)
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in bns]
+    momenta = [m.momentum for m in bns]
     was_training = model.training
     try:
         for m in bns:
@@ -199,12 +196,30 @@ def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int,
                 if i >= batches:
                     break
                 model(x)
-        model.train(was_training)
-        yield
     finally:
         model.train(was_training)
-        for m, (mom, mean, var, n) in zip(bns, saved):
+        for m, mom in zip(bns, momenta):
             m.momentum = mom
+
+
+@contextmanager
+def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
+                   seed: int = 0):
+    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
+
+    As :func:`calibrate_bn`; the saved statistics and momenta are put back
+    exactly on exit, also after an error.
+    """
+    if batches <= 0:
+        yield
+        return
+    bns = _bn_layers(model)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    try:
+        calibrate_bn(model, split, batches, batch_size, device, seed)
+        yield
+    finally:
+        for m, (mean, var, n) in zip(bns, saved):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(n)
@@ -341,6 +356,9 @@ class SweepConfig:
     keep: list[str] = field(default_factory=list, metadata={
         "help": "leave a layer undistorted, repeatable: first, last or a layer name"})
     bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
+    bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
+                             "evaluation weights, on N training batches (0: off; the baseline is then measured "
+                             "with them too)", default=0)
     split: str = field(default="test", metadata={"help": "split to test on", "choices": ("test", "train")})
     test_subset: int | None = _opt("test on a seeded subset of this many examples", default=None)
     batch_size: int = _opt("evaluation batch size", default=1000)
@@ -387,8 +405,12 @@ def _load_state_dict(path: str) -> dict:
     return sd
 
 
-def prepare(config: SweepConfig):
-    """The model, data, loss, description and label a sweep config names."""
+def prepare(config: SweepConfig, data: data_mod.Data | None = None):
+    """The model, data, loss, description and label a sweep config names.
+
+    ``data`` may pass the dataset already loaded (as the checkpoint's training
+    configuration, with the sweep's ``test_subset``, would load it).
+    """
     from .models import create_model
     from .training import TrainConfig
 
@@ -396,7 +418,7 @@ def prepare(config: SweepConfig):
     if config.checkpoint:
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
         tc = dataclasses.replace(tc, test_subset=config.test_subset)
-        data = load_config_data(tc, config.data_dir)
+        data = data or load_config_data(tc, config.data_dir)
         kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
         label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
         info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": _sha256(_ckpt_path(config.checkpoint)),
@@ -445,7 +467,7 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in SweepConfig.RESUMABLE}
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
+def run_sweep(config: SweepConfig, progress: bool = True, data: data_mod.Data | None = None) -> dict:
     """Sweep a checkpoint (or a user's model) into ``config.out``; resumes a killed sweep of the same config.
 
     Returns the provenance (``sweep.json``) with ``rows`` added. Under
@@ -453,13 +475,13 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     suffices: only rows travel); each rank keeps its finished rows in
     ``results.rankN.jsonl`` (read back on resume, so ``--out`` must be a folder
     every rank sees) and rank 0 writes the merged table, the same as one
-    process would.
+    process would. ``data`` may pass the dataset already loaded (see :func:`prepare`).
     """
     from .training import _init_distributed
 
     rank, world, device, ours = _init_distributed(config.device)
     try:
-        return _run_sweep(config, progress and rank == 0, rank, world, device)
+        return _run_sweep(config, progress and rank == 0, rank, world, device, data)
     finally:
         if ours:
             torch.distributed.destroy_process_group()
@@ -477,11 +499,13 @@ def _partial_rows(out: Path) -> list[dict]:
     return rows
 
 
-def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device) -> dict:
+def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None) -> dict:
     if config.trials < 1:
         raise UserError(f"trials must be at least 1, not {config.trials}")
     if config.bn_reestimate < 0:
         raise UserError(f"bn-reestimate must be 0 or more, not {config.bn_reestimate}")
+    if config.bn_calibrate < 0:
+        raise UserError(f"bn-calibrate must be 0 or more, not {config.bn_calibrate}")
     if config.split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
     cells(config.distortions, config.trials)           # checks the grids before anything is read
@@ -497,7 +521,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
                 raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
         elif any(out.iterdir()):
             raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
-    model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)))
+    model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)), data)
     if config.on not in ("hidden", "projected"):
         raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
     resolve_keep(model, config.keep)                          # a bad --keep fails before sweep.json is written
@@ -521,12 +545,18 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         torch.distributed.barrier()  # every rank has read the folder before rank 0 writes to it
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "split": config.split,
-            "on": config.on, "bn_reestimate": config.bn_reestimate, "trials": config.trials, "seed": config.seed,
+            "on": config.on, "bn_reestimate": config.bn_reestimate, "bn_calibrate": config.bn_calibrate,
+            "trials": config.trials, "seed": config.seed,
             "scale_default": default_scale(model), "git_commit": _git_commit(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "start": (previous or {}).get("start") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "end": None, "config": cfg, "cells": len(todo)}
     test = getattr(data, config.split)
+    if config.bn_calibrate:
+        # Once, before every cell and the baseline: statistics that belong to the evaluation weights
+        # (a stochastically trained network gathered them with its random draws, not its hidden weights).
+        calibrate_bn(model, data.train, config.bn_calibrate, config.batch_size, device,
+                     seed=_seed(config.seed, "calibrate"))
     with projected.use_weights(model, "auto"):
         base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
         prov["baseline_weights"] = weights_label(model)

@@ -101,13 +101,14 @@ HOW_TO_READ = (
 # ---------------------------------------------------------------------------
 
 def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str, float] | None" = None,
-           title: str | None = None) -> dict:
+           title: str | None = None, claims: "list[dict] | None" = None) -> dict:
     """Write figures, ``report.html``, ``report.md`` and ``report.json`` for sweep result folders into ``out``.
 
     ``at`` maps a distortion name to the strength shown in the table of mean
     errors (e.g. ``{"add-gauss": 0.8, "power": 0.0}``); a distortion not named
     gets the grid value nearest to the median of its grid. ``title`` heads the
-    report. ``out`` is created if needed; an existing folder is overwritten
+    report. ``claims`` (from :func:`robustweights.experiments.judge`) adds the
+    claims table at the top. ``out`` is created if needed; an existing folder is overwritten
     only if it holds a report written here.
 
     Returns ``{"html": Path, "md": Path, "figures": [Path], "table": rows}``:
@@ -143,7 +144,7 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     table = [{"label": s.label, **{label: _mean_at(s, key, value) for label, key, value in columns}}
              for s in sources]
     doc = Document(title or "Robustness to test-time weight distortions", caption, sources, keys, names,
-                   pngs, [label for label, _, _ in columns], table, ylabel)
+                   pngs, [label for label, _, _ in columns], table, ylabel, claims or [])
 
     files = list(pngs) + ["report.html", "report.md"]
     manifest = {"kind": MARKER, "inputs": [str(s.folder.resolve()) for s in sources],
@@ -642,7 +643,9 @@ def provenance(s: Source) -> list[tuple[str, str]]:
          + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else "")),
         ("weights distorted", get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else "")),
         ("distortion scale unless named", get("scale_default")),
-        ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn else "off (statistics as trained)"),
+        ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn
+         else f"once before the sweep, {p['bn_calibrate']} training batches" if p.get("bn_calibrate")
+         else "off (statistics as trained)"),
         ("trials, seed", f"{get('trials')}, {get('seed')}"),
         ("git commit", get("git_commit")),
         ("torch, device", f"{get('torch')}, {get('device')}"),
@@ -708,6 +711,7 @@ class Document:
     columns: list[str]
     table: list[dict]
     error_label: str        # "test error (%)", or the split the sweeps measured
+    claims: list[dict] = field(default_factory=list)   # `robustweights reproduce`'s verdicts, if any
 
     def html(self) -> str:
         e = html.escape
@@ -715,6 +719,7 @@ class Document:
                f"<style>{CSS}</style></head><body>",
                f"<h1>{e(self.title)}</h1>",
                f"<p class=\"sub\">Data: {e(self.caption)}. Written {e(_now())} by robustweights.</p>",
+               *self._claims_html(),
                "<h2>Headlines</h2><ul>"]
         out += [f"<li><b>{e(s.label)}</b>: {e(headline(s, self.keys, self.names))}</li>" for s in self.sources]
         out.append("</ul><h2>Figures</h2>")
@@ -740,7 +745,7 @@ class Document:
 
     def markdown(self) -> str:
         out = [f"# {self.title}", "", f"Data: {self.caption}. Written {_now()} by robustweights.", "",
-               "## Headlines", ""]
+               *self._claims_md(), "## Headlines", ""]
         out += [f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources]
         out += ["", "## Figures", ""]
         for name in self.pngs:
@@ -759,6 +764,32 @@ class Document:
             out += [f"| {_md(k)} | {_md(v)} |" for k, v in rows]
             out.append("")
         return "\n".join(out)
+
+    _CLAIM_HEAD = ("claim", "paper", "measured here", "setting", "verdict")
+
+    def _claims_html(self) -> list[str]:
+        if not self.claims:
+            return []
+        e = html.escape
+        out = ["<h2>Claims (method.md section 1)</h2><table><tr>"
+               + "".join(f"<th>{h}</th>" for h in self._CLAIM_HEAD) + "</tr>"]
+        for c in self.claims:
+            out.append(f"<tr><td>{c['claim']}. {e(c['statement'])}</td><td>{e(c['paper'])}</td>"
+                       f"<td>{e(c['measured'])}</td><td>{e(c['setting'])}</td><td><b>{e(c['verdict'])}</b></td></tr>")
+        out.append("</table><p>A verdict comes only from numbers measured in this run; "
+                   "<i>not run at this scale</i> where the claim needs a setting this run did not have.</p>")
+        return out
+
+    def _claims_md(self) -> list[str]:
+        if not self.claims:
+            return []
+        out = ["## Claims (method.md section 1)", "", "| " + " | ".join(self._CLAIM_HEAD) + " |",
+               "|---|---|---|---|---|"]
+        out += [f"| {c['claim']}. {_md(c['statement'])} | {_md(c['paper'])} | {_md(c['measured'])} | "
+                f"{_md(c['setting'])} | **{_md(c['verdict'])}** |" for c in self.claims]
+        out += ["", "A verdict comes only from numbers measured in this run; *not run at this scale* where the "
+                "claim needs a setting this run did not have.", ""]
+        return out
 
     def no_bits_note(self) -> str:
         if "error_vs_bits.png" in self.pngs:

@@ -1,0 +1,162 @@
+"""`robustweights reproduce`: presets, overrides, verdict rules, and every experiment at tiny scale end to end."""
+
+import json
+
+import pytest
+
+import robustweights as rw
+from conftest import run_main
+from robustweights import experiments as rp
+
+KEYS = {"claim", "statement", "paper", "measured", "setting", "verdict"}
+
+
+@pytest.fixture(scope="module")
+def tiny_all(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro") / "all"
+    result = rw.reproduce("all", "tiny", out, progress=False)
+    return out, result
+
+
+def test_tiny_all_trains_sweeps_reports_and_judges(tiny_all):
+    out, result = tiny_all
+    claims = json.loads((out / "claims.json").read_text())
+    assert [c["claim"] for c in claims] == [1, 2, 3, 4, 5]
+    assert all(KEYS <= c.keys() and c["verdict"] in rp.VERDICTS for c in claims)
+    by = {c["claim"]: c for c in claims}
+    # claims 1 and 3 are judged at any scale; 2 and 5 only at the paper's; 4 needs ImageNet
+    assert by[1]["verdict"] in ("reproduced", "not reproduced")
+    assert by[3]["verdict"] in ("reproduced", "not reproduced")
+    assert by[2]["verdict"] == by[4]["verdict"] == by[5]["verdict"] == "not run at this scale"
+    assert "Fashion-MNIST" in by[1]["setting"] and "mlp" in by[1]["setting"]
+    assert "bits per weight" in by[2]["measured"]
+    # every row trained to a sane error on real data (10 classes: chance is 90%)
+    assert set(result["sweeps"]) == set(rp.MATRIX_ROWS)
+    for row, s in result["sweeps"].items():
+        assert s["baseline_error"] < 0.35, (row, s["baseline_error"])
+    # the sign row tested with its own binary weights: sign and power distortions of binary weights change nothing
+    sign = result["sweeps"]["sign"]
+    for r in sign["rows"]:
+        if r["distortion"] in ("sign", "power", "quant"):
+            assert r["error"] == sign["baseline_error"]
+    # files: report with the claims table, provenance with commit, machine and time
+    html = (out / "report" / "report.html").read_text()
+    assert "Claims (method.md section 1)" in html and "not run at this scale" in html
+    assert (out / "report" / "matrix.png").exists() and (out / "claims.md").read_text().count("\n") == 7
+    record = json.loads((out / "reproduce.json").read_text())
+    session = record["sessions"][-1]
+    assert session["git_commit"] and session["machine"] and session["seconds"] > 0
+    assert record["preset"] == rp.resolve_preset("tiny")
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_rerun_resumes_without_retraining_and_gives_identical_claims(tiny_all):
+    out, _ = tiny_all
+    ckpt = out / "train" / "sign" / "checkpoint.pt"
+    before = (ckpt.read_bytes(), (out / "sweeps" / "sign" / "results.json").read_bytes())
+    claims = (out / "claims.json").read_text()
+    again = rw.reproduce("all", "tiny", out, progress=False)
+    assert (ckpt.read_bytes(), (out / "sweeps" / "sign" / "results.json").read_bytes()) == before
+    assert json.dumps(again["claims"], indent=2) + "\n" == claims
+    assert len(json.loads((out / "reproduce.json").read_text())["sessions"]) == 2
+
+
+def test_same_seed_same_numbers_in_a_new_folder(tiny_all, tmp_path):
+    out, first = tiny_all
+    r = rw.reproduce("stoch-proj", "tiny", tmp_path / "sp", progress=False)
+    for row in ("stoch-mult", "sign", "stoch-sign"):
+        assert r["sweeps"][row]["baseline_error"] == first["sweeps"][row]["baseline_error"]
+        assert r["trained"][row]["test_error"] == first["trained"][row]["test_error"]
+    c5 = r["claims"][4]
+    assert c5["verdict"] == "not run at this scale" and "stoch-mult" in c5["measured"]
+
+
+def test_effective_bits_experiment(tmp_path, capsys):
+    code, out, err = run_main(capsys, "reproduce", "effective-bits", "--scale", "tiny", "--out",
+                              str(tmp_path / "eb"), "--quiet", "--set", "target_error=0.5")
+    assert code == 0, err
+    claims = json.loads((tmp_path / "eb" / "claims.json").read_text())
+    c2 = claims[1]
+    # target 50%: additive noise at the smallest bits in the grid keeps a trained MLP below it
+    assert c2["best"]["effective_bits"] == pytest.approx(0.5 * __import__("math").log2(1 + 1 / 1.2 ** 2))
+    assert c2["verdict"] == "not run at this scale" and "claims" in out
+
+
+def test_imagenet_path_on_generated_folders(tmp_path, capsys):
+    code, out, err = run_main(capsys, "reproduce", "imagenet", "--scale", "tiny", "--out", str(tmp_path / "in"),
+                              "--quiet", "--set", "epochs=2")
+    assert code == 0, err
+    assert "no ImageNet on this machine" in out
+    c4 = json.loads((tmp_path / "in" / "claims.json").read_text())[3]
+    assert c4["verdict"] == "not run at this scale" and "generated image folders" in c4["measured"]
+    assert "resnet18" in c4["measured"]
+    assert len(list((tmp_path / "in" / "data" / "train").iterdir())) == 4
+
+
+def _sweep(base, rises):
+    rows = []
+    for col, rise in rises.items():
+        rows.append({"distortion": col, "value": rp.REFERENCE[col], "error": base + rise})
+    return {"baseline_error": base, "rows": rows}
+
+
+def test_claim_1_rule():
+    preset = rp.resolve_preset("tiny")
+    float_ = _sweep(0.10, {"add-gauss": 0.20, "sign": 0.60})
+    ok = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, {"add-gauss": 0.05, "sign": 0.0})},
+                  {}, "s")
+    assert ok[0]["verdict"] == "reproduced"
+    slow = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, {"add-gauss": 0.11, "sign": 0.0})},
+                    {}, "s")
+    assert slow[0]["verdict"] == "not reproduced" and "+11.0 vs float +20.0" in slow[0]["measured"]
+
+
+def test_claims_2_and_5_are_judged_only_at_paper_scale():
+    paper = rp.resolve_preset("gpu")
+    assert rp.paper_scale(paper) and not rp.paper_scale(rp.resolve_preset("cpu"))
+    row = {"distortion": "add-gauss", "value": 0.8, "error": 0.105, "effective_bits": 0.678, "spec": "add-gauss:sigma=0.8"}
+    sweeps = {"stoch-mult": {"baseline_error": 0.075, "rows": [row]}}
+    claims = rp.judge("all", paper, sweeps, {}, "s")
+    assert claims[1]["verdict"] == "reproduced" and claims[4]["verdict"] == "reproduced"
+    worse = {"stoch-mult": {"baseline_error": 0.08, "rows": [{**row, "error": 0.12}]}}
+    claims = rp.judge("all", paper, worse, {}, "s")
+    assert claims[1]["verdict"] == "not reproduced" and claims[4]["verdict"] == "not reproduced"
+    claims = rp.judge("all", rp.resolve_preset("cpu"), sweeps, {}, "s")
+    assert claims[1]["verdict"] == claims[4]["verdict"] == "not run at this scale"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["matrix", "--scale", "huge"], "invalid choice"),
+    (["matrix", "--set", "epoch=3"], "no such key"),
+    (["matrix", "--set", "epochs=three"], "expected an integer"),
+    (["matrix", "--set", "epochs"], "key=value"),
+    (["matrix", "--set", "add_gauss=0.1,0.2"], "must hold 0.8"),
+    (["matrix", "--set", "lr=-1"], "lr must be a positive number"),
+    (["matrix", "--set", "on=both"], "on must be"),
+    (["nonsense"], "invalid choice"),
+])
+def test_mistakes_print_one_line_and_write_nothing(tmp_path, capsys, args, words):
+    out = tmp_path / "r"
+    code, _, err = run_main(capsys, "reproduce", *args, "--out", str(out), "--quiet")
+    assert code == 2 and words in err, err
+    assert not out.exists()
+
+
+def test_folder_of_another_run_or_other_settings_is_refused(tiny_all, tmp_path, capsys):
+    out, _ = tiny_all
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--out", str(out), "--quiet")
+    assert code == 2 and "holds `reproduce all --scale tiny`" in err
+    code, _, err = run_main(capsys, "reproduce", "all", "--out", str(out), "--quiet", "--set", "epochs=5")
+    assert code == 2 and "epochs differ" in err
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    code, _, err = run_main(capsys, "reproduce", "all", "--out", str(tmp_path / "x"), "--quiet")
+    assert code == 2 and "not a reproduce folder" in err
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_show_prints_the_preset_with_overrides(capsys):
+    code, out, _ = run_main(capsys, "reproduce", "matrix", "--scale", "cpu", "--show", "--set", "epochs=9")
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["epochs"] == "9" and lines["model"] == "bc-vgg" and lines["width"] == "0.25"
