@@ -160,3 +160,12 @@ def test_show_prints_the_preset_with_overrides(capsys):
     assert code == 0
     lines = dict(line.split(None, 1) for line in out.splitlines())
     assert lines["epochs"] == "9" and lines["model"] == "bc-vgg" and lines["width"] == "0.25"
+
+
+def test_rows_override_trains_only_those_rows(tmp_path):
+    r = rw.reproduce("matrix", "tiny", tmp_path / "m", overrides=["rows=identity,sign", "epochs=1"], progress=False)
+    assert set(r["sweeps"]) == {"identity", "sign"} and sorted(p.name for p in (tmp_path / "m" / "train").iterdir()) \
+        == ["identity", "sign"]
+    assert r["claims"][0]["verdict"] in ("reproduced", "not reproduced")   # claim 1 needs only these two
+    with pytest.raises(rw.UserError, match="rows must be"):
+        rp.resolve_preset("tiny", {"rows": "identity,bogus"})

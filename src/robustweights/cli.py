@@ -108,7 +108,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .experiments import resolve_preset, reproduce
+    from .experiments import reproduce, resolve_preset, summary
 
     if args.show:
         preset = resolve_preset(args.scale, args.set or [])
@@ -118,7 +118,9 @@ def cmd_reproduce(args) -> int:
         return 0
     out = args.out or f"runs/reproduce-{args.experiment}-{args.scale}"
     command = "robustweights " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    reproduce(args.experiment, args.scale, out, overrides=args.set or [], progress=not args.quiet, command=command)
+    result = reproduce(args.experiment, args.scale, out, overrides=args.set or [], progress=not args.quiet,
+                       command=command)
+    print("\n" + summary(result))
     return 0
 
 

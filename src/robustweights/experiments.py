@@ -112,10 +112,11 @@ _BASE = {
     "lr_end": None, "schedule": "exp", "eval_batch_size": 1000, "seed": 0, "device": "auto", "amp": False,
     "channels_last": False, "compile": False, "clip": "glorot", "preprocess": "standardize",
     "power_beta": 0.5, "stoch_mult_gamma": 0.5, "train_sigma": 0.5,
-    "trials": 2, "on": "projected", "bn_calibrate": 20, "bn_reestimate": 0, "target_error": None,
+    "rows": None, "trials": 2, "on": "projected", "bn_calibrate": 20, "bn_reestimate": 0, "target_error": None,
     "add_gauss": "0.2,0.4,0.6,0.8,1,1.25,1.5", "mult_gauss": "0.25,0.5,1", "power": "0,0.25,0.5,0.75,1",
     "quant": "1,2,3,4,6,8",
-    "imagenet_model": "resnet18", "imagenet_image_size": 64,
+    "imagenet_model": "resnet18", "imagenet_image_size": 64, "imagenet_train_subset": None,
+    "imagenet_test_subset": None,
 }
 PRESETS = {
     # Whole matrix in a minute or two on 2 CPU cores: the test suite runs it.
@@ -153,7 +154,7 @@ def _parse_value(key: str, text: str, default):
         raise UserError(f"--set {key}: expected true or false, not {text!r}")
     if key == "clip":
         return text  # a number, glorot or none: TrainConfig checks it
-    if isinstance(default, int) or key in ("train_subset", "test_subset", "image_size"):
+    if isinstance(default, int) or key.endswith(("train_subset", "test_subset", "image_size")):
         try:
             return int(text)
         except ValueError:
@@ -191,6 +192,11 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
         raise UserError("trials must be at least 1, bn_calibrate and bn_reestimate 0 or more")
     if preset["on"] not in ("hidden", "projected"):
         raise UserError(f"on must be hidden or projected, not {preset['on']!r}")
+    if preset["rows"] is not None:
+        names = [r.strip() for r in str(preset["rows"]).split(",")]
+        bad = [r for r in names if r not in ROWS]
+        if bad or not names or len(set(names)) != len(names):
+            raise UserError(f"rows must be distinct names from: {', '.join(ROWS)}; not {preset['rows']!r}")
     t = preset["target_error"]
     if t is not None and not 0 < t < 1:
         raise UserError(f"target_error must be in (0, 1), not {t!r}")
@@ -225,7 +231,8 @@ def row_config(preset: dict, row: str, out: Path | None, experiment: str) -> Tra
     base = {k: preset[k] for k in _TRAIN_KEYS if k != "clip"}
     if experiment == "imagenet":
         base.update(model=preset["imagenet_model"], dataset="imagefolder",
-                    image_size=preset["imagenet_image_size"], preprocess="standardize")
+                    image_size=preset["imagenet_image_size"], preprocess="standardize",
+                    train_subset=preset["imagenet_train_subset"], test_subset=preset["imagenet_test_subset"])
     projection, mode, clip = {
         "identity": ("identity", "fwd+bwd", "none"),
         "clip": ("identity", "none", preset["clip"]),
@@ -480,13 +487,17 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
     out = Path(out)
     prev = _check_out(out, experiment, scale, preset)
     spec = EXPERIMENTS[experiment]
-    rows, cols = spec["rows"], spec["columns"]
+    cols = spec["columns"]
+    rows = spec["rows"] if preset["rows"] is None else tuple(r.strip() for r in preset["rows"].split(","))
     say = print if progress else (lambda *a, **k: None)
 
+    if scale == "gpu" and preset["device"] in ("auto", "cpu") and not torch.cuda.is_available():
+        print("warning: the gpu scale on a machine without a CUDA GPU: full-width bc-vgg for "
+              f"{preset['epochs']} epochs takes days on CPU cores", flush=True)
     imagenet_data = None
     if experiment == "imagenet":
         if preset["data_dir"] is None:
-            say("imagenet: no ImageNet on this machine (none is downloaded); testing the path on small generated "
+            print("imagenet: no ImageNet on this machine (none is downloaded); testing the path on small generated "
                 "class-per-folder images. Claim 4 cannot be judged here: give --set data_dir=PATH with "
                 "train/<class>/ and val/<class>/ (and a GPU) for the real run.", flush=True)
             preset = {**preset, "data_dir": str(make_image_folders(out / "data"))} if not (out / "data").exists() \
@@ -531,7 +542,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
         say(f"[sweep {i + 1}/{len(rows)}] {row}: {', '.join(distortions)} ({preset['trials']} trials)", flush=True)
         sc = SweepConfig(checkpoint=configs[row].out, distortions=distortions, trials=preset["trials"],
                          seed=preset["seed"], on=preset["on"], bn_reestimate=preset["bn_reestimate"],
-                         bn_calibrate=preset["bn_calibrate"], test_subset=preset["test_subset"],
+                         bn_calibrate=preset["bn_calibrate"], test_subset=configs[row].test_subset,
                          batch_size=preset["eval_batch_size"], device=preset["device"],
                          data_dir=preset["data_dir"], out=str(out / "sweeps" / row))
         sweeps[row] = run_sweep(sc, progress=progress, data=data)
@@ -551,11 +562,17 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
     record.update(trained=trained, total_seconds=sum(s["seconds"] or 0 for s in sessions))
     write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
 
-    say(f"\nclaims ({experiment}, scale {scale}; {setting}):")
-    for c in claims:
-        say(f"  {c['claim']}. {c['verdict']:<22} {c['measured']}")
-    say(f"\nreport: {rep['html']}\nclaims: {out / 'claims.json'}\ntotal time {record['total_seconds']:.0f} s")
-    return {"claims": claims, "report": rep["html"], "sweeps": sweeps, "trained": trained, "seconds": seconds}
+    return {"claims": claims, "report": rep["html"], "sweeps": sweeps, "trained": trained, "seconds": seconds,
+            "total_seconds": record["total_seconds"], "setting": setting, "out": out}
+
+
+def summary(result: dict) -> str:
+    """The claims table of a :func:`reproduce` result as lines of text (what the command prints)."""
+    lines = [f"claims ({result['setting']}):"]
+    lines += [f"  {c['claim']}. {c['verdict']:<22} {c['measured']}" for c in result["claims"]]
+    lines += ["", f"report: {result['report']}", f"claims: {result['out'] / 'claims.json'}",
+              f"total time {result['total_seconds']:.0f} s"]
+    return "\n".join(lines)
 
 
 def _finished(cfg: TrainConfig) -> bool:
