@@ -42,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import robustweights as rw  # noqa: E402
 from robustweights import projected, training  # noqa: E402
+from robustweights.sweeps import calibrate_bn  # noqa: E402
 
 RUNS = {
     "identity": dict(projection="identity"),
@@ -74,24 +75,14 @@ class OutOfTime(Exception):
     pass
 
 
-@torch.no_grad()
 def reestimate_bn(model: nn.Module, split, batches: int, batch_size: int, device) -> None:
-    """Recompute batch-norm running statistics as a cumulative average over ``batches`` training batches."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum,) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
-        if i >= batches:
-            break
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            model(x.contiguous(memory_format=torch.channels_last))
-    for m, (mom,) in zip(bns, saved):
-        m.momentum = mom
-    model.eval()
+    """Batch-norm statistics re-estimated on ``batches`` training batches (the library's, only BN in train mode).
+
+    The results recorded in docs/results/gpu-h200 (commit c686197) came from an
+    earlier copy that put every layer in training mode: the same for the
+    deterministic rows, not for stochastic projections, which then drew.
+    """
+    calibrate_bn(model, split, batches, batch_size, device)
 
 
 def sweep(model, config, data, device, on: str, bn: bool) -> list[dict]:

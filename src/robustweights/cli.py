@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from . import data as data_mod
@@ -258,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     rr = sub.add_parser(
         "reproduce", parents=[debug], help="reproduce the paper's claims: train, sweep, report, verdicts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run an experiment of Merolla et al. 2016 end to end (train every row it needs, sweep, report) "
-        "and end with a claims table (claims.json) whose verdicts come only from numbers measured in the run. "
-        "Rerun the same command on the same --out to continue a killed run.",
+        description=textwrap.fill(
+            "Run an experiment of Merolla et al. 2016 end to end (train every row it needs, sweep, report) and end "
+            "with a claims table (claims.json) whose verdicts come only from numbers measured in the run. Rerun "
+            "the same command on the same --out to continue a killed run.", 79),
         epilog="experiments:\n"
         "  matrix          8 training projections x 5 test-time distortions (claims 1 and 3)\n"
         "  effective-bits  lowest bits per weight at a target error: float, sign, stoch-mult (claim 2)\n"
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         "                  is tested, on generated folders (claim 4 needs ImageNet, which is not here)\n"
         "  all             matrix + effective-bits + stoch-proj on shared rows\n"
         "scales:\n"
-        "  tiny  Fashion-MNIST slice, small MLP: a minute or two on 2 CPU cores\n"
+        "  tiny  Fashion-MNIST slice, small MLP: under a minute on 2 CPU cores\n"
         "  cpu   CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores\n"
         "  gpu   full-width bc-vgg, BinaryConnect recipe, 100 epochs: for a GPU\n"
         "see every key of a scale with --show; change any with --set KEY=VALUE")

@@ -18,7 +18,7 @@ all             matrix + effective-bits + stoch-proj (shared rows)      matrix's
 ==============  ======================================================  ===================================  ======
 
 A *scale* is a named preset (:data:`PRESETS`): ``tiny`` (a Fashion-MNIST
-slice and an MLP, a minute or two on 2 CPU cores; the tests run it), ``cpu``
+slice and an MLP, under a minute on 2 CPU cores; the tests run it), ``cpu``
 (CIFAR-10, 0.25-width ``bc-vgg``, 10 epochs, about two hours on 2 cores) and
 ``gpu`` (full-width ``bc-vgg``, BinaryConnect's recipe with a shorter
 budget). Every key can be overridden (``--set epochs=20``).
@@ -119,7 +119,7 @@ _BASE = {
     "imagenet_test_subset": None,
 }
 PRESETS = {
-    # Whole matrix in a minute or two on 2 CPU cores: the test suite runs it.
+    # Whole matrix in under a minute on 2 CPU cores: the test suite runs it.
     "tiny": {**_BASE, "model": "mlp", "width": 0.5, "dataset": "fashion-mnist", "train_subset": 6000,
              "test_subset": 2000, "loss": "ce", "lr": 3e-3, "epochs": 4, "batch_size": 100,
              "add_gauss": "0.4,0.8,1.2", "mult_gauss": "0.5,1", "power": "0,0.5,1", "quant": "1,2,4",
