@@ -169,3 +169,34 @@ def test_rows_override_trains_only_those_rows(tmp_path):
     assert r["claims"][0]["verdict"] in ("reproduced", "not reproduced")   # claim 1 needs only these two
     with pytest.raises(rw.UserError, match="rows must be"):
         rp.resolve_preset("tiny", {"rows": "identity,bogus"})
+
+
+def test_report_command_takes_the_claims_table(tiny_all, tmp_path, capsys):
+    out, _ = tiny_all
+    sweeps = [str(out / "sweeps" / row) for row in ("identity", "sign")]
+    code, _, err = run_main(capsys, "report", *sweeps, "--out", str(tmp_path / "rep"),
+                            "--claims", str(out / "claims.json"))
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Claims (method.md section 1)" in md and md.count("not run at this scale") >= 3
+    (tmp_path / "bad.json").write_text('{"claim": 1}')
+    code, _, err = run_main(capsys, "report", *sweeps, "--out", str(tmp_path / "rep2"),
+                            "--claims", str(tmp_path / "bad.json"))
+    assert code == 2 and "not a claims table" in err and not (tmp_path / "rep2").exists()
+
+
+def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_reports(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "reports" and level == 1:
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_reports)
+    r = rw.reproduce("stoch-proj", "tiny", tmp_path / "nm", overrides={"epochs": 1}, progress=False)
+    assert r["report"] is None and (tmp_path / "nm" / "claims.json").exists()
+    assert not (tmp_path / "nm" / "report").exists()
+    assert "report skipped" in capsys.readouterr().out

@@ -170,7 +170,12 @@ def cmd_report(args) -> int:
             at[name] = float(value)
         except ValueError:
             raise UserError(f"--at {item!r}: expected DISTORTION=VALUE, e.g. add-gauss=0.8") from None
-    r = report(args.results, args.out, at=at or None, title=args.title)
+    claims = None
+    if args.claims:
+        from .experiments import read_claims
+
+        claims = read_claims(args.claims)
+    r = report(args.results, args.out, at=at or None, title=args.title, claims=claims)
     print(f"report: {r['html']} (and {Path(r['md']).name}, {len(r['figures'])} figures)")
     return 0
 
@@ -252,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--at", action="append", metavar="DISTORTION=VALUE",
                     help="strength for the matrix table, repeatable (default: each grid's middle value)")
     rp.add_argument("--title", default=None)
+    rp.add_argument("--claims", default=None, metavar="CLAIMS_JSON",
+                    help="claims.json written by `robustweights reproduce`: its table heads the report")
     rp.set_defaults(func=cmd_report)
 
     from .experiments import EXPERIMENTS, PRESETS

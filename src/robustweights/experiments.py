@@ -424,6 +424,22 @@ def _lowest_bits(sweep: dict, target: float) -> dict | None:
     return lowest_bits(sweep["rows"], target)
 
 
+def read_claims(path: "str | Path") -> list[dict]:
+    """A ``claims.json``, checked: a list of objects with the keys ``claim, statement, paper, measured, setting,
+    verdict``."""
+    p = Path(path)
+    try:
+        claims = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no claims file at {p}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{p} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
+    keys = ("claim", "statement", "paper", "measured", "setting", "verdict")
+    if not (isinstance(claims, list) and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)):
+        raise UserError(f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})")
+    return claims
+
+
 def claims_markdown(claims: list[dict]) -> str:
     lines = ["| claim | paper | measured | setting | verdict |", "|---|---|---|---|---|"]
     for c in claims:
@@ -479,8 +495,6 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
 
     Returns ``{"claims": [...], "report": Path, "sweeps": {row: sweep}, "seconds": float}``.
     """
-    from .reports import report
-
     if experiment not in EXPERIMENTS:
         raise UserError(f"unknown experiment {experiment!r}; choose one of: {', '.join(EXPERIMENTS)}")
     preset = resolve_preset(scale, overrides)
@@ -551,18 +565,26 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
                f"{preset['epochs']} epochs, batch {preset['batch_size']}, {preset['loss']}, "
                f"{preset['preprocess']}, no augmentation; {session['machine']}")
     claims = judge(experiment, preset, sweeps, trained, setting, imagenet_data)
-    say("[report] figures, HTML and Markdown ...", flush=True)
-    at = {c: REFERENCE[c] for c in cols if REFERENCE[c] is not None}
-    rep = report([out / "sweeps" / row for row in rows], out / "report",
-                 at=at, title=f"robustweights reproduce {experiment} --scale {scale}", claims=claims)
+    # The claims first: they stand without the report (which needs matplotlib, absent on some GPU hosts).
     write_text(out / "claims.json", json.dumps(claims, indent=2) + "\n")
     write_text(out / "claims.md", claims_markdown(claims))
+    say("[report] figures, HTML and Markdown ...", flush=True)
+    at = {c: REFERENCE[c] for c in cols if REFERENCE[c] is not None}
+    try:
+        from .reports import report
+    except ImportError as e:   # the numbers are all written; only the pictures wait
+        print(f"report skipped ({e}); make it where matplotlib is installed: robustweights report "
+              + " ".join(str(out / "sweeps" / row) for row in rows) + f" --out {out / 'report'}", flush=True)
+        html = None
+    else:
+        html = report([out / "sweeps" / row for row in rows], out / "report", at=at,
+                      title=f"robustweights reproduce {experiment} --scale {scale}", claims=claims)["html"]
     seconds = time.perf_counter() - t0
     session.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), seconds=seconds)
     record.update(trained=trained, total_seconds=sum(s["seconds"] or 0 for s in sessions))
     write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
 
-    return {"claims": claims, "report": rep["html"], "sweeps": sweeps, "trained": trained, "seconds": seconds,
+    return {"claims": claims, "report": html, "sweeps": sweeps, "trained": trained, "seconds": seconds,
             "total_seconds": record["total_seconds"], "setting": setting, "out": out}
 
 
@@ -570,7 +592,8 @@ def summary(result: dict) -> str:
     """The claims table of a :func:`reproduce` result as lines of text (what the command prints)."""
     lines = [f"claims ({result['setting']}):"]
     lines += [f"  {c['claim']}. {c['verdict']:<22} {c['measured']}" for c in result["claims"]]
-    lines += ["", f"report: {result['report']}", f"claims: {result['out'] / 'claims.json'}",
+    lines += ["", f"report: {result['report'] or 'not written (no matplotlib)'}",
+              f"claims: {result['out'] / 'claims.json'}",
               f"total time {result['total_seconds']:.0f} s"]
     return "\n".join(lines)
 
