@@ -108,7 +108,16 @@ def test_claim_1_rule():
     assert ok[0]["verdict"] == "reproduced"
     slow = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, {"add-gauss": 0.11, "sign": 0.0})},
                     {}, "s")
-    assert slow[0]["verdict"] == "not reproduced" and "+11.0 vs float +20.0" in slow[0]["measured"]
+    assert slow[0]["verdict"] == "not reproduced" and "+11.0 vs float +20.0 points (not slower)" in slow[0]["measured"]
+    # a column where neither moves shows nothing: skipped, but add-gauss must show something
+    flat = _sweep(0.10, {"add-gauss": 0.01, "sign": 0.60})
+    nothing = rp.judge("matrix", preset, {"identity": flat, "sign": _sweep(0.11, {"add-gauss": 0.015, "sign": 0.0})},
+                       {}, "s")
+    assert nothing[0]["verdict"] == "not reproduced" and "(no change)" in nothing[0]["measured"]
+    worse = rp.judge("matrix", preset, {"identity": flat, "sign": _sweep(0.11, {"add-gauss": 0.027, "sign": 0.0})},
+                     {}, "s")
+    assert worse[0]["verdict"] == "not reproduced" and "(not slower)" in worse[0]["measured"]
+    assert rp._slower(0.01, 0.02) == "slower" and rp._slower(0.0101, 0.02) == "not slower"
 
 
 def test_claims_2_and_5_are_judged_only_at_paper_scale():
