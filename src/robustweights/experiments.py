@@ -494,8 +494,8 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
                         f"choose another --out")
     old = {k: v for k, v in prev.get("preset", {}).items() if k not in _RESUMABLE}
     new = {k: v for k, v in preset.items() if k not in _RESUMABLE}
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))  # a key added since counts as None
+    if diff:
         raise UserError(f"{out} holds this experiment with other settings ({', '.join(diff)} differ); "
                         f"choose another --out")
     return prev
