@@ -7,18 +7,11 @@ import sys
 
 import pytest
 
-from conftest import run_main
+from conftest import one_error_line, run_main
 from robustweights.cli import main
 
 TINY = ["--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "500", "--test-subset", "200",
         "--epochs", "1", "--batch-size", "50", "--quiet"]
-
-
-def one_error_line(err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, words", [

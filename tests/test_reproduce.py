@@ -5,7 +5,7 @@ import json
 import pytest
 
 import robustweights as rw
-from conftest import run_main
+from conftest import one_error_line, run_main
 from robustweights import experiments as rp
 
 KEYS = {"claim", "statement", "paper", "measured", "setting", "verdict"}
@@ -147,7 +147,7 @@ def test_claims_2_and_5_are_judged_only_at_paper_scale():
 def test_mistakes_print_one_line_and_write_nothing(tmp_path, capsys, args, words):
     out = tmp_path / "r"
     code, _, err = run_main(capsys, "reproduce", *args, "--out", str(out), "--quiet")
-    assert code == 2 and words in err, err
+    assert code == 2 and words in one_error_line(err), err
     assert not out.exists()
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 import robustweights as rw
 from robustweights import bits as bits_mod
-from conftest import run_main
+from conftest import one_error_line, run_main
 from robustweights.sweeps import Cell, SweepConfig, cell_seed, cells, lowest_bits, parse_grid, run_sweep
 from robustweights.training import evaluate_split, load_config_data
 
@@ -89,13 +89,6 @@ def refuses(fn, match):
         fn()
     assert "\n" not in str(e.value)      # one line
     return str(e.value)
-
-
-def one_error_line(err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sweeps import SweepConfig, _git_commit, run_sweep
+from .sweeps import SweepConfig, _git_commit, lowest_bits, run_sweep
 from .training import TrainConfig, load_config_data, train, write_text
 
 MARKER = "reproduce.json"
@@ -79,6 +79,7 @@ ROWS = {
     "add-gauss": "add-gauss:sigma=<train_sigma> (noise injection), fwd+bwd",
 }
 COLUMNS = ("add-gauss", "mult-gauss", "power", "sign", "quant")
+PARAM = {"add-gauss": "sigma", "mult-gauss": "sigma", "power": "beta", "quant": "bits"}  # swept per column
 # Strength at which a column's error rise is read for the verdicts (each preset's grid holds it).
 REFERENCE = {"add-gauss": 0.8, "mult-gauss": 0.5, "power": 0.5, "sign": None, "quant": 2}
 MATRIX_ROWS = ("identity", "clip", "sign", "sign-fwd", "stoch-sign", "power", "stoch-mult", "add-gauss")
@@ -106,7 +107,7 @@ VERDICTS = ("reproduced", "not reproduced", "not run at this scale")
 
 _TRAIN_KEYS = ("model", "width", "dataset", "data_dir", "preprocess", "train_subset", "test_subset", "image_size",
                "loss", "optimizer", "lr", "lr_end", "schedule", "epochs", "batch_size", "eval_batch_size", "seed",
-               "device", "amp", "channels_last", "compile", "clip")
+               "device", "amp", "channels_last", "compile")
 _BASE = {
     "data_dir": None, "train_subset": None, "test_subset": None, "image_size": None, "optimizer": "adam",
     "lr_end": None, "schedule": "exp", "eval_batch_size": 1000, "seed": 0, "device": "auto", "amp": False,
@@ -219,7 +220,7 @@ def _grid_values(preset: dict, col: str) -> list[float]:
 
 def column_spec(preset: dict, col: str) -> str:
     """The sweep grid of a column, e.g. ``add-gauss:sigma=0,0.4,0.8``."""
-    param = {"add-gauss": "sigma", "mult-gauss": "sigma", "power": "beta", "quant": "bits"}.get(col)
+    param = PARAM.get(col)
     if param is None:
         return "sign"
     values = ",".join(f"{int(v)}" if col == "quant" else f"{v:g}" for v in _grid_values(preset, col))
@@ -228,7 +229,7 @@ def column_spec(preset: dict, col: str) -> str:
 
 def row_config(preset: dict, row: str, out: Path | None, experiment: str) -> TrainConfig:
     """The training configuration of one row."""
-    base = {k: preset[k] for k in _TRAIN_KEYS if k != "clip"}
+    base = {k: preset[k] for k in _TRAIN_KEYS}
     if experiment == "imagenet":
         base.update(model=preset["imagenet_model"], dataset="imagefolder",
                     image_size=preset["imagenet_image_size"], preprocess="standardize",
@@ -296,7 +297,7 @@ def rises(sweep: dict, columns) -> dict[str, float]:
 
 def _ref_name(col: str) -> str:
     ref = REFERENCE[col]
-    param = {"add-gauss": "sigma", "mult-gauss": "sigma", "power": "beta", "quant": "bits"}.get(col)
+    param = PARAM.get(col)
     return col if param is None else f"{col} {param}={ref:g}"
 
 
@@ -353,7 +354,7 @@ def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: s
             target = min(s["baseline_error"] for s in sweeps.values()) + 0.02
         best = None
         for row, s in sweeps.items():
-            b = _lowest_bits(s, target)
+            b = lowest_bits(s["rows"], target)
             if b is not None and (best is None or b["effective_bits"] < best["effective_bits"]):
                 best = {**b, "row": row}
         if best is None:
@@ -393,25 +394,22 @@ def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: s
             rule="reproduced when the clip, sign-fwd, power and stoch-mult rows each train to within 5 points of "
                  "the float row's error and rise less than it under both noise columns")
 
-    if 4 in asked:
-        if imagenet_data is None and {"identity", "sign"} <= sweeps.keys():
-            rf, rs = rises(sweeps["identity"], ["add-gauss"]), rises(sweeps["sign"], ["add-gauss"])
+    if 4 in asked and {"identity", "sign"} <= sweeps.keys():
+        rf, rs = rises(sweeps["identity"], ["add-gauss"]), rises(sweeps["sign"], ["add-gauss"])
+        nan = float("nan")
+        figures = (f"{preset['imagenet_model']} float {sweeps['identity']['baseline_error']:.2%} "
+                   f"({_pts(rf.get('add-gauss', nan))} at add-gauss sigma=0.8), sign "
+                   f"{sweeps['sign']['baseline_error']:.2%} ({_pts(rs.get('add-gauss', nan))})")
+        if imagenet_data is None:
             claims[4].update(
-                measured=(f"path only, on generated image folders (no ImageNet on this machine): "
-                          f"{preset['imagenet_model']} float {sweeps['identity']['baseline_error']:.2%} "
-                          f"({_pts(rf.get('add-gauss', float('nan')))} at add-gauss sigma=0.8), sign "
-                          f"{sweeps['sign']['baseline_error']:.2%} ({_pts(rs.get('add-gauss', float('nan')))})"),
+                measured=f"path only, on generated image folders (no ImageNet on this machine): {figures}",
                 verdict="not run at this scale",
                 note="claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)")
-        elif {"identity", "sign"} <= sweeps.keys():
-            rf, rs = rises(sweeps["identity"], ["add-gauss"]), rises(sweeps["sign"], ["add-gauss"])
+        else:
             ok = _slower(rs["add-gauss"], rf["add-gauss"]) == "slower"
-            claims[4].update(
-                measured=(f"{imagenet_data}: float {sweeps['identity']['baseline_error']:.2%} "
-                          f"({_pts(rf['add-gauss'])} at add-gauss sigma=0.8), sign "
-                          f"{sweeps['sign']['baseline_error']:.2%} ({_pts(rs['add-gauss'])})"),
-                verdict="reproduced" if ok else "not reproduced",
-                note="the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`")
+            claims[4].update(measured=f"{imagenet_data}: {figures}",
+                             verdict="reproduced" if ok else "not reproduced",
+                             note="the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`")
 
     if 5 in asked and "stoch-mult" in sweeps:
         parts = [f"{row} {sweeps[row]['baseline_error']:.2%}" for row in ("stoch-mult", "sign", "stoch-sign")
@@ -431,12 +429,6 @@ def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: s
     return [claims[n] for n in sorted(claims)]
 
 
-def _lowest_bits(sweep: dict, target: float) -> dict | None:
-    from .sweeps import lowest_bits
-
-    return lowest_bits(sweep["rows"], target)
-
-
 def read_claims(path: "str | Path") -> list[dict]:
     """A ``claims.json``, checked: a list of objects with the keys ``claim, statement, paper, measured, setting,
     verdict``."""
@@ -453,10 +445,12 @@ def read_claims(path: "str | Path") -> list[dict]:
     return claims
 
 
-def claims_markdown(claims: list[dict]) -> str:
+def claims_markdown(claims: list[dict], statements: bool = False) -> str:
+    """The claims table in Markdown (``statements``: each claim's statement beside its number)."""
     lines = ["| claim | paper | measured | setting | verdict |", "|---|---|---|---|---|"]
     for c in claims:
-        cells = [str(c["claim"]), c["paper"], c["measured"], c["setting"], f"**{c['verdict']}**"]
+        claim = f"{c['claim']}. {c['statement']}" if statements else str(c["claim"])
+        cells = [claim, c["paper"], c["measured"], c["setting"], f"**{c['verdict']}**"]
         lines.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -527,8 +521,9 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
             print("imagenet: no ImageNet on this machine (none is downloaded); testing the path on small generated "
                 "class-per-folder images. Claim 4 cannot be judged here: give --set data_dir=PATH with "
                 "train/<class>/ and val/<class>/ (and a GPU) for the real run.", flush=True)
-            preset = {**preset, "data_dir": str(make_image_folders(out / "data"))} if not (out / "data").exists() \
-                else {**preset, "data_dir": str(out / "data")}
+            if not (out / "data").exists():
+                make_image_folders(out / "data")
+            preset = {**preset, "data_dir": str(out / "data")}
         else:
             imagenet_data = f"image folder {preset['data_dir']}"
 

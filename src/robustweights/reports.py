@@ -765,7 +765,7 @@ class Document:
             out.append("")
         return "\n".join(out)
 
-    _CLAIM_HEAD = ("claim", "paper", "measured here", "setting", "verdict")
+    _CLAIM_HEAD = ("claim", "paper", "measured", "setting", "verdict")
 
     def _claims_html(self) -> list[str]:
         if not self.claims:
@@ -783,11 +783,10 @@ class Document:
     def _claims_md(self) -> list[str]:
         if not self.claims:
             return []
-        out = ["## Claims (method.md section 1)", "", "| " + " | ".join(self._CLAIM_HEAD) + " |",
-               "|---|---|---|---|---|"]
-        out += [f"| {c['claim']}. {_md(c['statement'])} | {_md(c['paper'])} | {_md(c['measured'])} | "
-                f"{_md(c['setting'])} | **{_md(c['verdict'])}** |" for c in self.claims]
-        out += ["", "A verdict comes only from numbers measured in this run; *not run at this scale* where the "
+        from .experiments import claims_markdown
+
+        out = ["## Claims (method.md section 1)", "", claims_markdown(self.claims, statements=True)]
+        out += ["A verdict comes only from numbers measured in this run; *not run at this scale* where the "
                 "claim needs a setting this run did not have.", ""]
         return out
 
