@@ -2,6 +2,7 @@
 
     python benchmarks/projection_overhead.py                     # cnn on 28x28 and bc-vgg 0.25 on 32x32
     python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
+    python benchmarks/projection_overhead.py --compile           # torch.compile against eager, per projection
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
 inputs of the model's natural size (the data does not change the cost). The
@@ -9,6 +10,12 @@ float step is the same model with `identity` (which skips the projection but
 still clips, as training does). Steps of the variants are interleaved in rounds
 so that drift of the machine hits all of them alike; the figure is the ratio of
 median step times from one run. Prints the machine and torch version.
+
+With ``--compile`` each variant also runs through ``torch.compile`` (the model's
+forward and backward, as ``train --compile`` does; Adam and the clip stay
+eager): it prints the compiled step against the eager one, the seconds the
+first compiled step took (compilation), and how many steps pay that back. Compilation is timed cold: the script gives inductor a
+fresh cache folder unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import robustweights as rw  # noqa: E402
 from robustweights.projected import clip_  # noqa: E402
 
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # cold compile times
+
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
-def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False):
+def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False):
     torch.manual_seed(0)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
@@ -41,10 +51,11 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
+    net = torch.compile(model) if compile else model
 
     def step():
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            logits = model(x)
+            logits = net(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -77,6 +88,41 @@ def bench(model_name, width, projections, batch, rounds, per_round, device, amp=
     return {p: statistics.median(times[p]) / base for p in projections}
 
 
+def bench_compile(model_name, width, projections, batch, rounds, per_round, device, amp=False):
+    variants = ["identity", *projections]
+    steps, first = {}, {}
+    for p in variants:
+        steps[(p, False)] = make_step(model_name, width, p, batch, device, amp=amp)
+        steps[(p, True)] = s = make_step(model_name, width, p, batch, device, amp=amp, compile=True)
+        t = time.perf_counter()
+        s()  # compiles forward and backward
+        first[p] = time.perf_counter() - t
+    times = {k: [] for k in steps}
+    for s in steps.values():  # warm-up (a second compiled call may still specialise)
+        for _ in range(3):
+            s()
+    for _ in range(rounds):
+        for k, s in steps.items():
+            t = time.perf_counter()
+            for _ in range(per_round):
+                s()
+            times[k].append((time.perf_counter() - t) / per_round)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+          f"eager against torch.compile (median of {rounds} rounds of {per_round} steps)")
+    print(f"  {'projection':<24} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6} {'compile s':>10} "
+          f"{'pays back after':>16}")
+    out = {}
+    for p in variants:
+        e, c = med[(p, False)], med[(p, True)]
+        payback = f"{first[p] / (e - c):.0f} steps" if c < e else "never"
+        print(f"  {p:<24} {e * 1e3:9.1f} {c * 1e3:12.1f} {c / e:6.3f} {first[p]:10.1f} {payback:>16}")
+        out[p] = {"eager_s": e, "compiled_s": c, "compile_s": first[p]}
+    base = med[("identity", True)]
+    print("  compiled projection overhead: " + ", ".join(f"{p} {med[(p, True)] / base:.3f}" for p in projections))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
@@ -87,6 +133,8 @@ def main():
     ap.add_argument("--width", type=float, default=None, help="override the model's benchmark width")
     ap.add_argument("--batch", type=int, default=None, help="override the model's benchmark batch size")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast and channels-last (CUDA)")
+    ap.add_argument("--compile", action="store_true",
+                    help="time each variant eager and through torch.compile, with its compile time")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
@@ -94,8 +142,9 @@ def main():
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
     for m in args.models:
         width, batch = configs[m]
-        bench(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
-              amp=args.amp)
+        run = bench_compile if args.compile else bench
+        run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
+            amp=args.amp)
 
 
 if __name__ == "__main__":
