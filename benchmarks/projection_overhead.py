@@ -90,23 +90,27 @@ def bench(model_name, width, projections, batch, rounds, per_round, device, amp=
 
 def bench_compile(model_name, width, projections, batch, rounds, per_round, device, amp=False):
     variants = ["identity", *projections]
-    steps, first = {}, {}
+    first, times = {}, {}
     for p in variants:
-        steps[(p, False)] = make_step(model_name, width, p, batch, device, amp=amp)
-        steps[(p, True)] = s = make_step(model_name, width, p, batch, device, amp=amp, compile=True)
+        # One variant at a time, dynamo's caches cleared before each: compiled models of earlier
+        # variants would otherwise count against the recompile limit of this one's frames.
+        torch._dynamo.reset()
+        eager = make_step(model_name, width, p, batch, device, amp=amp)
+        compiled = make_step(model_name, width, p, batch, device, amp=amp, compile=True)
         t = time.perf_counter()
-        s()  # compiles forward and backward
+        compiled()  # compiles forward and backward
         first[p] = time.perf_counter() - t
-    times = {k: [] for k in steps}
-    for s in steps.values():  # warm-up (a second compiled call may still specialise)
-        for _ in range(3):
-            s()
-    for _ in range(rounds):
-        for k, s in steps.items():
-            t = time.perf_counter()
-            for _ in range(per_round):
+        steps = {(p, False): eager, (p, True): compiled}
+        for s in steps.values():  # warm-up (a second compiled call may still specialise)
+            for _ in range(3):
                 s()
-            times[k].append((time.perf_counter() - t) / per_round)
+        times.update({k: [] for k in steps})
+        for _ in range(rounds):
+            for k, s in steps.items():
+                t = time.perf_counter()
+                for _ in range(per_round):
+                    s()
+                times[k].append((time.perf_counter() - t) / per_round)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
           f"eager against torch.compile (median of {rounds} rounds of {per_round} steps)")

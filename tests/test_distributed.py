@@ -152,3 +152,49 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
     assert calls["n"] == 1 + len(rows) - 3          # the baseline, then only the cells no rank finished
     assert (killed / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
     assert not list(killed.glob("results.rank*"))
+
+
+def _launchers(tmp_path, nodes, argv, timeout=240):
+    """Run ``torchrun --nnodes NODES --nproc-per-node 1 --rdzv-backend c10d ... -m robustweights ARGV`` once per
+    node, all on this machine (the README's several-machines command with 127.0.0.1 as the endpoint)."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    cmd = [torchrun, "--nnodes", str(nodes), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test", "-m", "robustweights", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+             for _ in range(nodes)]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+    return outs
+
+
+def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, capsys):
+    """Two torchrun launchers meeting at a c10d rendezvous, as two machines would: the commands users type."""
+    from conftest import run_main
+
+    train = ["train", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
+             "--test-subset", "200", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3", "--projection", "sign",
+             "--quiet"]
+    _launchers(tmp_path, 2, [*train, "--out", "two"])
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    code, _, _ = run_main(capsys, *train, "--out", str(tmp_path / "one"))
+    assert code == 0
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    # The same global batches, gradients averaged over the two halves: the same training up to rounding.
+    assert abs(rows[-1]["test_error"] - one[-1]["test_error"]) <= 0.05
+    assert rows[-1]["test_error"] < 0.6   # chance: 0.9
+
+    sweep = ["sweep", str(tmp_path / "one"), "--distortion", "add-gauss:sigma=0.5,1", "--distortion",
+             "quant:bits=1..2", "--trials", "2", "--test-subset", "200", "--seed", "5", "--quiet"]
+    _launchers(tmp_path, 2, [*sweep, "--out", str(tmp_path / "sweep-two")])
+    code, _, _ = run_main(capsys, *sweep, "--out", str(tmp_path / "sweep-one"))
+    assert code == 0
+    for name in ("results.json", "results.csv"):
+        assert (tmp_path / "sweep-two" / name).read_text() == (tmp_path / "sweep-one" / name).read_text()
+    assert json.loads((tmp_path / "sweep-two" / "sweep.json").read_text())["processes"] == 2
