@@ -196,3 +196,23 @@ def test_stochastic_projection_in_training_draws_from_the_generator_each_pass():
     assert not torch.equal(a, b)
     g.manual_seed(0)
     assert torch.equal(layer(x), a)
+
+
+@pytest.mark.parametrize("projection", ["stoch-sign", "stoch-mult:gamma=0.5", "add-gauss:sigma=0.5"])
+def test_compiled_random_projection_draws_what_eager_draws(projection):
+    """torch.compile (inductor) of a random projection: one graph, the eager draws, the generator left alike."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    b = copy.deepcopy(a)
+    ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    attach(a, projection, generator=ga)
+    attach(b, projection, generator=gb)
+    compiled = torch.compile(b, fullgraph=True)
+    x = torch.randn(4, 6)
+    for _ in range(2):  # the draws change from pass to pass, in step
+        ya, yb = a(x), compiled(x)
+        torch.testing.assert_close(yb, ya)
+        ya.sum().backward()
+        yb.sum().backward()
+    torch.testing.assert_close(b[0].weight.grad, a[0].weight.grad)
+    assert torch.equal(ga.get_state(), gb.get_state())

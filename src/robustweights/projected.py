@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
-from .transforms import Transform, transform
+from .transforms import Transform, traceable, transform
 
 __all__ = ["MODES", "WEIGHTS", "attach", "detach", "projected_layers", "clip_", "use_weights",
            "pin", "unpin", "effective_weight", "distort"]
@@ -166,6 +166,8 @@ def attach(
     t = transform(projection).with_defaults(scale="clip")
     if mode == "none":
         t = transform("identity")
+    if t.random:
+        traceable(generator)  # torch.compile draws from it inside the graph (see transforms._draw)
     layers = candidate_layers(model)
     if not layers:
         raise UserError(f"{type(model).__name__} has no nn.Linear or nn.Conv layer to project")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -118,13 +119,55 @@ def _sign(w: Tensor) -> Tensor:
 
 def _uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
     """``U[0, 1)`` draws shaped like ``w``, from ``g`` only (drawn on ``g``'s device)."""
-    device = g.device if g is not None else w.device
-    return torch.rand(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+    return _draw(w, g, normal=False)
 
 
 def _normal(w: Tensor, g: torch.Generator | None) -> Tensor:
+    return _draw(w, g, normal=True)
+
+
+def _draw(w: Tensor, g: torch.Generator | None, normal: bool) -> Tensor:
+    if g is not None and torch.compiler.is_compiling() and id(g) in _TOKENS:
+        gid = id(g)
+        return torch.ops.robustweights.draw(_TOKENS[gid], gid, list(w.shape), normal, w.dtype, w.device)
     device = g.device if g is not None else w.device
-    return torch.randn(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+    f = torch.randn if normal else torch.rand
+    return f(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+
+
+# torch.compile cannot trace a draw from an explicit generator (the graph breaks at every
+# projected layer and each piece is recompiled). A generator made traceable with
+# `traceable(g)` is drawn from inside compiled code through the opaque operator
+# `robustweights::draw`, which looks the generator up by id. It "mutates" a per-generator
+# token tensor so that the compiled graph keeps the draws in program order and never merges
+# two of them: the numbers are the ones the same steps draw without compiling.
+_GENERATORS: "weakref.WeakValueDictionary[int, torch.Generator]" = weakref.WeakValueDictionary()
+_TOKENS: dict[int, Tensor] = {}
+
+
+def traceable(g: torch.Generator | None) -> None:
+    """Let code compiled with ``torch.compile`` draw from ``g`` without a graph break."""
+    if g is None or id(g) in _TOKENS or not hasattr(torch.library, "custom_op"):
+        return
+    gid = id(g)
+    _GENERATORS[gid] = g
+    _TOKENS[gid] = torch.zeros((), dtype=torch.int64, device=g.device)
+    weakref.finalize(g, _TOKENS.pop, gid, None)
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+    @torch.library.custom_op("robustweights::draw", mutates_args=("token",),
+                             schema="(Tensor(a!) token, int generator, SymInt[] shape, bool normal, "
+                                    "ScalarType dtype, Device device) -> Tensor")
+    def _draw_op(token, generator, shape, normal, dtype, device):
+        g = _GENERATORS[generator]
+        token.add_(1)
+        f = torch.randn if normal else torch.rand
+        return f(shape, generator=g, device=g.device, dtype=dtype).to(device)
+
+    @_draw_op.register_fake
+    def _(token, generator, shape, normal, dtype, device):
+        return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------
