@@ -53,6 +53,7 @@ def _worker(rank, world, port, out, result_file, projection):
     with open(f"{result_file}.{rank}", "w") as f:
         json.dump({**checks, "final_same": final_same, "clipped": clipped, "checkpoint": result.checkpoint,
                    "test_error": result.test_error}, f)
+    dist.barrier()  # neither rank closes its connections while the other still uses them
     dist.destroy_process_group()
 
 

@@ -477,14 +477,16 @@ def run_sweep(config: SweepConfig, progress: bool = True, data: data_mod.Data | 
     every rank sees) and rank 0 writes the merged table, the same as one
     process would. ``data`` may pass the dataset already loaded (see :func:`prepare`).
     """
-    from .training import _init_distributed
+    from .training import _init_distributed, _leave_distributed
 
     rank, world, device, ours = _init_distributed(config.device)
+    ok = False
     try:
-        return _run_sweep(config, progress and rank == 0, rank, world, device, data)
+        result = _run_sweep(config, progress and rank == 0, rank, world, device, data)
+        ok = True
+        return result
     finally:
-        if ours:
-            torch.distributed.destroy_process_group()
+        _leave_distributed(ours, ok)
 
 
 def _partial_rows(out: Path) -> list[dict]:

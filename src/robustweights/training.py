@@ -389,6 +389,18 @@ def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, ours
 
 
+def _leave_distributed(ours: bool, ok: bool) -> None:
+    """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
+    down its connections while another still uses them), at once after an error (no waiting on a
+    rank that may never arrive)."""
+    if ours:
+        import torch.distributed as dist
+
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None,
           data: data_mod.Data | None = None) -> TrainResult:
@@ -406,11 +418,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     """
     config.validate()
     rank, world, device, ours = _init_distributed(config.device)
+    ok = False
     try:
-        return _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
+        result = _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
+        ok = True
+        return result
     finally:
-        if ours:
-            torch.distributed.destroy_process_group()
+        _leave_distributed(ours, ok)
 
 
 def _train(config, resume, progress, callback, model_factory, data, rank, world, device) -> TrainResult:
