@@ -1,5 +1,6 @@
 """Training under torch.distributed: 2 CPU processes with gloo, as `torchrun --nproc-per-node 2` runs them."""
 
+import faulthandler
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ def _same_on_all_ranks(t: torch.Tensor) -> bool:
 
 
 def _worker(rank, world, port, out, result_file, projection):
+    faulthandler.enable()  # a worker that aborts (SIGABRT) prints where it was
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -78,6 +80,7 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
 
 
 def _sweep_worker(rank, world, port, config_dict):
+    faulthandler.enable()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
