@@ -79,11 +79,81 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
         assert r[0]["test_error"] < 0.6   # chance: 0.9
 
 
+class _Killed(Exception):
+    pass
+
+
+def _train_worker(rank, world, port, result_file, configs, resume, kill_after):
+    """Train ``configs[rank]`` (ranks may differ: another machine's paths), killed after epoch
+    ``kill_after`` if given; write the error, if any."""
+    import datetime
+
+    faulthandler.enable()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a rank left waiting fails, not hangs
+    def kill(epoch, metrics):
+        if epoch == kill_after:
+            raise _Killed
+
+    try:
+        rw.train(rw.TrainConfig(**configs[rank]), resume=resume, progress=False, callback=kill)
+        error = None
+    except rw.UserError as e:
+        error = str(e)
+    except _Killed:
+        error = None
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump({"error": error}, f)
+    dist.destroy_process_group()
+
+
+def _spawn_train(tmp_path, configs, resume=False, kill_after=None):
+    result_file = str(tmp_path / "result")
+    mp.spawn(_train_worker, args=(2, _free_port(), result_file, configs, resume, kill_after), nprocs=2, join=True)
+    return [json.loads(open(f"{result_file}.{i}").read())["error"] for i in range(2)]
+
+
+def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted_run(tmp_path):
+    base = dict(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200, projection="sign",
+                batch_size=50, lr=3e-3, seed=0)
+    # Rank 1 is on "another machine": its --out path does not exist there.
+    two = lambda out, epochs, i: [dict(base, epochs=epochs, out=str(tmp_path / out)),  # noqa: E731
+                                  dict(base, epochs=epochs, out=str(tmp_path / f"elsewhere{i}"))]
+    assert _spawn_train(tmp_path, two("straight", 2, 0)) == [None, None]
+    assert _spawn_train(tmp_path, two("cut", 2, 1), kill_after=1) == [None, None]   # killed after epoch 1
+    assert _spawn_train(tmp_path, two("cut", 2, 2), resume=True) == [None, None]
+    assert not list(tmp_path.glob("elsewhere*"))
+    straight, _ = rw.load(tmp_path / "straight")
+    resumed, _ = rw.load(tmp_path / "cut")
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    untimed = lambda run: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}  # noqa: E731
+                           for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert untimed("cut") == untimed("straight") and len(untimed("cut")) == 2
+
+
+def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
+    base = dict(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200, epochs=1,
+                batch_size=50, seed=0, out=str(tmp_path / "run"))
+    missing = tmp_path / "no-such-folder"
+    errors = _spawn_train(tmp_path, [base, dict(base, dataset="fashion-mnist", data_dir=str(missing))])
+    assert errors[1] and str(missing) in errors[1]
+    assert errors[0] == f"(on rank 1) {errors[1]}"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # Rank 0 reads the run folder for everyone: a resume without a run stops both ranks too.
+    errors = _spawn_train(tmp_path, [dict(base, out=str(tmp_path / "none")), base], resume=True)
+    assert "nothing to resume" in errors[0] and errors[1] == f"(on rank 0) {errors[0]}"
+
+
 def _sweep_worker(rank, world, port, config_dict):
     faulthandler.enable()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if isinstance(config_dict, list):  # one per rank: ranks on "other machines" see other paths
+        config_dict = config_dict[rank]
     rw.run_sweep(rw.SweepConfig(**config_dict), progress=False)
 
 
@@ -123,6 +193,36 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
     mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}), nprocs=2, join=True)
     assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
     assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [3, 2]  # 5 left after 3
+
+
+def test_two_process_sweep_resumes_when_only_rank_0_sees_the_out_folder(tmp_path, monkeypatch):
+    import importlib
+
+    sweeps = importlib.import_module("robustweights.sweeps")
+    ckpt = tmp_path / "train"
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
+                test_subset=200, seed=3)
+    rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
+    calls = {"n": 0}
+    real = sweeps.evaluate_split
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 4:   # the baseline, then 3 cells
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "cut")), progress=False)
+    monkeypatch.setattr(sweeps, "evaluate_split", real)
+    configs = [{**base, "out": str(tmp_path / "cut")}, {**base, "out": str(tmp_path / "elsewhere")}]
+    mp.spawn(_sweep_worker, args=(2, _free_port(), configs), nprocs=2, join=True)
+    assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [2, 1]  # 3 of 6 left
+    assert not list(tmp_path.glob("*/results.rank*"))   # the partial rows, deleted on both "machines"
 
 
 def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch):

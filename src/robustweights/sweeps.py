@@ -501,6 +501,40 @@ def _partial_rows(out: Path) -> list[dict]:
     return rows
 
 
+def _previous_sweep(out: Path) -> dict | None:
+    """The ``sweep.json`` of a sweep already in ``out`` (None for a new or empty folder)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if (out / "sweep.json").exists():
+        try:
+            return json.loads((out / "sweep.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
+    if any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
+    return None
+
+
+def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict:
+    """Rows already computed for this sweep, by ``(spec, trial)``; refuses a folder of another sweep."""
+    if previous is None:
+        return {}
+    if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
+        raise UserError(f"{out} holds a sweep of another checkpoint ({previous.get('checkpoint')}); "
+                        "choose another --out")
+    if _comparable(previous.get("config", {})) != _comparable(cfg):
+        diff = [k for k, v in _comparable(cfg).items() if previous.get("config", {}).get(k) != v]
+        raise UserError(f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
+                        "choose another --out")
+    try:
+        old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
+    except json.JSONDecodeError:
+        old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
+    return {(r["spec"], r["trial"]): r for r in old_rows + _partial_rows(out)}
+
+
 def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None) -> dict:
     if config.trials < 1:
         raise UserError(f"trials must be at least 1, not {config.trials}")
@@ -512,39 +546,27 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
     cells(config.distortions, config.trials)           # checks the grids before anything is read
     out = Path(config.out)
-    previous = None
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a folder")
-        if (out / "sweep.json").exists():
-            try:
-                previous = json.loads((out / "sweep.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
-        elif any(out.iterdir()):
-            raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
-    model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)), data)
-    if config.on not in ("hidden", "projected"):
-        raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
-    resolve_keep(model, config.keep)                          # a bad --keep fails before sweep.json is written
-    todo = cells(config.distortions, config.trials, default_scale(model))
-    cfg = dataclasses.asdict(config)
-    done: dict = {}
-    if previous is not None:
-        if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
-            raise UserError(f"{out} holds a sweep of another checkpoint ({previous.get('checkpoint')}); "
-                            "choose another --out")
-        if _comparable(previous.get("config", {})) != _comparable(cfg):
-            diff = [k for k, v in _comparable(cfg).items() if previous.get("config", {}).get(k) != v]
-            raise UserError(f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
-                            "choose another --out")
-        try:
-            old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
-        except json.JSONDecodeError:
-            old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
-        done = {(r["spec"], r["trial"]): r for r in old_rows + _partial_rows(out)}
+    # Rank 0 alone reads the out folder (other machines need not see it) and tells every rank what
+    # is done; a mistake on any rank (the folder, a checkpoint or dataset missing on one machine)
+    # stops all of them with its line instead of leaving the others waiting.
+    previous, done, error = None, None, None
+    try:
+        previous = _previous_sweep(out) if rank == 0 else None
+        model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)), data)
+        if config.on not in ("hidden", "projected"):
+            raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
+        resolve_keep(model, config.keep)                      # a bad --keep fails before sweep.json is written
+        todo = cells(config.distortions, config.trials, default_scale(model))
+        cfg = dataclasses.asdict(config)
+        done = _done_cells(out, previous, info, cfg) if rank == 0 else None
+    except UserError as e:
+        if world == 1:
+            raise
+        error = e
     if world > 1:
-        torch.distributed.barrier()  # every rank has read the folder before rank 0 writes to it
+        from .training import _agree
+
+        previous, done = _agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "bn_calibrate": config.bn_calibrate,
@@ -593,6 +615,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         gathered: list = [None] * world
         torch.distributed.all_gather_object(gathered, rows_mine)
         prov["cells_by_rank"] = [len(rs) for rs in gathered]
+        part.unlink(missing_ok=True)  # rank 0 has every row now (on another machine, nobody else would delete it)
         merged = dict(done)
         merged.update({(r["spec"], r["trial"]): r for rs in gathered for r in rs})
         rows = sorted(merged.values(), key=lambda r: order[(r["spec"], r["trial"])])

@@ -389,6 +389,20 @@ def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, ours
 
 
+def _agree(error: UserError | None, state, rank: int, world: int):
+    """Every rank raises the first rank's mistake, if any rank made one; else all get rank 0's ``state``."""
+    import torch.distributed as dist
+
+    errors: list = [None] * world
+    dist.all_gather_object(errors, None if error is None else str(error))
+    for r, message in enumerate(errors):
+        if message is not None:
+            raise UserError(message if r == rank or world == 1 else f"(on rank {r}) {message}")
+    box = [state]
+    dist.broadcast_object_list(box, src=0)  # the checkpoint rank 0 read with weights_only=True
+    return box[0]
+
+
 def _leave_distributed(ours: bool, ok: bool) -> None:
     """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
     down its connections while another still uses them), at once after an error (no waiting on a
@@ -433,8 +447,19 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     if config.batch_size % world:
         raise UserError(f"batch size {config.batch_size} must be divisible by the {world} processes "
                         f"(it is the global batch: each process takes batch_size / processes)")
-    state = _check_out(config, resume)
-    data = data or load_config_data(config)
+    # Rank 0 alone reads the run folder (the other machines need not see it) and hands the
+    # checkpoint to every rank; a mistake on any rank (a folder, a missing dataset) stops all of
+    # them with its line, instead of leaving the others waiting in the first all-reduce.
+    state, error = None, None
+    try:
+        state = _check_out(config, resume) if rank == 0 else None
+        data = data or load_config_data(config)
+    except UserError as e:
+        if world == 1:
+            raise
+        error = e
+    if world > 1:
+        state = _agree(error, state, rank, world)
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)
