@@ -390,14 +390,17 @@ def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
 
 
 def _agree(error: UserError | None, state, rank: int, world: int):
-    """Every rank raises the first rank's mistake, if any rank made one; else all get rank 0's ``state``."""
+    """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
+    rank 0's ``state``."""
     import torch.distributed as dist
 
     errors: list = [None] * world
     dist.all_gather_object(errors, None if error is None else str(error))
+    if errors[rank] is not None:
+        raise UserError(errors[rank])
     for r, message in enumerate(errors):
         if message is not None:
-            raise UserError(message if r == rank or world == 1 else f"(on rank {r}) {message}")
+            raise UserError(f"(on rank {r}) {message}")
     box = [state]
     dist.broadcast_object_list(box, src=0)  # the checkpoint rank 0 read with weights_only=True
     return box[0]
