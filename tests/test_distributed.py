@@ -225,6 +225,29 @@ def test_two_process_sweep_resumes_when_only_rank_0_sees_the_out_folder(tmp_path
     assert not list(tmp_path.glob("*/results.rank*"))   # the partial rows, deleted on both "machines"
 
 
+def _failing_sweep_worker(rank, world, port, configs, result_file):
+    try:
+        _sweep_worker(rank, world, port, configs)
+        error = None
+    except rw.UserError as e:
+        error = str(e)
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump({"error": error}, f)
+
+
+def test_a_checkpoint_missing_on_one_rank_stops_the_sweep_on_every_rank(tmp_path):
+    ckpt = tmp_path / "train"
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    base = dict(distortions=["add-gauss:sigma=0.5"], trials=1, test_subset=200, out=str(tmp_path / "sweep"))
+    configs = [{**base, "checkpoint": str(ckpt)}, {**base, "checkpoint": str(tmp_path / "not-copied-here")}]
+    result_file = str(tmp_path / "result")
+    mp.spawn(_failing_sweep_worker, args=(2, _free_port(), configs, result_file), nprocs=2, join=True)
+    errors = [json.loads(open(f"{result_file}.{i}").read())["error"] for i in range(2)]
+    assert "not-copied-here" in errors[1] and errors[0] == f"(on rank 1) {errors[1]}"
+    assert not (tmp_path / "sweep" / "results.json").exists()
+
+
 def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch):
     """A distributed sweep killed mid-way leaves results.rankN.jsonl; a restart computes only the rest."""
     import importlib

@@ -10,6 +10,9 @@ spec string and called on a weight tensor::
     t = transform("stoch-mult:gamma=0.5,flip=true")
     wp = t(w, generator=g)          # random draws come from g only
 
+A random transform draws through ``_uniform``/``_normal``, which also work
+inside ``torch.compile`` for a generator passed to :func:`traceable` (the
+projected layers do this): the compiled graph draws the same numbers.
 Definitions follow ``shared/design/method.md`` section 2. ``H`` is the
 magnitude a transform maps onto, chosen by its ``scale`` parameter:
 
