@@ -67,18 +67,25 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
     return step
 
 
-def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False):
-    steps = {p: make_step(model_name, width, p, batch, device, amp=amp) for p in ["identity", *projections]}
-    times = {p: [] for p in steps}
-    for s in steps.values():  # warm-up
+def timed_rounds(steps: dict, rounds: int, per_round: int) -> dict:
+    """Seconds per step of each of ``steps`` in every round, after 3 warm-up steps each; the steps
+    are interleaved round by round so that drift of the machine hits all of them alike."""
+    times = {k: [] for k in steps}
+    for s in steps.values():  # warm-up (a second compiled call may still specialise)
         for _ in range(3):
             s()
     for _ in range(rounds):
-        for p, s in steps.items():
+        for k, s in steps.items():
             t = time.perf_counter()
             for _ in range(per_round):
                 s()
-            times[p].append((time.perf_counter() - t) / per_round)
+            times[k].append((time.perf_counter() - t) / per_round)
+    return times
+
+
+def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False):
+    steps = {p: make_step(model_name, width, p, batch, device, amp=amp) for p in ["identity", *projections]}
+    times = timed_rounds(steps, rounds, per_round)
     base = statistics.median(times["identity"])
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
           f"float step {base * 1e3:.1f} ms = {batch / base:.0f} img/s (median of {rounds} rounds)")
@@ -100,17 +107,7 @@ def bench_compile(model_name, width, projections, batch, rounds, per_round, devi
         t = time.perf_counter()
         compiled()  # compiles forward and backward
         first[p] = time.perf_counter() - t
-        steps = {(p, False): eager, (p, True): compiled}
-        for s in steps.values():  # warm-up (a second compiled call may still specialise)
-            for _ in range(3):
-                s()
-        times.update({k: [] for k in steps})
-        for _ in range(rounds):
-            for k, s in steps.items():
-                t = time.perf_counter()
-                for _ in range(per_round):
-                    s()
-                times[k].append((time.perf_counter() - t) / per_round)
+        times.update(timed_rounds({(p, False): eager, (p, True): compiled}, rounds, per_round))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
           f"eager against torch.compile (median of {rounds} rounds of {per_round} steps)")

@@ -147,6 +147,34 @@ def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
     assert "nothing to resume" in errors[0] and errors[1] == f"(on rank 0) {errors[0]}"
 
 
+def _tiny_checkpoint(tmp_path):
+    """A one-epoch MLP on the demo data, the checkpoint the sweep tests start from."""
+    ckpt = tmp_path / "train"
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    return ckpt
+
+
+def _sweep_killed_after_3_cells(monkeypatch, config):
+    """A one-process sweep of ``config`` killed after its baseline and 3 cells."""
+    import importlib
+
+    sweeps = importlib.import_module("robustweights.sweeps")
+    calls = {"n": 0}
+    real = sweeps.evaluate_split
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 4:   # the baseline, then 3 cells
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rw.run_sweep(config, progress=False)
+    monkeypatch.setattr(sweeps, "evaluate_split", real)
+
+
 def _sweep_worker(rank, world, port, config_dict):
     faulthandler.enable()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -158,12 +186,7 @@ def _sweep_worker(rank, world, port, config_dict):
 
 
 def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path, monkeypatch):
-    import importlib
-
-    sweeps = importlib.import_module("robustweights.sweeps")
-    ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
-                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    ckpt = _tiny_checkpoint(tmp_path)
     grids = ["add-gauss:sigma=0.5,1", "power:beta=0,0.5", "bitflip:p=0.1"]
     base = dict(checkpoint=str(ckpt), distortions=grids, trials=2, test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
@@ -176,19 +199,7 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
     assert not list((tmp_path / "two").glob("results.rank*"))
 
     # A single-process sweep killed after 3 cells, resumed by 2 processes: the same table again.
-    calls = {"n": 0}
-    real = sweeps.evaluate_split
-
-    def killed(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 4:   # the baseline, then 3 cells
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sweeps, "evaluate_split", killed)
-    with pytest.raises(KeyboardInterrupt):
-        rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "cut")), progress=False)
-    monkeypatch.setattr(sweeps, "evaluate_split", real)
+    _sweep_killed_after_3_cells(monkeypatch, rw.SweepConfig(**base, out=str(tmp_path / "cut")))
     assert len(json.loads((tmp_path / "cut" / "results.json").read_text())) == 3
     mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}), nprocs=2, join=True)
     assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
@@ -196,28 +207,11 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
 
 
 def test_two_process_sweep_resumes_when_only_rank_0_sees_the_out_folder(tmp_path, monkeypatch):
-    import importlib
-
-    sweeps = importlib.import_module("robustweights.sweeps")
-    ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
-                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    ckpt = _tiny_checkpoint(tmp_path)
     base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
                 test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
-    calls = {"n": 0}
-    real = sweeps.evaluate_split
-
-    def killed(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 4:   # the baseline, then 3 cells
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sweeps, "evaluate_split", killed)
-    with pytest.raises(KeyboardInterrupt):
-        rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "cut")), progress=False)
-    monkeypatch.setattr(sweeps, "evaluate_split", real)
+    _sweep_killed_after_3_cells(monkeypatch, rw.SweepConfig(**base, out=str(tmp_path / "cut")))
     configs = [{**base, "out": str(tmp_path / "cut")}, {**base, "out": str(tmp_path / "elsewhere")}]
     mp.spawn(_sweep_worker, args=(2, _free_port(), configs), nprocs=2, join=True)
     assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
@@ -236,9 +230,7 @@ def _failing_sweep_worker(rank, world, port, configs, result_file):
 
 
 def test_a_checkpoint_missing_on_one_rank_stops_the_sweep_on_every_rank(tmp_path):
-    ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
-                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    ckpt = _tiny_checkpoint(tmp_path)
     base = dict(distortions=["add-gauss:sigma=0.5"], trials=1, test_subset=200, out=str(tmp_path / "sweep"))
     configs = [{**base, "checkpoint": str(ckpt)}, {**base, "checkpoint": str(tmp_path / "not-copied-here")}]
     result_file = str(tmp_path / "result")
@@ -254,9 +246,7 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
     import shutil
 
     sweeps = importlib.import_module("robustweights.sweeps")
-    ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
-                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    ckpt = _tiny_checkpoint(tmp_path)
     base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
                 test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "full")), progress=False)

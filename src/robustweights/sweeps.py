@@ -45,7 +45,8 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import _seed, evaluate_split, load, load_config_data, resolve_device, weights_label, write_text
+from .training import (_agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
+                       write_text)
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
@@ -560,13 +561,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         cfg = dataclasses.asdict(config)
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
     except UserError as e:
-        if world == 1:
-            raise
         error = e
-    if world > 1:
-        from .training import _agree
-
-        previous, done = _agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
+    previous, done = _agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "bn_calibrate": config.bn_calibrate,
@@ -623,8 +619,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
             raise RuntimeError(f"distributed sweep merged {len(rows)} rows for {len(todo)} cells")
     if rank == 0:
         _write_rows(out, rows)
-        for f in out.glob("results.rank*.jsonl"):
-            f.unlink()
+        for f in out.glob("results.rank*.jsonl"):  # also those of earlier, killed runs
+            f.unlink(missing_ok=True)              # (a rank on a shared folder may delete its own first)
     target = config.target_error if config.target_error is not None else base["error"] + 0.01
     best = lowest_bits(rows, target)
     prov.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -391,8 +391,13 @@ def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
 
 def _agree(error: UserError | None, state, rank: int, world: int):
     """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
-    rank 0's ``state``."""
+    rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
     import torch.distributed as dist
+
+    if world == 1:
+        if error is not None:
+            raise error
+        return state
 
     errors: list = [None] * world
     dist.all_gather_object(errors, None if error is None else str(error))
@@ -458,11 +463,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         state = _check_out(config, resume) if rank == 0 else None
         data = data or load_config_data(config)
     except UserError as e:
-        if world == 1:
-            raise
         error = e
-    if world > 1:
-        state = _agree(error, state, rank, world)
+    state = _agree(error, state, rank, world)
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)

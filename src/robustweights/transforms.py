@@ -13,6 +13,7 @@ spec string and called on a weight tensor::
 A random transform draws through ``_uniform``/``_normal``, which also work
 inside ``torch.compile`` for a generator passed to :func:`traceable` (the
 projected layers do this): the compiled graph draws the same numbers.
+
 Definitions follow ``shared/design/method.md`` section 2. ``H`` is the
 magnitude a transform maps onto, chosen by its ``scale`` parameter:
 
@@ -133,9 +134,13 @@ def _draw(w: Tensor, g: torch.Generator | None, normal: bool) -> Tensor:
     if g is not None and torch.compiler.is_compiling() and id(g) in _TOKENS:
         gid = id(g)
         return torch.ops.robustweights.draw(_TOKENS[gid], gid, list(w.shape), normal, w.dtype, w.device)
-    device = g.device if g is not None else w.device
+    return _draw_now(w.shape, g, normal, w.dtype, w.device)
+
+
+def _draw_now(shape, g: torch.Generator | None, normal: bool, dtype, device) -> Tensor:
+    """Draw on ``g``'s device (``device`` without a generator), returned on ``device``."""
     f = torch.randn if normal else torch.rand
-    return f(w.shape, generator=g, device=device, dtype=w.dtype).to(w.device)
+    return f(shape, generator=g, device=g.device if g is not None else device, dtype=dtype).to(device)
 
 
 # torch.compile cannot trace a draw from an explicit generator (the graph breaks at every
@@ -163,10 +168,8 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
                              schema="(Tensor(a!) token, int generator, SymInt[] shape, bool normal, "
                                     "ScalarType dtype, Device device) -> Tensor")
     def _draw_op(token, generator, shape, normal, dtype, device):
-        g = _GENERATORS[generator]
         token.add_(1)
-        f = torch.randn if normal else torch.rand
-        return f(shape, generator=g, device=g.device, dtype=dtype).to(device)
+        return _draw_now(shape, _GENERATORS[generator], normal, dtype, device)
 
     @_draw_op.register_fake
     def _(token, generator, shape, normal, dtype, device):
