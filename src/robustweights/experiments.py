@@ -387,7 +387,7 @@ def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: s
             parts.append(f"{row}: {base:.2%}, rise " + ", ".join(f"{_pts(r[c])}" for c in noise if c in r)
                          + ("" if robust else " (not below float)"))
         claims[3].update(
-            measured=(f"undistorted error and rise at " + " / ".join(_ref_name(c) for c in noise)
+            measured=("undistorted error and rise at " + " / ".join(_ref_name(c) for c in noise)
                       + f" (float: {base_f:.2%}, rise " + ", ".join(_pts(rf[c]) for c in noise if c in rf)
                       + "); " + "; ".join(parts)),
             verdict="reproduced" if ok and parts else "not reproduced",
