@@ -177,3 +177,24 @@ def test_power_is_monotone_and_keeps_signs(beta):
     p = transform(f"power:beta={beta},scale=clip")(w)
     assert bool((p[1:] >= p[:-1]).all())
     assert math.isclose(p[-1].item(), 1.0) and math.isclose(p[0].item(), -1.0)
+
+
+def test_traceable_takes_generators_that_refuse_weak_references():
+    """CUDA generators refuse weak references in several torch releases; registering one crashed training."""
+    from robustweights import transforms
+
+    class NoWeakRefs:                       # a generator stand-in: a device, no __weakref__ slot
+        __slots__ = ("device",)
+
+        def __init__(self):
+            self.device = torch.device("cpu")
+
+    g = NoWeakRefs()
+    with pytest.raises(TypeError):
+        import weakref
+        weakref.ref(g)
+    transforms.traceable(g)
+    assert transforms._GENERATORS[id(g)] is g and transforms._TOKENS[id(g)].item() == 0
+    transforms.traceable(g)                 # twice is once
+    assert transforms._TOKENS[id(g)].item() == 0
+    del transforms._GENERATORS[id(g)], transforms._TOKENS[id(g)]

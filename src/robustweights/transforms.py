@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,8 +129,12 @@ def _normal(w: Tensor, g: torch.Generator | None) -> Tensor:
     return _draw(w, g, normal=True)
 
 
+# torch.compiler.is_compiling appeared in torch 2.3; the package admits torch >= 2.1.
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 def _draw(w: Tensor, g: torch.Generator | None, normal: bool) -> Tensor:
-    if g is not None and torch.compiler.is_compiling() and id(g) in _TOKENS:
+    if g is not None and _is_compiling() and id(g) in _TOKENS:
         gid = id(g)
         return torch.ops.robustweights.draw(_TOKENS[gid], gid, list(w.shape), normal, w.dtype, w.device)
     return _draw_now(w.shape, g, normal, w.dtype, w.device)
@@ -149,18 +152,24 @@ def _draw_now(shape, g: torch.Generator | None, normal: bool, dtype, device) -> 
 # `robustweights::draw`, which looks the generator up by id. It "mutates" a per-generator
 # token tensor so that the compiled graph keeps the draws in program order and never merges
 # two of them: the numbers are the ones the same steps draw without compiling.
-_GENERATORS: "weakref.WeakValueDictionary[int, torch.Generator]" = weakref.WeakValueDictionary()
+# The table holds the generators themselves, not weak references: some generators refuse
+# weak references (CUDA generators in several torch releases), and a held generator's id
+# can never be reused by another object. The cost is a few bytes per registered generator.
+_GENERATORS: dict[int, torch.Generator] = {}
 _TOKENS: dict[int, Tensor] = {}
 
 
 def traceable(g: torch.Generator | None) -> None:
-    """Let code compiled with ``torch.compile`` draw from ``g`` without a graph break."""
+    """Let code compiled with ``torch.compile`` draw from ``g`` without a graph break.
+
+    Works for any generator on any device; ``g`` stays referenced for the life of
+    the process (see the comment above).
+    """
     if g is None or id(g) in _TOKENS or not hasattr(torch.library, "custom_op"):
         return
     gid = id(g)
     _GENERATORS[gid] = g
     _TOKENS[gid] = torch.zeros((), dtype=torch.int64, device=g.device)
-    weakref.finalize(g, _TOKENS.pop, gid, None)
 
 
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4
