@@ -50,8 +50,7 @@ def _worker(rank, world, port, out, result_file, projection):
     result = rw.train(config, progress=False)
     handle.remove()
     final_same = _same_on_all_ranks(_flat_params(result.model.parameters()))
-    layers = rw.projected_layers(result.model)
-    clipped = all(m.weight.abs().max().item() <= 1.0 for _, m in layers)
+    clipped = all(s.hidden.abs().max().item() <= 1.0 for s in rw.sites(result.model))
     with open(f"{result_file}.{rank}", "w") as f:
         json.dump({**checks, "final_same": final_same, "clipped": clipped, "checkpoint": result.checkpoint,
                    "test_error": result.test_error}, f)

@@ -216,7 +216,7 @@ def test_full_sweep_with_bn_reestimation_restores_everything(net):
     assert same_state(state(model), before)                       # weights and batch-norm buffers
     assert [p._version for p in model.parameters()] == versions   # the hidden weights were never written
     assert [m.momentum for m in bns(model)] == momenta
-    assert all(m.rw.pinned is None for _, m in rw.projected_layers(model)) and not model.training
+    assert all(s.pinned is None for s in rw.sites(model)) and not model.training
     # the re-estimation really changed the statistics used for the cells (so restoring them mattered)
     without = rw.sweep(model, data, grids, trials=2, seed=0, batch_size=100, as_frame=False)
     assert all(a["loss"] != b["loss"] for a, b in zip(with_bn, without))
@@ -224,25 +224,26 @@ def test_full_sweep_with_bn_reestimation_restores_everything(net):
     assert again == with_bn
 
 
-@pytest.mark.parametrize("stop_at, in_bn_reestimation", [(2, True), (4, False)])
+@pytest.mark.parametrize("stop_at, in_bn_reestimation", [(3, True), (5, False)])
 def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_bn_reestimation):
     model, data = net
     baseline = evaluate_split(model, data.test, batch_size=100)
     before = state(model)
     momenta = [m.momentum for m in bns(model)]
-    layer = rw.projected_layers(model)[0][1]
+    layer = rw.sites(model)[0].module
     bn = bns(model)[0]
     seen = {"calls": 0}
 
     def hook(module, inputs, output):
         seen["calls"] += 1
         if seen["calls"] == stop_at:
-            seen.update(bn_training=bn.training, momentum=bn.momentum, pinned=module.rw.pinned is not None,
+            seen.update(bn_training=bn.training, momentum=bn.momentum, pinned=module._rw["weight"].pinned is not None,
                         stats_changed=not torch.equal(bn.running_mean, before["2.running_mean"]))
             raise KeyboardInterrupt
 
     handle = layer.register_forward_hook(hook)
-    # batch_size 100: each cell runs 2 re-estimation batches (calls 1, 2), then 3 test batches (calls 3-5)
+    # call 1 is the sweep's check that every distorted weight is read; then, batch_size 100: each cell
+    # runs 2 re-estimation batches (calls 2, 3), then 3 test batches (calls 4-6)
     with pytest.raises(KeyboardInterrupt):
         rw.sweep(model, data, ["add-gauss:sigma=0.5"], trials=2, bn_batches=2, batch_size=100, as_frame=False)
     handle.remove()
@@ -253,7 +254,7 @@ def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_
     assert seen["pinned"] and seen["stats_changed"]
 
     assert same_state(state(model), before)
-    assert all(m.rw.pinned is None for _, m in rw.projected_layers(model))
+    assert all(s.pinned is None for s in rw.sites(model))
     assert [m.momentum for m in bns(model)] == momenta
     assert not model.training and not any(m.training for m in model.modules())
     assert evaluate_split(model, data.test, batch_size=100) == baseline
@@ -421,7 +422,7 @@ def test_bad_checkpoint_files_are_refused(trained, used_out, tmp_path):
 def test_a_mistake_after_loading_leaves_no_file_behind(trained, tmp_path):
     """A bad --keep is found before anything is written, so the corrected command can use the same folder."""
     out = tmp_path / "out"
-    refuses(lambda: run_sweep(sweep_config(trained, out, keep=["nope"]), progress=False), "no such layer")
+    refuses(lambda: run_sweep(sweep_config(trained, out, keep=["nope"]), progress=False), "no such weight")
     assert not out.exists()
     r = run_sweep(sweep_config(trained, out, keep=["first"], distortions=["sign"]), progress=False)
     assert len(r["rows"]) == 1
@@ -572,7 +573,7 @@ def test_bn_calibration_is_exact_repeatable_and_only_touches_statistics(net):
     # a cumulative average over the 3 batches: the first layer's mean is the mean of its inputs' pre-activations
     g = torch.Generator().manual_seed(5)
     xs = torch.cat([x for _, (x, _) in zip(range(3), data.train.batches(100, shuffle=True, generator=g))])
-    lin = rw.projected_layers(model)[0][1]
+    lin = rw.sites(model)[0].module
     with torch.no_grad():
         pre = lin(xs.flatten(1))
     assert torch.allclose(bns(model)[0].running_mean, pre.mean(0), atol=1e-5)

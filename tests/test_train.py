@@ -7,7 +7,7 @@ import torch
 
 import robustweights as rw
 from robustweights import training as train_mod
-from robustweights.projected import projected_layers
+from robustweights.projected import sites
 
 
 def tiny(tmp_path=None, name="run", **kw):
@@ -29,8 +29,8 @@ def test_sign_cnn_learns_fashion_mnist_subset_and_checkpoint_round_trips(tmp_pat
                             lr=2e-3, out=str(tmp_path / "sign"))
     result = rw.train(config, progress=False)
     assert result.test_error < 0.25, result.history   # sane: chance is 90% error
-    for _, m in projected_layers(result.model):        # hidden weights clipped to [-1, 1]
-        assert m.weight.abs().max() <= 1.0
+    for s in sites(result.model):                      # hidden weights clipped to [-1, 1]
+        assert s.hidden.abs().max() <= 1.0
     run = tmp_path / "sign"
     assert json.loads((run / "config.json").read_text())["projection"] == "sign"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -135,8 +135,16 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
     bad = tmp_path / "evil.pt"
     torch.save({"format": "robustweights-checkpoint", "x": Evil()}, bad)
-    with pytest.raises(rw.UserError, match="not a readable checkpoint"):
+    with pytest.raises(rw.UserError, match="refuses to unpickle"):
         rw.load(bad)
+
+
+def test_a_pickled_whole_model_gets_a_sentence_of_ours(tmp_path):
+    bad = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), bad)
+    with pytest.raises(rw.UserError, match=r"holds a pickled whole model \(torch.nn.modules.linear.Linear\)") as e:
+        rw.load(bad)
+    assert "weights_only=False" not in str(e.value) and "state_dict()" in str(e.value)
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):

@@ -16,7 +16,7 @@ binarization and other non-linear distortions" (arXiv 1606.01981).
 
 from .errors import UserError
 from .models import create_model, list_models, register_model
-from .projected import attach, clip_, detach, distort, projected_layers, use_weights
+from .projected import attach, clip_, coverage, detach, distort, select, sites, use_weights
 from .sweeps import SweepConfig, run_sweep, sweep
 from .training import TrainConfig, TrainResult, evaluate, load, train
 from .transforms import Transform, list_transforms, transform
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "UserError", "Transform", "transform", "list_transforms",
-    "attach", "detach", "clip_", "distort", "projected_layers", "use_weights",
+    "attach", "detach", "clip_", "coverage", "distort", "select", "sites", "use_weights",
     "create_model", "list_models", "register_model",
     "TrainConfig", "TrainResult", "train", "load", "evaluate",
     "SweepConfig", "sweep", "run_sweep", "report", "reproduce",

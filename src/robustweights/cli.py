@@ -25,6 +25,11 @@ EXAMPLES = """examples:
   robustweights train --model bc-vgg --width 0.25 --dataset cifar10 --projection sign --epochs 20 --out runs/bc
   robustweights train --resume --out runs/bc --epochs 30
   robustweights evaluate runs/sign --weights hidden
+  robustweights sweep runs/sign --distortion "add-gauss:sigma=0:1.5:0.25" --distortion "quant:bits=1..8" \
+      --on projected --out runs/sweep-sign
+  robustweights sweep --model-factory mymodels:build --state-dict mine.pt --dataset fashion-mnist \
+      --preprocess none --distortion "add-gauss:sigma=0,0.5,1" --out runs/sweep-mine
+  robustweights report runs/sweep-sign runs/sweep-mine --out runs/report
   robustweights list transforms
   robustweights reproduce matrix --scale tiny
   robustweights reproduce all --scale cpu --out runs/repro-cpu --set epochs=10
@@ -138,11 +143,13 @@ def cmd_sweep(args) -> int:
         print("note: this network runs with projected weights; distorting its hidden weights tests weights it "
               "was not trained to run with (batch-norm statistics included). --on projected distorts the weights "
               "it runs with; --bn-reestimate N re-estimates the statistics.")
-    print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights); distorted: "
-          f"{r['on']} weights; batch-norm statistics "
+    print(r["coverage"]["summary"])
+    bn = ("" if not r.get("batch_norm", True) else "; batch-norm statistics "
           + (f"re-estimated on {r['bn_reestimate']} training batches per cell" if r["bn_reestimate"]
              else f"calibrated once on {r['bn_calibrate']} training batches" if r.get("bn_calibrate")
              else "as stored (not re-estimated)"))
+    print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
+          f"{r.get('preprocessing') or 'as the dataset loader gives them'}); distorted: {r['on']} weights" + bn)
     groups: dict = {}
     for row in r["rows"]:
         groups.setdefault(row["spec"], []).append(row["error"])
@@ -182,16 +189,16 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     from .models import list_models
-    from .transforms import _REGISTRY, list_transforms
+    from .transforms import entry, list_transforms
 
     if args.what in ("models", "all"):
         print("models: " + ", ".join(list_models()) + "  (or package.module:function)")
     if args.what in ("transforms", "all"):
         print("transforms:")
         for name in list_transforms():
-            e = _REGISTRY[name]
+            e = entry(name)
             params = ", ".join(p.name for p in e.params)
-            doc = e.doc.splitlines()[0] if e.doc else ""
+            doc = e.doc.splitlines()[0].replace("``", "") if e.doc else ""
             print(f"  {name:<11} {('[' + params + ']') if params else '':<26} {doc}")
     if args.what in ("datasets", "all"):
         print("datasets: " + ", ".join(data_mod.DATASETS))
@@ -242,9 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     from .sweeps import SweepConfig
 
     sw = sub.add_parser("sweep", parents=[debug], help="test error of a network under test-time weight distortions",
-                        description="Stress-test a checkpoint (or your own model: --model-factory with --state-dict "
-                        "and --dataset) against weight distortion grids; writes results.csv, results.json and "
-                        "sweep.json. Started again on the same --out, it computes only the missing cells.")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description=textwrap.fill(
+                            "Stress-test a checkpoint (or your own model: --model-factory with --state-dict "
+                            "and --dataset) against weight distortion grids; writes results.csv, results.json and "
+                            "sweep.json. Started again on the same --out, it computes only the missing cells. "
+                            "Every floating-point parameter with 2 or more dimensions is distorted (linear, "
+                            "convolution, embedding and attention weights, your own nn.Parameter); biases and "
+                            "normalization parameters are not. The first line printed says what was covered.", 79),
+                        epilog="your own model:\n"
+                        "  --model-factory package.module:function   a function that builds the network; it is\n"
+                        "      called with the keywords it accepts among num_classes, in_shape (C, H, W) and\n"
+                        "      width, and must return an nn.Module whose state_dict --state-dict holds\n"
+                        "  --dataset " + ", ".join(data_mod.DATASETS) + "\n"
+                        "  --preprocess standardize | gcn-zca | none | normalize:mean=M,std=S\n"
+                        "      what your model was trained on (none: pixels in [0, 1])\n"
+                        "examples:\n"
+                        "  robustweights sweep runs/sign --distortion \"add-gauss:sigma=0:1.5:0.25\" --on projected\n"
+                        "  robustweights sweep --model-factory mymodels:build --state-dict mine.pt --dataset demo \\\n"
+                        "      --preprocess none --distortion \"quant:bits=1..8\" --exclude \"embed*\" --out runs/mine\n"
+                        "  robustweights report runs/sweep-sign runs/mine --out runs/report")
     _add_config_flags(sw, SweepConfig)
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)

@@ -24,6 +24,7 @@ import codecs
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -42,7 +43,7 @@ from torch import Tensor
 from .errors import UserError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "demo")
-PREPROCESS = ("standardize", "gcn-zca")
+PREPROCESS = ("standardize", "gcn-zca", "none", "normalize:mean=M,std=S")
 AUGMENT = ("none", "flip-crop")
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -419,6 +420,58 @@ def _list_images(split_dir: Path, classes: list[str] | None) -> tuple[list[tuple
 
 # --------------------------------------------------------------------------- preprocessing
 
+STANDARDIZED = "standardized (per-channel mean and std of the training pixels)"
+
+
+def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | None]:
+    """``(kind, mean, std)`` of a preprocessing spec (one of :data:`PREPROCESS`).
+
+    ``standardize`` (per-channel mean and std of the training pixels),
+    ``gcn-zca`` (BinaryConnect's), ``none`` (pixels in [0, 1] as they are) or
+    ``normalize:mean=M,std=S`` with your own figures, ``(x - M) / S`` on pixels
+    in [0, 1]; per channel as ``mean=0.49/0.48/0.45,std=0.25/0.24/0.26``.
+    """
+    if spec in ("standardize", "gcn-zca", "none"):
+        return spec, None, None
+    name, _, rest = str(spec).partition(":")
+    usage = (f"preprocessing {spec!r} is not one of: standardize, gcn-zca, none, "
+             "normalize:mean=M,std=S (per channel M1/M2/M3)")
+    if name != "normalize":
+        raise UserError(usage)
+    vals = {}
+    for part in rest.split(","):
+        k, _, v = part.partition("=")
+        try:
+            vals[k.strip()] = [float(x) for x in v.split("/")]
+        except ValueError:
+            raise UserError(usage) from None
+    if set(vals) != {"mean", "std"} or not all(math.isfinite(x) for v in vals.values() for x in v) \
+            or not all(x > 0 for x in vals["std"]):
+        raise UserError(usage + "; std must be positive")
+    return name, vals["mean"], vals["std"]
+
+
+def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
+    """Apply preprocessing ``spec`` in place (fitted on ``train`` where it fits anything); its description."""
+    kind, mean, std = parse_preprocess(spec)
+    if kind == "standardize":
+        _standardize(train, test)
+        return STANDARDIZED
+    if kind == "gcn-zca":
+        _gcn_zca(train, test)
+        return "GCN + ZCA whitening (fitted on the training split)"
+    if kind == "none":
+        return "none (pixels in [0, 1])"
+    c = train.shape[1]
+    if len(mean) not in (1, c) or len(std) not in (1, c):
+        raise UserError(f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std")
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    sd = torch.tensor(std).view(1, -1, 1, 1)
+    for x in (train, test):
+        x.sub_(m).div_(sd)
+    return f"normalized with mean {'/'.join(map(str, mean))}, std {'/'.join(map(str, std))} (pixels in [0, 1])"
+
+
 def _standardize(train: Tensor, test: Tensor) -> None:
     """In place: ``x <- (x - mean_c) / std_c``, per-channel mean and (population) std of
     the training pixels in [0, 1]. A constant channel keeps std 1 (no division by 0)."""
@@ -483,6 +536,7 @@ class Data:
     classes: list[str]
     train: Split
     test: Split
+    preprocessing: str = ""          # what was done to the inputs, in words (printed beside results)
 
 
 _SUBFOLDER = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10-batches-py"}
@@ -546,7 +600,7 @@ def _load_image_folder(root: Path, image_size: int | None, train_subset: int | N
     std = torch.where(std > 0, std, torch.ones_like(std))
     splits = [FolderSplit(f, size, mean, std, num_workers) for f in files]
     return Data("imagefolder", f"image folder {root} ({len(classes)} classes)", len(classes),
-                (3, size, size), classes, *splits)
+                (3, size, size), classes, *splits, preprocessing=STANDARDIZED)
 
 
 def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "standardize",
@@ -560,7 +614,7 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
     apply to ``imagefolder`` only; the other datasets are held in memory.
     """
     _check_choice("dataset", name, DATASETS)
-    _check_choice("preprocessing", preprocess, PREPROCESS)
+    parse_preprocess(preprocess)
     if name != "demo":
         if data_dir is None:
             data_dir = default_data_dir(name)
@@ -600,6 +654,6 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
             description += f"; {what} subset {k} of {len(arrays[2 * stream + 1])} (seed {seed})"
         tensors += [torch.from_numpy(np.ascontiguousarray(x)).float().div_(255),   # (N, C, H, W)
                     torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))]    # (N,)
-    (_standardize if preprocess == "standardize" else _gcn_zca)(tensors[0], tensors[2])
+    preprocessing = _preprocess(preprocess, tensors[0], tensors[2])
     return Data(name, description, len(classes), tuple(tensors[0].shape[1:]), list(classes),
-                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]))
+                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]), preprocessing)

@@ -122,6 +122,30 @@ def create_model(name: str, *, num_classes: int = 10, in_shape: tuple[int, int, 
     return model
 
 
+def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
+    """``model.load_state_dict(state_dict)``, or one line naming what does not fit.
+
+    The line names the first missing and unexpected keys and mismatched shapes
+    (PyTorch's own message is many lines, and its first says only where).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]
+    parts = []
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if items:
+            parts.append(f"{what}: {', '.join(items[:3])}" + (f" (+{len(items) - 3} more)" if len(items) > 3 else ""))
+    if parts:
+        raise UserError(f"{source} does not fit the model ({len(own)} keys): " + "; ".join(parts))
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}") from None
+
+
 def _option_names(factory) -> list[str]:
     """The model-specific keywords of ``factory``, for error messages."""
     try:

@@ -1,34 +1,56 @@
-"""Projected weights for any ``nn.Module``, BinaryConnect style (method.md section 2).
+"""Projected weights for any ``nn.Module``, BinaryConnect style, chosen parameter by parameter.
 
-:func:`attach` turns every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of a model into
-a projected layer without touching the model's code: the layer's ``weight``
-parameter stays where it is and *is* the hidden float weight ``W`` (so
-``state_dict`` keys do not change), and its forward pass uses ``Wp = p(W)``:
+:func:`attach` makes weight *parameters* projected without touching the
+model's code: by default every floating-point parameter with two or more
+dimensions (linear and convolution weights, embedding tables, attention
+projections such as ``nn.MultiheadAttention.in_proj_weight``, a user's own
+``nn.Parameter``), and never biases or normalization parameters (one
+dimension). The parameter stays registered where it was and *is* the hidden
+float weight ``W`` (so ``state_dict`` keys and the optimizer's parameters do
+not change), but **reading the attribute** (``module.weight``,
+``module.in_proj_weight``, ``self.pos``) returns the weight the network should
+use now: code that reads the attribute directly, and PyTorch's fused fast
+paths (``nn.TransformerEncoderLayer`` under ``torch.no_grad()``), see the
+projected or distorted tensor. (This is what ``torch.nn.utils.parametrize``
+does; unlike it, the ``state_dict`` keys stay those of the plain model, so a
+user's state_dict loads both ways.) Training modes:
 
-* ``fwd+bwd``: ``y = f(x, Wp)`` with the straight-through gradient
-  ``dL/dW := dL/dWp``; the error reaches lower layers through ``Wp``.
+* ``fwd+bwd``: the attribute read returns ``Wp = p(W)`` with the
+  straight-through gradient ``dL/dW := dL/dWp``; the error reaches lower
+  layers through ``Wp``.
 * ``fwd``: ``y = f(x, W) + (f(x, Wp) - f(x, W)).detach()``: the output is that
   of ``Wp``, the error to the input goes through ``W``, and since ``f`` is
   linear in its weight the weight gradient equals the one of ``fwd+bwd``.
+  It needs the layer's own output function, so it applies to the ``weight``
+  of ``nn.Linear``/``nn.Conv1d/2d/3d`` only (other parameters are refused).
 * ``none``: no projection, ``y = f(x, W)``; only the clipping below.
 
 After each optimizer step :func:`clip_` clamps the hidden weights to
 ``[-H, H]`` (``H=1``, or BinaryConnect's Glorot ``H = sqrt(1.5/(fan_in+fan_out))``
-per layer). Biases and batch-norm parameters are never projected or clipped.
+per tensor).
 
-Which weights a forward pass uses outside training follows method.md section 3
-(:data:`WEIGHTS`): ``auto`` applies a deterministic projection (a sign-trained
-net is tested binary) and not a random one (``stoch-sign`` nets are tested
-with hidden weights); ``hidden`` and ``projected`` force one or the other. A
-sweep can also pin a fixed tensor per layer with :func:`pin` (the hidden
-weights are never written, so restoring is dropping the pin).
+Which weights a forward pass uses outside training (:data:`WEIGHTS`): ``auto``
+applies a deterministic projection (a sign-trained net is tested binary) and
+not a random one (``stoch-sign`` nets are tested with hidden weights);
+``hidden`` and ``projected`` force one or the other. A sweep can also pin a
+fixed tensor per parameter (:func:`distort`): the hidden weights are never
+written, so restoring is dropping the pin.
+
+Selection (one vocabulary for ``attach``, ``distort``, ``sweep``, ``train``
+and the command line, :func:`select`): ``include``/``exclude`` are shell
+patterns matched against a parameter's full name (``encoder.layers.0.linear1.weight``)
+and against the name of the module that holds it (``encoder.layers.0.linear1``);
+``types`` / ``exclude_types`` filter by the holding module's class name
+(``Linear``, ``Embedding``, ``MultiheadAttention``); ``first``/``last`` name the
+first and last chosen parameter in ``named_parameters`` order.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,27 +59,41 @@ from torch import Tensor, nn
 from .errors import UserError
 from .transforms import Transform, traceable, transform
 
-__all__ = ["MODES", "WEIGHTS", "attach", "detach", "projected_layers", "clip_", "use_weights",
-           "pin", "unpin", "effective_weight", "distort"]
+__all__ = ["MODES", "WEIGHTS", "Site", "attach", "detach", "hidden", "sites", "select", "coverage", "clip_",
+           "use_weights", "effective_weight", "distort", "reading"]
 
 MODES = ("fwd+bwd", "fwd", "none")
 WEIGHTS = ("auto", "hidden", "projected")
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@dataclass
-class LayerState:
-    """What a projected layer needs; held on the layer as ``layer.rw``."""
+@dataclass(eq=False)
+class Site:
+    """One projected parameter: what it needs, and where it lives (``module._parameters[attr]``)."""
 
-    projection: Transform            # applied to the hidden weight (identity when mode is "none")
-    mode: str                        # one of MODES
-    H: float | None                  # clip bound for the hidden weights; None: never clipped
+    name: str                          # full parameter name, as in model.named_parameters()
+    module: nn.Module                  # the (first) module holding it
+    attr: str                          # its attribute name there ("weight", "in_proj_weight", ...)
+    projection: Transform              # applied to the hidden weight (identity when mode is "none")
+    mode: str                          # one of MODES
+    H: float | None                    # clip bound for the hidden weights; None: never clipped
     generator: torch.Generator | None  # the only source of random draws for random projections
-    weights: str = "auto"            # which weights to use outside training, one of WEIGHTS
-    pinned: Tensor | None = None     # a fixed weight that replaces everything (sweeps)
+    weights: str = "auto"              # which weights to use outside training, one of WEIGHTS
+    pinned: Tensor | None = None       # a fixed weight that replaces everything (sweeps)
+    holders: list = field(default_factory=list)   # every (module, attr) holding this parameter (tied weights)
+    reads: int = 0                     # attribute reads counted inside `reading()`
+
+    @property
+    def hidden(self) -> Tensor:
+        return self.module._parameters[self.attr]
+
+    @property
+    def bound(self) -> float:
+        """The ``H`` a ``scale=clip`` transform maps onto (1 for a never-clipped parameter)."""
+        return self.H if self.H is not None else 1.0
 
     def project(self, w: Tensor) -> Tensor:
-        return self.projection(w, self.generator, clip=self.H if self.H is not None else 1.0)
+        return self.projection(w, self.generator, clip=self.bound)
 
     @property
     def plain(self) -> bool:
@@ -70,69 +106,176 @@ class LayerState:
             return True
         return self.weights == "auto" and self.projection.random
 
+    def current(self, training: bool) -> Tensor:
+        """The tensor a read of the attribute returns now (see the module docstring)."""
+        w = self.hidden
+        if self.pinned is not None:
+            return self.pinned
+        if self.plain or (not training and self.eval_uses_hidden()):
+            return w
+        if not torch.is_grad_enabled():
+            return self.project(w)
+        return _StraightThrough.apply(w, self)
+
 
 class _StraightThrough(torch.autograd.Function):
     """``Wp = p(W)`` forward; the gradient passes to ``W`` unchanged (``dL/dW := dL/dWp``)."""
 
     @staticmethod
-    def forward(ctx, w, state):
-        return state.project(w)
+    def forward(ctx, w, site):
+        return site.project(w)
 
     @staticmethod
     def backward(ctx, grad):
         return grad, None
 
 
-class _Projected:
-    """Mixin put in front of a layer's class by :func:`attach` (see the module docstring)."""
-
-    rw: LayerState
-
-    def _f(self, x: Tensor, w: Tensor) -> Tensor:
-        if isinstance(self, nn.Linear):
-            return F.linear(x, w, self.bias)
-        return self._conv_forward(x, w, self.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        s, w = self.rw, self.weight
-        if s.pinned is not None:
-            return self._f(x, s.pinned)
-        if s.plain or (not self.training and s.eval_uses_hidden()):
-            return self._f(x, w)
-        if not self.training and not torch.is_grad_enabled():
-            return self._f(x, s.project(w))
-        if s.mode == "fwd+bwd":
-            return self._f(x, _StraightThrough.apply(w, s))
-        y = self._f(x, w)                     # carries the gradients (to x through W, to W)
-        with torch.no_grad():
-            yp = self._f(x, s.project(w))     # the value the layer must output
-        return y + (yp - y.detach())
+_COUNTING = False   # set by `reading()`; a constant for torch.compile otherwise
 
 
-_CLASSES: dict[type, type] = {}
+def _reader(attr: str) -> property:
+    def get(self):
+        site = self._rw[attr]
+        if _COUNTING:
+            site.reads += 1
+        return site.current(self.training)
+
+    get.__name__ = attr
+    return property(get, doc=f"the {attr} this module uses now (robustweights: hidden weight in _parameters)")
 
 
-def _projected_class(cls: type) -> type:
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Projected{cls.__name__}", (_Projected, cls), {})
-    return _CLASSES[cls]
+def _fwd_forward(self, x: Tensor) -> Tensor:
+    """Forward of a linear/conv layer whose ``weight`` is projected; implements mode ``fwd``."""
+    s = self._rw["weight"]
+    if s.mode != "fwd" or s.pinned is not None or not (self.training and torch.is_grad_enabled()) or s.plain:
+        return self._rw_class.forward(self, x)
+    w = self._parameters["weight"]
+    f = (lambda w: F.linear(x, w, self.bias)) if isinstance(self, nn.Linear) else \
+        (lambda w: self._conv_forward(x, w, self.bias))
+    y = f(w)                              # carries the gradients (to x through W, to W)
+    with torch.no_grad():
+        yp = f(s.project(w))              # the value the layer must output
+    return y + (yp - y.detach())
 
 
-def _glorot_H(layer: nn.Module) -> float:
-    """BinaryConnect's per-layer ``H = sqrt(1.5 / (fan_in + fan_out))``."""
-    w = layer.weight
+_CLASSES: dict[tuple, type] = {}
+
+
+def _projected_class(cls: type, attrs: tuple[str, ...]) -> type:
+    key = (cls, attrs)
+    if key not in _CLASSES:
+        body = {a: _reader(a) for a in attrs}
+        body["_rw_class"] = cls
+        if issubclass(cls, _LAYER_TYPES) and "weight" in attrs:
+            body["forward"] = _fwd_forward
+        _CLASSES[key] = type(f"Projected{cls.__name__}", (cls,), body)
+    return _CLASSES[key]
+
+
+def _glorot_H(w: Tensor) -> float:
+    """BinaryConnect's ``H = sqrt(1.5 / (fan_in + fan_out))`` (dimension 1 in, dimension 0 out)."""
     receptive = math.prod(w.shape[2:]) if w.dim() > 2 else 1
     return math.sqrt(1.5 / (w.shape[1] * receptive + w.shape[0] * receptive))
 
 
-def projected_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every layer :func:`attach` has made projected, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Projected)]
+# ---------------------------------------------------------------------------
+# Selection
+# ---------------------------------------------------------------------------
+
+def _holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """Every (full name, module, attribute) holding each parameter, by ``id``, in module order."""
+    out: dict[int, list] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for attr, p in m._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((f"{mname}.{attr}" if mname else attr, m, attr))
+    return out
 
 
-def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every linear and convolution layer in ``model.named_modules()`` order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
+def _own_class(m: nn.Module) -> type:
+    """The module's class before :func:`attach` (its class now, for a module not attached)."""
+    return getattr(type(m), "_rw_class", type(m))
+
+
+def name_matches(pattern: str, name: str, module_name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name, pattern)
+
+
+def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_types=(),
+           float_first: bool = False, float_last: bool = False):
+    """Which parameters a projection or distortion covers: ``(chosen, left_out)``.
+
+    ``chosen`` is a list of ``(name, param)`` in ``named_parameters`` order;
+    ``left_out`` a list of ``{"name", "shape", "count", "reason"}`` for every
+    other parameter. See the module docstring for the vocabulary; a pattern or
+    type that matches nothing is an error, never silence.
+    """
+    include, exclude = tuple(include or ("*",)), tuple(exclude or ())
+    types, exclude_types = tuple(types or ()), tuple(exclude_types or ())
+    holders = _holders(model)
+    params = list(model.named_parameters())
+    candidates, left_out = [], []
+
+    def leave(name, p, reason):
+        left_out.append({"name": name, "shape": list(p.shape), "count": p.numel(), "reason": reason})
+
+    for name, p in params:
+        module_name = name.rpartition(".")[0]
+        cls_name = _own_class(holders[id(p)][0][1]).__name__
+        if not p.is_floating_point():
+            leave(name, p, "not floating point")
+        elif p.dim() < 2:
+            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions)")
+        elif not any(name_matches(pat, name, module_name) for pat in include):
+            leave(name, p, f"not matched by include {', '.join(include)}")
+        elif any(name_matches(pat, name, module_name) for pat in exclude):
+            leave(name, p, f"excluded ({next(pat for pat in exclude if name_matches(pat, name, module_name))})")
+        elif types and cls_name not in types:
+            leave(name, p, f"held by {cls_name}, not one of the types {', '.join(types)}")
+        elif cls_name in exclude_types:
+            leave(name, p, f"held by {cls_name} (excluded type)")
+        else:
+            candidates.append((name, p))
+    names = [n for n, _ in params]
+    for pat in include + exclude:
+        if pat != "*" and not any(name_matches(pat, n, n.rpartition(".")[0]) for n in names):
+            raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
+    present = {_own_class(m).__name__ for m in model.modules()}
+    for t in types + exclude_types:
+        if t not in present:
+            raise UserError(f"module type {t!r} is not in this model; types: {shorten(sorted(present))}")
+    chosen = list(candidates)
+    if float_first and chosen:
+        leave(chosen[0][0], chosen[0][1], "first weight kept float (float_first)")
+        chosen = chosen[1:]
+    if float_last and chosen:
+        leave(chosen[-1][0], chosen[-1][1], "last weight kept float (float_last)")
+        chosen = chosen[:-1]
+    order = {n: i for i, n in enumerate(names)}
+    left_out.sort(key=lambda d: order[d["name"]])
+    return chosen, left_out
+
+
+def shorten(names, k: int = 12) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+# ---------------------------------------------------------------------------
+# Attaching and detaching
+# ---------------------------------------------------------------------------
+
+def _check_clip(clip):
+    if isinstance(clip, str) and clip not in ("glorot", "none"):
+        try:
+            clip = float(clip)
+        except ValueError:
+            raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}") from None
+    if clip == "none":
+        clip = None
+    if isinstance(clip, bool) or isinstance(clip, float | int) and not (clip > 0 and math.isfinite(clip)):
+        raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}")
+    return clip
 
 
 def attach(
@@ -141,64 +284,145 @@ def attach(
     *,
     mode: str = "fwd+bwd",
     clip: "float | str | None" = 1.0,
+    include=("*",),
+    exclude=(),
+    types=(),
+    exclude_types=(),
     float_first: bool = False,
     float_last: bool = False,
-    skip: tuple[str, ...] = (),
+    skip=(),
     generator: torch.Generator | None = None,
 ) -> list[str]:
-    """Make the linear and convolution layers of ``model`` projected, in place; returns their names.
+    """Make the chosen weight parameters of ``model`` projected, in place; returns their names.
 
     ``projection`` is a transform spec; unless it names its own ``scale`` it maps
     onto the clip bound ``H`` (``scale=clip``), as training should. ``clip`` is a
-    number ``H``, ``"glorot"`` (per layer) or ``None`` (never clip).
-    ``float_first``/``float_last`` leave the first/last such layer (module order)
-    as it is, and ``skip`` leaves layers by name.
+    number ``H``, ``"glorot"`` (per tensor) or ``None``/``"none"`` (never clip).
+    The selection arguments are those of :func:`select` (``skip`` is an older
+    name for ``exclude``). What was left out, and why, is kept for
+    :func:`coverage`. Attaching again replaces the earlier attachment.
     """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if isinstance(clip, str) and clip != "glorot":
-        try:
-            clip = float(clip)
-        except ValueError:
-            raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}") from None
-    if isinstance(clip, float | int) and not (clip > 0 and math.isfinite(clip)):
-        raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}")
+    clip = _check_clip(clip)
     t = transform(projection).with_defaults(scale="clip")
     if mode == "none":
         t = transform("identity")
     if t.random:
         traceable(generator)  # torch.compile draws from it inside the graph (see transforms._draw)
-    layers = candidate_layers(model)
-    if not layers:
-        raise UserError(f"{type(model).__name__} has no nn.Linear or nn.Conv layer to project")
-    names = {n for n, _ in layers}
-    unknown = [s for s in skip if s not in names]
-    if unknown:
-        raise UserError(f"no layer named {unknown[0]!r}; layers: {', '.join(sorted(names))}")
-    chosen = [(n, m) for i, (n, m) in enumerate(layers)
-              if not (float_first and i == 0) and not (float_last and i == len(layers) - 1) and n not in skip]
-    for _, layer in chosen:
-        H = _glorot_H(layer) if clip == "glorot" else clip
-        if not isinstance(layer, _Projected):
-            layer.__class__ = _projected_class(type(layer))
+    detach(model)
+    chosen, left_out = select(model, include=include, exclude=tuple(exclude) + tuple(skip), types=types,
+                              exclude_types=exclude_types, float_first=float_first, float_last=float_last)
+    if not chosen:
+        raise UserError(f"{type(model).__name__} has no weight parameter to project "
+                        f"(floating point, 2 or more dimensions) left by the selection")
+    holders = _holders(model)
+    if mode == "fwd":
+        bad = [n for n, p in chosen if any(not (isinstance(m, _LAYER_TYPES) and a == "weight")
+                                           for _, m, a in holders[id(p)])]
+        if bad:
+            raise UserError(f"mode fwd needs a layer's own output function, so it applies to nn.Linear/nn.Conv "
+                            f"weights only; exclude {shorten(bad, 4)} or use fwd+bwd")
+    per_module: dict[int, tuple[nn.Module, dict]] = {}
+    for name, p in chosen:
+        H = _glorot_H(p) if clip == "glorot" else clip
         # H rounded to float32 (as BinaryConnect's np.float32 H) so the clamp bound is exactly H.
-        layer.rw = LayerState(t, mode, None if H is None else float(torch.tensor(H, dtype=torch.float32)), generator)
+        first = holders[id(p)][0]
+        site = Site(name, first[1], first[2], t, mode, None if H is None else float(torch.tensor(H, dtype=torch.float32)),
+                    generator, holders=[(m, a) for _, m, a in holders[id(p)]])
+        for _, m, a in holders[id(p)]:
+            per_module.setdefault(id(m), (m, {}))[1][a] = site
+    for m, table in per_module.values():
+        cls = type(m)
+        m.__dict__["_rw"] = table
+        m.__class__ = _projected_class(cls, tuple(sorted(table)))
+    model.__dict__["_rw_left_out"] = left_out
     return [n for n, _ in chosen]
 
 
 def detach(model: nn.Module) -> None:
-    """Undo :func:`attach`: every projected layer becomes its original class again."""
-    for _, layer in projected_layers(model):
-        layer.__class__ = layer.__class__.__mro__[2]
-        del layer.rw
+    """Undo :func:`attach`: every module gets its own class back and the attribute reads are plain again."""
+    for m in model.modules():
+        if "_rw" in m.__dict__:
+            m.__class__ = type(m)._rw_class
+            del m.__dict__["_rw"]
+    model.__dict__.pop("_rw_left_out", None)
+
+
+def hidden(module: nn.Module, attr: str = "weight") -> nn.Parameter:
+    """The hidden float weight of a projected parameter (what the optimizer updates).
+
+    Reading ``module.weight`` of a projected module gives the weight the
+    network uses now (projected, distorted or hidden); this is the parameter itself.
+    """
+    return module._parameters[attr]
+
+
+def sites(model: nn.Module) -> list[Site]:
+    """Every projected parameter of ``model``, in ``named_parameters`` order."""
+    seen, out = set(), []
+    for m in model.modules():
+        for s in m.__dict__.get("_rw", {}).values():
+            if id(s) not in seen:
+                seen.add(id(s))
+                out.append(s)
+    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    return sorted(out, key=lambda s: order.get(s.name, len(order)))
+
+
+def projected_layers(model: nn.Module) -> list[tuple[str, Site]]:
+    """``(name, site)`` of every projected parameter (an older name for :func:`sites`)."""
+    return [(s.name, s) for s in sites(model)]
+
+
+def coverage(model: nn.Module, exclude=(), *, verb: str = "projected", extra_left_out=()) -> dict:
+    """What is covered: ``{"summary", "covered": [...], "left_out": [...]}`` (name, shape, count[, reason]).
+
+    ``exclude`` names sites left alone this time (a sweep's ``--keep``), with
+    the reason given in ``extra_left_out`` entries or "kept undistorted".
+    """
+    extra = {d["name"]: d for d in extra_left_out}
+    covered, kept = [], []
+    for s in sites(model):
+        entry = {"name": s.name, "shape": list(s.hidden.shape), "count": s.hidden.numel()}
+        if s.name in exclude or s.name in extra:
+            kept.append({**entry, "reason": extra.get(s.name, {}).get("reason", "kept undistorted (keep)")})
+        else:
+            covered.append(entry)
+    left_out = list(model.__dict__.get("_rw_left_out", [])) + kept
+    total = sum(d["count"] for d in covered + left_out)
+    n_cov = sum(d["count"] for d in covered)
+    tensors = [d for d in left_out if len(d["shape"]) >= 2]
+    summary = (f"{verb} {len(covered)} of {len(covered) + len(tensors)} weight tensors, "
+               f"{100 * n_cov / max(total, 1):.1f}% of the weights")
+    if tensors:
+        summary += f"; left out: {shorten([d['name'] + ' (' + d['reason'] + ')' for d in tensors], 3)}"
+    small = len(left_out) - len(tensors)
+    if small:
+        summary += f"; {small} biases/normalization parameters left as they are"
+    return {"summary": summary, "covered": covered, "left_out": left_out}
+
+
+@contextmanager
+def reading(model: nn.Module):
+    """Within the block count each projected parameter's attribute reads (``site.reads``)."""
+    global _COUNTING
+    ss = sites(model)
+    for s in ss:
+        s.reads = 0
+    _COUNTING = True
+    try:
+        yield ss
+    finally:
+        _COUNTING = False
 
 
 @torch.no_grad()
 def clip_(model: nn.Module) -> None:
-    """Clamp every projected layer's hidden weight to ``[-H, H]`` in place (after an optimizer step)."""
-    for _, layer in projected_layers(model):
-        if layer.rw.H is not None:
-            layer.weight.clamp_(-layer.rw.H, layer.rw.H)
+    """Clamp every projected parameter's hidden weight to ``[-H, H]`` in place (after an optimizer step)."""
+    for s in sites(model):
+        if s.H is not None:
+            s.hidden.clamp_(-s.H, s.H)
 
 
 @contextmanager
@@ -206,57 +430,46 @@ def use_weights(model: nn.Module, weights: str = "auto"):
     """Within the block, evaluate with ``weights`` (one of :data:`WEIGHTS`); restored after."""
     if weights not in WEIGHTS:
         raise UserError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
-    layers = [m for _, m in projected_layers(model)]
-    before = [m.rw.weights for m in layers]
-    for m in layers:
-        m.rw.weights = weights
+    ss = sites(model)
+    before = [s.weights for s in ss]
+    for s in ss:
+        s.weights = weights
     try:
         yield model
     finally:
-        for m, w in zip(layers, before):
-            m.rw.weights = w
-
-
-def pin(layer: nn.Module, weight: Tensor) -> None:
-    """Make ``layer`` use ``weight`` in every forward pass until :func:`unpin`; the hidden weight is untouched."""
-    layer.rw.pinned = weight
-
-
-def unpin(model: nn.Module) -> None:
-    for _, layer in projected_layers(model):
-        layer.rw.pinned = None
+        for s, w in zip(ss, before):
+            s.weights = w
 
 
 @torch.no_grad()
-def effective_weight(layer: nn.Module) -> Tensor:
-    """The weight a projected layer uses in an evaluation forward pass right now."""
-    s = layer.rw
-    if s.pinned is not None:
-        return s.pinned
-    return layer.weight if s.eval_uses_hidden() else s.project(layer.weight)
+def effective_weight(site: Site) -> Tensor:
+    """The weight a projected parameter gives in an evaluation forward pass right now."""
+    if site.pinned is not None:
+        return site.pinned
+    return site.hidden if site.eval_uses_hidden() else site.project(site.hidden)
 
 
 @contextmanager
 def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator | None = None,
-            *, on: str = "hidden", exclude: "set[str] | tuple[str, ...]" = ()):
-    """Within the block every projected layer uses ``t(W)`` (one draw per layer, fixed for the block).
+            *, on: str = "hidden", exclude=()):
+    """Within the block every projected parameter reads as ``t(W)`` (one draw per tensor, fixed for the block).
 
     ``on="hidden"`` distorts the hidden weights, ``on="projected"`` the weights
-    evaluation would otherwise use. Layers named in ``exclude`` keep their
+    evaluation would otherwise use. Parameters named in ``exclude`` keep their
     evaluation weights. The hidden weights are never written: the distorted
     tensors are pinned beside them and dropped on exit, error or not.
     """
     if on not in ("hidden", "projected"):
         raise UserError(f"distort on must be 'hidden' or 'projected', not {on!r}")
     t = transform(t)
-    layers = [m for n, m in projected_layers(model) if n not in exclude]
-    before = [m.rw.pinned for m in layers]
+    ss = [s for s in sites(model) if s.name not in exclude]
+    before = [s.pinned for s in ss]
     try:
         with torch.no_grad():
-            for m in layers:
-                base = m.weight if on == "hidden" else effective_weight(m)
-                pin(m, t(base, generator, clip=m.rw.H if m.rw.H is not None else 1.0))
+            for s in ss:
+                base = s.hidden if on == "hidden" else effective_weight(s)
+                s.pinned = t(base, generator, clip=s.bound)
         yield model
     finally:
-        for m, p in zip(layers, before):
-            m.rw.pinned = p
+        for s, p in zip(ss, before):
+            s.pinned = p

@@ -45,7 +45,7 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (_agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
+from .training import (check_writable, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
                        write_text)
 from .transforms import Transform, parse_spec, transform
 
@@ -156,7 +156,7 @@ def default_scale(model: nn.Module) -> str:
     demo``) gives 90.0% test error under ``sign:scale=max`` and its own 11.0%
     under ``sign:scale=clip``.
     """
-    trained = any(not m.rw.plain for _, m in projected.projected_layers(model))
+    trained = any(not s.plain for s in projected.sites(model))
     return "clip" if trained else "max"
 
 
@@ -239,15 +239,22 @@ def _rows_frame(rows: list[dict]):
 
 
 def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, seed: int = 0, on: str = "hidden",
-          keep: tuple[str, ...] = (), bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
+          keep: tuple[str, ...] = (), include=("*",), exclude=(), types=(), exclude_types=(),
+          bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
           loss: str = "ce", done: dict | None = None, on_row: Callable[[dict], None] | None = None,
           progress: bool = False, as_frame: bool = True, only: set | None = None):
     """Test error of ``model`` under every cell of ``distortions``; a list of rows (a pandas frame if available).
 
     ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
     training split serves batch-norm re-estimation) or a ``Split`` to test.
-    ``on`` distorts the ``hidden`` or the ``projected`` weights; ``keep`` names
-    layers to leave undistorted (``first``, ``last`` or layer names);
+    ``on`` distorts the ``hidden`` or the ``projected`` weights. Which
+    parameters are distorted: those a training projection was attached to, or
+    for a user's plain model every weight tensor (floating point, 2 or more
+    dimensions), narrowed by ``include``/``exclude``/``types``/``exclude_types``
+    (:func:`robustweights.projected.select`); ``keep`` leaves some undistorted
+    (``first``, ``last``, names or patterns). A parameter the forward pass never
+    reads is left out and said so. A plain model is given back as it came
+    (its classes, and its training mode);
     ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
     batches after distorting. ``done`` maps cell keys ``(spec, trial)`` to rows
     already computed (they are reused, not recomputed); ``on_row`` is called
@@ -262,54 +269,100 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     train = data.train if isinstance(data, data_mod.Data) else None
     if bn_batches and train is None:
         raise UserError("batch-norm re-estimation needs the training split: pass a Data, not a Split")
-    if not projected.projected_layers(model):
-        projected.attach(model, "identity", mode="none", clip=None)  # a user's plain model: test it as it is
-    exclude = resolve_keep(model, keep)
-    device = next(model.parameters()).device
     todo = cells(distortions, trials, default_scale(model))
-    done = dict(done or {})
-    rows = []
-    model.eval()
-    bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
-    for c in bar:
-        if c.key() in done:
-            rows.append(done[c.key()])
-            continue
-        if only is not None and c.key() not in only:
-            continue
-        s = cell_seed(seed, c)
-        g = torch.Generator(device=device).manual_seed(s)
-        with projected.distort(model, c.t, g, on=on, exclude=exclude):
-            entropy = None
-            if bits_mod.is_discrete(c.t):
-                entropy = bits_mod.weighted_entropy([m.rw.pinned for n, m in projected.projected_layers(model)
-                                                     if n not in exclude])
-            with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
-                r = evaluate_split(model, test, loss=loss, batch_size=batch_size, device=device)
-        row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
-               "error": r["error"], "loss": r["loss"], "effective_bits": bits_mod.capacity_bits(c.t),
-               "n_examples": r["n"], "entropy_bits": entropy, "spec": c.t.spec, "on": on}
-        rows.append(row)
-        bar.set_postfix(cell=c.t.spec, error=f"{r['error']:.2%}")
-        if on_row is not None:
-            on_row(row)
-    bar.close()
+    was_training, ours = model.training, not projected.sites(model)
+    if ours:  # a user's plain model: test it as it is, and give it back as it came
+        projected.attach(model, "identity", mode="none", clip=None, include=include, exclude=exclude,
+                         types=types, exclude_types=exclude_types)
+        include, exclude, types, exclude_types = ("*",), (), (), ()
+    try:
+        device = next(model.parameters()).device
+        model.eval()
+        untouched, cov = sweep_coverage(model, test, keep, batch_size, device, include=include, exclude=exclude,
+                                        types=types, exclude_types=exclude_types)
+        if progress:
+            print(cov["summary"])
+        done = dict(done or {})
+        rows = []
+        bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
+        for c in bar:
+            if c.key() in done:
+                rows.append(done[c.key()])
+                continue
+            if only is not None and c.key() not in only:
+                continue
+            s = cell_seed(seed, c)
+            g = torch.Generator(device=device).manual_seed(s)
+            with projected.distort(model, c.t, g, on=on, exclude=untouched):
+                entropy = None
+                if bits_mod.is_discrete(c.t):
+                    entropy = bits_mod.weighted_entropy([x.pinned for x in projected.sites(model)
+                                                         if x.name not in untouched])
+                with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
+                    r = evaluate_split(model, test, loss=loss, batch_size=batch_size, device=device)
+            row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
+                   "error": r["error"], "loss": r["loss"], "effective_bits": bits_mod.capacity_bits(c.t),
+                   "n_examples": r["n"], "entropy_bits": entropy, "spec": c.t.spec, "on": on}
+            rows.append(row)
+            bar.set_postfix(cell=c.t.spec, error=f"{r['error']:.2%}")
+            if on_row is not None:
+                on_row(row)
+        bar.close()
+    finally:
+        if ours:
+            projected.detach(model)
+        model.train(was_training)
     return _rows_frame(rows) if as_frame else rows
 
 
-def resolve_keep(model: nn.Module, keep) -> set[str]:
-    """Layer names to leave undistorted: ``first``, ``last`` or names of projected layers."""
-    names = [n for n, _ in projected.projected_layers(model)]
-    out = set()
+def sweep_coverage(model: nn.Module, split: data_mod.Split, keep=(), batch_size: int = 1000, device=None,
+                   **selection) -> tuple[dict, dict]:
+    """``(untouched, coverage)``: the projected parameters a sweep leaves alone (``{name: reason}``:
+    kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest."""
+    untouched = resolve_keep(model, keep, **selection)
+    untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched))
+    cov = projected.coverage(model, set(untouched), verb="distorting",
+                             extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
+    return untouched, cov
+
+
+@torch.no_grad()
+def unreached(model: nn.Module, split: data_mod.Split, batch_size: int, device, skip=()) -> dict[str, str]:
+    """Projected parameters that one evaluation batch never reads through their attribute, with the reason.
+
+    Distorting such a parameter would change nothing (it is unused by the
+    forward pass, or code reads it through a reference taken before it was
+    attached), so a sweep leaves it out and says so instead of reporting it as robust.
+    """
+    x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
+    with projected.reading(model) as ss:
+        model(x)
+    return {s.name: "never read by the forward pass (unused, or read through a cached reference)"
+            for s in ss if s.reads == 0 and s.name not in skip}
+
+
+def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types=(), exclude_types=()) -> dict:
+    """Projected parameters a sweep leaves undistorted, with the reason: ``{name: reason}``.
+
+    ``keep`` holds ``first``, ``last``, parameter or module names, or shell
+    patterns; the other arguments narrow the distorted set as in
+    :func:`robustweights.projected.select`.
+    """
+    names = [s.name for s in projected.sites(model)]
+    out = {}
     for k in keep:
-        if k == "first":
-            out.add(names[0])
-        elif k == "last":
-            out.add(names[-1])
-        elif k in names:
-            out.add(k)
-        else:
-            raise UserError(f"--keep {k!r}: no such layer; use first, last or one of: {', '.join(names)}")
+        hits = [names[0]] if k == "first" else [names[-1]] if k == "last" else \
+            [n for n in names if projected.name_matches(k, n, n.rpartition(".")[0])]
+        if not hits:
+            raise UserError(f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
+                            f"{projected.shorten(names)}")
+        out.update({n: f"kept undistorted (keep {k})" for n in hits})
+    if tuple(include or ("*",)) != ("*",) or exclude or types or exclude_types:
+        chosen, left = projected.select(model, include=include, exclude=exclude, types=types,
+                                        exclude_types=exclude_types)
+        chosen = {n for n, _ in chosen}
+        out.update({d["name"]: d["reason"] for d in left if d["name"] in names and d["name"] not in out})
+        out.update({n: "not selected" for n in names if n not in chosen and n not in out})
     return out
 
 
@@ -346,7 +399,9 @@ class SweepConfig:
     state_dict: str | None = _opt("with --model-factory: a file holding the model's state_dict", default=None)
     dataset: str | None = _opt("with --model-factory: dataset to test on", default=None)
     data_dir: str | None = _opt("dataset folder if not where training found it", default=None)
-    preprocess: str = _opt("with --model-factory: input preprocessing", default="standardize")
+    preprocess: str = _opt("with --model-factory: the input preprocessing your model was trained with: "
+                           "standardize, gcn-zca, none (pixels in [0, 1]) or normalize:mean=M,std=S "
+                           "(per channel M1/M2/M3)", default="standardize")
     distortions: list[str] = field(default_factory=lambda: list(DEFAULT_DISTORTIONS), metadata={
         "flag": "--distortion", "help": "a distortion grid, repeatable: add-gauss:sigma=0,0.5,1 or "
         "power:beta=0:1:0.1 (range, stop included) or quant:bits=1..8 (default: " + " and ".join(DEFAULT_DISTORTIONS) + ")"})
@@ -355,7 +410,17 @@ class SweepConfig:
     on: str = field(default="hidden", metadata={"help": "distort the hidden weights or the projected ones",
                                                 "choices": ("hidden", "projected")})
     keep: list[str] = field(default_factory=list, metadata={
-        "help": "leave a layer undistorted, repeatable: first, last or a layer name"})
+        "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
+    include: list[str] = field(default_factory=list, metadata={
+        "help": "distort only weights whose name (or module name) matches this shell pattern, repeatable "
+                "(default: every projected weight; for your own model every floating-point parameter with "
+                "2 or more dimensions)"})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "leave weights whose name (or module name) matches this pattern undistorted, repeatable"})
+    types: list[str] = field(default_factory=list, metadata={
+        "flag": "--type", "help": "distort only weights held by modules of this class, repeatable (e.g. Linear)"})
+    exclude_types: list[str] = field(default_factory=list, metadata={
+        "flag": "--exclude-type", "help": "leave weights held by modules of this class undistorted, repeatable"})
     bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
     bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
                              "evaluation weights, on N training batches (0: off; the baseline is then measured "
@@ -393,11 +458,7 @@ def _load_state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no state_dict file at {p}")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to read is the file's fault here
-        raise UserError(f"{p} is not a readable state_dict (truncated, corrupt or unsafe): "
-                        f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}") from None
+    sd = safe_load(p, "state_dict")
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -412,6 +473,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
     ``data`` may pass the dataset already loaded (as the checkpoint's training
     configuration, with the sweep's ``test_subset``, would load it).
     """
+    from . import models
     from .models import create_model
     from .training import TrainConfig
 
@@ -432,17 +494,19 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
                      test_subset=config.test_subset)
     data = load_config_data(tc)
     model = create_model(config.model_factory, num_classes=data.num_classes, in_shape=data.in_shape)
-    sd = _load_state_dict(config.state_dict)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise UserError(f"{config.state_dict} does not fit the model from {config.model_factory}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
-    projected.attach(model, "identity", mode="none", clip=None)
+    models.load_weights(model, _load_state_dict(config.state_dict),
+                        f"{config.state_dict} (for the model from {config.model_factory})")
+    projected.attach(model, "identity", mode="none", clip=None, include=config.include or ("*",),
+                     exclude=config.exclude, types=config.types, exclude_types=config.exclude_types)
     info = {"checkpoint": str(config.state_dict), "checkpoint_sha256": _sha256(Path(config.state_dict)),
             "model": config.model_factory, "width": None, "train_projection": "unknown", "train_mode": "unknown",
             "dataset": config.dataset}
     return model.to(device).eval(), data, "ce", f"{config.model_factory} (own model)", info
+
+
+def _selection(config: SweepConfig) -> dict:
+    return {"include": config.include or ("*",), "exclude": config.exclude, "types": config.types,
+            "exclude_types": config.exclude_types}
 
 
 def _ckpt_path(p: str) -> Path:
@@ -504,10 +568,11 @@ def _partial_rows(out: Path) -> list[dict]:
 
 def _previous_sweep(out: Path) -> dict | None:
     """The ``sweep.json`` of a sweep already in ``out`` (None for a new or empty folder)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    check_writable(out)
     if not out.exists():
         return None
-    if not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
     if (out / "sweep.json").exists():
         try:
             return json.loads((out / "sweep.json").read_text())
@@ -556,7 +621,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)), data)
         if config.on not in ("hidden", "projected"):
             raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
-        resolve_keep(model, config.keep)                      # a bad --keep fails before sweep.json is written
+        resolve_keep(model, config.keep, **_selection(config))  # a bad --keep fails before sweep.json is written
         todo = cells(config.distortions, config.trials, default_scale(model))
         cfg = dataclasses.asdict(config)
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
@@ -564,7 +629,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         error = e
     previous, done = _agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
     device = next(model.parameters()).device
-    prov = {**info, "label": label, "data_description": data.description, "split": config.split,
+    prov = {**info, "label": label, "data_description": data.description, "preprocessing": data.preprocessing,
+            "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "bn_calibrate": config.bn_calibrate,
             "trials": config.trials, "seed": config.seed,
             "scale_default": default_scale(model), "git_commit": _git_commit(), "torch": torch.__version__,
@@ -581,6 +647,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
         prov["baseline_weights"] = weights_label(model)
     prov["baseline_error"] = base["error"]
+    prov["batch_norm"] = bool(_bn_layers(model))
+    prov["coverage"] = sweep_coverage(model, test, config.keep, config.batch_size, device, **_selection(config))[1]
     prov["processes"] = world
     if rank == 0:
         write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
@@ -604,7 +672,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
 
     t0 = time.perf_counter()
     rows = sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
-                 keep=tuple(config.keep), bn_batches=config.bn_reestimate, batch_size=config.batch_size,
+                 keep=tuple(config.keep), **_selection(config), bn_batches=config.bn_reestimate, batch_size=config.batch_size,
                  split=config.split, loss=loss, done=done, on_row=on_row, progress=progress, as_frame=False,
                  only=set(mine))
     if world > 1:

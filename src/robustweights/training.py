@@ -60,8 +60,9 @@ class TrainConfig:
     width: float = _opt("multiplier for every hidden channel/unit count", default=1.0)
     dataset: str = _opt("dataset", data_mod.DATASETS, default="fashion-mnist")
     data_dir: str | None = _opt("folder (or archive) holding the dataset; default: its usual place", default=None)
-    preprocess: str = _opt("input preprocessing, fitted on training data only; gcn-zca is BinaryConnect's",
-                           data_mod.PREPROCESS, default="standardize")
+    preprocess: str = _opt("input preprocessing: standardize (fitted on training data), gcn-zca (BinaryConnect's), "
+                           "none (pixels in [0, 1]) or normalize:mean=M,std=S (per channel M1/M2/M3)",
+                           default="standardize")
     augment: str = _opt("data augmentation (BinaryConnect used none)", data_mod.AUGMENT, default="none")
     train_subset: int | None = _opt("train on a seeded random subset of this many examples", default=None)
     test_subset: int | None = _opt("test on a seeded random subset of this many examples", default=None)
@@ -72,8 +73,17 @@ class TrainConfig:
                      projected.MODES, default="fwd+bwd")
     clip: str = _opt("clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or 'none'",
                      default="1")
-    float_first: bool = _opt("leave the first layer unprojected and unclipped", default=False)
-    float_last: bool = _opt("leave the last layer unprojected and unclipped", default=False)
+    float_first: bool = _opt("leave the first weight tensor unprojected and unclipped", default=False)
+    float_last: bool = _opt("leave the last weight tensor unprojected and unclipped", default=False)
+    include: list[str] = field(default_factory=list, metadata={
+        "help": "project only weights whose name (or module name) matches this shell pattern, repeatable "
+                "(default: every floating-point parameter with 2 or more dimensions)"})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "leave weights whose name (or module name) matches this pattern float, repeatable"})
+    types: list[str] = field(default_factory=list, metadata={
+        "flag": "--type", "help": "project only weights held by modules of this class, repeatable (e.g. Linear)"})
+    exclude_types: list[str] = field(default_factory=list, metadata={
+        "flag": "--exclude-type", "help": "leave weights held by modules of this class float, repeatable"})
     loss: str = _opt("training loss: cross-entropy, or BinaryConnect's squared hinge", ("ce", "sq-hinge"), default="ce")
     optimizer: str = _opt("optimizer", ("adam", "sgd"), default="adam")
     lr: float = _opt("initial learning rate", default=1e-3)
@@ -101,6 +111,7 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"{f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
         transform(self.projection)
+        data_mod.parse_preprocess(self.preprocess)
         positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size}
         for name, v in positive.items():
@@ -169,7 +180,9 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
     model = models.create_model(model_factory or config.model, num_classes=num_classes,
                                 in_shape=tuple(in_shape), width=config.width)
     projected.attach(model, config.projection, mode=config.mode, clip=config.clip_bound,
-                     float_first=config.float_first, float_last=config.float_last, generator=generator)
+                     float_first=config.float_first, float_last=config.float_last, include=config.include or ("*",),
+                     exclude=config.exclude, types=config.types, exclude_types=config.exclude_types,
+                     generator=generator)
     return model
 
 
@@ -198,11 +211,29 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file follows the umask like any other
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is created here)."""
+    p = Path(out).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"{flag} {out}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: no permission to write in {p}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -245,7 +276,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
 
 def weights_label(model: nn.Module) -> str:
     """Which weights an evaluation used, in words (reports always say so)."""
-    uses = {("hidden" if m.rw.eval_uses_hidden() else "projected") for _, m in projected.projected_layers(model)}
+    uses = {("hidden" if s.eval_uses_hidden() else "projected") for s in projected.sites(model)}
     return "/".join(sorted(uses)) or "hidden"
 
 
@@ -264,6 +295,48 @@ def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def safe_load(p: Path, what: str):
+    """``torch.load(p, weights_only=True)`` with one sentence of ours for each way a file can be wrong.
+
+    ``weights_only`` reads tensors and plain containers and never runs code;
+    a file that needs more (a pickled whole ``nn.Module``, any other Python
+    object) is refused rather than loaded, whatever PyTorch's own message suggests.
+    """
+    import re
+
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise UserError(f"{p} is not a readable {what}: truncated or corrupt ({type(e).__name__})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        name = found.group(1) if found else None
+        if name and name.startswith("torch.nn.modules") or _pickles_modules(p):
+            raise UserError(f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
+                            f"only tensors, never code: save model.state_dict() with torch.save instead") from None
+        raise UserError(f"{p} is not a {what}: it holds Python objects other than tensors"
+                        f"{f' ({name})' if name else ''}, which robustweights refuses to unpickle "
+                        f"(that could run code)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{p} is not a readable {what}: truncated or corrupt "
+                        f"({type(e).__name__})") from None
+    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
+
+
+def _pickles_modules(p: Path) -> bool:
+    """Whether the pickle inside a ``torch.save`` file names ``torch.nn`` module classes (read as bytes, not run)."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            blob = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    except (zipfile.BadZipFile, OSError):
+        try:
+            blob = p.read_bytes()[:1 << 24]
+        except OSError:
+            return False
+    return b"torch.nn.modules" in blob
+
+
 def read_checkpoint(path: "str | os.PathLike") -> dict:
     """Read a checkpoint file (or a run folder holding ``checkpoint.pt``) safely; UserError if it is not one."""
     p = Path(path)
@@ -271,11 +344,7 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
         p = p / CHECKPOINT
     if not p.is_file():
         raise UserError(f"no checkpoint at {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p} is not a readable checkpoint (truncated, corrupt or unsafe): {first[:200]}") from None
+    state = safe_load(p, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a robustweights checkpoint")
     return state
@@ -294,11 +363,7 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
         raise UserError(f"{path} was trained with model factory {config.model!r}; pass "
                         f"model_factory={config.model!r} (--model-factory) to allow importing it")
     model = build_model(config, state["num_classes"], state["in_shape"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit model {config.model!r} width {config.width}: "
-                        f"{str(e).splitlines()[0]}") from None
+    models.load_weights(model, state["model"], f"{path} (model {config.model!r} width {config.width})")
     return model.to(resolve_device(device)).eval(), config
 
 
@@ -339,6 +404,7 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    check_writable(out)
     ckpt = out / CHECKPOINT
     if not resume:
         if ckpt.exists() or (out / "metrics.jsonl").exists():
@@ -468,6 +534,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)
+    cov = projected.coverage(model, verb=f"projecting ({config.projection}, {config.mode})")
+    if progress:
+        print(cov["summary"])
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
@@ -496,7 +565,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         history, start = list(state["history"]), state["epoch"]
     out = Path(config.out) if config.out and rank == 0 else None
     if out is not None:
-        write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        write_text(out / "config.json", json.dumps({**dataclasses.asdict(config), "coverage": cov}, indent=2) + "\n")
     data_info = {"name": data.name, "description": data.description}
 
     t0 = time.perf_counter()

@@ -84,6 +84,13 @@ def register(name: str, *params: Param, random: bool = False):
     return deco
 
 
+def entry(name: str) -> Entry:
+    """The registry entry of transform ``name`` (its function, parameters, whether it draws, its doc)."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}")
+    return _REGISTRY[name]
+
+
 def list_transforms(pattern: str = "*") -> list[str]:
     """Registered transform names matching a shell-style ``pattern``."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))

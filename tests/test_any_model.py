@@ -1,0 +1,336 @@
+"""Models this project never defined: every weight covered, one answer on every path, the model given back.
+
+The transformer classifier reads a 28x28 image as 28 tokens; its attention keeps
+``in_proj_weight`` as a raw parameter, reads ``out_proj.weight`` directly, and
+under ``torch.no_grad()`` in eval mode takes PyTorch's fused fast path.
+"""
+
+import io
+import json
+import os
+import pickle
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import robustweights as rw
+from robustweights import UserError, projected
+from robustweights.data import load_data
+from robustweights.sweeps import SweepConfig, run_sweep
+
+from conftest import one_error_line, run_main
+
+NETS = '''
+import torch
+from torch import nn
+
+
+class RowTransformer(nn.Module):
+    """A 28x28 image as 28 tokens of 28 pixels; nn.TransformerEncoder inside; no batch norm."""
+
+    def __init__(self, num_classes=10, dim=32, layers=2):
+        super().__init__()
+        self.embed = nn.Linear(28, dim)
+        self.pos = nn.Parameter(torch.randn(1, 28, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        h = self.embed(x.view(len(x), 28, 28)) + self.pos
+        return self.head(self.norm(self.encoder(h)).mean(1))
+
+
+def row_transformer(num_classes=10):
+    return RowTransformer(num_classes)
+'''
+
+exec(NETS)  # RowTransformer, row_transformer here too
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_data("demo", train_subset=2000, test_subset=500)
+
+
+@pytest.fixture(scope="module")
+def trained(demo):
+    """The transformer trained briefly in a plain PyTorch loop, as a user would."""
+    torch.manual_seed(0)
+    model = row_transformer()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for x, y in demo.train.batches(100, shuffle=True, generator=g):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def own_error(model, split):
+    with torch.no_grad():
+        wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in split.batches(250))
+    return wrong / len(split)
+
+
+def matrices(model):
+    return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
+
+
+def test_attach_covers_every_weight_matrix_of_a_transformer():
+    model = row_transformer()
+    names = rw.attach(model, "sign")
+    assert names == [n for n, _ in matrices(model)]
+    assert "pos" in names and "encoder.layers.0.self_attn.in_proj_weight" in names
+    assert "encoder.layers.1.self_attn.out_proj.weight" in names
+    cov = rw.coverage(model)
+    assert len(cov["covered"]) == len(names) == 11
+    assert cov["summary"].startswith("projected 11 of 11 weight tensors")
+    assert all(len(d["shape"]) < 2 for d in cov["left_out"])          # biases and LayerNorm parameters only
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(d["count"] for d in cov["covered"]) + sum(d["count"] for d in cov["left_out"]) == total
+
+
+def test_distorting_each_covered_parameter_alone_changes_the_output_on_the_fused_path(trained):
+    x = torch.randn(8, 1, 28, 28)
+    rw.attach(trained, "identity", mode="none", clip=None)
+    try:
+        with torch.no_grad():
+            clean = trained(x)
+            names = [s.name for s in rw.sites(trained)]
+            assert len(names) == len(matrices(trained))
+            for name in names:
+                others = [n for n in names if n != name]
+                with rw.distort(trained, "add-gauss:sigma=1", torch.Generator().manual_seed(0), exclude=others):
+                    assert not torch.allclose(trained(x), clean), name
+    finally:
+        rw.detach(trained)
+
+
+@pytest.mark.parametrize("projection", ["sign", "quant:bits=2", "power:beta=0.5"])
+def test_one_network_one_answer_with_and_without_no_grad(trained, demo, projection):
+    """Eval mode with gradients runs the unfused layers; under no_grad the fused fast path: same weights."""
+    model = row_transformer()
+    model.load_state_dict(trained.state_dict())
+    rw.attach(model, projection)
+    model.eval()
+    x = demo.test.x[:200]
+    with torch.no_grad():
+        fused = model(x)
+    unfused = model(x)
+    assert unfused.requires_grad
+    torch.testing.assert_close(fused, unfused.detach(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(fused.argmax(1), unfused.argmax(1))
+    projected.detach(model)
+    with torch.no_grad():
+        plain = model(x)
+    assert not torch.allclose(plain, fused, atol=1e-3)               # the projection did act
+
+
+def test_sweep_equals_noise_added_by_hand_to_every_matrix(trained, demo):
+    """The cell's draws, replayed by hand on every weight matrix, give exactly the sweep's error."""
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    rows = rw.sweep(trained, demo, ["add-gauss:sigma=1"], trials=2, seed=0, batch_size=250, as_frame=False)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())
+    for row in rows:
+        g = torch.Generator().manual_seed(row["seed"])
+        noisy = row_transformer()
+        noisy.load_state_dict(trained.state_dict())
+        with torch.no_grad():
+            for _, p in matrices(noisy):
+                p.add_(p.std(correction=0) * torch.randn(p.shape, generator=g))
+        assert own_error(noisy.eval(), demo.test) == row["error"]
+    clean = own_error(trained, demo.test)
+    assert min(r["error"] for r in rows) > clean + 0.1                # sigma=1 on every matrix hurts
+
+
+def test_sweep_gives_a_plain_model_back_as_it_came(trained, demo):
+    model = row_transformer()
+    model.load_state_dict(trained.state_dict())
+    model.train()
+    classes = [type(m) for m in model.modules()]
+    rw.sweep(model, demo, ["sign"], trials=1, batch_size=250, as_frame=False)
+    assert [type(m) for m in model.modules()] == classes
+    assert model.training and all("_rw" not in m.__dict__ for m in model.modules())
+    buf = io.BytesIO()
+    torch.save(model, buf)                                            # a whole-module pickle works again
+    assert pickle.loads(pickle.dumps(model.encoder.layers[0].self_attn)) is not None
+
+
+def test_state_dicts_load_both_ways_and_reads_give_the_hidden_weight_as_a_parameter():
+    plain = row_transformer()
+    attached = row_transformer()
+    rw.attach(attached, "sign")
+    assert list(attached.state_dict()) == list(plain.state_dict())
+    attached.load_state_dict(plain.state_dict())
+    back = row_transformer()
+    back.load_state_dict(attached.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), plain.state_dict().values()))
+    w = projected.hidden(attached.head)
+    assert isinstance(w, nn.Parameter) and torch.equal(w, plain.head.weight)
+    assert set(map(id, attached.parameters())) >= {id(w)}              # the optimizer updates the hidden weight
+    attached.eval()
+    assert torch.equal(attached.head.weight, torch.where(w >= 0, 1.0, -1.0))
+
+
+def test_tied_weights_are_one_site_read_by_every_holder():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.out = nn.Linear(8, 20, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.out(self.emb(t))
+
+    torch.manual_seed(0)
+    m = Tied().eval()
+    names = rw.attach(m, "sign")
+    assert names == ["emb.weight"]
+    binary = torch.where(projected.hidden(m.emb) >= 0, 1.0, -1.0)
+    assert torch.equal(m.out.weight, binary) and torch.equal(m.emb.weight, binary)
+
+
+def test_lstm_weights_are_reached():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 6, batch_first=True).eval()
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        clean = lstm(x)[0]
+        rw.attach(lstm, "identity", mode="none", clip=None)
+        with rw.distort(lstm, "sign"):
+            assert not torch.allclose(lstm(x)[0], clean)
+        assert torch.equal(lstm(x)[0], clean)
+
+
+def test_a_weight_the_forward_pass_never_reads_is_left_out_and_said_so(demo):
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+            self.unused = nn.Parameter(torch.randn(3, 3))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    model = Spare()
+    rows = rw.sweep(model, demo, ["sign"], trials=1, batch_size=250, as_frame=False)
+    assert len(rows) == 1
+    rw.attach(model, "identity", mode="none", clip=None)
+    untouched, cov = rw.sweeps.sweep_coverage(model, demo.test)
+    assert untouched == {"unused": "never read by the forward pass (unused, or read through a cached reference)"}
+    assert cov["summary"].startswith("distorting 1 of 2 weight tensors") and "unused (never read" in cov["summary"]
+
+
+def test_selection_vocabulary():
+    model = row_transformer()
+    names = rw.attach(model, "sign", exclude=["encoder.layers.*.self_attn*"], types=["Linear", "RowTransformer"])
+    assert "pos" in names and "head.weight" in names and "encoder.layers.0.linear1.weight" in names
+    assert not any("self_attn" in n for n in names)
+    left = {d["name"]: d["reason"] for d in rw.coverage(model)["left_out"]}
+    assert left["encoder.layers.0.self_attn.in_proj_weight"].startswith("excluded")
+    assert rw.attach(model, "sign", include=["head"]) == ["head.weight"]    # a module name matches its weights
+    assert rw.attach(model, "sign", exclude_types=["Linear", "NonDynamicallyQuantizableLinear"]) == \
+        ["pos", "encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.1.self_attn.in_proj_weight"]
+    with pytest.raises(UserError, match="matches no parameter"):
+        rw.attach(model, "sign", exclude=["nope*"])
+    with pytest.raises(UserError, match="module type 'Conv9d' is not in this model"):
+        rw.attach(model, "sign", types=["Conv9d"])
+    with pytest.raises(UserError, match="mode fwd"):
+        rw.attach(model, "sign", mode="fwd")
+    assert rw.attach(model, "sign", mode="fwd", types=["Linear"])     # fwd on linear layers alone is fine
+
+
+def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_path, monkeypatch, demo):
+    (tmp_path / "rw_any_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+    config = rw.TrainConfig(model="rw_any_nets:row_transformer", dataset="demo", train_subset=2000,
+                            test_subset=500, projection="sign", epochs=2, batch_size=50, lr=2e-3,
+                            out=str(tmp_path / "run"))
+    result = rw.train(config, progress=False, model_factory="rw_any_nets:row_transformer")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["coverage"]
+    assert len(saved["covered"]) == 11
+    h = result.history[-1]
+    # before the fix the test pass ran float linear1/linear2 under no_grad: 88% error against 29% training error
+    assert h["test_error"] < 0.5 and h["test_error"] < h["train_error"] + 0.15, h
+
+
+def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessing(tmp_path, monkeypatch, capsys,
+                                                                                trained):
+    (tmp_path / "rw_any_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+    torch.save(trained.state_dict(), tmp_path / "sd.pt")
+    code, out, err = run_main(capsys, "sweep", "--model-factory", "rw_any_nets:row_transformer", "--state-dict",
+                              str(tmp_path / "sd.pt"), "--dataset", "demo", "--test-subset", "200", "--preprocess",
+                              "none", "--distortion", "sign", "--out", str(tmp_path / "sw"), "--quiet")
+    assert code == 0, err
+    assert "distorting 11 of 11 weight tensors" in out
+    assert "inputs none (pixels in [0, 1])" in out
+    info = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert len(info["coverage"]["covered"]) == 11 and info["preprocessing"] == "none (pixels in [0, 1])"
+
+
+@pytest.mark.parametrize("spec, words", [("normalize:mean=0.5", "normalize:mean=M,std=S"),
+                                         ("normalize:mean=0.5,std=0", "std must be positive"),
+                                         ("whiten", "not one of")])
+def test_bad_preprocessing_is_one_line(capsys, spec, words):
+    code, out, err = run_main(capsys, "train", "--dataset", "demo", "--preprocess", spec)
+    assert code == 2 and words in one_error_line(err)
+
+
+def test_user_preprocessing_is_applied_exactly():
+    raw = load_data("demo", preprocess="none", test_subset=50)
+    mine = load_data("demo", preprocess="normalize:mean=0.25,std=0.5", test_subset=50)
+    assert 0 <= raw.test.x.min() and raw.test.x.max() <= 1
+    assert torch.allclose(mine.test.x, (raw.test.x - 0.25) / 0.5)
+    assert mine.preprocessing.startswith("normalized with mean 0.25")
+
+
+def test_messages_a_user_can_act_on(tmp_path, capsys, monkeypatch):
+    (tmp_path / "rw_any_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+    other = row_transformer()
+    sd = {k: v for k, v in other.state_dict().items() if not k.startswith("head.")}
+    sd["embed.weight"] = torch.zeros(5, 5)
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "wrong.pt")
+    base = ["sweep", "--model-factory", "rw_any_nets:row_transformer", "--dataset", "demo", "--distortion", "sign"]
+    code, out, err = run_main(capsys, *base, "--state-dict", str(tmp_path / "wrong.pt"), "--out", str(tmp_path / "a"))
+    line = one_error_line(err)
+    assert code == 2 and "missing keys: head.weight, head.bias" in line and "unexpected keys: extra.weight" in line
+    assert "shape mismatch: embed.weight (5, 5) vs the model's (32, 28)" in line
+    torch.save(row_transformer(), tmp_path / "whole.pt")
+    code, out, err = run_main(capsys, *base, "--state-dict", str(tmp_path / "whole.pt"), "--out", str(tmp_path / "b"))
+    assert code == 2 and "holds a pickled whole model" in one_error_line(err) and "weights_only=False" not in err
+    # an --out that cannot be written: one line before any data is read (the data folder does not exist either)
+    (tmp_path / "file").write_text("x")
+    for argv in (["sweep", "--model-factory", "rw_any_nets:row_transformer", "--dataset", "cifar10", "--data-dir",
+                  "/no/such", "--state-dict", str(tmp_path / "whole.pt")],
+                 ["train", "--dataset", "cifar10", "--data-dir", "/no/such"]):
+        code, out, err = run_main(capsys, *argv, "--out", str(tmp_path / "file" / "run"))
+        assert code == 2 and "is a file, not a folder" in one_error_line(err), err
+    code, out, err = run_main(capsys, "list", "transforms")
+    assert code == 0 and "``" not in out and "W + sigma * std(W) * n" in out
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from robustweights.training import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "r" / "x.txt", "x")        # before: 0600 whatever the umask (mkstemp's mode)
+        assert (tmp_path / "r" / "x.txt").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        write_text(tmp_path / "r" / "y.txt", "y")
+        assert (tmp_path / "r" / "y.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
