@@ -529,11 +529,16 @@ def test_lowest_bits_uses_the_mean_error_over_trials():
             row("b", 1.0, 0.125), row("b", 1.0, 0.25),        # mean 0.1875
             row("c", None, 0.0),                              # no figure: never chosen
             row("d", 2.0, 0.0625)]
-    assert lowest_bits(rows, 0.25) == {"spec": "b", "effective_bits": 1.0, "mean_error": 0.1875, "trials": 2}
+    assert lowest_bits(rows, 0.25) == {"spec": "b", "effective_bits": 1.0, "mean_error": 0.1875,
+                                       "mean_score": 0.1875, "metric": "error", "trials": 2}
     assert lowest_bits(rows, 0.375)["spec"] == "a"             # at the target counts
     assert lowest_bits(rows, 0.1)["spec"] == "d"
     assert lowest_bits(rows, 0.01) is None
     assert lowest_bits([], 1.0) is None
+    # a metric where higher is better (an accuracy): the target is a floor
+    acc = [{**r, "metric": "accuracy", "score": 1 - r["error"]} for r in rows]
+    assert lowest_bits(acc, 0.75, higher_is_better=True)["spec"] == "b"
+    assert lowest_bits(acc, 0.99, higher_is_better=True) is None
 
 
 # ---------------------------------------------------------------------------

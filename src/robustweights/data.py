@@ -168,6 +168,40 @@ class TensorSplit(Split):
             yield self.x[idx], self.y[idx]
 
 
+class LoaderSplit:
+    """Any iterable of ``(inputs, targets)`` batches (a ``DataLoader``) served like a split.
+
+    Its own batch size and order are kept (``batch_size``/``shuffle`` are
+    ignored); tensors are moved to ``device``. Inputs may be any tensor
+    (token ids, features), so models other than image classifiers can be swept.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        try:
+            return len(self.loader.dataset)
+        except (AttributeError, TypeError):
+            return sum(len(y) for _, y in self.loader)
+
+    def batches(self, batch_size=None, shuffle=False, generator=None, augment="none", device=None, **_):
+        for x, y in self.loader:
+            yield x.to(device) if device is not None else x, y.to(device) if device is not None else y
+
+
+def as_split(data, split: str = "test"):
+    """The split to test: a :class:`Data`'s ``split``, a ``Split``, or any iterable of batches (a DataLoader)."""
+    if isinstance(data, Data):
+        return getattr(data, split)
+    if isinstance(data, (Split, LoaderSplit)):
+        return data
+    if hasattr(data, "__iter__"):
+        return LoaderSplit(data)
+    raise UserError(f"cannot test on {type(data).__name__}: give a robustweights Data or Split, or a DataLoader "
+                    f"of (inputs, targets) batches")
+
+
 def _read_image(path: str, size: int) -> Tensor:
     """Decode to RGB, resize the shorter side to ``size`` (bilinear, antialiased by PIL),
     crop the centre ``size x size``; returns float32 ``(3, size, size)`` in [0, 1]."""

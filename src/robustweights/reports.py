@@ -50,6 +50,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .errors import UserError
+from .sweeps import complete_row
 from .training import write_bytes, write_text
 
 MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
@@ -75,8 +76,9 @@ SMALLER_IS_STRONGER = {"beta", "bits", "gamma"}
 MARKERS = "osD^vPX*<>ph"
 
 HOW_TO_READ = (
-    "Each point is the test error of a trained network whose weights were distorted at test time "
-    "(each convolution and linear weight tensor, independently), averaged over the trials "
+    "Each point is the test error (or the metric the sweep measured) of a trained network whose "
+    "weights were distorted at test time (each weight tensor the coverage line names, "
+    "independently), averaged over the trials "
     "(independent random draws) at that strength; the shaded band spans the lowest to the highest "
     "trial, and the dashed line of the same colour is the network's undistorted error. That line is "
     "measured with the weights the network is normally tested with (projected, for a deterministic "
@@ -180,22 +182,30 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     where = f"{folder}/sweep.json"
     if not isinstance(prov, dict):
         raise UserError(f"{where} is not a sweep's provenance (expected a JSON object)")
-    for k in ("label", "data_description", "baseline_error"):
+    for k in ("label", "data_description"):
         if k not in prov:
             raise UserError(f"{where} lacks {k!r}; is {folder} a sweep result folder?")
+    metric = prov.get("metric", "error")
+    if not (isinstance(metric, str) and metric):
+        raise UserError(f"{where}: metric must be a name, not {metric!r}")
+    if prov.get("baseline_score") is None:
+        if "baseline_error" not in prov:
+            raise UserError(f"{where} lacks 'baseline_error'; is {folder} a sweep result folder?")
+        prov = {**prov, "baseline_score": prov["baseline_error"]}
     if not (isinstance(prov["label"], str) and prov["label"].strip()):
         raise UserError(f"{where}: label must be a non-empty string, not {prov['label']!r}")
     if not isinstance(prov["data_description"], str):
         raise UserError(f"{where}: data_description must be a string, not {prov['data_description']!r}")
-    if not (_is_number(prov["baseline_error"]) and 0 <= prov["baseline_error"] <= 1):
-        raise UserError(f"{where}: baseline_error must be a number in [0, 1], not {prov['baseline_error']!r}")
+    if not _is_number(prov["baseline_score"]) or metric == "error" and not 0 <= prov["baseline_score"] <= 1:
+        raise UserError(f"{where}: the undistorted {metric} must be a number{' in [0, 1]' * (metric == 'error')}, "
+                        f"not {prov['baseline_score']!r}")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{folder}/results.json holds no result rows (expected a non-empty JSON list)")
     for i, r in enumerate(rows):
         problem = _row_problem(r)
         if problem:
             raise UserError(f"{folder}/results.json row {i}: {problem}")
-    return prov, rows
+    return prov, [complete_row(r) for r in rows]
 
 
 def _read_json(folder: Path, name: str):
@@ -216,16 +226,17 @@ def _row_problem(r) -> str | None:
     """What is wrong with one row of results.json, or None."""
     if not isinstance(r, dict):
         return "not a JSON object"
-    missing = [k for k in ("distortion", "param", "value", "error") if k not in r]
+    score = "score" if "score" in r else "error"
+    missing = [k for k in ("distortion", "param", "value", score) if k not in r]
     if missing:
         return f"lacks {', '.join(missing)}"
     if not (isinstance(r["distortion"], str) and r["distortion"]) or not isinstance(r["param"], str):
         return f"distortion {r['distortion']!r} and param {r['param']!r} must be names"
-    for k in ("value", "error"):
+    for k in ("value", score):
         if not _is_number(r[k]):
             return f"{k} {r[k]!r} is not a finite number"
-    if not 0 <= r["error"] <= 1:
-        return f"error {r['error']!r} is outside [0, 1]"
+    if r.get("metric", "error") == "error" and not 0 <= r[score] <= 1:
+        return f"error {r[score]!r} is outside [0, 1]"
     if r.get("effective_bits") is not None and not _is_number(r["effective_bits"]):
         return f"effective_bits {r['effective_bits']!r} is neither a finite number nor null"
     return None
@@ -291,7 +302,10 @@ class Source:
 
     def __post_init__(self):
         self.label = self.prov["label"]
-        self.curves = curves(self.rows, self.prov.get("scale_default"))
+        self.metric = self.prov.get("metric", "error")
+        self.unit = 100.0 if self.metric == "error" else 1.0    # the error is shown in %, other metrics as they are
+        self.baseline = self.unit * self.prov["baseline_score"]
+        self.curves = curves(self.rows, self.prov.get("scale_default"), self.unit)
 
 
 def row_key(row: dict, default_scale: str | None = None) -> Key:
@@ -307,15 +321,15 @@ def row_key(row: dict, default_scale: str | None = None) -> Key:
     return Key(row["distortion"], row["param"], fixed)
 
 
-def curves(rows: list[dict], default_scale: str | None = None) -> dict[Key, Curve]:
-    """Mean, lowest and highest error (in %) over trials, per distortion and strength."""
+def curves(rows: list[dict], default_scale: str | None = None, unit: float = 100.0) -> dict[Key, Curve]:
+    """Mean, lowest and highest score (times ``unit``: the error in %) over trials, per distortion and strength."""
     groups: dict[Key, dict[float, list[dict]]] = {}
     for r in rows:
         groups.setdefault(row_key(r, default_scale), {}).setdefault(float(r["value"]), []).append(r)
     out = {}
     for key, by_x in groups.items():
         xs = sorted(by_x)
-        errors = [[100 * r["error"] for r in by_x[x]] for x in xs]
+        errors = [[unit * complete_row(r)["score"] for r in by_x[x]] for x in xs]
         bits = [[r["effective_bits"] for r in by_x[x] if r.get("effective_bits") is not None] for x in xs]
         out[key] = Curve(xs, [statistics.fmean(e) for e in errors], [min(e) for e in errors],
                          [max(e) for e in errors], [len(e) for e in errors],
@@ -369,8 +383,19 @@ def dataset_caption(sources: list[Source]) -> str:
 
 
 def _error_label(sources: list[Source]) -> str:
+    metrics = {s.metric for s in sources}
+    if len(metrics) > 1:
+        raise UserError(f"these results measure different metrics ({', '.join(sorted(metrics))}); "
+                        "report each metric on its own")
+    metric = metrics.pop()
+    what = "error (%)" if metric == "error" else metric
     splits = {s.prov.get("split") or "test" for s in sources}
-    return f"{splits.pop()} error (%)" if len(splits) == 1 else "error (%)"
+    return f"{splits.pop()} {what}" if len(splits) == 1 else what
+
+
+def score_text(s: Source, v: float, digits: int = 1) -> str:
+    """A score as shown: the error in %, any other metric as it is."""
+    return f"{v:.{digits}f}%" if s.metric == "error" else f"{v:.4g}"
 
 
 # ---------------------------------------------------------------------------
@@ -401,11 +426,22 @@ def _colors(n: int) -> list:
     return [palette[i % len(palette)] for i in range(n)]
 
 
+def _set_y(ax, sources: list[Source], at_least: float = 0) -> None:
+    """One y scale for every panel: 0 to a little above the worst value, or logarithmic for a metric
+    other than the error that spans more than two orders of magnitude (a perplexity that explodes)."""
+    values = [s.baseline for s in sources] + [v for s in sources for c in s.curves.values() for v in c.lo + c.hi]
+    positive = [v for v in values if v > 0]
+    if sources[0].metric != "error" and positive and len(positive) == len(values) \
+            and max(positive) / min(positive) > 100:
+        ax.set_yscale("log")
+        return
+    ax.set_ylim(0, max(_ymax(sources), at_least))
+
+
 def _ymax(sources: list[Source]) -> float:
     """A shared upper y limit: comparing panels by eye needs one scale."""
-    top = max([100 * s.prov["baseline_error"] for s in sources]
-              + [h for s in sources for c in s.curves.values() for h in c.hi])
-    return min(100.0, top * 1.08 + 2)
+    top = max([s.baseline for s in sources] + [h for s in sources for c in s.curves.values() for h in c.hi])
+    return min(100.0, top * 1.08 + 2) if sources[0].metric == "error" else top * 1.08
 
 
 def _draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:
@@ -420,7 +456,7 @@ def _draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:
 def _draw_panel(ax, panel: Panel, sources: list[Source], colors: list, *, labels: bool = True) -> None:
     """One panel: each source's curve (with band) and its undistorted error as a dashed line."""
     for s, color in zip(sources, colors):
-        ax.axhline(100 * s.prov["baseline_error"], color=color, ls="--", lw=0.9, alpha=0.8)
+        ax.axhline(s.baseline, color=color, ls="--", lw=0.9, alpha=0.8)
     if panel.swept:
         key = panel.keys[0]
         for s, color in zip(sources, colors):
@@ -458,7 +494,7 @@ def _param_label(key: Key) -> str:
 def _legend_handles(sources: list[Source], colors: list) -> list:
     return ([Line2D([], [], color=c, marker="o", ms=4, lw=1.6, label=s.label) for s, c in zip(sources, colors)]
             + [Patch(color="0.5", alpha=0.3, label="min-max over trials"),
-               Line2D([], [], color="0.4", ls="--", lw=0.9, label="undistorted error")])
+               Line2D([], [], color="0.4", ls="--", lw=0.9, label="undistorted")])
 
 
 def _fig_strength(sources, panels, colors, caption, ylabel) -> Figure:
@@ -475,8 +511,8 @@ def _fig_strength(sources, panels, colors, caption, ylabel) -> Figure:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel(ylabel)
-    axes[0][0].set_ylim(0, _ymax(sources))
-    _suptitle(fig, "Test error under test-time weight distortions", caption)
+    _set_y(axes[0][0], sources)
+    _suptitle(fig, f"{ylabel.replace(' (%)', '').capitalize()} under test-time weight distortions", caption)
     handles = _legend_handles(sources, colors)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), max(1, int(width / 2.6))),
                frameon=False)
@@ -497,7 +533,7 @@ def _fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
     fig = Figure(figsize=(9, 5.4), dpi=FIGURE_DPI, layout="constrained")
     ax = fig.subplots()
     for s, color in zip(sources, colors):
-        ax.axhline(100 * s.prov["baseline_error"], color=color, ls="--", lw=0.9, alpha=0.8)
+        ax.axhline(s.baseline, color=color, ls="--", lw=0.9, alpha=0.8)
         for k in bit_keys:
             c = s.curves.get(k)
             pts = sorted(p for p in zip(c.bits, c.mean, c.lo, c.hi) if p[0] is not None) if c else []
@@ -512,12 +548,13 @@ def _fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
         ax.text(PAPER_BITS, 0.025, " paper: 11% at 0.68 bits", ha="left", va="bottom", fontsize=8.5, color="0.15",
                 transform=blended_transform_factory(ax.transData, ax.transAxes))   # x in bits, y in axes fraction
     ax.set_xlim(left=0)
-    ax.set_ylim(0, max(_ymax(sources), PAPER_ERROR + 5 if paper else 0))
+    _set_y(ax, sources, PAPER_ERROR + 5 if paper else 0)
     ax.set_xlabel("effective bits per weight")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     # Over the axes, not the figure: the legends take the right-hand side.
-    ax.set_title(_title("Test error against effective bits per weight", caption, 6.4), fontsize=12)
+    ax.set_title(_title(f"{ylabel.replace(' (%)', '').capitalize()} against effective bits per weight", caption,
+                        6.4), fontsize=12)
     fig.legend(handles=_legend_handles(sources, colors), loc="outside right upper", title="network", frameon=False)
     fig.legend(handles=[Line2D([], [], color="0.2", marker=markers[k], ls="none", label=names[k]) for k in bit_keys]
                + [Line2D([], [], color="0.15", marker="*", ms=10, ls="none", label="paper (CIFAR-10)")] * paper,
@@ -539,7 +576,7 @@ def _fig_matrix(sources, panels, colors, caption, ylabel) -> Figure:
             if i == nr - 1:
                 ax.set_xlabel(_param_label(panel.keys[0]) if panel.swept else "", fontsize=8.5)
         axes[i][0].set_ylabel(f"{s.label}\n{ylabel}", fontsize=9)
-    axes[0][0].set_ylim(0, _ymax(sources))
+    _set_y(axes[0][0], sources)
     _suptitle(fig, "Training projection (rows) against test-time distortion (columns)", caption)
     return fig
 
@@ -618,11 +655,13 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
         i = _strongest(k, c)
         where = f"{names[k]} {k.param}={_fmt(c.x[i])}" if k.param else names[k]
         spread = f" (min {c.lo[i]:.1f}, max {c.hi[i]:.1f} over {c.trials[i]} trials)" if c.hi[i] > c.lo[i] else ""
-        parts.append(f"{where}: {c.mean[i]:.1f}%{spread}")
-    text = f"undistorted error {100 * p['baseline_error']:.1f}%{weights}; at the strongest setting: {'; '.join(parts)}."
+        parts.append(f"{where}: {score_text(s, c.mean[i])}{spread}")
+    text = (f"undistorted {s.metric} {score_text(s, s.baseline)}{weights}; at the strongest setting: "
+            f"{'; '.join(parts)}.")
     best = p.get("lowest_bits")
     if isinstance(best, dict) and _is_number(best.get("effective_bits")) and _is_number(p.get("target_error")):
-        text += (f" Lowest effective bits with mean error at or below {100 * p['target_error']:.1f}%: "
+        way = "at or above" if p.get("higher_is_better") else "at or below"
+        text += (f" Lowest effective bits with mean {s.metric} {way} {score_text(s, s.unit * p['target_error'])}: "
                  f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')}).")
     return text
 
@@ -646,9 +685,10 @@ def provenance(s: Source) -> list[tuple[str, str]]:
         ("model, width", f"{get('model')}, {get('width')}"),
         ("dataset", get("data_description")),
         ("split", get("split")),
-        ("undistorted error", f"{100 * p['baseline_error']:.2f}%"
+        (f"undistorted {s.metric}", score_text(s, s.baseline, 2)
          + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else "")),
         ("weights distorted", get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else "")),
+        ("coverage", (p.get("coverage") or {}).get("summary") or "not recorded (a sweep before coverage was recorded)"),
         ("distortion scale unless named", get("scale_default")),
         ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn
          else f"once before the sweep, {p['bn_calibrate']} training batches" if p.get("bn_calibrate")
@@ -693,13 +733,14 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
 FIGURE_CAPTIONS = {
-    "error_vs_strength.png": "Test error against the strength of each test-time distortion, one line per "
-                             "network: mean over trials, band from the lowest to the highest trial; "
-                             "dashed: the network's undistorted error.",
-    "error_vs_bits.png": "Test error against effective bits per weight (method.md section 4) for the "
-                         "distortions that have such a figure; colour is the network, marker the "
-                         "distortion. Dotted line and star (drawn for CIFAR-10 results only): the paper's 11% test error at "
-                         "0.68 effective bits per weight.",
+    "error_vs_strength.png": "Test error (or the sweep's metric) against the strength of each test-time "
+                             "distortion, one line per network: mean over trials, band from the lowest "
+                             "to the highest trial; "
+                             "dashed: the network's undistorted value.",
+    "error_vs_bits.png": "Test error (or the sweep's metric) against effective bits per weight "
+                         "(method.md section 4) for the distortions that have such a figure; colour is "
+                         "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
+                         "results only): the paper's 11% test error at 0.68 effective bits per weight.",
     "matrix.png": "The matrix of method.md section 3: one row per network (its training projection and "
                   "mode), one column per test-time distortion; same y scale everywhere.",
 }

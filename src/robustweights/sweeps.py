@@ -50,7 +50,19 @@ from .training import (check_writable, safe_load, _agree, _seed, evaluate_split,
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
-           "entropy_bits", "spec", "on"]
+           "entropy_bits", "spec", "on", "metric", "score"]
+
+
+def better_when_higher(metric: str) -> bool:
+    """The default direction of a metric by its name: accuracies and scores up, errors and losses down."""
+    return any(w in metric.lower() for w in ("acc", "top1", "top5", "f1", "auc", "bleu", "r2", "score"))
+
+
+def complete_row(r: dict) -> dict:
+    """A result row with the ``metric``/``score`` columns older results lack (their metric was the error)."""
+    if "score" not in r:
+        r = {**r, "metric": "error", "score": r.get("error")}
+    return r
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
 
@@ -239,14 +251,22 @@ def _rows_frame(rows: list[dict]):
 
 
 def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, seed: int = 0, on: str = "hidden",
+          evaluate: Callable[[nn.Module], dict] | None = None, metric: str | None = None,
           keep: tuple[str, ...] = (), include=("*",), exclude=(), types=(), exclude_types=(),
           bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
           loss: str = "ce", done: dict | None = None, on_row: Callable[[dict], None] | None = None,
           progress: bool = False, as_frame: bool = True, only: set | None = None):
-    """Test error of ``model`` under every cell of ``distortions``; a list of rows (a pandas frame if available).
+    """Test error (or your metric) of ``model`` under every cell of ``distortions``; a list of rows
+    (a pandas frame if available).
 
     ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
-    training split serves batch-norm re-estimation) or a ``Split`` to test.
+    training split serves batch-norm re-estimation), a ``Split``, or any
+    ``DataLoader`` of ``(inputs, targets)`` batches of a classifier.
+    ``evaluate(model) -> dict`` replaces the classification test with your own
+    (``data`` may then be None): each row's ``score`` is ``result[metric]``
+    (``metric`` default ``"error"``), and its ``error``/``loss`` columns are the
+    dict's ``error``/``loss`` if it has them. So a language model can be swept
+    for perplexity, a regressor for its MSE.
     ``on`` distorts the ``hidden`` or the ``projected`` weights. Which
     parameters are distorted: those a training projection was attached to, or
     for a user's plain model every weight tensor (floating point, 2 or more
@@ -265,8 +285,11 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
 
     if on not in ("hidden", "projected"):
         raise UserError(f"on must be 'hidden' or 'projected', not {on!r}")
-    test = getattr(data, split) if isinstance(data, data_mod.Data) else data
+    test = data_mod.as_split(data, split) if data is not None else None
     train = data.train if isinstance(data, data_mod.Data) else None
+    if test is None and evaluate is None:
+        raise UserError("give data to test on, or an evaluate(model) -> dict function")
+    metric = metric or "error"
     if bn_batches and train is None:
         raise UserError("batch-norm re-estimation needs the training split: pass a Data, not a Split")
     todo = cells(distortions, trials, default_scale(model))
@@ -278,8 +301,10 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     try:
         device = next(model.parameters()).device
         model.eval()
+        measure = evaluate or (lambda m: evaluate_split(m, test, loss=loss, batch_size=batch_size, device=device))
         untouched, cov = sweep_coverage(model, test, keep, batch_size, device, include=include, exclude=exclude,
-                                        types=types, exclude_types=exclude_types)
+                                        types=types, exclude_types=exclude_types,
+                                        forward=None if test is not None else lambda: measure(model))
         if progress:
             print(cov["summary"])
         done = dict(done or {})
@@ -299,12 +324,13 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
                     entropy = bits_mod.weighted_entropy([x.pinned for x in projected.sites(model)
                                                          if x.name not in untouched])
                 with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
-                    r = evaluate_split(model, test, loss=loss, batch_size=batch_size, device=device)
+                    r = measure(model)
             row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
-                   "error": r["error"], "loss": r["loss"], "effective_bits": bits_mod.capacity_bits(c.t),
-                   "n_examples": r["n"], "entropy_bits": entropy, "spec": c.t.spec, "on": on}
+                   "error": r.get("error"), "loss": r.get("loss"), "effective_bits": bits_mod.capacity_bits(c.t),
+                   "n_examples": r.get("n"), "entropy_bits": entropy, "spec": c.t.spec, "on": on,
+                   "metric": metric, "score": _score(r, metric)}
             rows.append(row)
-            bar.set_postfix(cell=c.t.spec, error=f"{r['error']:.2%}")
+            bar.set_postfix(cell=c.t.spec, **{metric: f"{row['score']:.4g}"})
             if on_row is not None:
                 on_row(row)
         bar.close()
@@ -315,28 +341,40 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     return _rows_frame(rows) if as_frame else rows
 
 
-def sweep_coverage(model: nn.Module, split: data_mod.Split, keep=(), batch_size: int = 1000, device=None,
-                   **selection) -> tuple[dict, dict]:
+def _score(result, metric: str) -> float:
+    if not isinstance(result, dict) or metric not in result:
+        have = ", ".join(map(str, result)) if isinstance(result, dict) else type(result).__name__
+        raise UserError(f"the evaluation gave no {metric!r} (it gave: {have}); pass metric= one of its keys")
+    return float(result[metric])
+
+
+def sweep_coverage(model: nn.Module, split: data_mod.Split | None, keep=(), batch_size: int = 1000, device=None,
+                   forward: Callable[[], object] | None = None, **selection) -> tuple[dict, dict]:
     """``(untouched, coverage)``: the projected parameters a sweep leaves alone (``{name: reason}``:
-    kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest."""
+    kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest.
+    ``forward()`` runs the model once instead of a batch of ``split``."""
     untouched = resolve_keep(model, keep, **selection)
-    untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched))
+    untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched,
+                               forward))
     cov = projected.coverage(model, set(untouched), verb="distorting",
                              extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
     return untouched, cov
 
 
 @torch.no_grad()
-def unreached(model: nn.Module, split: data_mod.Split, batch_size: int, device, skip=()) -> dict[str, str]:
+def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward=None) -> dict[str, str]:
     """Projected parameters that one evaluation batch never reads through their attribute, with the reason.
 
     Distorting such a parameter would change nothing (it is unused by the
     forward pass, or code reads it through a reference taken before it was
     attached), so a sweep leaves it out and says so instead of reporting it as robust.
     """
-    x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
     with projected.reading(model) as ss:
-        model(x)
+        if forward is not None:
+            forward()
+        else:
+            x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
+            model(x)
     return {s.name: "never read by the forward pass (unused, or read through a cached reference)"
             for s in ss if s.reads == 0 and s.name not in skip}
 
@@ -366,18 +404,21 @@ def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types
     return out
 
 
-def lowest_bits(rows: list[dict], target: float) -> dict | None:
-    """The distortion strength with the lowest effective bits whose mean error is at or below ``target``."""
+def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
+    """The distortion strength with the lowest effective bits whose mean score meets ``target``
+    (at or below it; at or above it for a metric where higher is better)."""
     groups: dict[str, list[dict]] = {}
-    for r in rows:
+    for r in map(complete_row, rows):
         if r["effective_bits"] is not None:
             groups.setdefault(r["spec"], []).append(r)
     best = None
     for spec, rs in groups.items():
-        mean = sum(r["error"] for r in rs) / len(rs)
+        mean = sum(r["score"] for r in rs) / len(rs)
         b = rs[0]["effective_bits"]
-        if mean <= target and (best is None or b < best["effective_bits"]):
-            best = {"spec": spec, "effective_bits": b, "mean_error": mean, "trials": len(rs)}
+        ok = mean >= target if higher_is_better else mean <= target
+        if ok and (best is None or b < best["effective_bits"]):
+            best = {"spec": spec, "effective_bits": b, "mean_error": mean, "mean_score": mean,
+                    "metric": rs[0]["metric"], "trials": len(rs)}
     return best
 
 
@@ -519,13 +560,48 @@ def _csv(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
     return buf.getvalue()
 
 
 def _write_rows(out: Path, rows: list[dict]) -> None:
     write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
     write_text(out / "results.csv", _csv(rows))
+
+
+def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: float, description: str,
+               metric: str | None = None, higher_is_better: bool | None = None, split: str = "test",
+               coverage: dict | None = None, target: float | None = None, **info) -> dict:
+    """Write the rows of :func:`sweep` as a result folder that :func:`robustweights.report` reads.
+
+    ``baseline`` is the undistorted score (of the rows' metric unless
+    ``metric`` names it); ``description`` names the data (and
+    its caveats); ``info`` adds fields to ``sweep.json`` (``model``, ``on``...).
+    ``target`` (default: baseline plus/minus 1% of it, 1 point for the error)
+    sets the lowest-effective-bits summary. Returns the provenance written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out {out} exists and is not a folder")
+    check_writable(out)
+    rows = [complete_row(r) for r in (rows.to_dict("records") if hasattr(rows, "to_dict") else rows)]
+    if not rows:
+        raise UserError("no rows to save")
+    metric = metric or rows[0]["metric"]
+    up = better_when_higher(metric) if higher_is_better is None else bool(higher_is_better)
+    if target is None:
+        step = 0.01 if metric == "error" else 0.01 * abs(baseline)
+        target = baseline - step if up else baseline + step
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    prov = {"label": label, "data_description": description, "split": split, "metric": metric,
+            "higher_is_better": up, "baseline_score": baseline,
+            "baseline_error": baseline if metric == "error" else None, "coverage": coverage,
+            "trials": max(r["trial"] for r in rows) + 1, "git_commit": _git_commit(), "torch": torch.__version__,
+            "start": now, "end": now, "target_error": target, "target": target,
+            "lowest_bits": lowest_bits(rows, target, up), **info}
+    _write_rows(out, rows)
+    write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
+    return prov
 
 
 def _comparable(cfg: dict) -> dict:
@@ -598,7 +674,7 @@ def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict
         old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     except json.JSONDecodeError:
         old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
-    return {(r["spec"], r["trial"]): r for r in old_rows + _partial_rows(out)}
+    return {(r["spec"], r["trial"]): complete_row(r) for r in old_rows + _partial_rows(out)}
 
 
 def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None) -> dict:
@@ -647,6 +723,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
         prov["baseline_weights"] = weights_label(model)
     prov["baseline_error"] = base["error"]
+    prov.update(metric="error", higher_is_better=False, baseline_score=base["error"])
     prov["batch_norm"] = bool(_bn_layers(model))
     prov["coverage"] = sweep_coverage(model, test, config.keep, config.batch_size, device, **_selection(config))[1]
     prov["processes"] = world

@@ -307,10 +307,11 @@ def safe_load(p: Path, what: str):
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise UserError(f"{p} is not a readable {what}: truncated or corrupt ({type(e).__name__})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         name = found.group(1) if found else None
+        if name is None and not _pickles_modules(p):
+            raise UserError(f"{p} is not a readable {what}: not a file torch.save wrote, or truncated or "
+                            f"corrupt") from None
         if name and name.startswith("torch.nn.modules") or _pickles_modules(p):
             raise UserError(f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
                             f"only tensors, never code: save model.state_dict() with torch.save instead") from None
@@ -320,7 +321,7 @@ def safe_load(p: Path, what: str):
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{p} is not a readable {what}: truncated or corrupt "
                         f"({type(e).__name__})") from None
-    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
         raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
 
 
