@@ -26,7 +26,7 @@ from robustweights.training import evaluate_split, load_config_data
 sweep_mod = importlib.import_module("robustweights.sweeps")
 
 HEADER = "distortion,param,value,trial,seed,error,loss,effective_bits,n_examples"
-GRIDS = ["add-gauss:sigma=0,0.5", "sign"]        # 2 strengths x 2 trials + 1 deterministic = 5 cells
+GRIDS = ["add-gauss:sigma=0.25,0.5", "sign"]     # 2 strengths x 2 trials + 1 deterministic = 5 cells
 
 
 # ---------------------------------------------------------------------------
@@ -130,6 +130,15 @@ def test_random_distortions_get_trials_deterministic_ones_one_cell():
         ("power", 0.0, 0), ("power", 0.5, 0), ("power", 1.0, 0)]
     assert [c.param for c in cs[:6]] == ["sigma"] * 6 and cs[6].param == "" and cs[7].param == "bits"
     assert len(cells(["stoch-sign"], trials=4)) == 4 and len(cells(["ternary:delta=0.3"], trials=4)) == 1
+
+
+def test_a_random_distortion_that_cannot_vary_is_computed_once_per_strength():
+    cs = cells(["add-gauss:sigma=0,0.5", "mult-gauss:sigma=0", "bitflip:p=0,0.1,1", "stoch-mult:gamma=1"], trials=3)
+    assert [(c.t.spec, c.trial) for c in cs] == [("add-gauss:sigma=0.0", 0)] + [("add-gauss:sigma=0.5", i)
+                                                                                for i in range(3)] + [
+        ("mult-gauss:sigma=0.0", 0), ("bitflip:p=0.0", 0)] + [("bitflip:p=0.1", i) for i in range(3)] + [
+        ("bitflip:p=1.0", 0), ("stoch-mult:gamma=1.0,flip=false,scale=max", 0)]
+    assert rw.transform("stoch-mult:gamma=1,flip=true").random
 
 
 @pytest.mark.parametrize("grids, trials, words", [
@@ -313,9 +322,10 @@ def test_run_sweep_writes_results_and_provenance(trained, done_sweep):
     text = (out / "results.csv").read_text()
     assert text.startswith(HEADER)
     table = list(csv.DictReader(io.StringIO(text)))
-    assert len(table) == 5 and [r["spec"] for r in table] == ["add-gauss:sigma=0.0"] * 2 + [
+    assert len(table) == 5 and [r["spec"] for r in table] == ["add-gauss:sigma=0.25"] * 2 + [
         "add-gauss:sigma=0.5"] * 2 + ["sign:scale=max"]
-    assert table[0]["effective_bits"] == "" and float(table[4]["effective_bits"]) == 1.0
+    assert float(table[0]["effective_bits"]) == pytest.approx(0.5 * math.log2(17)) and \
+        float(table[4]["effective_bits"]) == 1.0
     rows = json.loads((out / "results.json").read_text())
     assert rows == done_sweep.rows and [r["n_examples"] for r in rows] == [300] * 5
     assert [float(r["error"]) for r in table] == [r["error"] for r in rows]
@@ -476,7 +486,7 @@ def test_own_model_sweeps(own_model, tmp_path):
     r = run_sweep(factory_config(tmp_path, tmp_path / "out"), progress=False)
     assert r["label"] == "rw_sweep_test_nets:net (own model)"
     assert r["checkpoint_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
-    assert len(r["rows"]) == 5 and all(0 <= row["error"] <= 1 for row in r["rows"])
+    assert len(r["rows"]) == 4 and all(0 <= row["error"] <= 1 for row in r["rows"])
     assert r["rows"][0]["error"] == r["baseline_error"]           # sigma = 0 is the undistorted network
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["label"].endswith("(own model)")
 
@@ -552,7 +562,7 @@ def test_sweep_command(trained, tmp_path, capsys):
     assert code == 0, err
     assert "lowest effective bits" in out or "no distortion with an effective-bits figure" in out
     assert "add-gauss:sigma=1.0" in out and "(float)" in out
-    assert len(json.loads((d / "results.json").read_text())) == 4
+    assert len(json.loads((d / "results.json").read_text())) == 3   # sigma=0 cannot vary: one cell
 
 
 @pytest.mark.parametrize("grid, words", [("add-gauss:sigma=-1", "sigma >= 0"), ("add-gauss:sigma=", "sigma=''")])

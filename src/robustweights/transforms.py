@@ -69,6 +69,15 @@ class Entry:
     params: tuple[Param, ...]
     random: bool
     doc: str
+    constant: Callable[[dict], bool] = lambda params: False   # parameters with which a random one draws no chance
+
+
+_NO_CHANCE = {                 # random transforms whose output at these parameters is the same for every draw
+    "add-gauss": lambda p: p["sigma"] == 0,
+    "mult-gauss": lambda p: p["sigma"] == 0,
+    "bitflip": lambda p: p["p"] in (0, 1),
+    "stoch-mult": lambda p: p["gamma"] == 1 and not p["flip"],
+}
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -78,7 +87,8 @@ def register(name: str, *params: Param, random: bool = False):
     """Put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``."""
 
     def deco(fn):
-        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip(),
+                                _NO_CHANCE.get(name, lambda params: False))
         return fn
 
     return deco
@@ -391,7 +401,8 @@ class Transform:
 
     @property
     def random(self) -> bool:
-        return self.entry.random
+        """Whether two draws can differ (``add-gauss:sigma=0`` draws but cannot: a sweep tests it once)."""
+        return self.entry.random and not self.entry.constant(self.params)
 
     @property
     def spec(self) -> str:
