@@ -1,6 +1,33 @@
-"""Helpers shared by the test files."""
+"""Helpers shared by the test files, and the device the device tests run on.
+
+    pytest                                  # everything on the CPU
+    pytest --device cuda                    # also runs tests/test_device.py on the GPU
+    RW_TEST_DEVICE=cuda pytest              # the same
+    pytest tests/test_device.py --device cuda   # only what makes sense on a GPU (benchmarks/gpu_tests.sh)
+"""
+
+import os
+
+import pytest
+import torch
 
 from robustweights.cli import main
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("RW_TEST_DEVICE", "cpu"),
+                     help="device for tests/test_device.py: cpu (default), cuda or cuda:N "
+                          "(also RW_TEST_DEVICE)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device under test: one line and a failure (not a skip) when it was asked for and is missing."""
+    name = request.config.getoption("--device")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--device {name} asked for, but torch {torch.__version__} sees no CUDA GPU", pytrace=False)
+    return d
 
 
 def run_main(capsys, *argv):

@@ -1,0 +1,144 @@
+"""What must work on the device the suite runs for: ``pytest --device cuda`` runs these on a GPU.
+
+On the CPU (the default) they are ordinary tests. On CUDA they are the checks
+no CPU run can make: random draws from CUDA generators (every random projection
+once crashed there), training steps of every projection and mode, torch.compile
+of random projections (inductor, on the GPU), sweeps, batch-norm calibration and
+an exactly resumed run, with data and weights on the device.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustweights as rw
+from robustweights import list_transforms, projected, transform
+from robustweights.data import TensorSplit, load_data
+from robustweights.sweeps import calibrate_bn
+
+SPECS = {"identity": "identity", "sign": "sign", "stoch-sign": "stoch-sign", "ternary": "ternary:delta=0.3",
+         "quant": "quant:bits=2", "power": "power:beta=0.5", "stoch-mult": "stoch-mult:gamma=0.5,flip=true",
+         "add-gauss": "add-gauss:sigma=0.5", "mult-gauss": "mult-gauss:sigma=0.3", "clip": "clip",
+         "prune": "prune:frac=0.5", "bitflip": "bitflip:p=0.1"}
+PROJECTIONS = ["identity", "sign", "stoch-sign", "ternary:delta=0.05", "quant:bits=2", "power:beta=0.5",
+               "stoch-mult:gamma=0.5", "stoch-mult:gamma=0.5,flip=true", "add-gauss:sigma=0.5",
+               "mult-gauss:sigma=0.3", "clip"]
+
+
+def net(device):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).to(device)
+
+
+def test_the_specs_cover_every_transform():
+    assert sorted(SPECS) == list_transforms()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_transform_on_the_device(device, name):
+    t = transform(SPECS[name])
+    w = torch.randn(64, 32, device=device)
+    before = w.clone()
+    a = t(w, torch.Generator(device=device).manual_seed(1))
+    b = t(w, torch.Generator(device=device).manual_seed(1))
+    assert a.device == w.device and a.dtype == w.dtype and a.shape == w.shape
+    assert torch.equal(a, b) and torch.equal(w, before)
+    if t.random:
+        assert not torch.equal(a, t(w, torch.Generator(device=device).manual_seed(2)))
+
+
+@pytest.mark.parametrize("mode", ["fwd+bwd", "fwd", "none"])
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_a_training_step_of_every_projection_and_mode(device, projection, mode):
+    model = net(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rw.attach(model, projection, mode=mode, generator=g)          # a CUDA generator: the old crash
+    hidden = [s.hidden for s in rw.sites(model)]
+    before = [h.detach().clone() for h in hidden]
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)           # a big step: weights leave [-1, 1]
+    x, y = torch.randn(8, 1, 8, 8, device=device), torch.randint(0, 3, (8,), device=device)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    assert torch.isfinite(loss) and all(h.grad is not None and torch.isfinite(h.grad).all() for h in hidden)
+    opt.step()
+    rw.clip_(model)
+    assert all(not torch.equal(h, b) for h, b in zip(hidden, before))
+    assert all(h.abs().max() <= 1.0 for h in hidden)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.device.type == device.type and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("projection", ["stoch-sign", "stoch-mult:gamma=0.5", "add-gauss:sigma=0.5"])
+def test_compiled_random_projection_draws_what_eager_draws(device, projection):
+    """Inductor on a GPU; dynamo with the eager backend on the CPU (inductor there: test_projected.py)."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
+    b = copy.deepcopy(a)
+    ga = torch.Generator(device=device).manual_seed(5)
+    gb = torch.Generator(device=device).manual_seed(5)
+    rw.attach(a, projection, generator=ga)
+    rw.attach(b, projection, generator=gb)
+    torch._dynamo.reset()
+    compiled = torch.compile(b, fullgraph=True, backend="inductor" if device.type == "cuda" else "eager")
+    x = torch.randn(4, 6, device=device)
+    for _ in range(2):
+        ya, yb = a(x), compiled(x)
+        torch.testing.assert_close(yb, ya)
+        ya.sum().backward()
+        yb.sum().backward()
+    torch.testing.assert_close(projected.hidden(b[0]).grad, projected.hidden(a[0]).grad)
+    assert torch.equal(ga.get_state(), gb.get_state())
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return load_data("demo", train_subset=600, test_subset=300)
+
+
+def on(device, data):
+    """The data with both splits resident on the device."""
+    return type(data)(data.name, data.description, data.num_classes, data.in_shape, data.classes,
+                      TensorSplit(data.train.x.to(device), data.train.y.to(device)),
+                      TensorSplit(data.test.x.to(device), data.test.y.to(device)), data.preprocessing)
+
+
+def test_sweep_and_calibration_on_the_device(device, small_data):
+    data = on(device, small_data)
+    model = rw.create_model("mlp", num_classes=10, in_shape=(1, 28, 28), width=0.25).to(device)
+    rw.attach(model, "sign")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grids = ["add-gauss:sigma=0.5", "quant:bits=2", "stoch-sign"]
+    a = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100, as_frame=False)
+    b = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100, as_frame=False)
+    assert a == b and len(a) == 5
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    calibrate_bn(model, data.train, 3, 100, device, seed=5)
+    first = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    calibrate_bn(model, data.train, 3, 100, device, seed=5)
+    again = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert first and all(torch.equal(x, y) and x.device.type == device.type for x, y in zip(first, again))
+
+
+@pytest.mark.parametrize("projection", ["stoch-sign", "sign"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(device, tmp_path, projection):
+    def config(out, epochs):
+        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
+                              projection=projection, epochs=epochs, batch_size=50, lr=3e-3, schedule="constant",
+                              device=str(device),
+                              out=str(out))
+
+    whole = rw.train(config(tmp_path / "whole", 2), progress=False)
+    rw.train(config(tmp_path / "cut", 1), progress=False)
+    resumed = rw.train(config(tmp_path / "cut", 2), resume=True, progress=False)
+    assert next(resumed.model.parameters()).device.type == device.type
+    for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert resumed.history == [{**h, "seconds": r["seconds"], "images_per_second": r["images_per_second"]}
+                               for h, r in zip(whole.history, resumed.history)]
