@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(r))
     else:
         print(f"{args.split} error: {r['error']:.2%}  loss: {r['loss']:.4f}  ({r['weights']} weights, "
-              f"{r['n']} examples of {r['dataset']})")
+              f"{r['n']} examples of {r['dataset']}; inputs {r['preprocessing']})")
     return 0
 
 

@@ -385,6 +385,7 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
                              channels_last=config.channels_last)
         out["weights"] = weights_label(model)
     out["dataset"] = data.description
+    out["preprocessing"] = data.preprocessing
     return out
 
 
