@@ -1,6 +1,6 @@
 """A model nobody here wrote for: a small causal transformer language model, swept for perplexity.
 
-    python examples/char_lm.py                 # about 2 minutes on 2 CPU cores
+    python examples/char_lm.py                 # about 20 s on 2 CPU cores
     python examples/char_lm.py --steps 50      # a quick look
 
 Corpus: the licence texts in /usr/share/common-licenses (Debian's base-files
