@@ -78,7 +78,8 @@ def test_effective_bits_experiment(tmp_path, capsys):
     claims = json.loads((tmp_path / "eb" / "claims.json").read_text())
     c2 = claims[1]
     # target 50%: additive noise at the smallest bits in the grid keeps a trained MLP below it
-    assert c2["best"]["effective_bits"] == pytest.approx(0.5 * __import__("math").log2(1 + 1 / 1.2 ** 2))
+    # (measured from each tensor's signal-to-noise ratio: within a few per mille of the nominal figure here)
+    assert c2["best"]["effective_bits"] == pytest.approx(0.5 * __import__("math").log2(1 + 1 / 1.2 ** 2), rel=0.01)
     assert c2["verdict"] == "not run at this scale" and "claims" in out
 
 

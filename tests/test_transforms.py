@@ -198,3 +198,44 @@ def test_traceable_takes_generators_that_refuse_weak_references():
     transforms.traceable(g)                 # twice is once
     assert transforms._TOKENS[id(g)].item() == 0
     del transforms._GENERATORS[id(g)], transforms._TOKENS[id(g)]
+
+
+@pytest.mark.parametrize("scale, reference", [
+    ("std", lambda w, H: w.std(correction=0)), ("max", lambda w, H: w.abs().max()),
+    ("clip", lambda w, H: H), ("mean", lambda w, H: w.abs().mean()), ("0.3", lambda w, H: 0.3)])
+def test_add_gauss_reference_is_exact_against_the_hand_formula(scale, reference):
+    w = torch.randn(50, 20) * 0.1 + 0.02
+    t = transform(f"add-gauss:sigma=0.7,scale={scale}")
+    n = torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(t(w, torch.Generator().manual_seed(4), clip=0.5), w + (0.7 * reference(w, 0.5)) * n)
+    assert t.spec == ("add-gauss:sigma=0.7" if scale == "std" else f"add-gauss:sigma=0.7,scale={scale}")
+    assert t.with_defaults(scale="clip").spec == t.spec      # a sweep's magnitude default never moves the noise
+
+
+def test_add_gauss_clip_reference_on_a_never_clipped_tensor_is_its_range():
+    w = torch.randn(100)
+    n = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    out = transform("add-gauss:sigma=1,scale=clip")(w, torch.Generator().manual_seed(0), clip=None)
+    assert torch.equal(out, w + w.abs().max() * n)
+    with pytest.raises(UserError, match="out of range"):
+        transform("sign:scale=std")
+
+
+def test_measured_bits_against_a_hand_computation():
+    from robustweights.bits import capacity_bits, measured_bits
+
+    a = torch.randn(300) * 0.2 + 0.1        # not zero-mean
+    b = torch.rand(100) * 2 - 1             # fills [-1, 1]
+    for scale, ref in (("std", lambda w: w.std(correction=0)), ("max", lambda w: w.abs().max())):
+        t = f"add-gauss:sigma=0.8,scale={scale}"
+        hand = sum(0.5 * math.log2(1 + float(w.square().mean()) / float(0.8 * ref(w)) ** 2) * w.numel()
+                   for w in (a, b)) / 400
+        assert measured_bits(t, [a, b], [1.0, 1.0]) == pytest.approx(hand, rel=1e-6)
+    # with scale=std on zero-mean weights the measured figure is the nominal one: 0.68 bits at sigma 0.8
+    z = torch.randn(1000)
+    z -= z.mean()
+    assert measured_bits("add-gauss:sigma=0.8", [z], [None]) == pytest.approx(capacity_bits("add-gauss:sigma=0.8"))
+    assert capacity_bits("add-gauss:sigma=0.8") == pytest.approx(0.678, abs=1e-3)
+    # range-relative noise on weights that do not fill their range carries fewer bits than its nominal figure
+    assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits("add-gauss:sigma=0.8")
+    assert measured_bits("quant:bits=3", [a], [None]) == 3.0 and measured_bits("add-gauss:sigma=0", [a], [1]) is None

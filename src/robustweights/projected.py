@@ -468,7 +468,7 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
         with torch.no_grad():
             for s in ss:
                 base = s.hidden if on == "hidden" else effective_weight(s)
-                s.pinned = t(base, generator, clip=s.bound)
+                s.pinned = t(base, generator, clip=s.H)   # scale=clip on a never-clipped weight: its max|W|
         yield model
     finally:
         for s, p in zip(ss, before):

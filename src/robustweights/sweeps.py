@@ -50,7 +50,7 @@ from .training import (check_writable, safe_load, _agree, _seed, evaluate_split,
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
-           "entropy_bits", "spec", "on", "metric", "score"]
+           "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
 
 
 def better_when_higher(metric: str) -> bool:
@@ -318,6 +318,9 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
                 continue
             s = cell_seed(seed, c)
             g = torch.Generator(device=device).manual_seed(s)
+            hit = [x for x in projected.sites(model) if x.name not in untouched]
+            measured = bits_mod.measured_bits(
+                c.t, [x.hidden if on == "hidden" else projected.effective_weight(x) for x in hit], [x.H for x in hit])
             with projected.distort(model, c.t, g, on=on, exclude=untouched):
                 entropy = None
                 if bits_mod.is_discrete(c.t):
@@ -326,9 +329,10 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
                 with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
                     r = measure(model)
             row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
-                   "error": r.get("error"), "loss": r.get("loss"), "effective_bits": bits_mod.capacity_bits(c.t),
+                   "error": r.get("error"), "loss": r.get("loss"), "effective_bits": measured,
                    "n_examples": r.get("n"), "entropy_bits": entropy, "spec": c.t.spec, "on": on,
-                   "metric": metric, "score": _score(r, metric)}
+                   "metric": metric, "score": _score(r, metric), "nominal_bits": bits_mod.capacity_bits(c.t),
+                   "scale": c.t.params.get("scale")}
             rows.append(row)
             bar.set_postfix(cell=c.t.spec, **{metric: f"{row['score']:.4g}"})
             if on_row is not None:

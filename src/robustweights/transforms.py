@@ -20,6 +20,8 @@ magnitude a transform maps onto, chosen by its ``scale`` parameter:
 * ``max``  -- the tensor's own ``max|W|`` (default), so that ``power:beta=0``
   equals ``sign`` and a float network that was never clipped is not penalised
   for its weight scale;
+* ``std`` -- the tensor's population standard deviation: only the reference of
+  additive noise (``add-gauss``, whose default it is);
 * ``clip`` -- the training clip bound ``H`` passed by the caller (training uses
   this);
 * ``mean`` -- ``mean|W|``, the scale that minimises the squared error of a
@@ -43,7 +45,7 @@ from .errors import UserError
 
 __all__ = ["Transform", "transform", "list_transforms", "parse_spec", "SCALES"]
 
-SCALES = ("max", "clip", "mean")
+SCALES = ("max", "clip", "mean", "std")
 _REQUIRED = object()
 
 
@@ -60,7 +62,8 @@ class Param:
     default: Any = _REQUIRED
     ok: Callable[[Any], bool] = lambda v: True
     allowed: str = ""                          # the range in words, for error messages
-
+    follows: bool = True                       # takes the scale a sweep or training sets by default
+    quiet: bool = False                        # left out of the canonical spec at its default
 
 @dataclass(frozen=True)
 class Entry:
@@ -106,17 +109,25 @@ def list_transforms(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-_SCALE = Param("scale", "scale", "max", allowed="max, clip, mean or a positive number")
+_SCALE = Param("scale", "scale", "max", ok=lambda v: v != "std", allowed="max, clip, mean or a positive number")
+# The reference of additive noise: its own default (std), never the magnitude default of a sweep or
+# of training, and written in a spec only when it is not std (so specs from before it read the same).
+_NOISE_REF = Param("scale", "scale", "std", allowed="std, max, clip, mean or a positive number", follows=False,
+                   quiet=True)
 
 
-def _magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
+def magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
     """The ``H`` a transform maps onto (see the module docstring)."""
     if scale == "max":
         h = w.detach().abs().amax()
+    elif scale == "std":
+        return w.detach().std(correction=0)   # noise relative to a spread of 0 is none: no substitute
     elif scale == "mean":
         h = w.detach().abs().mean()
     elif scale == "clip":
-        return float(clip)
+        if clip is not None:
+            return float(clip)
+        h = w.detach().abs().amax()   # a tensor never clipped: its range stands for the bound
     else:
         return float(scale)
     # An all-zero tensor has no scale; 1 keeps divisions finite (the result is 0 or +-1).
@@ -286,13 +297,16 @@ def stoch_mult(w, g, H, gamma, flip):
     return _pm(up, 1, w.dtype).mul_(w.abs()).mul_(u)
 
 
-@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
+@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), _NOISE_REF, random=True)
 def add_gauss(w, g, H, sigma):
-    """``W + sigma * std(W) * n``, ``n ~ N(0, 1)``: additive noise relative to the tensor's spread.
+    """``W + sigma * R * n``, ``n ~ N(0, 1)``: additive noise relative to a reference ``R``.
 
-    ``std`` is the population standard deviation of the whole tensor.
+    ``scale`` chooses ``R``: ``std`` (the default: the tensor's population
+    standard deviation, noise relative to its spread), ``max`` (``max|W|``:
+    relative to the tensor's range), ``clip`` (the training clip bound ``H``),
+    ``mean`` (``mean|W|``) or a number.
     """
-    return w + (sigma * w.detach().std(correction=0)) * _normal(w, g)
+    return w + (sigma * H) * _normal(w, g)
 
 
 @register("mult-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
@@ -406,23 +420,26 @@ class Transform:
 
     @property
     def spec(self) -> str:
-        if not self.params:
+        quiet = {p.name for p in self.entry.params if p.quiet and self.params.get(p.name) == p.default}
+        shown = {k: v for k, v in self.params.items() if k not in quiet}
+        if not shown:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in self.params.items())
+        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in shown.items())
 
     def with_defaults(self, **defaults) -> "Transform":
         """A copy where parameters the user did not give take ``defaults`` (e.g. ``scale="clip"``)."""
-        declared = {p.name for p in self.entry.params}
+        declared = {p.name for p in self.entry.params if p.follows}
         params = dict(self.params)
         for k, v in defaults.items():
             if k in declared and k not in self.given:
                 params[k] = v
         return Transform(self.name, params, self.given)
 
-    def __call__(self, w: Tensor, generator: torch.Generator | None = None, *, clip: float = 1.0) -> Tensor:
-        """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip``."""
+    def __call__(self, w: Tensor, generator: torch.Generator | None = None, *, clip: float | None = 1.0) -> Tensor:
+        """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip`` (None: a tensor never
+        clipped, whose ``max|W|`` stands for it)."""
         p = dict(self.params)
-        H = _magnitude(w, p.pop("scale"), clip) if "scale" in p else None
+        H = magnitude(w, p.pop("scale"), clip) if "scale" in p else None
         return self.entry.fn(w, generator, H, **p)
 
     def __repr__(self) -> str:
