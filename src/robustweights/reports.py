@@ -84,10 +84,13 @@ HOW_TO_READ = (
     "measured with the weights the network is normally tested with (projected, for a deterministic "
     "training projection such as sign), while distortions act on the hidden weights unless the "
     "provenance says projected: a curve need not start on its dashed line. "
-    "Distortion grows with sigma (noise relative to the weight spread), frac and p, and falls as "
+    "Distortion grows with sigma (noise relative to its reference: the weight spread unless the "
+    "axis names max|W| or the clip bound), frac and p, and falls as "
     "beta or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the "
     "weights as they are. Effective bits per weight (method.md section 4) bound what a distorted "
-    "weight can carry: 0.5*log2(1 + 1/sigma^2) under Gaussian noise, log2(levels) for a quantizer. "
+    "weight can carry: under Gaussian noise 0.5*log2(1 + E[W^2]/sigma_n^2), measured on each "
+    "distorted tensor (0.5*log2(1 + 1/sigma^2) for noise relative to the spread of zero-mean "
+    "weights), log2(levels) for a quantizer. "
     "Transforms that set magnitudes use each network's own scale unless the spec names one: the "
     "training clip bound for a network trained with a projection, max|W| for a float one (provenance: "
     "distortion scale). "
@@ -487,7 +490,13 @@ def _draw_panel(ax, panel: Panel, sources: list[Source], colors: list, *, labels
     ax.grid(alpha=0.3)
 
 
+NOISE_REFERENCES = {"std": "weight std", "max": "max|W|", "clip": "clip bound H", "mean": "mean|W|"}
+
+
 def _param_label(key: Key) -> str:
+    if (key.name, key.param) == ("add-gauss", "sigma"):   # noise is relative to a reference: name it
+        ref = dict(p.partition("=")[::2] for p in key.fixed.split(",") if p).get("scale", "std")
+        return f"sigma (noise std / {NOISE_REFERENCES.get(ref, ref)})"
     return PARAM_LABELS.get((key.name, key.param), key.param)
 
 
