@@ -140,5 +140,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(device, tmp
     assert next(resumed.model.parameters()).device.type == device.type
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
-    assert resumed.history == [{**h, "seconds": r["seconds"], "images_per_second": r["images_per_second"]}
-                               for h, r in zip(whole.history, resumed.history)]
+    timing = ("seconds", "images_per_second")
+    assert [{k: v for k, v in h.items() if k not in timing} for h in whole.history[-1:]] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in resumed.history[-1:]]
+    assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in resumed.history]

@@ -173,3 +173,40 @@ def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
     compiled = rw.train(tiny(epochs=1, projection=projection, compile=True), progress=False).model.state_dict()
     assert len(compiled_models) == 1
     assert same_state(plain, compiled)
+
+
+def test_a_stoch_mult_network_works_as_saved(tmp_path):
+    """Batch-norm statistics gathered under weights scaled by draws of mean 1.25 do not fit the hidden
+    weights the network is evaluated with; training ends by re-estimating them, and the checkpoint keeps them."""
+    config = rw.TrainConfig(model="cnn", width=0.5, dataset="demo", projection="stoch-mult:gamma=0.5", epochs=2,
+                            batch_size=50, lr=2e-3, out=str(tmp_path / "sm"))
+    result = rw.train(config, progress=False)
+    last = result.history[-1]
+    assert last["bn_calibrated_batches"] == 50 and last["test_weights"] == "hidden"
+    assert last["test_error_stored_bn"] > last["test_error"] + 0.03        # the statistics of training hurt
+    saved = json.loads((tmp_path / "sm" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert saved == last
+    model, cfg = rw.load(tmp_path / "sm")
+    data = train_mod.load_config_data(cfg)
+    as_saved = rw.evaluate(model, cfg, data=data)["error"]
+    assert as_saved == result.test_error
+    from robustweights.training import calibrate_bn
+    calibrate_bn(model, data.train, 100, 50, "cpu", seed=123)             # other batches, twice as many
+    assert abs(rw.evaluate(model, cfg, data=data)["error"] - as_saved) <= 0.02
+    # a deterministic projection trains with the weights it is tested with: nothing to re-estimate
+    sign = rw.train(rw.TrainConfig(model="cnn", width=0.5, dataset="demo", projection="sign", epochs=1,
+                                   batch_size=50, lr=2e-3), progress=False)
+    assert "bn_calibrated_batches" not in sign.history[-1]
+
+
+def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp_path):
+    def config(epochs, out):
+        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
+                              projection="stoch-sign", epochs=epochs, batch_size=50, lr=3e-3, schedule="constant",
+                              bn_calibrate=5, out=str(tmp_path / out))
+
+    whole = rw.train(config(2, "whole"), progress=False)
+    rw.train(config(1, "cut"), progress=False)                           # ends calibrated
+    resumed = rw.train(config(2, "cut"), resume=True, progress=False)
+    for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k

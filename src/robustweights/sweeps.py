@@ -45,7 +45,7 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (check_writable, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
+from .training import (bn_layers, calibrate_bn, check_writable, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
                        write_text)
 from .transforms import Transform, parse_spec, transform
 
@@ -180,41 +180,6 @@ def cell_seed(seed: int, c: Cell) -> int:
 # Batch-norm re-estimation (method.md section 3 option)
 # ---------------------------------------------------------------------------
 
-def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_size: int, device,
-                 seed: int = 0) -> None:
-    """Replace batch-norm statistics by their average over ``batches`` training batches, for good.
-
-    A cumulative average (momentum ``None``) over fixed batches drawn from
-    ``seed``, with only the batch-norm layers in training mode: every other
-    layer runs as it is evaluated (a stochastically trained layer with its
-    hidden weights, a pinned distortion with its pinned tensor) and draws no
-    random numbers. Momenta are put back afterwards; the statistics are not
-    (see :func:`reestimated_bn` for a version that puts them back).
-    """
-    bns = _bn_layers(model)
-    momenta = [m.momentum for m in bns]
-    was_training = model.training
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()  # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
-                if i >= batches:
-                    break
-                model(x)
-    finally:
-        model.train(was_training)
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-
-
 @contextmanager
 def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
                    seed: int = 0):
@@ -226,7 +191,7 @@ def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int,
     if batches <= 0:
         yield
         return
-    bns = _bn_layers(model)
+    bns = bn_layers(model)
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
     try:
         calibrate_bn(model, split, batches, batch_size, device, seed)
@@ -728,7 +693,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         prov["baseline_weights"] = weights_label(model)
     prov["baseline_error"] = base["error"]
     prov.update(metric="error", higher_is_better=False, baseline_score=base["error"])
-    prov["batch_norm"] = bool(_bn_layers(model))
+    prov["batch_norm"] = bool(bn_layers(model))
     prov["coverage"] = sweep_coverage(model, test, config.keep, config.batch_size, device, **_selection(config))[1]
     prov["processes"] = world
     if rank == 0:
