@@ -378,7 +378,7 @@ def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False)
     (at or below it; at or above it for a metric where higher is better)."""
     groups: dict[str, list[dict]] = {}
     for r in map(complete_row, rows):
-        if r["effective_bits"] is not None:
+        if r.get("effective_bits") is not None:
             groups.setdefault(r["spec"], []).append(r)
     best = None
     for spec, rs in groups.items():
