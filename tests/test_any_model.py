@@ -319,7 +319,7 @@ def test_messages_a_user_can_act_on(tmp_path, capsys, monkeypatch):
         code, out, err = run_main(capsys, *argv, "--out", str(tmp_path / "file" / "run"))
         assert code == 2 and "is a file, not a folder" in one_error_line(err), err
     code, out, err = run_main(capsys, "list", "transforms")
-    assert code == 0 and "``" not in out and "W + sigma * std(W) * n" in out
+    assert code == 0 and "``" not in out and "W + sigma * R * n" in out
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,9 +68,11 @@ def measured_bits(t: "str | Transform", tensors: list[Tensor], clips: list[float
         return None
     total, n = 0.0, 0
     for w, clip in zip(tensors, clips):
-        w = w.detach().double()
-        noise = sigma * float(magnitude(w, t.params["scale"], clip))
-        signal = float(w.square().mean())
+        w = w.detach()
+        noise = sigma * float(magnitude(w, t.params["scale"], clip))   # the reference the distortion itself used
+        # in float64 with numpy's pairwise sum: the same figure whatever the number of threads (torch's parallel
+        # reductions split by thread count, so ranks of a distributed sweep would disagree in the last digits)
+        signal = float(np.square(w.float().cpu().numpy(), dtype=np.float64).mean())
         if noise <= 0:
             return None   # a tensor of zeros gets no noise: no finite figure
         total += 0.5 * math.log2(1 + signal / noise ** 2) * w.numel()
