@@ -606,3 +606,11 @@ def test_run_sweep_calibrates_once_before_baseline_and_cells(trained, tmp_path):
     assert r["bn_calibrate"] == 3
     plain = run_sweep(sweep_config(trained, tmp_path / "plain"), progress=False)
     assert [a["loss"] for a in r["rows"]] != [b["loss"] for b in plain["rows"]]
+
+
+def test_the_demo_calls_a_difference_a_finding_only_beyond_the_spread_over_trials():
+    from robustweights.demo import compare
+
+    assert compare({"float": [0.70, 0.75], "sign": [0.05, 0.10]}) == [
+        "sign degrades less than float (by 65.0 points; every trial)"]
+    assert compare({"float": [0.60, 0.75], "sign": [0.55, 0.65]}) == []       # overlapping trials: no finding
