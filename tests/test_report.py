@@ -10,11 +10,13 @@ import math
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import robustweights as rw
 from robustweights.errors import UserError
 from robustweights.reports import load_results, report, short_description
 
@@ -296,3 +298,15 @@ def test_html_renders_in_a_headless_browser(two, tmp_path):
         px = np.asarray(rgb.resize((640, 1000)), dtype=int)
         coloured = int(((px.max(axis=2) - px.min(axis=2)) > 60).sum())
         assert coloured > 2000, f"only {coloured} coloured pixels: are the images missing?"
+
+
+def test_the_report_explains_hidden_weight_curves_of_a_network_that_runs_projected(tmp_path):
+    rows = [{"distortion": "add-gauss", "param": "sigma", "value": v, "trial": 0, "seed": 0, "error": e,
+             "effective_bits": None, "spec": f"add-gauss:sigma={v}"} for v, e in ((0.5, 0.9), (1.0, 0.9))]
+    rw.sweeps.save_sweep(tmp_path / "hidden", rows, label="sign", baseline=0.11, description="demo",
+                         on="hidden", baseline_weights="projected")
+    rw.sweeps.save_sweep(tmp_path / "projected", rows, label="sign", baseline=0.11, description="demo",
+                         on="projected", baseline_weights="projected")
+    for name, noted in (("hidden", True), ("projected", False)):
+        md = Path(rw.report([tmp_path / name], tmp_path / f"r-{name}")["md"]).read_text()
+        assert ("the statistics belong to other weights" in md) is noted

@@ -672,6 +672,14 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
         way = "at or above" if p.get("higher_is_better") else "at or below"
         text += (f" Lowest effective bits with mean {s.metric} {way} {score_text(s, s.unit * p['target_error'])}: "
                  f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')}).")
+    if p.get("on") == "hidden" and "projected" in str(p.get("baseline_weights", "")) and p.get("batch_norm", True) \
+            and not p.get("bn_reestimate"):
+        text += (" Note: this network runs with projected weights, and its batch-norm statistics were gathered "
+                 "with them; its hidden weights are much smaller (a sign-trained network's rarely reach H), so "
+                 "curves of its distorted hidden weights start far above its undistorted error (about 90% for a "
+                 "sign-trained CNN) because the statistics belong to other weights, not because the weights are "
+                 "bad: distort the projected weights (--on projected) or re-estimate the statistics "
+                 "(--bn-reestimate N).")
     return text
 
 
