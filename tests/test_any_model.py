@@ -18,7 +18,6 @@ from torch import nn
 import robustweights as rw
 from robustweights import UserError, projected
 from robustweights.data import load_data
-from robustweights.sweeps import SweepConfig, run_sweep
 
 from conftest import one_error_line, run_main
 
@@ -48,7 +47,9 @@ def row_transformer(num_classes=10):
     return RowTransformer(num_classes)
 '''
 
-exec(NETS)  # RowTransformer, row_transformer here too
+_NS: dict = {}
+exec(NETS, _NS)  # the same model here as in the module the command line imports
+row_transformer = _NS["row_transformer"]
 
 
 @pytest.fixture(scope="module")

@@ -366,3 +366,18 @@ def test_debian_fashion_mnist_loads_in_full():
     assert (len(data.train), len(data.test), data.in_shape, data.num_classes) == (60000, 10000, (1, 28, 28), 10)
     assert torch.bincount(data.train.y).tolist() == [6000] * 10
     assert data.description == f"Fashion-MNIST from {DEBIAN_FASHION}"
+
+
+def test_a_validation_split_is_the_last_training_images_and_fits_nothing():
+    from robustweights.data import load_data as load
+
+    raw = load("demo", preprocess="none")
+    d = load("demo", val_size=500)
+    assert (len(d.train), len(d.val), len(d.test)) == (4500, 500, 1000)
+    assert torch.equal(d.val.y, raw.train.y[4500:]) and torch.equal(d.train.y, raw.train.y[:4500])
+    mean = raw.train.x[:4500].mean()                          # standardization fitted on the 4,500 alone
+    std = raw.train.x[:4500].std(correction=0)
+    assert torch.allclose(d.val.x, (raw.train.x[4500:] - mean) / std, atol=1e-5)
+    assert "validation: the last 500 training images" in d.description
+    with pytest.raises(UserError, match="val_size must be"):
+        load("demo", val_size=5000)

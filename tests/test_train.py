@@ -210,3 +210,30 @@ def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp
     resumed = rw.train(config(2, "cut"), resume=True, progress=False)
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_best_validation_epoch_is_kept_and_tested(tmp_path):
+    """BinaryConnect's selection: the network kept (best.pt) and the test error reported are those of the epoch
+    with the lowest validation error, on the last val_size training images held out."""
+    def config(epochs, out):
+        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=1500, test_subset=300,
+                              val_size=300, projection="sign", epochs=epochs, batch_size=50, lr=3e-2,
+                              schedule="constant", out=str(tmp_path / out))
+
+    result = rw.train(config(4, "run"), progress=False)
+    vals = [h["val_error"] for h in result.history]
+    best = max(i for i, v in enumerate(vals) if v == min(vals)) + 1
+    last = result.history[-1]
+    assert result.best_epoch == best == last["best_epoch"] and last["best_val_error"] == min(vals)
+    assert result.checkpoint.endswith("best.pt") and result.test_error == last["best_test_error"]
+    model, cfg = rw.load(tmp_path / "run")                                 # a run folder gives the kept network
+    assert rw.evaluate(model, cfg)["error"] == result.test_error
+    assert train_mod.read_checkpoint(tmp_path / "run")["epoch"] == best
+    data = train_mod.load_config_data(cfg)
+    assert (len(data.train), len(data.val), len(data.test)) == (1200, 300, 300)
+    # resumed half way, the same selection and the same kept network
+    rw.train(config(2, "cut"), progress=False)
+    resumed = rw.train(config(4, "cut"), resume=True, progress=False)
+    assert resumed.best_epoch == best and resumed.test_error == result.test_error
+    for (k, v), w in zip(result.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k

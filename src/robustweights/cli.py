@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  tiny  Fashion-MNIST slice, small MLP: under a minute on 2 CPU cores\n"
         "  cpu   CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores\n"
         "  gpu   full-width bc-vgg, BinaryConnect recipe, 100 epochs: for a GPU\n"
+        "  paper BinaryConnect's recipe whole: 500 epochs, 45k/5k split, best validation epoch kept;\n"
+        "        rows stoch-sign, sign, stoch-mult, identity (a GPU; about 10 min a row needs 42k img/s)\n"
         "see every key of a scale with --show; change any with --set KEY=VALUE")
     rr.add_argument("experiment", choices=tuple(EXPERIMENTS), metavar="EXPERIMENT",
                     help="one of: " + ", ".join(EXPERIMENTS))

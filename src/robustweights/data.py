@@ -571,6 +571,7 @@ class Data:
     train: Split
     test: Split
     preprocessing: str = ""          # what was done to the inputs, in words (printed beside results)
+    val: "Split | None" = None       # held out from the training set for model selection (val_size)
 
 
 _SUBFOLDER = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10-batches-py"}
@@ -639,12 +640,15 @@ def _load_image_folder(root: Path, image_size: int | None, train_subset: int | N
 
 def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "standardize",
               train_subset: int | None = None, test_subset: int | None = None,
-              image_size: int | None = None, seed: int = 0, num_workers: int = 0) -> Data:
+              image_size: int | None = None, seed: int = 0, num_workers: int = 0,
+              val_size: int | None = None) -> Data:
     """Load dataset ``name`` (one of DATASETS) from ``data_dir`` or its default place.
 
     ``train_subset``/``test_subset`` keep a random subset (seeded by ``seed``) before the
     preprocessing is fitted; the preprocessing (PREPROCESS) is fitted on the training
-    split only and applied to both. ``image_size`` (default 224) and ``num_workers``
+    split only and applied to both. ``val_size`` holds the last ``val_size`` training
+    images out as a validation split (BinaryConnect's CIFAR-10 recipe: the last 5,000
+    of the 50,000, so 45,000 train), before anything is fitted. ``image_size`` (default 224) and ``num_workers``
     apply to ``imagefolder`` only; the other datasets are held in memory.
     """
     _check_choice("dataset", name, DATASETS)
@@ -666,6 +670,8 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
         if preprocess != "standardize":
             raise UserError(f"preprocessing {preprocess!r} needs every image in memory; "
                             "imagefolder supports only 'standardize'")
+        if val_size:
+            raise UserError("a validation split (val_size) needs a dataset held in memory, not imagefolder")
         return _load_image_folder(path, image_size, train_subset, test_subset, seed, num_workers)
     if image_size is not None:
         raise UserError(f"image size applies only to imagefolder; {name} images keep their size")
@@ -688,6 +694,18 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
             description += f"; {what} subset {k} of {len(arrays[2 * stream + 1])} (seed {seed})"
         tensors += [torch.from_numpy(np.ascontiguousarray(x)).float().div_(255),   # (N, C, H, W)
                     torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))]    # (N,)
-    preprocessing = _preprocess(preprocess, tensors[0], tensors[2])
+    val = None
+    if val_size:
+        n = len(tensors[1])
+        if not (isinstance(val_size, int) and 0 < val_size < n):
+            raise UserError(f"val_size must be an integer between 1 and {n - 1} (the training images), "
+                            f"not {val_size!r}")
+        val = (tensors[0][n - val_size:], tensors[1][n - val_size:])
+        tensors[0], tensors[1] = tensors[0][:n - val_size], tensors[1][:n - val_size]
+        description += f"; validation: the last {val_size} training images, training on the other {n - val_size}"
+    held = torch.cat([tensors[2], val[0]]) if val else tensors[2]   # preprocessed alike, fitted on train only
+    preprocessing = _preprocess(preprocess, tensors[0], held)
+    if val:
+        tensors[2], val = held[:len(tensors[3])], TensorSplit(held[len(tensors[3]):], val[1])
     return Data(name, description, len(classes), tuple(tensors[0].shape[1:]), list(classes),
-                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]), preprocessing)
+                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]), preprocessing, val)

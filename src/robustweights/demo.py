@@ -161,5 +161,5 @@ def _print(summary, sweeps, description, epochs, html, out_path) -> None:
         found = findings[scale]
         print("  finding: " + ("; ".join(found) if found else
                                "no network degrades less than another beyond the spread over trials"))
-    print(f"\nOne seed, 1,000 test images: a difference inside the spread over trials is not called a finding.")
+    print("\nOne seed, 1,000 test images: a difference inside the spread over trials is not called a finding.")
     print(f"report: {html}\nruns, sweeps and checkpoints: {out_path}/")

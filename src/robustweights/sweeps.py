@@ -33,7 +33,6 @@ import json
 import math
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,7 +44,7 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (bn_layers, calibrate_bn, check_writable, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
+from .training import (bn_layers, calibrate_bn, reestimated_bn, check_writable, kept, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
                        write_text)
 from .transforms import Transform, parse_spec, transform
 
@@ -179,29 +178,6 @@ def cell_seed(seed: int, c: Cell) -> int:
 # ---------------------------------------------------------------------------
 # Batch-norm re-estimation (method.md section 3 option)
 # ---------------------------------------------------------------------------
-
-@contextmanager
-def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
-                   seed: int = 0):
-    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
-
-    As :func:`calibrate_bn`; the saved statistics and momenta are put back
-    exactly on exit, also after an error.
-    """
-    if batches <= 0:
-        yield
-        return
-    bns = bn_layers(model)
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
-    try:
-        calibrate_bn(model, split, batches, batch_size, device, seed)
-        yield
-    finally:
-        for m, (mean, var, n) in zip(bns, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(n)
-
 
 # ---------------------------------------------------------------------------
 # The sweep itself
@@ -521,7 +497,7 @@ def _selection(config: SweepConfig) -> dict:
 
 def _ckpt_path(p: str) -> Path:
     p = Path(p)
-    return p / "checkpoint.pt" if p.is_dir() else p
+    return kept(p) if p.is_dir() else p
 
 
 def _csv(rows: list[dict]) -> str:

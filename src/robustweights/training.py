@@ -29,6 +29,7 @@ import pickle
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ from .errors import UserError
 from .transforms import transform
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"           # with a validation split: the network of the best validation epoch
 FORMAT = "robustweights-checkpoint"
 VERSION = 1
 
@@ -66,6 +68,9 @@ class TrainConfig:
     augment: str = _opt("data augmentation (BinaryConnect used none)", data_mod.AUGMENT, default="none")
     train_subset: int | None = _opt("train on a seeded random subset of this many examples", default=None)
     test_subset: int | None = _opt("test on a seeded random subset of this many examples", default=None)
+    val_size: int | None = _opt("hold the last N training images out for validation; the network kept (best.pt) "
+                                "and the test error reported are those of the best validation epoch "
+                                "(BinaryConnect: 5000 of CIFAR-10's 50000)", default=None)
     image_size: int | None = _opt("imagefolder only: side of the square crop, pixels (default 224)", default=None)
     projection: str = _opt("weight projection spec, e.g. sign, stoch-sign, power:beta=0.5, stoch-mult:gamma=0.5",
                            default="identity")
@@ -153,9 +158,11 @@ class TrainResult:
     model: nn.Module
     config: TrainConfig
     history: list[dict]           # one metrics row per epoch (what metrics.jsonl holds)
-    test_error: float             # after the last epoch, with the evaluation weights of method.md section 3
-    checkpoint: str | None        # path of checkpoint.pt, or None without `out`
+    test_error: float             # after the last epoch (of the best validation epoch with val_size), with the
+                                  # evaluation weights of method.md section 3
+    checkpoint: str | None        # path of the checkpoint kept (best.pt with val_size, else checkpoint.pt), or None
     seconds: float
+    best_epoch: int | None = None  # with val_size: the epoch of the lowest validation error
 
 
 # ---------------------------------------------------------------------------
@@ -175,7 +182,7 @@ def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_m
     return data_mod.load_data(
         config.dataset, data_dir or config.data_dir, preprocess=config.preprocess,
         train_subset=config.train_subset, test_subset=config.test_subset,
-        image_size=config.image_size, seed=config.seed, num_workers=config.num_workers)
+        image_size=config.image_size, seed=config.seed, num_workers=config.num_workers, val_size=config.val_size)
 
 
 def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None, model_factory=None) -> nn.Module:
@@ -325,6 +332,29 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
             m.momentum = mom
 
 
+@contextmanager
+def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
+                   seed: int = 0):
+    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
+
+    As :func:`calibrate_bn`; the saved statistics and momenta are put back
+    exactly on exit, also after an error.
+    """
+    if batches <= 0:
+        yield
+        return
+    bns = bn_layers(model)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    try:
+        calibrate_bn(model, split, batches, batch_size, device, seed)
+        yield
+    finally:
+        for m, (mean, var, n) in zip(bns, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
+
+
 def needs_calibration(model: nn.Module) -> bool:
     """Whether the network is evaluated with weights other than those it trained with.
 
@@ -397,11 +427,18 @@ def _pickles_modules(p: Path) -> bool:
     return b"torch.nn.modules" in blob
 
 
-def read_checkpoint(path: "str | os.PathLike") -> dict:
-    """Read a checkpoint file (or a run folder holding ``checkpoint.pt``) safely; UserError if it is not one."""
+def kept(folder: "str | os.PathLike") -> Path:
+    """The checkpoint a run folder keeps: ``best.pt`` (best validation epoch) if there is one, else ``checkpoint.pt``."""
+    folder = Path(folder)
+    return folder / BEST if (folder / BEST).is_file() else folder / CHECKPOINT
+
+
+def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
+    """Read a checkpoint file, or the one a run folder keeps (:func:`kept`; ``last``: ``checkpoint.pt``, the
+    one training resumes from), safely; UserError if it is not one."""
     p = Path(path)
     if p.is_dir():
-        p = p / CHECKPOINT
+        p = p / CHECKPOINT if last else kept(p)
     if not p.is_file():
         raise UserError(f"no checkpoint at {p}")
     state = safe_load(p, "checkpoint")
@@ -627,11 +664,14 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if _is_cuda(device) else None)
     if config.compile:
         net = torch.compile(net)  # same weights and checkpoints: only the steps go through the compiled graph
-    train_split, test_split = data.train, data.test
+    train_split, test_split, val_split = data.train, data.test, data.val
+    best_state = None
     if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
         # Data resident on the GPU: no host-to-device copy per batch.
         train_split = data_mod.TensorSplit(train_split.x.to(device), train_split.y.to(device))
         test_split = data_mod.TensorSplit(test_split.x.to(device), test_split.y.to(device))
+        if val_split is not None:
+            val_split = data_mod.TensorSplit(val_split.x.to(device), val_split.y.to(device))
     params = model.parameters()
     if config.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -705,14 +745,28 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
                "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen,
                "test_loss": test["loss"], "test_error": test["error"], "test_weights": weights_label(model),
                "seconds": train_seconds, "images_per_second": seen / train_seconds}
+        if val_split is not None:
+            # A network evaluated with other weights than it trains with is selected as it will be kept: with
+            # batch-norm statistics re-estimated for its evaluation weights (put back before training goes on).
+            again = config.bn_calibrate if needs_calibration(model) else 0
+            with reestimated_bn(model, train_split, again, config.batch_size, device, _seed(config.seed, "calibrate")):
+                row["val_error"] = evaluate_split(model, val_split, loss=config.loss, batch_size=config.eval_batch_size,
+                                                  amp=config.amp, channels_last=config.channels_last)["error"]
         history.append(row)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                        f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
                        f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s")
+        is_best = val_split is not None and row["val_error"] <= min(h["val_error"] for h in history)
+        if is_best:   # the latest of ties
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if out is not None:
             save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=epoch + 1, config=config,
                             history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info)
+            if is_best:
+                save_checkpoint(out / BEST, model=model, optimizer=None, epoch=epoch + 1, config=config,
+                                history=history, num_classes=data.num_classes, in_shape=data.in_shape,
+                                data=data_info)
             write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if world > 1:
             torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
@@ -725,7 +779,42 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
                             history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info,
                             train_bn=model.__dict__.pop("_rw_train_bn"))
             write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    best_epoch = None
+    if val_split is not None and history:
+        model, best_epoch = _select_best(model, config, history, best_state, train_split, test_split, device,
+                                         progress, out, data, data_info)
     seconds = time.perf_counter() - t0
     test_error = history[-1]["test_error"] if history else float("nan")
-    return TrainResult(model.eval(), config, history, test_error,
-                       str(out / CHECKPOINT) if out is not None else None, seconds)
+    if best_epoch is not None:
+        test_error = history[-1]["best_test_error"]
+    kept_path = (out / (BEST if best_epoch is not None else CHECKPOINT)) if out is not None else None
+    return TrainResult(model.eval(), config, history, test_error, str(kept_path) if kept_path else None, seconds,
+                       best_epoch)
+
+
+def _select_best(model, config, history, best_state, train_split, test_split, device, progress, out, data,
+                 data_info):
+    """The network of the best validation epoch (the latest of ties), its batch-norm statistics
+    re-estimated like the last one's if it needs it; its test error goes in the last metrics row."""
+    best = max((h for h in history if h["val_error"] == min(r["val_error"] for r in history)),
+               key=lambda h: h["epoch"])
+    if best_state is None:   # a resumed run: the best epoch's network is in best.pt
+        best_state = read_checkpoint(out / BEST)["model"] if out is not None and (out / BEST).is_file() else None
+    if best_state is None:
+        raise RuntimeError("the network of the best validation epoch was not kept")
+    model.load_state_dict(best_state)
+    row = history[-1]
+    if config.bn_calibrate > 0 and needs_calibration(model):
+        calibrate_bn(model, train_split, config.bn_calibrate, config.batch_size, device,
+                     seed=_seed(config.seed, "calibrate"))
+    test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size, amp=config.amp,
+                          channels_last=config.channels_last)
+    row.update(best_epoch=best["epoch"], best_val_error=best["val_error"], best_test_error=test["error"])
+    if progress:
+        print(f"best validation epoch {best['epoch']} (validation error {best['val_error']:.2%}): "
+              f"test error {test['error']:.2%}; kept as {BEST}")
+    if out is not None:
+        save_checkpoint(out / BEST, model=model, optimizer=None, epoch=best["epoch"], config=config, history=history,
+                        num_classes=data.num_classes, in_shape=data.in_shape, data=data_info)
+        write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    return model, best["epoch"]
