@@ -47,9 +47,8 @@ def row_transformer(num_classes=10):
     return RowTransformer(num_classes)
 '''
 
-_NS: dict = {}
-exec(NETS, _NS)  # the same model here as in the module the command line imports
-row_transformer = _NS["row_transformer"]
+exec(NETS, globals())  # the same model here (picklable, of this module) as in the module the command line imports
+row_transformer = globals()["row_transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -252,10 +251,14 @@ def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_pa
     (tmp_path / "rw_any_nets.py").write_text(NETS)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
-    config = rw.TrainConfig(model="rw_any_nets:row_transformer", dataset="demo", train_subset=2000,
+    # config.model left at its default: the factory passed is what is built, saved and rebuilt by load
+    config = rw.TrainConfig(dataset="demo", train_subset=2000,
                             test_subset=500, projection="sign", epochs=2, batch_size=50, lr=2e-3,
                             out=str(tmp_path / "run"))
     result = rw.train(config, progress=False, model_factory="rw_any_nets:row_transformer")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "rw_any_nets:row_transformer"
+    loaded, _ = rw.load(tmp_path / "run", model_factory="rw_any_nets:row_transformer")
+    assert "RowTransformer" in [c.__name__ for c in type(loaded).__mro__]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["coverage"]
     assert len(saved["covered"]) == 11
     h = result.history[-1]

@@ -601,7 +601,7 @@ def test_bn_calibration_is_exact_repeatable_and_only_touches_statistics(net):
 def test_run_sweep_calibrates_once_before_baseline_and_cells(trained, tmp_path):
     r = run_sweep(sweep_config(trained, tmp_path / "cal", bn_calibrate=3), progress=False)
     model, _ = rw.load(trained.ckpt)
-    sweep_mod.calibrate_bn(model, trained.data.train, 3, 1000, "cpu", seed=sweep_mod._seed(0, "calibrate"))
+    sweep_mod.calibrate_bn(model, trained.data.train, 3, 1000, "cpu", seed=sweep_mod.derive_seed(0, "calibrate"))
     assert r["baseline_error"] == evaluate_split(model, trained.data.test)["error"]
     assert r["bn_calibrate"] == 3
     plain = run_sweep(sweep_config(trained, tmp_path / "plain"), progress=False)

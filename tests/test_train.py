@@ -237,3 +237,26 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path):
     assert resumed.best_epoch == best and resumed.test_error == result.test_error
     for (k, v), w in zip(result.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_hazards_of_part_9(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+    from robustweights.errors import Diverged
+
+    # a diverged run is a failed run, not a user mistake: exit status 1, one line
+    assert not issubclass(Diverged, rw.UserError)
+
+    def diverge(*a, **k):
+        raise Diverged("training loss became non-finite in epoch 1 (step 3); try a lower --lr")
+
+    monkeypatch.setattr(train_mod, "train", diverge)
+    code, out, err = run_main(capsys, "train", "--dataset", "demo", "--epochs", "1")
+    assert code == 1 and err.strip().splitlines() == [
+        "robustweights train: failed: training loss became non-finite in epoch 1 (step 3); try a lower --lr"]
+    # 'none' is one of the clip values the message lists, and it is accepted
+    net = torch.nn.Linear(3, 2)
+    rw.attach(net, "sign", clip="none")
+    assert rw.sites(net)[0].H is None
+    rw.TrainConfig(clip="none").validate()
+    with pytest.raises(rw.UserError, match="a positive number, 'glorot' or 'none'"):
+        rw.attach(torch.nn.Linear(3, 2), "sign", clip="soft")

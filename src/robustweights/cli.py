@@ -1,6 +1,6 @@
 """The ``robustweights`` command line: parse, call the library, print.
 
-Every flag of ``train`` comes from a field of :class:`~robustweights.train.TrainConfig`
+Every flag of ``train`` comes from a field of :class:`~robustweights.training.TrainConfig`
 (its help text is the field's comment), so ``config.json`` and the command line
 can never disagree. A mistake a user can make prints one line and exits with
 status 2 (``--debug`` shows the traceback); anything else is a bug and keeps
@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 from . import data as data_mod
-from .errors import UserError
+from .errors import Diverged, UserError
 
 EXAMPLES = """examples:
   robustweights demo
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"robustweights {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        if args.debug:
+            raise
+        print(f"robustweights {args.command}: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"robustweights {args.command}: interrupted; files already written are intact", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can make.
+"""The exception types: mistakes a user can make, and runs that fail.
 
 Anything a user can get wrong (a path, a file, a name, a value) raises
 :class:`UserError` with a one-line message that says what is wrong and what is
@@ -10,3 +10,10 @@ exception is a bug and keeps its traceback. ``UserError`` subclasses
 
 class UserError(ValueError):
     """A mistake in what the user asked for; the message is one line."""
+
+
+class Diverged(RuntimeError):
+    """A training run whose loss became NaN or infinite: a failed run, not a mistake in the input.
+
+    The command line prints it in one line with exit status 1 (a user mistake is status 2).
+    """

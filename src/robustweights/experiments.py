@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sweeps import SweepConfig, _git_commit, lowest_bits, run_sweep
+from .sweeps import SweepConfig, git_commit, lowest_bits, run_sweep
 from .training import TrainConfig, load_config_data, train, write_text
 
 MARKER = "reproduce.json"
@@ -590,7 +590,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
               "overrides": overrides if isinstance(overrides, (dict, type(None))) else list(overrides),
               "rows": list(rows), "columns": [column_spec(preset, c) for c in cols], "sessions": sessions}
     session = {"command": command or _api_command(experiment, scale, out, overrides), "start": started,
-               "git_commit": _git_commit(), "machine": machine(), "torch": torch.__version__,
+               "git_commit": git_commit(), "machine": machine(), "torch": torch.__version__,
                "python": platform.python_version(), "end": None, "seconds": None}
     sessions.append(session)
     write_text(out / MARKER, json.dumps(record, indent=2) + "\n")

@@ -44,8 +44,8 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (bn_layers, calibrate_bn, reestimated_bn, check_writable, kept, safe_load, _agree, _seed, evaluate_split, load, load_config_data, resolve_device, weights_label,
-                       write_text)
+from .training import (agree, bn_layers, calibrate_bn, check_writable, derive_seed, evaluate_split, kept, load,
+                       load_config_data, reestimated_bn, resolve_device, safe_load, weights_label, write_text)
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
@@ -172,7 +172,7 @@ def default_scale(model: nn.Module) -> str:
 
 
 def cell_seed(seed: int, c: Cell) -> int:
-    return _seed(seed, c.t.spec, c.trial) % (2 ** 62)
+    return derive_seed(seed, c.t.spec, c.trial) % (2 ** 62)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +431,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                            cwd=Path(__file__).resolve().parent)
@@ -541,7 +541,7 @@ def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: flo
     prov = {"label": label, "data_description": description, "split": split, "metric": metric,
             "higher_is_better": up, "baseline_score": baseline,
             "baseline_error": baseline if metric == "error" else None, "coverage": coverage,
-            "trials": max(r["trial"] for r in rows) + 1, "git_commit": _git_commit(), "torch": torch.__version__,
+            "trials": max(r["trial"] for r in rows) + 1, "git_commit": git_commit(), "torch": torch.__version__,
             "start": now, "end": now, "target_error": target, "target": target,
             "lowest_bits": lowest_bits(rows, target, up), **info}
     _write_rows(out, rows)
@@ -563,16 +563,16 @@ def run_sweep(config: SweepConfig, progress: bool = True, data: data_mod.Data | 
     every rank sees) and rank 0 writes the merged table, the same as one
     process would. ``data`` may pass the dataset already loaded (see :func:`prepare`).
     """
-    from .training import _init_distributed, _leave_distributed
+    from .training import init_distributed, leave_distributed
 
-    rank, world, device, ours = _init_distributed(config.device)
+    rank, world, device, ours = init_distributed(config.device)
     ok = False
     try:
         result = _run_sweep(config, progress and rank == 0, rank, world, device, data)
         ok = True
         return result
     finally:
-        _leave_distributed(ours, ok)
+        leave_distributed(ours, ok)
 
 
 def _partial_rows(out: Path) -> list[dict]:
@@ -648,13 +648,13 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
     except UserError as e:
         error = e
-    previous, done = _agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
+    previous, done = agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
     device = next(model.parameters()).device
     prov = {**info, "label": label, "data_description": data.description, "preprocessing": data.preprocessing,
             "split": config.split,
             "on": config.on, "bn_reestimate": config.bn_reestimate, "bn_calibrate": config.bn_calibrate,
             "trials": config.trials, "seed": config.seed,
-            "scale_default": default_scale(model), "git_commit": _git_commit(), "torch": torch.__version__,
+            "scale_default": default_scale(model), "git_commit": git_commit(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "start": (previous or {}).get("start") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "end": None, "config": cfg, "cells": len(todo)}
@@ -663,7 +663,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         # Once, before every cell and the baseline: statistics that belong to the evaluation weights
         # (a stochastically trained network gathered them with its random draws, not its hidden weights).
         calibrate_bn(model, data.train, config.bn_calibrate, config.batch_size, device,
-                     seed=_seed(config.seed, "calibrate"))
+                     seed=derive_seed(config.seed, "calibrate"))
     with projected.use_weights(model, "auto"):
         base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
         prov["baseline_weights"] = weights_label(model)

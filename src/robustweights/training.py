@@ -40,7 +40,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, projected
-from .errors import UserError
+from .errors import Diverged, UserError
 from .transforms import transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -173,7 +173,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def _seed(*parts) -> int:
+def derive_seed(*parts) -> int:
     """A 63-bit seed derived from ``parts`` (stable across runs and machines)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
@@ -519,10 +519,6 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
     return state
 
 
-class Diverged(UserError):
-    """The loss became NaN or infinite."""
-
-
 # ---------------------------------------------------------------------------
 # torch.distributed (torchrun): one process per device, DistributedDataParallel
 # ---------------------------------------------------------------------------
@@ -533,7 +529,7 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     """Join the process group torchrun describes; returns (rank, world, device, whether we initialised it).
 
     Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs.
@@ -553,7 +549,7 @@ def _init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, ours
 
 
-def _agree(error: UserError | None, state, rank: int, world: int):
+def agree(error: UserError | None, state, rank: int, world: int):
     """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
     rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
     import torch.distributed as dist
@@ -575,7 +571,7 @@ def _agree(error: UserError | None, state, rank: int, world: int):
     return box[0]
 
 
-def _leave_distributed(ours: bool, ok: bool) -> None:
+def leave_distributed(ours: bool, ok: bool) -> None:
     """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
     down its connections while another still uses them), at once after an error (no waiting on a
     rank that may never arrive)."""
@@ -603,14 +599,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     the run seed and the rank, and only rank 0 shows progress and writes files.
     """
     config.validate()
-    rank, world, device, ours = _init_distributed(config.device)
+    if model_factory is not None and config.model != model_factory:
+        # the checkpoint names the network that was built, so that load() rebuilds that one
+        config = dataclasses.replace(config, model=model_factory)
+    rank, world, device, ours = init_distributed(config.device)
     ok = False
     try:
         result = _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
         ok = True
         return result
     finally:
-        _leave_distributed(ours, ok)
+        leave_distributed(ours, ok)
 
 
 def _calibrate_at_end(model, config, history, train_split, test_split, device, progress) -> None:
@@ -621,7 +620,7 @@ def _calibrate_at_end(model, config, history, train_split, test_split, device, p
             for b in ("running_mean", "running_var", "num_batches_tracked")}
     model.__dict__["_rw_train_bn"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
     calibrate_bn(model, train_split, config.bn_calibrate, config.batch_size, device,
-                 seed=_seed(config.seed, "calibrate"))
+                 seed=derive_seed(config.seed, "calibrate"))
     test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size, amp=config.amp,
                           channels_last=config.channels_last)
     row = history[-1]
@@ -648,7 +647,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         data = data or load_config_data(config)
     except UserError as e:
         error = e
-    state = _agree(error, state, rank, world)
+    state = agree(error, state, rank, world)
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)
@@ -696,8 +695,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     steps = math.ceil((len(train_split) // world) / local_batch)
     check_every = 50 if _is_cuda(device) else 1  # a finiteness check syncs the GPU
     for epoch in range(start, config.epochs):
-        data_gen = torch.Generator().manual_seed(_seed(config.seed, epoch, "data"))
-        gen.manual_seed(_seed(config.seed, epoch, "projection", *((rank,) if world > 1 else ())))
+        data_gen = torch.Generator().manual_seed(derive_seed(config.seed, epoch, "data"))
+        gen.manual_seed(derive_seed(config.seed, epoch, "projection", *((rank,) if world > 1 else ())))
         model.train()
         t_epoch = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -749,7 +748,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             # A network evaluated with other weights than it trains with is selected as it will be kept: with
             # batch-norm statistics re-estimated for its evaluation weights (put back before training goes on).
             again = config.bn_calibrate if needs_calibration(model) else 0
-            with reestimated_bn(model, train_split, again, config.batch_size, device, _seed(config.seed, "calibrate")):
+            with reestimated_bn(model, train_split, again, config.batch_size, device, derive_seed(config.seed, "calibrate")):
                 row["val_error"] = evaluate_split(model, val_split, loss=config.loss, batch_size=config.eval_batch_size,
                                                   amp=config.amp, channels_last=config.channels_last)["error"]
         history.append(row)
@@ -806,7 +805,7 @@ def _select_best(model, config, history, best_state, train_split, test_split, de
     row = history[-1]
     if config.bn_calibrate > 0 and needs_calibration(model):
         calibrate_bn(model, train_split, config.bn_calibrate, config.batch_size, device,
-                     seed=_seed(config.seed, "calibrate"))
+                     seed=derive_seed(config.seed, "calibrate"))
     test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size, amp=config.amp,
                           channels_last=config.channels_last)
     row.update(best_epoch=best["epoch"], best_val_error=best["val_error"], best_test_error=test["error"])
