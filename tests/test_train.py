@@ -260,3 +260,25 @@ def test_hazards_of_part_9(tmp_path, monkeypatch, capsys):
     rw.TrainConfig(clip="none").validate()
     with pytest.raises(rw.UserError, match="a positive number, 'glorot' or 'none'"):
         rw.attach(torch.nn.Linear(3, 2), "sign", clip="soft")
+
+
+def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp_path):
+    def config(out, **kw):
+        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=200,
+                              val_size=200, projection="sign", epochs=5, batch_size=50, lr=3e-3,
+                              schedule="constant", checkpoint_every=2, out=str(tmp_path / out), **kw)
+
+    whole = rw.train(config("whole"), progress=False)
+
+    def stop_after_3(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rw.train(config("cut"), progress=False, callback=stop_after_3)
+    assert train_mod.read_checkpoint(tmp_path / "cut", last=True)["epoch"] == 2          # written at 2, not 3
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3      # metrics every epoch
+    resumed = rw.train(config("cut"), resume=True, progress=False)
+    assert resumed.best_epoch == whole.best_epoch and resumed.test_error == whole.test_error
+    for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k

@@ -116,9 +116,10 @@ NEEDS = {1: ("identity", "sign", "stoch-sign"), 2: (), 3: ("identity", "clip", "
 _TRAIN_KEYS = ("model", "width", "dataset", "data_dir", "preprocess", "train_subset", "test_subset", "val_size",
                "image_size",
                "loss", "optimizer", "lr", "lr_end", "schedule", "epochs", "batch_size", "eval_batch_size", "seed",
-               "device", "amp", "channels_last", "compile")
+               "device", "amp", "channels_last", "compile", "checkpoint_every")
 _BASE = {
     "data_dir": None, "train_subset": None, "test_subset": None, "val_size": None, "image_size": None,
+    "checkpoint_every": 1,
     "optimizer": "adam",
     "lr_end": None, "schedule": "exp", "eval_batch_size": 1000, "seed": 0, "device": "auto", "amp": False,
     "channels_last": False, "compile": False, "clip": "glorot", "preprocess": "standardize",
@@ -152,10 +153,10 @@ PRESETS = {
 # exponentially to 2e-6, the per-layer Glorot clip bound H (equivalent, up to scale, to H = 1 with Glorot-scaled
 # learning rates), squared hinge, GCN + ZCA, no augmentation, 45,000 / 5,000 train / validation split, and the
 # network of the best validation epoch kept and tested; the rows the claims need most.
-PRESETS["paper"] = {**PRESETS["gpu"], "epochs": 500, "val_size": 5000,
+PRESETS["paper"] = {**PRESETS["gpu"], "epochs": 500, "val_size": 5000, "checkpoint_every": 25,
                     "rows": "stoch-sign,sign,stoch-mult,identity"}
 # Keys whose change alters no number: a rerun may change them.
-_RESUMABLE = ("device", "data_dir", "eval_batch_size")
+_RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every")
 
 
 # ---------------------------------------------------------------------------

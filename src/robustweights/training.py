@@ -106,6 +106,8 @@ class TrainConfig:
     channels_last: bool = _opt("channels-last memory format (faster convolutions on GPUs)", default=False)
     compile: bool = _opt("torch.compile the training steps (slow first steps; for long GPU runs)", default=False)
     num_workers: int = _opt("imagefolder only: data loader worker processes", default=0)
+    checkpoint_every: int = _opt("write checkpoint.pt (and best.pt) every N epochs and after the last; metrics.jsonl "
+                                 "is written every epoch (a killed run resumes from the last checkpoint)", default=1)
     bn_calibrate: int = _opt("after the last epoch, re-estimate batch-norm statistics on N training batches with the "
                              "evaluation weights, for networks evaluated with other weights than they trained with "
                              "(random projections: stoch-sign, stoch-mult, noise); the checkpoint keeps them "
@@ -122,6 +124,7 @@ class TrainConfig:
         transform(self.projection)
         data_mod.parse_preprocess(self.preprocess)
         positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "checkpoint_every": self.checkpoint_every,
                     "eval_batch_size": self.eval_batch_size}
         for name, v in positive.items():
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -373,13 +376,15 @@ def needs_calibration(model: nn.Module) -> bool:
 # ---------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num_classes, in_shape, data,
-                    train_bn: dict | None = None) -> None:
-    state = {"train_bn": train_bn,
+                    train_bn: dict | None = None, model_state: dict | None = None) -> None:
+    state = {
         "format": FORMAT, "version": VERSION, "epoch": epoch,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+        "model": model.state_dict() if model_state is None else model_state,
+        "optimizer": optimizer.state_dict() if optimizer else None,
         "config": dataclasses.asdict(config), "history": history,
         "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
         "torch": str(torch.__version__),
+        "train_bn": train_bn,   # batch-norm statistics of training, where "model" holds re-estimated ones
     }
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -490,7 +495,8 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
 # ---------------------------------------------------------------------------
 
 # Fields that may differ when a run is resumed: they do not change what is computed.
-_RESUMABLE = {"epochs", "out", "device", "num_workers", "data_dir", "eval_batch_size", "bn_calibrate"}
+_RESUMABLE = {"epochs", "out", "device", "num_workers", "data_dir", "eval_batch_size", "bn_calibrate",
+              "checkpoint_every"}
 
 
 def _check_out(config: TrainConfig, resume: bool) -> dict | None:
@@ -664,7 +670,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     if config.compile:
         net = torch.compile(net)  # same weights and checkpoints: only the steps go through the compiled graph
     train_split, test_split, val_split = data.train, data.test, data.val
-    best_state = None
+    best_state, best_unsaved = None, None
     if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
         # Data resident on the GPU: no host-to-device copy per batch.
         train_split = data_mod.TensorSplit(train_split.x.to(device), train_split.y.to(device))
@@ -756,17 +762,21 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                        f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
                        f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s")
-        is_best = val_split is not None and row["val_error"] <= min(h["val_error"] for h in history)
-        if is_best:   # the latest of ties
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if val_split is not None and row["val_error"] <= min(h["val_error"] for h in history):
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # the latest of ties
+            best_unsaved = epoch + 1
+        due = (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
         if out is not None:
-            save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=epoch + 1, config=config,
-                            history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info)
-            if is_best:
-                save_checkpoint(out / BEST, model=model, optimizer=None, epoch=epoch + 1, config=config,
+            if due:
+                save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=epoch + 1, config=config,
                                 history=history, num_classes=data.num_classes, in_shape=data.in_shape,
                                 data=data_info)
-            write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            if due and best_unsaved:
+                save_checkpoint(out / BEST, model=model, optimizer=None, epoch=best_unsaved, config=config,
+                                history=history, num_classes=data.num_classes, in_shape=data.in_shape,
+                                data=data_info, model_state=best_state)
+                best_unsaved = None
+            write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))   # every epoch
         if world > 1:
             torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
         if callback is not None:
