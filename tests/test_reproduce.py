@@ -41,7 +41,7 @@ def test_tiny_all_trains_sweeps_reports_and_judges(tiny_all):
             assert r["error"] == sign["baseline_error"]
     # files: report with the claims table, provenance with commit, machine and time
     html = (out / "report" / "report.html").read_text()
-    assert "Claims (method.md section 1)" in html and "not run at this scale" in html
+    assert "Claims (docs/method.md section 1)" in html and "not run at this scale" in html
     assert (out / "report" / "matrix.png").exists() and (out / "claims.md").read_text().count("\n") == 7
     record = json.loads((out / "reproduce.json").read_text())
     session = record["sessions"][-1]
@@ -223,7 +223,7 @@ def test_report_command_takes_the_claims_table(tiny_all, tmp_path, capsys):
                             "--claims", str(out / "claims.json"))
     assert code == 0, err
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Claims (method.md section 1)" in md and md.count("not run at this scale") >= 3
+    assert "## Claims (docs/method.md section 1)" in md and md.count("not run at this scale") >= 3
     (tmp_path / "bad.json").write_text('{"claim": 1}')
     code, _, err = run_main(capsys, "report", *sweeps, "--out", str(tmp_path / "rep2"),
                             "--claims", str(tmp_path / "bad.json"))

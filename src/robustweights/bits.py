@@ -1,4 +1,4 @@
-"""Effective bits per weight (method.md section 4, [ours]).
+"""Effective bits per weight (docs/method.md section 4, [ours]).
 
 Three figures per distorted network, each the weight-count-weighted mean over
 the distorted tensors (layers left undistorted are not counted):

@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Test error and loss of a trained checkpoint on its own dataset and preprocessing.")
     e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
     e.add_argument("--weights", choices=WEIGHTS, default="auto",
-                   help="auto: the training projection if deterministic, else hidden (method.md section 3)")
+                   help="auto: the training projection if deterministic, else hidden (docs/method.md section 3)")
     e.add_argument("--split", choices=("test", "train"), default="test")
     e.add_argument("--data-dir", default=None, help="where the dataset is, if not where training found it")
     e.add_argument("--model-factory", default=None, help="allow importing this package.module:function model")

@@ -9,7 +9,7 @@
    sign network's hidden-weight error: its batch-norm statistics belong to
    its binary weights, not to the much smaller hidden ones.
 3. Sweep the weights each network runs with against additive noise under
-   both references of method.md 5a: relative to each layer's range
+   both references of docs/method.md 5a: relative to each layer's range
    (``scale=max``, the paper's most likely convention: the headline) and
    relative to each tensor's spread (``std``, beside it), 3 trials each.
 4. Write a report and print the finding: a difference between networks is

@@ -1,4 +1,4 @@
-"""``robustweights reproduce``: the paper's five claims (method.md section 1) as runs that end in verdicts.
+"""``robustweights reproduce``: the paper's five claims (docs/method.md section 1) as runs that end in verdicts.
 
     robustweights reproduce matrix --scale tiny --out runs/repro-tiny
     rw.reproduce("all", scale="cpu", out="runs/repro-cpu", overrides={"epochs": 8})
@@ -67,7 +67,7 @@ from .training import TrainConfig, load_config_data, train, write_text
 
 MARKER = "reproduce.json"
 
-# Rows: a training projection each (method.md section 3's matrix rows). "clip" is clip only (mode none).
+# Rows: a training projection each (docs/method.md section 3's matrix rows). "clip" is clip only (mode none).
 ROWS = {
     "identity": "float weights (no projection, no clipping)",
     "clip": "clip only: no projection, hidden weights clipped to [-H, H] (mode none)",
@@ -78,7 +78,7 @@ ROWS = {
     "stoch-mult": "stoch-mult:gamma=<stoch_mult_gamma>, fwd+bwd (the stochastic projection rule)",
     "add-gauss": "add-gauss:sigma=<train_sigma> (noise injection), fwd+bwd",
 }
-# add-gauss is noise relative to each tensor's std(W); add-gauss-max relative to its range max|W| (method.md 5a:
+# add-gauss is noise relative to each tensor's std(W); add-gauss-max relative to its range max|W| (docs/method.md 5a:
 # the paper's reference is not certain, so verdicts read both).
 COLUMNS = ("add-gauss", "add-gauss-max", "mult-gauss", "power", "sign", "quant")
 PARAM = {"add-gauss": "sigma", "add-gauss-max": "sigma", "mult-gauss": "sigma", "power": "beta",
@@ -149,7 +149,7 @@ PRESETS = {
             "loss": "sq-hinge", "lr": 3e-3, "lr_end": 2e-6, "epochs": 100, "batch_size": 50,
             "amp": True, "channels_last": True, "trials": 3, "target_error": 0.11},
 }
-# BinaryConnect's recipe whole (method.md section 5): 500 epochs of batch 50 (25M images), Adam 3e-3 decaying
+# BinaryConnect's recipe whole (docs/method.md section 5): 500 epochs of batch 50 (25M images), Adam 3e-3 decaying
 # exponentially to 2e-6, the per-layer Glorot clip bound H (equivalent, up to scale, to H = 1 with Glorot-scaled
 # learning rates), squared hinge, GCN + ZCA, no augmentation, 45,000 / 5,000 train / validation split, and the
 # network of the best validation epoch kept and tested; the rows the claims need most.
@@ -366,7 +366,7 @@ def paper_scale(preset: dict) -> bool:
 
 def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: str,
           imagenet_data: str | None = None) -> list[dict]:
-    """The claims table (method.md section 1) from this run's measured sweeps and training histories."""
+    """The claims table (docs/method.md section 1) from this run's measured sweeps and training histories."""
     claims = {n: {"claim": n, "statement": CLAIMS[n][0], "paper": CLAIMS[n][1],
                   "measured": "not measured by this experiment", "setting": setting,
                   "verdict": "not run at this scale"} for n in CLAIMS}

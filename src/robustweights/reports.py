@@ -11,8 +11,8 @@ one or several such folders into, in ``out``:
 - ``error_vs_strength.png``: test error against the strength of each test-time
   distortion, one line per checkpoint (mean over trials, min-max band);
 - ``error_vs_bits.png``: test error against effective bits per weight
-  (method.md section 4), with the paper's 11% at 0.68 bits marked;
-- ``matrix.png``: method.md section 3's matrix (training projection by
+  (docs/method.md section 4), with the paper's 11% at 0.68 bits marked;
+- ``matrix.png``: docs/method.md section 3's matrix (training projection by
   test-time distortion), when the inputs hold at least two ways of training;
 - ``report.html`` (self-contained: images embedded as data URIs, inline CSS,
   nothing fetched, so it opens offline and can be mailed), ``report.md``
@@ -21,7 +21,7 @@ one or several such folders into, in ``out``:
   that holds something else).
 
 Every figure names the dataset with its caveat (``CIFAR-10 (JPEG copy)``), and
-the report lists each input's provenance, as method.md asks of every result.
+the report lists each input's provenance, as docs/method.md asks of every result.
 
 Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas
 explicitly, not through pyplot: a report made inside a notebook neither
@@ -55,11 +55,11 @@ from .training import write_bytes, write_text
 
 MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
 FIGURE_DPI = 120
-PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits
+PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # docs/method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits
 FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "matrix.png")
 OUTPUTS = FIGURES + ("report.html", "report.md")   # what a rerun may replace or remove; report.json aside
 
-# Axis labels of the swept parameters, with their unit or meaning (method.md sections 2-3).
+# Axis labels of the swept parameters, with their unit or meaning (docs/method.md sections 2-3).
 PARAM_LABELS = {
     ("add-gauss", "sigma"): "sigma (noise std / weight std)",
     ("mult-gauss", "sigma"): "sigma (relative noise std)",
@@ -87,7 +87,7 @@ HOW_TO_READ = (
     "Distortion grows with sigma (noise relative to its reference: the weight spread unless the "
     "axis names max|W| or the clip bound), frac and p, and falls as "
     "beta or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the "
-    "weights as they are. Effective bits per weight (method.md section 4) bound what a distorted "
+    "weights as they are. Effective bits per weight (docs/method.md section 4) bound what a distorted "
     "weight can carry: under Gaussian noise 0.5*log2(1 + E[W^2]/sigma_n^2), measured on each "
     "distorted tensor (0.5*log2(1 + 1/sigma^2) for noise relative to the spread of zero-mean "
     "weights), log2(levels) for a quantizer. "
@@ -755,10 +755,10 @@ FIGURE_CAPTIONS = {
                              "to the highest trial; "
                              "dashed: the network's undistorted value.",
     "error_vs_bits.png": "Test error (or the sweep's metric) against effective bits per weight "
-                         "(method.md section 4) for the distortions that have such a figure; colour is "
+                         "(docs/method.md section 4) for the distortions that have such a figure; colour is "
                          "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
                          "results only): the paper's 11% test error at 0.68 effective bits per weight.",
-    "matrix.png": "The matrix of method.md section 3: one row per network (its training projection and "
+    "matrix.png": "The matrix of docs/method.md section 3: one row per network (its training projection and "
                   "mode), one column per test-time distortion; same y scale everywhere.",
 }
 
@@ -836,7 +836,7 @@ class Document:
         if not self.claims:
             return []
         e = html.escape
-        out = ["<h2>Claims (method.md section 1)</h2><table><tr>"
+        out = ["<h2>Claims (docs/method.md section 1)</h2><table><tr>"
                + "".join(f"<th>{h}</th>" for h in self._CLAIM_HEAD) + "</tr>"]
         for c in self.claims:
             out.append(f"<tr><td>{c['claim']}. {e(c['statement'])}</td><td>{e(c['paper'])}</td>"
@@ -850,7 +850,7 @@ class Document:
             return []
         from .experiments import claims_markdown
 
-        out = ["## Claims (method.md section 1)", "", claims_markdown(self.claims, statements=True)]
+        out = ["## Claims (docs/method.md section 1)", "", claims_markdown(self.claims, statements=True)]
         out += ["A verdict comes only from numbers measured in this run; *not run at this scale* where the "
                 "claim needs a setting this run did not have.", ""]
         return out
@@ -858,7 +858,7 @@ class Document:
     def no_bits_note(self) -> str:
         if "error_vs_bits.png" in self.pngs:
             return ""
-        return ("No distortion in these results has an effective-bits figure (method.md section 4: Gaussian "
+        return ("No distortion in these results has an effective-bits figure (docs/method.md section 4: Gaussian "
                 "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits.")
 
     def _table_note(self) -> str:

@@ -158,7 +158,7 @@ def default_scale(model: nn.Module) -> str:
     """The ``scale`` distortions take unless their spec names one.
 
     ``clip`` (the training clip bound ``H``) for a network trained with a
-    projection, ``max`` (method.md's default) otherwise. Measured reason: every
+    projection, ``max`` (docs/method.md's default) otherwise. Measured reason: every
     model here ends its layers with batch norm, whose stored statistics belong
     to the weight magnitudes seen in training. A sign-trained network's hidden
     weights rarely reach ``H``, so ``sign`` at ``scale=max`` gives weights
@@ -176,7 +176,7 @@ def cell_seed(seed: int, c: Cell) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Batch-norm re-estimation (method.md section 3 option)
+# Batch-norm re-estimation (docs/method.md section 3 option)
 # ---------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------

@@ -162,7 +162,7 @@ class TrainResult:
     config: TrainConfig
     history: list[dict]           # one metrics row per epoch (what metrics.jsonl holds)
     test_error: float             # after the last epoch (of the best validation epoch with val_size), with the
-                                  # evaluation weights of method.md section 3
+                                  # evaluation weights of docs/method.md section 3
     checkpoint: str | None        # path of the checkpoint kept (best.pt with val_size, else checkpoint.pt), or None
     seconds: float
     best_epoch: int | None = None  # with val_size: the epoch of the lowest validation error
@@ -362,7 +362,7 @@ def needs_calibration(model: nn.Module) -> bool:
     """Whether the network is evaluated with weights other than those it trained with.
 
     A random projection (``stoch-sign``, ``stoch-mult``, noise injection) trains
-    on random draws and is evaluated with its hidden weights (method.md section
+    on random draws and is evaluated with its hidden weights (docs/method.md section
     3), so its batch-norm statistics, gathered in training, belong to other
     weights: a ``stoch-mult:gamma=0.5`` network's draws have mean 1.25 and its
     saved statistics gave 72.6% CIFAR-10 error against 14.5% after
@@ -473,7 +473,7 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
              weights: str = "auto", batch_size: int | None = None, data: data_mod.Data | None = None) -> dict:
     """Test (or train) error and loss of ``model`` on the dataset and preprocessing of ``config``.
 
-    ``weights``: ``auto`` follows method.md section 3 (a deterministic training
+    ``weights``: ``auto`` follows docs/method.md section 3 (a deterministic training
     projection is applied, a random one is not), ``hidden`` uses the hidden
     weights exactly as they are, ``projected`` applies the training projection.
     """

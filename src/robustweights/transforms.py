@@ -14,7 +14,7 @@ A random transform draws through ``_uniform``/``_normal``, which also work
 inside ``torch.compile`` for a generator passed to :func:`traceable` (the
 projected layers do this): the compiled graph draws the same numbers.
 
-Definitions follow ``shared/design/method.md`` section 2. ``H`` is the
+Definitions follow ``docs/method.md`` section 2. ``H`` is the
 magnitude a transform maps onto, chosen by its ``scale`` parameter:
 
 * ``max``  -- the tensor's own ``max|W|`` (default), so that ``power:beta=0``
@@ -214,7 +214,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
 
 
 # ---------------------------------------------------------------------------
-# The transforms (method.md section 2 table; prune and bitflip model hardware faults)
+# The transforms (docs/method.md section 2 table; prune and bitflip model hardware faults)
 # ---------------------------------------------------------------------------
 
 @register("identity")
@@ -285,7 +285,7 @@ def power(w, g, H, beta):
 def stoch_mult(w, g, H, gamma, flip):
     """``W * u`` with ``u ~ U[gamma, 1/gamma]`` elementwise, a new draw every call.
 
-    The stochastic projection rule (a reconstruction, method.md). With
+    The stochastic projection rule (a reconstruction, docs/method.md). With
     ``flip=true`` the magnitude is ``|W| * u`` and the sign is drawn as in
     ``stoch-sign`` (``+`` with probability ``clip((W/H + 1)/2, 0, 1)``).
     ``gamma=1`` is the identity (without flip).
