@@ -71,7 +71,8 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainConfig, distributed_env, read_checkpoint, train
+    from .distributed import distributed_env
+    from .training import TrainConfig, read_checkpoint, train
 
     given = _given(args, TrainConfig)
     if args.resume:
@@ -132,7 +133,7 @@ def cmd_reproduce(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweeps import SweepConfig, run_sweep
-    from .training import distributed_env
+    from .distributed import distributed_env
 
     config = SweepConfig(**_given(args, SweepConfig))
     r = run_sweep(config, progress=not args.quiet)

@@ -49,10 +49,8 @@ ImageNet needs data these machines lack) say ``not run at this scale``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
 import platform
 import shlex
 import time
@@ -62,8 +60,9 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sweeps import SweepConfig, git_commit, lowest_bits, run_sweep
-from .training import TrainConfig, load_config_data, train, write_text
+from .sweeps import SweepConfig, lowest_bits, run_sweep
+from .runs import git_commit, machine, now, write_text
+from .training import TrainConfig, load_config_data, train
 
 MARKER = "reproduce.json"
 
@@ -516,19 +515,6 @@ def claims_markdown(claims: list[dict], statements: bool = False) -> str:
 # The run
 # ---------------------------------------------------------------------------
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores{gpu}"
-
-
 def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -585,7 +571,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
             imagenet_data = f"image folder {preset['data_dir']}"
 
     configs = {row: row_config(preset, row, out, experiment) for row in rows}   # bad settings fail here
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    started = now()
     sessions = list((prev or {}).get("sessions", []))
     record = {"experiment": experiment, "scale": scale, "preset": preset,
               "overrides": overrides if isinstance(overrides, (dict, type(None))) else list(overrides),
@@ -646,7 +632,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
         html = report([out / "sweeps" / row for row in rows], out / "report", at=at,
                       title=f"robustweights reproduce {experiment} --scale {scale}", claims=claims)["html"]
     seconds = time.perf_counter() - t0
-    session.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), seconds=seconds)
+    session.update(end=now(), seconds=seconds)
     record.update(trained=trained, total_seconds=sum(s["seconds"] or 0 for s in sessions))
     write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
 

@@ -51,7 +51,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from .errors import UserError
 from .sweeps import complete_row
-from .training import write_bytes, write_text
+from .runs import now, write_bytes, write_text
 
 MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
 FIGURE_DPI = 120
@@ -155,7 +155,7 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     manifest = {"kind": MARKER, "inputs": [str(s.folder.resolve()) for s in sources],
                 "labels": [s.label for s in sources],
                 "at": {label: value for label, _, value in columns if value is not None},
-                "files": files, "written": _now()}
+                "files": files, "written": now()}
     # The marker goes first: a report interrupted half way still owns its folder and can be rerun.
     claimed = list(dict.fromkeys(old_files + files))
     write_text(out / "report.json", json.dumps({**manifest, "files": claimed}, indent=2) + "\n")
@@ -262,10 +262,6 @@ def _check_out(out: Path) -> list[str]:
     if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
         raise UserError(f"{out} exists and is not a robustweights report folder; choose another --out")
     return [f for f in previous.get("files", []) if f in OUTPUTS]   # never remove anything else
-
-
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------
@@ -783,7 +779,7 @@ class Document:
         out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(self.title)}</title>",
                f"<style>{CSS}</style></head><body>",
                f"<h1>{e(self.title)}</h1>",
-               f"<p class=\"sub\">Data: {e(self.caption)}. Written {e(_now())} by robustweights.</p>",
+               f"<p class=\"sub\">Data: {e(self.caption)}. Written {e(now())} by robustweights.</p>",
                *self._claims_html(),
                "<h2>Headlines</h2><ul>"]
         out += [f"<li><b>{e(s.label)}</b>: {e(headline(s, self.keys, self.names))}</li>" for s in self.sources]
@@ -809,7 +805,7 @@ class Document:
         return "\n".join(out)
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", "", f"Data: {self.caption}. Written {_now()} by robustweights.", "",
+        out = [f"# {self.title}", "", f"Data: {self.caption}. Written {now()} by robustweights.", "",
                *self._claims_md(), "## Headlines", ""]
         out += [f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources]
         out += ["", "## Figures", ""]

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
-import hashlib
 import io
 import json
 import math
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +41,10 @@ from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
 from .errors import UserError
-from .training import (agree, bn_layers, calibrate_bn, check_writable, derive_seed, evaluate_split, kept, load,
-                       load_config_data, reestimated_bn, resolve_device, safe_load, weights_label, write_text)
+from .distributed import agree, process_group, resolve_device
+from .runs import check_writable, git_commit, now, safe_load, sha256, write_text
+from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, kept, load, load_config_data,
+                       reestimated_bn, weights_label)
 from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
@@ -423,23 +422,6 @@ class SweepConfig:
     RESUMABLE = ("data_dir", "device", "out", "target_error", "batch_size")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_commit() -> str:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                           cwd=Path(__file__).resolve().parent)
-        return r.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _load_state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -470,7 +452,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
         data = data or load_config_data(tc, config.data_dir)
         kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
         label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
-        info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": _sha256(_ckpt_path(config.checkpoint)),
+        info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": sha256(_ckpt_path(config.checkpoint)),
                 "model": tc.model, "width": tc.width, "train_projection": tc.projection, "train_mode": tc.mode,
                 "dataset": tc.dataset}
         return model, data, tc.loss, label, info
@@ -484,7 +466,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
                         f"{config.state_dict} (for the model from {config.model_factory})")
     projected.attach(model, "identity", mode="none", clip=None, include=config.include or ("*",),
                      exclude=config.exclude, types=config.types, exclude_types=config.exclude_types)
-    info = {"checkpoint": str(config.state_dict), "checkpoint_sha256": _sha256(Path(config.state_dict)),
+    info = {"checkpoint": str(config.state_dict), "checkpoint_sha256": sha256(Path(config.state_dict)),
             "model": config.model_factory, "width": None, "train_projection": "unknown", "train_mode": "unknown",
             "dataset": config.dataset}
     return model.to(device).eval(), data, "ce", f"{config.model_factory} (own model)", info
@@ -537,12 +519,12 @@ def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: flo
     if target is None:
         step = 0.01 if metric == "error" else 0.01 * abs(baseline)
         target = baseline - step if up else baseline + step
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    stamp = now()
     prov = {"label": label, "data_description": description, "split": split, "metric": metric,
             "higher_is_better": up, "baseline_score": baseline,
             "baseline_error": baseline if metric == "error" else None, "coverage": coverage,
             "trials": max(r["trial"] for r in rows) + 1, "git_commit": git_commit(), "torch": torch.__version__,
-            "start": now, "end": now, "target_error": target, "target": target,
+            "start": stamp, "end": stamp, "target_error": target, "target": target,
             "lowest_bits": lowest_bits(rows, target, up), **info}
     _write_rows(out, rows)
     write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
@@ -563,16 +545,9 @@ def run_sweep(config: SweepConfig, progress: bool = True, data: data_mod.Data | 
     every rank sees) and rank 0 writes the merged table, the same as one
     process would. ``data`` may pass the dataset already loaded (see :func:`prepare`).
     """
-    from .training import init_distributed, leave_distributed
 
-    rank, world, device, ours = init_distributed(config.device)
-    ok = False
-    try:
-        result = _run_sweep(config, progress and rank == 0, rank, world, device, data)
-        ok = True
-        return result
-    finally:
-        leave_distributed(ours, ok)
+    with process_group(config.device) as (rank, world, device):
+        return _run_sweep(config, progress and rank == 0, rank, world, device, data)
 
 
 def _partial_rows(out: Path) -> list[dict]:
@@ -656,7 +631,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
             "trials": config.trials, "seed": config.seed,
             "scale_default": default_scale(model), "git_commit": git_commit(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "start": (previous or {}).get("start") or datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "start": (previous or {}).get("start") or now(),
             "end": None, "config": cfg, "cells": len(todo)}
     test = getattr(data, config.split)
     if config.bn_calibrate:
@@ -713,7 +688,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
             f.unlink(missing_ok=True)              # (a rank on a shared folder may delete its own first)
     target = config.target_error if config.target_error is not None else base["error"] + 0.01
     best = lowest_bits(rows, target)
-    prov.update(end=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    prov.update(end=now(),
                 seconds=time.perf_counter() - t0, target_error=target, lowest_bits=best)
     if rank == 0:
         write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")

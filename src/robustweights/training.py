@@ -25,10 +25,7 @@ import hashlib
 import json
 import math
 import os
-import pickle
-import tempfile
 import time
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +37,9 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, projected
+from .distributed import agree, process_group, resolve_device
 from .errors import Diverged, UserError
+from .runs import atomic_write, check_writable, safe_load, write_text
 from .transforms import transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -172,10 +171,6 @@ class TrainResult:
 # Building blocks
 # ---------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def derive_seed(*parts) -> int:
     """A 63-bit seed derived from ``parts`` (stable across runs and machines)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
@@ -217,45 +212,6 @@ def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
         t = (epoch * steps + step) / (config.epochs * steps)
         return config.lr * 0.5 * (1 + math.cos(math.pi * t))
     return config.lr
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file follows the umask like any other
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def check_writable(out: Path, flag: str = "--out") -> None:
-    """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is created here)."""
-    p = Path(out).absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir():
-        raise UserError(f"{flag} {out}: {p} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: no permission to write in {p}")
-
-
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _is_cuda(device: torch.device) -> bool:
@@ -386,50 +342,7 @@ def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num
         "torch": str(torch.__version__),
         "train_bn": train_bn,   # batch-norm statistics of training, where "model" holds re-estimated ones
     }
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def safe_load(p: Path, what: str):
-    """``torch.load(p, weights_only=True)`` with one sentence of ours for each way a file can be wrong.
-
-    ``weights_only`` reads tensors and plain containers and never runs code;
-    a file that needs more (a pickled whole ``nn.Module``, any other Python
-    object) is refused rather than loaded, whatever PyTorch's own message suggests.
-    """
-    import re
-
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        name = found.group(1) if found else None
-        if name is None and not _pickles_modules(p):
-            raise UserError(f"{p} is not a readable {what}: not a file torch.save wrote, or truncated or "
-                            f"corrupt") from None
-        if name and name.startswith("torch.nn.modules") or _pickles_modules(p):
-            raise UserError(f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
-                            f"only tensors, never code: save model.state_dict() with torch.save instead") from None
-        raise UserError(f"{p} is not a {what}: it holds Python objects other than tensors"
-                        f"{f' ({name})' if name else ''}, which robustweights refuses to unpickle "
-                        f"(that could run code)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable {what}: truncated or corrupt "
-                        f"({type(e).__name__})") from None
-    except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
-        raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
-
-
-def _pickles_modules(p: Path) -> bool:
-    """Whether the pickle inside a ``torch.save`` file names ``torch.nn`` module classes (read as bytes, not run)."""
-    try:
-        with zipfile.ZipFile(p) as z:
-            blob = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
-    except (zipfile.BadZipFile, OSError):
-        try:
-            blob = p.read_bytes()[:1 << 24]
-        except OSError:
-            return False
-    return b"torch.nn.modules" in blob
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def kept(folder: "str | os.PathLike") -> Path:
@@ -525,70 +438,6 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
     return state
 
 
-# ---------------------------------------------------------------------------
-# torch.distributed (torchrun): one process per device, DistributedDataParallel
-# ---------------------------------------------------------------------------
-
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """Join the process group torchrun describes; returns (rank, world, device, whether we initialised it).
-
-    Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs.
-    """
-    import torch.distributed as dist
-
-    rank, world, local = distributed_env()
-    if world == 1:
-        return 0, 1, resolve_device(device_name), False
-    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    ours = not dist.is_initialized()
-    if ours:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, ours
-
-
-def agree(error: UserError | None, state, rank: int, world: int):
-    """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
-    rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
-    import torch.distributed as dist
-
-    if world == 1:
-        if error is not None:
-            raise error
-        return state
-
-    errors: list = [None] * world
-    dist.all_gather_object(errors, None if error is None else str(error))
-    if errors[rank] is not None:
-        raise UserError(errors[rank])
-    for r, message in enumerate(errors):
-        if message is not None:
-            raise UserError(f"(on rank {r}) {message}")
-    box = [state]
-    dist.broadcast_object_list(box, src=0)  # the checkpoint rank 0 read with weights_only=True
-    return box[0]
-
-
-def leave_distributed(ours: bool, ok: bool) -> None:
-    """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
-    down its connections while another still uses them), at once after an error (no waiting on a
-    rank that may never arrive)."""
-    if ours:
-        import torch.distributed as dist
-
-        if ok:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           callback: Callable[[int, dict], None] | None = None, model_factory: str | None = None,
           data: data_mod.Data | None = None) -> TrainResult:
@@ -608,14 +457,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if model_factory is not None and config.model != model_factory:
         # the checkpoint names the network that was built, so that load() rebuilds that one
         config = dataclasses.replace(config, model=model_factory)
-    rank, world, device, ours = init_distributed(config.device)
-    ok = False
-    try:
-        result = _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
-        ok = True
-        return result
-    finally:
-        leave_distributed(ours, ok)
+    with process_group(config.device) as (rank, world, device):
+        return _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
 
 
 def _calibrate_at_end(model, config, history, train_split, test_split, device, progress) -> None:

@@ -1,0 +1,99 @@
+"""torch.distributed (torchrun): one process per device, and the few collective steps train and sweep need.
+
+    with process_group("auto") as (rank, world, device):
+        ...
+
+Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs. :func:`agree`
+makes a user mistake on any rank stop every rank with its line, and hands
+rank 0's view (a checkpoint it read, the cells it found done) to every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+from .errors import UserError
+
+__all__ = ["resolve_device", "distributed_env", "init_distributed", "leave_distributed", "agree", "process_group"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """Join the process group torchrun describes; returns (rank, world, device, whether we initialised it).
+
+    Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs.
+    """
+    import torch.distributed as dist
+
+    rank, world, local = distributed_env()
+    if world == 1:
+        return 0, 1, resolve_device(device_name), False
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, ours
+
+
+def agree(error: UserError | None, state, rank: int, world: int):
+    """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
+    rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
+    import torch.distributed as dist
+
+    if world == 1:
+        if error is not None:
+            raise error
+        return state
+
+    errors: list = [None] * world
+    dist.all_gather_object(errors, None if error is None else str(error))
+    if errors[rank] is not None:
+        raise UserError(errors[rank])
+    for r, message in enumerate(errors):
+        if message is not None:
+            raise UserError(f"(on rank {r}) {message}")
+    box = [state]
+    dist.broadcast_object_list(box, src=0)  # the checkpoint rank 0 read with weights_only=True
+    return box[0]
+
+
+def leave_distributed(ours: bool, ok: bool) -> None:
+    """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
+    down its connections while another still uses them), at once after an error (no waiting on a
+    rank that may never arrive)."""
+    if ours:
+        import torch.distributed as dist
+
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device_name: str):
+    """Join the process group torchrun describes (nothing to join in one process) for the block; yields
+    ``(rank, world, device)`` and leaves the group on exit: after a barrier when the block succeeded, at
+    once after an error."""
+    rank, world, device, ours = init_distributed(device_name)
+    ok = False
+    try:
+        yield rank, world, device
+        ok = True
+    finally:
+        leave_distributed(ours, ok)

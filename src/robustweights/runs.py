@@ -1,0 +1,146 @@
+"""Run folders and their files: atomic writes that keep the umask, the folder guard, safe reading, provenance.
+
+Every file the package writes goes through :func:`write_text` / :func:`write_bytes`
+(a temporary file renamed over the target: readers see the old file or the new
+one, never half of one; modes follow the umask like any other file). Every
+``torch.load`` of a file that may come from a stranger goes through
+:func:`safe_load` (``weights_only=True``: tensors and plain containers, never
+code). :func:`git_commit`, :func:`machine`, :func:`now` and :func:`sha256` are
+the provenance every result records.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import pickle
+import platform
+import re
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+
+__all__ = ["atomic_write", "write_text", "write_bytes", "check_writable", "safe_load", "git_commit", "machine",
+           "now", "sha256"]
+
+
+def now() -> str:
+    """The local time, to the second, as every result records it."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file follows the umask like any other
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is created here)."""
+    p = Path(out).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"{flag} {out}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: no permission to write in {p}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def safe_load(p: Path, what: str):
+    """``torch.load(p, weights_only=True)`` with one sentence of ours for each way a file can be wrong.
+
+    ``weights_only`` reads tensors and plain containers and never runs code;
+    a file that needs more (a pickled whole ``nn.Module``, any other Python
+    object) is refused rather than loaded, whatever PyTorch's own message suggests.
+    """
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        name = found.group(1) if found else None
+        if name is None and not _pickles_modules(p):
+            raise UserError(f"{p} is not a readable {what}: not a file torch.save wrote, or truncated or "
+                            f"corrupt") from None
+        if name and name.startswith("torch.nn.modules") or _pickles_modules(p):
+            raise UserError(f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
+                            f"only tensors, never code: save model.state_dict() with torch.save instead") from None
+        raise UserError(f"{p} is not a {what}: it holds Python objects other than tensors"
+                        f"{f' ({name})' if name else ''}, which robustweights refuses to unpickle "
+                        f"(that could run code)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{p} is not a readable {what}: truncated or corrupt "
+                        f"({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
+        raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
+
+
+def _pickles_modules(p: Path) -> bool:
+    """Whether the pickle inside a ``torch.save`` file names ``torch.nn`` module classes (read as bytes, not run)."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            blob = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    except (zipfile.BadZipFile, OSError):
+        try:
+            blob = p.read_bytes()[:1 << 24]
+        except OSError:
+            return False
+    return b"torch.nn.modules" in blob
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).resolve().parent)
+        return r.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores{gpu}"
