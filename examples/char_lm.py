@@ -99,7 +99,7 @@ def main(argv=None):
     base = evaluate(model)["perplexity"]
     print(f"validation perplexity {base:.2f} (characters; {args.steps} training steps)")
     rows = rw.sweep(model, None, ["add-gauss:sigma=0.25,0.5,1", "quant:bits=2..6", "sign"], evaluate=evaluate,
-                    metric="perplexity", trials=args.trials, progress=True, as_frame=False)
+                    metric="perplexity", trials=args.trials, progress=True)
     rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="char-level transformer LM", baseline=base,
                          description=f"licence texts of {args.corpus}, last 10% held out", model="CharLM")
     for spec in dict.fromkeys(r["spec"] for r in rows):

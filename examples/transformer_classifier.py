@@ -61,7 +61,7 @@ def main(argv=None):
     base = rw.training.evaluate_split(model, data.test)["error"]
     print(f"test error {base:.2%} ({data.description}; inputs {data.preprocessing})")
     rows = rw.sweep(model, data, ["add-gauss:sigma=0.25,0.5,1", "quant:bits=1..6"], trials=args.trials,
-                    progress=True, as_frame=False)
+                    progress=True)
     rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="row transformer", baseline=base,
                          description=data.description, model="RowTransformer")
     for spec in dict.fromkeys(r["spec"] for r in rows):

@@ -135,7 +135,7 @@ def test_one_network_one_answer_with_and_without_no_grad(trained, demo, projecti
 def test_sweep_equals_noise_added_by_hand_to_every_matrix(trained, demo):
     """The cell's draws, replayed by hand on every weight matrix, give exactly the sweep's error."""
     before = {k: v.clone() for k, v in trained.state_dict().items()}
-    rows = rw.sweep(trained, demo, ["add-gauss:sigma=1"], trials=2, seed=0, batch_size=250, as_frame=False)
+    rows = rw.sweep(trained, demo, ["add-gauss:sigma=1"], trials=2, seed=0, batch_size=250)
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())
     for row in rows:
         g = torch.Generator().manual_seed(row["seed"])
@@ -154,7 +154,7 @@ def test_sweep_gives_a_plain_model_back_as_it_came(trained, demo):
     model.load_state_dict(trained.state_dict())
     model.train()
     classes = [type(m) for m in model.modules()]
-    rw.sweep(model, demo, ["sign"], trials=1, batch_size=250, as_frame=False)
+    rw.sweep(model, demo, ["sign"], trials=1, batch_size=250)
     assert [type(m) for m in model.modules()] == classes
     assert model.training and all("_rw" not in m.__dict__ for m in model.modules())
     buf = io.BytesIO()
@@ -220,7 +220,7 @@ def test_a_weight_the_forward_pass_never_reads_is_left_out_and_said_so(demo):
             return self.fc(x.flatten(1))
 
     model = Spare()
-    rows = rw.sweep(model, demo, ["sign"], trials=1, batch_size=250, as_frame=False)
+    rows = rw.sweep(model, demo, ["sign"], trials=1, batch_size=250)
     assert len(rows) == 1
     rw.attach(model, "identity", mode="none", clip=None)
     untouched, cov = rw.sweeps.sweep_coverage(model, demo.test)

@@ -115,8 +115,8 @@ def test_sweep_and_calibration_on_the_device(device, small_data):
     rw.attach(model, "sign")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grids = ["add-gauss:sigma=0.5", "quant:bits=2", "stoch-sign"]
-    a = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100, as_frame=False)
-    b = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100, as_frame=False)
+    a = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100)
+    b = rw.sweep(model, data, grids, trials=2, seed=3, bn_batches=2, batch_size=100)
     assert a == b and len(a) == 5
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     calibrate_bn(model, data.train, 3, 100, device, seed=5)

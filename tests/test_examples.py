@@ -27,7 +27,7 @@ def test_language_model_swept_for_perplexity(tmp_path):
     assert 1 < base < 40                                   # learnt something: the alphabet has about 90 symbols
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = rw.sweep(model, None, ["add-gauss:sigma=0,1", "quant:bits=8", "sign"], evaluate=evaluate,
-                    metric="perplexity", trials=2, as_frame=False)
+                    metric="perplexity", trials=2)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     by = {(r["spec"], r["trial"]): r for r in rows}
     assert all(r["metric"] == "perplexity" and r["error"] is None for r in rows)
@@ -51,9 +51,9 @@ def test_language_model_swept_for_perplexity(tmp_path):
 def test_a_metric_missing_from_the_evaluation_is_one_clear_error():
     model = torch.nn.Linear(3, 2)
     with pytest.raises(rw.UserError, match="the evaluation gave no 'perplexity' \\(it gave: mse\\)"):
-        rw.sweep(model, None, ["sign"], evaluate=lambda m: {"mse": 1.0}, metric="perplexity", as_frame=False)
+        rw.sweep(model, None, ["sign"], evaluate=lambda m: {"mse": 1.0}, metric="perplexity")
     with pytest.raises(rw.UserError, match="give data to test on"):
-        rw.sweep(model, None, ["sign"], as_frame=False)
+        rw.sweep(model, None, ["sign"])
 
 
 def test_a_regressor_swept_for_mse_through_a_dataloader():
@@ -73,7 +73,7 @@ def test_a_regressor_swept_for_mse_through_a_dataloader():
         with torch.no_grad():
             return {"mse": sum((m(a).squeeze(1) - b).square().sum().item() for a, b in loader) / len(x)}
 
-    rows = rw.sweep(model, loader, ["add-gauss:sigma=0,0.5"], evaluate=mse, metric="mse", trials=3, as_frame=False)
+    rows = rw.sweep(model, loader, ["add-gauss:sigma=0,0.5"], evaluate=mse, metric="mse", trials=3)
     clean = [r["score"] for r in rows if r["value"] == 0]
     noisy = [r["score"] for r in rows if r["value"] == 0.5]
     assert max(clean) < 1e-3 and min(noisy) > 0.1
@@ -83,6 +83,6 @@ def test_transformer_classifier_example(tmp_path):
     tc = example("transformer_classifier")
     data = rw.data.load_data("demo", preprocess="none", train_subset=1000, test_subset=300)
     model = tc.train(data, epochs=1)
-    rows = rw.sweep(model, data, ["add-gauss:sigma=0,1"], trials=1, as_frame=False)
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0,1"], trials=1)
     base = rw.training.evaluate_split(model, data.test)["error"]
     assert rows[0]["error"] == base and rows[1]["error"] > base + 0.05

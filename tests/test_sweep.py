@@ -5,6 +5,7 @@ import csv
 import datetime
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -165,17 +166,17 @@ def test_grid_mistakes_are_user_errors(grids, trials, words):
 
 def test_any_cell_rerun_alone_gives_the_same_number(net):
     model, data = net
-    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5,1", "sign"], trials=3, seed=7, as_frame=False)
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5,1", "sign"], trials=3, seed=7)
     assert len(rows) == 7
     by_key = {(r["spec"], r["trial"]): r for r in rows}
     cell = by_key[("add-gauss:sigma=1.0", 2)]
     c = Cell(rw.transform("add-gauss:sigma=1"), "sigma", 1.0, 2)
     assert cell["seed"] == cell_seed(7, c)
 
-    alone = rw.sweep(model, data, ["add-gauss:sigma=1"], trials=3, seed=7, as_frame=False)[2]
+    alone = rw.sweep(model, data, ["add-gauss:sigma=1"], trials=3, seed=7)[2]
     assert alone == cell                                       # every field, floats exactly
     # the grids in another order: each cell still gets the same draw
-    reordered = rw.sweep(model, data, ["sign", "add-gauss:sigma=1,0.5"], trials=3, seed=7, as_frame=False)
+    reordered = rw.sweep(model, data, ["sign", "add-gauss:sigma=1,0.5"], trials=3, seed=7)
     assert {(r["spec"], r["trial"]): r for r in reordered} == by_key
     # and by hand: the cell is a distortion drawn from its seed, then a plain evaluation
     with rw.distort(model, "add-gauss:sigma=1", torch.Generator().manual_seed(cell["seed"])):
@@ -189,8 +190,8 @@ def test_any_cell_rerun_alone_gives_the_same_number(net):
 
 def test_another_seed_redraws_random_cells_only(net):
     model, data = net
-    a = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=7, as_frame=False)
-    b = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=8, as_frame=False)
+    a = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=7)
+    b = rw.sweep(model, data, ["add-gauss:sigma=1", "sign"], trials=2, seed=8)
     for ra, rb in zip(a[:2], b[:2]):
         assert ra["seed"] != rb["seed"] and ra["loss"] != rb["loss"]
     assert a[2]["spec"] == b[2]["spec"] == "sign:scale=max"
@@ -199,7 +200,7 @@ def test_another_seed_redraws_random_cells_only(net):
 
 def test_sweep_gives_a_frame_with_pandas_and_rows_without(net):
     model, data = net
-    rows = rw.sweep(model, data, ["sign"], trials=1, as_frame=False)
+    rows = rw.sweep(model, data, ["sign"], trials=1)
     assert len(rows) == 1 and list(rows[0]) == sweep_mod.COLUMNS
     result = rw.sweep(model, data, ["sign"], trials=1)
     try:
@@ -221,15 +222,15 @@ def test_full_sweep_with_bn_reestimation_restores_everything(net):
     versions = [p._version for p in model.parameters()]
     momenta = [m.momentum for m in bns(model)]
     grids = ["add-gauss:sigma=0.5", "quant:bits=2"]
-    with_bn = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100, as_frame=False)
+    with_bn = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100)
     assert same_state(state(model), before)                       # weights and batch-norm buffers
     assert [p._version for p in model.parameters()] == versions   # the hidden weights were never written
     assert [m.momentum for m in bns(model)] == momenta
     assert all(s.pinned is None for s in rw.sites(model)) and not model.training
     # the re-estimation really changed the statistics used for the cells (so restoring them mattered)
-    without = rw.sweep(model, data, grids, trials=2, seed=0, batch_size=100, as_frame=False)
+    without = rw.sweep(model, data, grids, trials=2, seed=0, batch_size=100)
     assert all(a["loss"] != b["loss"] for a, b in zip(with_bn, without))
-    again = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100, as_frame=False)
+    again = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100)
     assert again == with_bn
 
 
@@ -254,7 +255,7 @@ def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_
     # call 1 is the sweep's check that every distorted weight is read; then, batch_size 100: each cell
     # runs 2 re-estimation batches (calls 2, 3), then 3 test batches (calls 4-6)
     with pytest.raises(KeyboardInterrupt):
-        rw.sweep(model, data, ["add-gauss:sigma=0.5"], trials=2, bn_batches=2, batch_size=100, as_frame=False)
+        rw.sweep(model, data, ["add-gauss:sigma=0.5"], trials=2, bn_batches=2, batch_size=100)
     handle.remove()
     # the interrupt hit where intended: a distorted cell with re-estimated statistics
     # (momentum None while re-estimating: a cumulative average; put back before the cell is tested)
@@ -273,7 +274,7 @@ def test_kept_layers_and_global_rng_stay_out_of_bn_reestimation(net):
     """Re-estimating batch norm must not run the training projection of a layer left undistorted."""
     model, data = net
     rw.attach(model, "stoch-sign")         # a random training projection: tested with the hidden weights
-    kw = dict(trials=1, seed=3, bn_batches=2, batch_size=100, keep=("first",), as_frame=False)
+    kw = dict(trials=1, seed=3, bn_batches=2, batch_size=100, keep=("first",))
     rng = torch.get_rng_state()
     a = rw.sweep(model, data, ["add-gauss:sigma=0.5"], **kw)
     assert torch.equal(torch.get_rng_state(), rng)                 # no draws from the global generator
@@ -294,8 +295,7 @@ def test_sweep_never_copies_the_model(net, monkeypatch, trained, tmp_path):
         raise AssertionError("copy.deepcopy called during a sweep")
 
     monkeypatch.setattr(copy, "deepcopy", no_deepcopy)
-    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5", "sign"], trials=2, bn_batches=2, batch_size=100,
-                    as_frame=False)
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0.5", "sign"], trials=2, bn_batches=2, batch_size=100)
     assert len(rows) == 3 and [p.data_ptr() for p in model.parameters()] == ptrs
 
     # run_sweep too (dataclasses.asdict deep-copies plain config values: only models and tensors are refused)
@@ -519,8 +519,7 @@ def test_entropy_bits():
 
 def test_entropy_of_discrete_cells_in_a_sweep(net):
     model, data = net
-    rows = rw.sweep(model, data, ["quant:bits=1..3", "sign", "power:beta=0,0.5", "add-gauss:sigma=0.5"], trials=1,
-                    as_frame=False)
+    rows = rw.sweep(model, data, ["quant:bits=1..3", "sign", "power:beta=0,0.5", "add-gauss:sigma=0.5"], trials=1)
     quant = {int(r["value"]): r for r in rows if r["distortion"] == "quant"}
     for k, r in quant.items():
         assert 0 < r["entropy_bits"] <= k and r["effective_bits"] == k
@@ -614,3 +613,14 @@ def test_the_demo_calls_a_difference_a_finding_only_beyond_the_spread_over_trial
     assert compare({"float": [0.70, 0.75], "sign": [0.05, 0.10]}) == [
         "sign degrades less than float (by 65.0 points; every trial)"]
     assert compare({"float": [0.60, 0.75], "sign": [0.55, 0.65]}) == []       # overlapping trials: no finding
+
+
+def test_sweep_returns_rows_and_to_frame_makes_a_frame(net):
+    model, data = net
+    rows = rw.sweep(model, data, ["sign"], trials=1)
+    assert isinstance(rows, list) and rows[0]["spec"] == "sign:scale=max"
+    if importlib.util.find_spec("pandas") is None:
+        with pytest.raises(rw.UserError, match="needs pandas"):
+            sweep_mod.to_frame(rows)
+    else:
+        assert list(sweep_mod.to_frame(rows).columns) == sweep_mod.COLUMNS

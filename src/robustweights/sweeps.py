@@ -182,22 +182,22 @@ def cell_seed(seed: int, c: Cell) -> int:
 # The sweep itself
 # ---------------------------------------------------------------------------
 
-def _rows_frame(rows: list[dict]):
+def to_frame(rows: list[dict]):
+    """The rows of :func:`sweep` as a pandas ``DataFrame`` (pandas is not a dependency of the package)."""
     try:
         import pandas as pd
     except ImportError:
-        return rows
-    return pd.DataFrame(rows, columns=COLUMNS)
+        raise UserError("to_frame needs pandas (pip install pandas); the rows themselves are plain dicts") from None
+    return pd.DataFrame([complete_row(r) for r in rows], columns=COLUMNS)
 
 
 def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, seed: int = 0, on: str = "hidden",
           evaluate: Callable[[nn.Module], dict] | None = None, metric: str | None = None,
           keep: tuple[str, ...] = (), include=("*",), exclude=(), types=(), exclude_types=(),
-          bn_batches: int = 0, batch_size: int = 1000, split: str = "test",
-          loss: str = "ce", done: dict | None = None, on_row: Callable[[dict], None] | None = None,
-          progress: bool = False, as_frame: bool = True, only: set | None = None):
-    """Test error (or your metric) of ``model`` under every cell of ``distortions``; a list of rows
-    (a pandas frame if available).
+          bn_batches: int = 0, batch_size: int = 1000, split: str = "test", loss: str = "ce",
+          progress: bool = False) -> list[dict]:
+    """Test error (or your metric) of ``model`` under every cell of ``distortions``: a list of rows, one per
+    cell (:data:`COLUMNS`; :func:`to_frame` makes a pandas frame of them).
 
     ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
     training split serves batch-norm re-estimation), a ``Split``, or any
@@ -216,11 +216,20 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
     reads is left out and said so. A plain model is given back as it came
     (its classes, and its training mode);
     ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
-    batches after distorting. ``done`` maps cell keys ``(spec, trial)`` to rows
-    already computed (they are reused, not recomputed); ``on_row`` is called
-    with each new row. ``only``, if given, is the set of cell keys to compute
-    (the others are skipped: a distributed sweep gives each rank its share).
+    batches after distorting.
     """
+    return _sweep(model, data, distortions, trials=trials, seed=seed, on=on, evaluate=evaluate, metric=metric,
+                  keep=keep, include=include, exclude=exclude, types=types, exclude_types=exclude_types,
+                  bn_batches=bn_batches, batch_size=batch_size, split=split, loss=loss, progress=progress)
+
+
+def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=None, keep=(), include=("*",),
+           exclude=(), types=(), exclude_types=(), bn_batches=0, batch_size=1000, split="test", loss="ce",
+           progress=False, done: dict | None = None, on_row: Callable[[dict], None] | None = None,
+           only: set | None = None) -> list[dict]:
+    """:func:`sweep` with the plumbing of :func:`run_sweep`: ``done`` maps cell keys ``(spec, trial)`` to
+    rows already computed (reused, not recomputed); ``on_row`` is called with each new row; ``only``, if
+    given, is the set of cell keys to compute (a distributed sweep gives each rank its share)."""
     from tqdm.auto import tqdm
 
     if on not in ("hidden", "projected"):
@@ -282,7 +291,7 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
         if ours:
             projected.detach(model)
         model.train(was_training)
-    return _rows_frame(rows) if as_frame else rows
+    return rows
 
 
 def _score(result, metric: str) -> float:
@@ -668,10 +677,10 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
             write_text(part, "".join(json.dumps(r) + "\n" for r in rows_mine))
 
     t0 = time.perf_counter()
-    rows = sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
-                 keep=tuple(config.keep), **_selection(config), bn_batches=config.bn_reestimate, batch_size=config.batch_size,
-                 split=config.split, loss=loss, done=done, on_row=on_row, progress=progress, as_frame=False,
-                 only=set(mine))
+    rows = _sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
+                  keep=tuple(config.keep), **_selection(config), bn_batches=config.bn_reestimate,
+                  batch_size=config.batch_size, split=config.split, loss=loss, done=done, on_row=on_row,
+                  progress=progress, only=set(mine))
     if world > 1:
         gathered: list = [None] * world
         torch.distributed.all_gather_object(gathered, rows_mine)
