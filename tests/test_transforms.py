@@ -239,3 +239,38 @@ def test_measured_bits_against_a_hand_computation():
     # range-relative noise on weights that do not fill their range carries fewer bits than its nominal figure
     assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits("add-gauss:sigma=0.8")
     assert measured_bits("quant:bits=3", [a], [None]) == 3.0 and measured_bits("add-gauss:sigma=0", [a], [1]) is None
+
+
+def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
+    """register_transform: the docs' stuck-at-zero example, swept, with its metadata used by bits and reports."""
+    import robustweights as rw
+    from torch import nn
+    from robustweights import transforms
+    from robustweights.transforms import Param, uniform
+
+    monkeypatch.setattr(transforms, "_REGISTRY", dict(transforms._REGISTRY))   # other tests see the built-ins
+
+    @rw.register_transform("stuck-zero", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1",
+                                               label="p (fraction stuck at 0)"),
+                           random=True, constant=lambda q: q["p"] in (0, 1))
+    def stuck_zero(w, g, H, p):
+        """Each weight reads 0 with probability p (a memory cell stuck at zero)."""
+        return w * (uniform(w, g) >= p)
+
+    assert "stuck-zero" in list_transforms()
+    with pytest.raises(UserError, match="0 <= p <= 1"):
+        transform("stuck-zero:p=2")
+    w = torch.randn(1000)
+    out = transform("stuck-zero:p=0.3")(w, torch.Generator().manual_seed(0))
+    assert 0.25 < (out == 0).float().mean() < 0.35 and not transform("stuck-zero:p=0").random
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    loader = [(torch.randn(20, 12), torch.randint(0, 3, (20,)))]
+    rows = rw.sweep(model, loader, ["stuck-zero:p=0,0.5,1"], trials=2)
+    assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0)]
+    assert all(r["effective_bits"] is None for r in rows)
+    from robustweights.reports import Key, _param_label
+    assert _param_label(Key("stuck-zero", "p", "")) == "p (fraction stuck at 0)"
+    assert _param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
+    with pytest.raises(UserError, match="needs letters"):
+        rw.register_transform("bad:name")

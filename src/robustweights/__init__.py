@@ -19,12 +19,12 @@ from .models import create_model, list_models, register_model
 from .projected import attach, clip_, coverage, detach, distort, select, sites, use_weights
 from .sweeps import SweepConfig, run_sweep, sweep
 from .training import TrainConfig, TrainResult, evaluate, load, train
-from .transforms import Transform, list_transforms, transform
+from .transforms import Transform, list_transforms, register_transform, transform
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "UserError", "Transform", "transform", "list_transforms",
+    "UserError", "Transform", "transform", "list_transforms", "register_transform",
     "attach", "detach", "clip_", "coverage", "distort", "select", "sites", "use_weights",
     "create_model", "list_models", "register_model",
     "TrainConfig", "TrainResult", "train", "load", "evaluate",

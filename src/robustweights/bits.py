@@ -34,26 +34,16 @@ from torch import Tensor
 
 from .transforms import Transform, magnitude, transform
 
-DISCRETE = {"sign", "stoch-sign", "ternary", "quant"}
-
-
-def is_discrete(t: Transform) -> bool:
-    return t.name in DISCRETE or (t.name == "power" and t.params["beta"] == 0)
+def is_discrete(t: "str | Transform") -> bool:
+    """Whether a distortion's outputs take few values (their entropy is measured): registry metadata."""
+    t = transform(t)
+    return bool(t.entry.discrete(t.params))
 
 
 def capacity_bits(t: "str | Transform") -> float | None:
-    """The bound on bits per weight that distortion ``t`` leaves (see the module docstring)."""
+    """The bound on bits per weight that distortion ``t`` leaves, from its registry entry (None: no figure)."""
     t = transform(t)
-    if t.name in ("add-gauss", "mult-gauss"):
-        s = t.params["sigma"]
-        return 0.5 * math.log2(1 + 1 / s ** 2) if s > 0 else None
-    if t.name == "quant":
-        return float(t.params["bits"])
-    if t.name == "ternary":
-        return math.log2(3)
-    if t.name in ("sign", "stoch-sign") or (t.name == "power" and t.params["beta"] == 0):
-        return 1.0
-    return None
+    return t.entry.bits(t.params)
 
 
 def measured_bits(t: "str | Transform", tensors: list[Tensor], clips: list[float | None]) -> float | None:

@@ -51,6 +51,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from .errors import UserError
 from .sweeps import complete_row
+from .transforms import entry
 from .runs import now, write_bytes, write_text
 
 MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
@@ -59,20 +60,6 @@ PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # docs/method.md claim 2: 11% CIFAR-10 te
 FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "matrix.png")
 OUTPUTS = FIGURES + ("report.html", "report.md")   # what a rerun may replace or remove; report.json aside
 
-# Axis labels of the swept parameters, with their unit or meaning (docs/method.md sections 2-3).
-PARAM_LABELS = {
-    ("add-gauss", "sigma"): "sigma (noise std / weight std)",
-    ("mult-gauss", "sigma"): "sigma (relative noise std)",
-    ("power", "beta"): "beta (power exponent)",
-    ("quant", "bits"): "bits (2^bits levels)",
-    ("prune", "frac"): "frac (fraction pruned)",
-    ("bitflip", "p"): "p (flip probability)",
-    ("stoch-mult", "gamma"): "gamma (u ~ U[gamma, 1/gamma])",
-    ("ternary", "delta"): "delta (zero threshold / H)",
-}
-# Parameters whose small values distort most: power:beta=0 and quant:bits=1 are sign,
-# stoch-mult:gamma=1 is the identity. Every other parameter distorts more as it grows.
-SMALLER_IS_STRONGER = {"beta", "bits", "gamma"}
 MARKERS = "osD^vPX*<>ph"
 
 HOW_TO_READ = (
@@ -361,7 +348,8 @@ def _display_names(keys: list[Key]) -> dict[Key, str]:
 
 def _strongest(key: Key, curve: Curve) -> int:
     """Index of the most distorting strength of a curve."""
-    return 0 if key.param in SMALLER_IS_STRONGER else len(curve.x) - 1
+    p = _param(key)
+    return 0 if p is not None and p.stronger == "down" else len(curve.x) - 1
 
 
 def short_description(description: str) -> str:
@@ -493,7 +481,16 @@ def _param_label(key: Key) -> str:
     if (key.name, key.param) == ("add-gauss", "sigma"):   # noise is relative to a reference: name it
         ref = dict(p.partition("=")[::2] for p in key.fixed.split(",") if p).get("scale", "std")
         return f"sigma (noise std / {NOISE_REFERENCES.get(ref, ref)})"
-    return PARAM_LABELS.get((key.name, key.param), key.param)
+    p = _param(key)
+    return (p.label or key.param) if p is not None else key.param
+
+
+def _param(key: Key):
+    """The registry's description of a key's swept parameter (its axis label, which way is stronger)."""
+    try:
+        return entry(key.name).param(key.param)
+    except UserError:   # results of a transform this session has not registered
+        return None
 
 
 def _legend_handles(sources: list[Source], colors: list) -> list:

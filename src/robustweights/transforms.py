@@ -10,7 +10,7 @@ spec string and called on a weight tensor::
     t = transform("stoch-mult:gamma=0.5,flip=true")
     wp = t(w, generator=g)          # random draws come from g only
 
-A random transform draws through ``_uniform``/``_normal``, which also work
+A random transform draws through :func:`uniform`/:func:`normal`, which also work
 inside ``torch.compile`` for a generator passed to :func:`traceable` (the
 projected layers do this): the compiled graph draws the same numbers.
 
@@ -43,7 +43,8 @@ from torch import Tensor
 
 from .errors import UserError
 
-__all__ = ["Transform", "transform", "list_transforms", "parse_spec", "SCALES"]
+__all__ = ["Transform", "Param", "transform", "list_transforms", "parse_spec", "register_transform", "entry",
+           "uniform", "normal", "SCALES"]
 
 SCALES = ("max", "clip", "mean", "std")
 _REQUIRED = object()
@@ -64,37 +65,75 @@ class Param:
     allowed: str = ""                          # the range in words, for error messages
     follows: bool = True                       # takes the scale a sweep or training sets by default
     quiet: bool = False                        # left out of the canonical spec at its default
+    label: str = ""                            # axis label when swept, e.g. "bits (2^bits levels)"
+    stronger: str = "up"                       # "up": a larger value distorts more; "down": a smaller one
+
+def _none(params: dict):
+    return None
+
+
+def _never(params: dict) -> bool:
+    return False
+
 
 @dataclass(frozen=True)
 class Entry:
+    """A registered transform and what the rest of the package needs to know about it."""
+
     name: str
     fn: Callable[..., Tensor]
     params: tuple[Param, ...]
     random: bool
     doc: str
-    constant: Callable[[dict], bool] = lambda params: False   # parameters with which a random one draws no chance
+    constant: Callable[[dict], bool] = _never     # parameters with which a random one draws no chance
+    bits: Callable[[dict], float | None] = _none  # capacity in bits per weight (docs/method.md section 4)
+    discrete: Callable[[dict], bool] = _never     # outputs take few values (their entropy is measured)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
 
 
-_NO_CHANCE = {                 # random transforms whose output at these parameters is the same for every draw
-    "add-gauss": lambda p: p["sigma"] == 0,
-    "mult-gauss": lambda p: p["sigma"] == 0,
-    "bitflip": lambda p: p["p"] in (0, 1),
-    "stoch-mult": lambda p: p["gamma"] == 1 and not p["flip"],
-}
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, *params: Param, random: bool = False):
-    """Put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``."""
+def register_transform(name: str, *params: Param, random: bool = False, constant=_never, bits=_none,
+                       discrete=_never):
+    """Decorator: put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``.
+
+    ``fn`` returns a new tensor (never changes ``w``), draws random numbers
+    only from ``g`` (through :func:`uniform`/:func:`normal`) when ``random``,
+    and gets ``H`` when it declares a ``scale`` parameter. The metadata
+    functions take the bound parameters: ``constant`` (a random transform that
+    cannot vary, computed once per strength by sweeps), ``bits`` (capacity in
+    bits per weight, or None), ``discrete`` (outputs take few values). Then the
+    name works everywhere a spec does: training, sweeps, reports, the command
+    line (``robustweights list transforms``). Example, a stuck-at-zero fault::
+
+        import robustweights as rw
+        from robustweights.transforms import Param, uniform
+
+        @rw.register_transform("stuck-zero", Param("p", "float", ok=lambda p: 0 <= p <= 1,
+                                                   allowed="0 <= p <= 1", label="p (fraction stuck at 0)"),
+                               random=True, constant=lambda q: q["p"] in (0, 1))
+        def stuck_zero(w, g, H, p):
+            \"\"\"Each weight reads 0 with probability p (a memory cell stuck at zero).\"\"\"
+            return w * (uniform(w, g) >= p)
+
+        rows = rw.sweep(model, data, ["stuck-zero:p=0:0.5:0.1"], trials=3)
+    """
+    if not name or ":" in name or "," in name or "=" in name:
+        raise UserError(f"a transform name needs letters, not {name!r}")
 
     def deco(fn):
-        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip(),
-                                _NO_CHANCE.get(name, lambda params: False))
+        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip(), constant, bits, discrete)
         return fn
 
     return deco
+
+
+register = register_transform   # the name the built-in transforms below use
 
 
 def entry(name: str) -> Entry:
@@ -148,12 +187,12 @@ def _sign(w: Tensor) -> Tensor:
     return _pm(w >= 0, 1, w.dtype)
 
 
-def _uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
+def uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
     """``U[0, 1)`` draws shaped like ``w``, from ``g`` only (drawn on ``g``'s device)."""
     return _draw(w, g, normal=False)
 
 
-def _normal(w: Tensor, g: torch.Generator | None) -> Tensor:
+def normal(w: Tensor, g: torch.Generator | None) -> Tensor:
     return _draw(w, g, normal=True)
 
 
@@ -223,13 +262,13 @@ def identity(w, g, H):
     return w.clone()
 
 
-@register("sign", _SCALE)
+@register("sign", _SCALE, bits=lambda p: 1.0, discrete=lambda p: True)
 def sign(w, g, H):
     """``H * sign(W)``, ``sign(0) = +1``: deterministic binarisation."""
     return _pm(w >= 0, H, w.dtype)
 
 
-@register("stoch-sign", _SCALE, random=True)
+@register("stoch-sign", _SCALE, random=True, bits=lambda p: 1.0, discrete=lambda p: True)
 def stoch_sign(w, g, H):
     """``+H`` with probability ``q = clip((W/H + 1)/2, 0, 1)``, else ``-H``.
 
@@ -237,16 +276,20 @@ def stoch_sign(w, g, H):
     clip(W, -H, H)``.
     """
     # u < q  <=>  (2u - 1) H < W for u in [0, 1): the clip of q is implied; in place, as it runs every step.
-    return _pm(_uniform(w, g).mul_(2).sub_(1).mul_(H) < w, H, w.dtype)
+    return _pm(uniform(w, g).mul_(2).sub_(1).mul_(H) < w, H, w.dtype)
 
 
-@register("ternary", Param("delta", "float", ok=lambda d: 0 <= d <= 1, allowed="0 <= delta <= 1"), _SCALE)
+@register("ternary", Param("delta", "float", ok=lambda d: 0 <= d <= 1, allowed="0 <= delta <= 1",
+                           label="delta (zero threshold / H)"), _SCALE,
+          bits=lambda p: math.log2(3), discrete=lambda p: True)
 def ternary(w, g, H, delta):
     """``H * sign(W)`` where ``|W| > delta*H``, else 0."""
     return torch.where(w.abs() > delta * H, _sign(w) * H, torch.zeros_like(w))
 
 
-@register("quant", Param("bits", "int", ok=lambda b: 1 <= b <= 16, allowed="1 <= bits <= 16"), _SCALE)
+@register("quant", Param("bits", "int", ok=lambda b: 1 <= b <= 16, allowed="1 <= bits <= 16",
+                         label="bits (2^bits levels)", stronger="down"), _SCALE,
+          bits=lambda p: float(p["bits"]), discrete=lambda p: True)
 def quant(w, g, H, bits):
     """Uniform symmetric quantiser with ``L = 2^bits`` levels on ``[-H, H]``.
 
@@ -261,7 +304,9 @@ def quant(w, g, H, bits):
     return _sign(w) * H * ((2 * j + 1) / (L - 1))
 
 
-@register("power", Param("beta", "float", ok=lambda b: b >= 0, allowed="beta >= 0"), _SCALE)
+@register("power", Param("beta", "float", ok=lambda b: b >= 0, allowed="beta >= 0", label="beta (power exponent)",
+                         stronger="down"), _SCALE,
+          bits=lambda p: 1.0 if p["beta"] == 0 else None, discrete=lambda p: p["beta"] == 0)
 def power(w, g, H, beta):
     """``H * sign(W) * |W/H|^beta``.
 
@@ -277,10 +322,12 @@ def power(w, g, H, beta):
 
 @register(
     "stoch-mult",
-    Param("gamma", "float", ok=lambda x: 0 < x <= 1, allowed="0 < gamma <= 1"),
+    Param("gamma", "float", ok=lambda x: 0 < x <= 1, allowed="0 < gamma <= 1", label="gamma (u ~ U[gamma, 1/gamma])",
+          stronger="down"),
     Param("flip", "bool", False, allowed="true or false"),
     _SCALE,
     random=True,
+    constant=lambda p: p["gamma"] == 1 and not p["flip"],
 )
 def stoch_mult(w, g, H, gamma, flip):
     """``W * u`` with ``u ~ U[gamma, 1/gamma]`` elementwise, a new draw every call.
@@ -290,14 +337,21 @@ def stoch_mult(w, g, H, gamma, flip):
     ``stoch-sign`` (``+`` with probability ``clip((W/H + 1)/2, 0, 1)``).
     ``gamma=1`` is the identity (without flip).
     """
-    u = _uniform(w, g).mul_(1 / gamma - gamma).add_(gamma)
+    u = uniform(w, g).mul_(1 / gamma - gamma).add_(gamma)
     if not flip:
         return u.mul_(w)
-    up = _uniform(w, g).mul_(2).sub_(1).mul_(H) < w   # + with probability clip((W/H + 1)/2, 0, 1)
+    up = uniform(w, g).mul_(2).sub_(1).mul_(H) < w   # + with probability clip((W/H + 1)/2, 0, 1)
     return _pm(up, 1, w.dtype).mul_(w.abs()).mul_(u)
 
 
-@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), _NOISE_REF, random=True)
+def _gauss_bits(p: dict) -> float | None:
+    """``0.5 log2(1 + 1/s^2)``: the nominal capacity of noise ``s`` times the signal's own spread."""
+    return 0.5 * math.log2(1 + 1 / p["sigma"] ** 2) if p["sigma"] > 0 else None
+
+
+@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0",
+                             label="sigma (noise std / weight std)"), _NOISE_REF,
+          random=True, constant=lambda p: p["sigma"] == 0, bits=_gauss_bits)
 def add_gauss(w, g, H, sigma):
     """``W + sigma * R * n``, ``n ~ N(0, 1)``: additive noise relative to a reference ``R``.
 
@@ -306,13 +360,15 @@ def add_gauss(w, g, H, sigma):
     relative to the tensor's range), ``clip`` (the training clip bound ``H``),
     ``mean`` (``mean|W|``) or a number.
     """
-    return w + (sigma * H) * _normal(w, g)
+    return w + (sigma * H) * normal(w, g)
 
 
-@register("mult-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0"), random=True)
+@register("mult-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0",
+                              label="sigma (relative noise std)"),
+          random=True, constant=lambda p: p["sigma"] == 0, bits=_gauss_bits)
 def mult_gauss(w, g, H, sigma):
     """``W * (1 + sigma * n)``, ``n ~ N(0, 1)``: multiplicative noise."""
-    return w * (1 + sigma * _normal(w, g))
+    return w * (1 + sigma * normal(w, g))
 
 
 @register("clip", _SCALE)
@@ -321,7 +377,8 @@ def clip(w, g, H):
     return w.clamp(-H, H)
 
 
-@register("prune", Param("frac", "float", ok=lambda f: 0 <= f <= 1, allowed="0 <= frac <= 1"))
+@register("prune", Param("frac", "float", ok=lambda f: 0 <= f <= 1, allowed="0 <= frac <= 1",
+                         label="frac (fraction pruned)"))
 def prune(w, g, H, frac):
     """Zero the ``floor(frac * n)`` smallest-magnitude weights of the tensor (ties by position)."""
     k = int(math.floor(frac * w.numel()))
@@ -332,10 +389,12 @@ def prune(w, g, H, frac):
     return out
 
 
-@register("bitflip", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1"), random=True)
+@register("bitflip", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1",
+                           label="p (flip probability)"),
+          random=True, constant=lambda p: p["p"] in (0, 1))
 def bitflip(w, g, H, p):
     """Flip the sign of each weight independently with probability ``p`` (a hardware fault)."""
-    return torch.where(_uniform(w, g) < p, -w, w)
+    return torch.where(uniform(w, g) < p, -w, w)
 
 
 # ---------------------------------------------------------------------------
