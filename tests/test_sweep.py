@@ -21,7 +21,8 @@ from torch import nn
 import robustweights as rw
 from robustweights import bits as bits_mod
 from conftest import one_error_line, run_main
-from robustweights.sweeps import Cell, SweepConfig, cell_seed, cells, lowest_bits, parse_grid, run_sweep
+from robustweights.grid import Cell, cell_seed, cells, parse_grid
+from robustweights.sweeps import SweepConfig, lowest_bits, run_sweep
 from robustweights.training import evaluate_split, load_config_data
 
 sweep_mod = importlib.import_module("robustweights.sweeps")

@@ -29,9 +29,8 @@ import torch
 
 from . import projected
 from .errors import UserError
-from .sweeps import reestimated_bn
 from .runs import write_text
-from .training import TrainConfig, evaluate, load_config_data, train
+from .training import TrainConfig, evaluate, load_config_data, reestimated_bn, train
 
 MARKER = "demo.json"
 EPOCHS = 8  # enough for the networks to settle on 5000 images; about 15 s each on 2 cores

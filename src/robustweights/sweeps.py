@@ -5,15 +5,10 @@
     data = rw.training.load_config_data(config)
     rows = rw.sweep(model, data, ["add-gauss:sigma=0,0.5,1", "power:beta=0:1:0.25"], trials=5, seed=0)
 
-A distortion grid is a transform spec whose one swept parameter holds a list
-(``add-gauss:sigma=0,0.25,0.5``) or an inclusive range ``start:stop:step``
-(``power:beta=0:1:0.1``; ``quant:bits=1..8`` for integers). A grid without a
-list is a single strength. Every (distortion, strength, trial) is a *cell*;
-random distortions get ``trials`` independent draws, deterministic ones one.
-Each cell draws from its own generator seeded from the sweep seed and the
-cell (spec and trial), so any cell can be rerun alone and gives the same
-number, and a killed sweep restarted on the same folder computes only the
-missing cells (:func:`run_sweep`).
+Distortions are grids (:mod:`robustweights.grid`: ``add-gauss:sigma=0,0.25,0.5``,
+``power:beta=0:1:0.1``, ``quant:bits=1..8``) of cells, each with its own seed,
+so any cell can be rerun alone and gives the same number, and a killed sweep
+restarted on the same folder computes only the missing cells (:func:`run_sweep`).
 
 Distorting never writes the hidden weights and never copies the model: the
 distorted tensors are pinned beside the weights for the cell
@@ -28,7 +23,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +34,12 @@ from torch import nn
 from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
-from .errors import UserError
 from .distributed import agree, process_group, resolve_device
+from .errors import UserError
+from .grid import cell_seed, cells
 from .runs import check_writable, git_commit, now, safe_load, sha256, write_text
 from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, kept, load, load_config_data,
                        reestimated_bn, weights_label)
-from .transforms import Transform, parse_spec, transform
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
            "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
@@ -64,95 +58,6 @@ def complete_row(r: dict) -> dict:
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
 
-# ---------------------------------------------------------------------------
-# Grids and cells
-# ---------------------------------------------------------------------------
-
-def _expand(raw: list[str], where: str) -> list[str]:
-    """Values of one parameter: a list, ``start:stop:step`` (stop included) or ``a..b`` (integers)."""
-    if len(raw) == 1 and ".." in raw[0]:
-        a, _, b = raw[0].partition("..")
-        try:
-            lo, hi = int(a), int(b)
-        except ValueError:
-            raise UserError(f"{where}: a range a..b needs integers, got {raw[0]!r}") from None
-        return [str(v) for v in range(lo, hi + 1)]
-    if len(raw) == 1 and raw[0].count(":") == 2:
-        try:
-            a, b, s = (float(x) for x in raw[0].split(":"))
-        except ValueError:
-            raise UserError(f"{where}: a range is start:stop:step with numbers, got {raw[0]!r}") from None
-        if not s > 0 or b < a:
-            raise UserError(f"{where}: range {raw[0]!r} needs step > 0 and stop >= start")
-        n = int(math.floor((b - a) / s + 1e-9))
-        return [repr(round(a + i * s, 10)) for i in range(n + 1)]
-    return raw
-
-
-def parse_grid(spec: str, scale: str | None = None) -> list[Transform]:
-    """The transforms of a distortion grid, in grid order (see the module docstring).
-
-    ``scale``, if given, is the ``scale`` of every transform whose spec does not name one.
-    """
-    name, raw = parse_spec(spec)
-    values = {k: _expand(v, spec) for k, v in raw.items()}
-    swept = [k for k, v in values.items() if len(v) > 1]
-    if len(swept) > 1:
-        raise UserError(f"{spec!r}: sweep one parameter per grid, not {', '.join(swept)}")
-    if any(len(v) == 0 for v in values.values()):
-        raise UserError(f"{spec!r}: empty grid")
-    key = swept[0] if swept else None
-    fixed = ",".join(f"{k}={v[0]}" for k, v in values.items() if k != key)
-    out = []
-    for v in (values[key] if key else [None]):
-        parts = [p for p in (fixed, f"{key}={v}" if key else "") if p]
-        t = transform(name + (":" + ",".join(parts) if parts else ""))
-        out.append(t.with_defaults(scale=scale) if scale else t)
-    return out
-
-
-def swept_param(t: Transform, grid: list[Transform]) -> tuple[str, float]:
-    """(parameter name, value) that distinguishes ``t`` within its grid; ('', 0.0) for a single fixed cell."""
-    if len(grid) > 1:
-        for k, v in t.params.items():
-            if any(g.params[k] != v for g in grid):
-                return k, float(v)
-    numeric = [k for k, p in ((p.name, p) for p in t.entry.params) if p.kind in ("float", "int")]
-    return (numeric[0], float(t.params[numeric[0]])) if numeric else ("", 0.0)
-
-
-@dataclass(frozen=True)
-class Cell:
-    t: Transform
-    param: str
-    value: float
-    trial: int
-
-    def key(self) -> tuple[str, int]:
-        return self.t.spec, self.trial
-
-
-def cells(distortions: list[str], trials: int, scale: str | None = None) -> list[Cell]:
-    """Every cell of the grids, in order; random distortions get ``trials`` trials, others one."""
-    if not distortions:
-        raise UserError("no distortion given; e.g. --distortion add-gauss:sigma=0,0.5,1")
-    if not (isinstance(trials, int) and trials >= 1):
-        raise UserError(f"trials must be a positive integer, not {trials!r}")
-    out = []
-    for spec in distortions:
-        grid = parse_grid(spec, scale)
-        for t in grid:
-            param, value = swept_param(t, grid)
-            for trial in range(trials if t.random else 1):
-                out.append(Cell(t, param, value, trial))
-    seen = set()
-    for c in out:
-        if c.key() in seen:
-            raise UserError(f"distortion {c.t.spec} appears twice in the grids")
-        seen.add(c.key())
-    return out
-
-
 def default_scale(model: nn.Module) -> str:
     """The ``scale`` distortions take unless their spec names one.
 
@@ -168,10 +73,6 @@ def default_scale(model: nn.Module) -> str:
     """
     trained = any(not s.plain for s in projected.sites(model))
     return "clip" if trained else "max"
-
-
-def cell_seed(seed: int, c: Cell) -> int:
-    return derive_seed(seed, c.t.spec, c.trial) % (2 ** 62)
 
 
 # ---------------------------------------------------------------------------
