@@ -1,3 +1,5 @@
+"""`python -m robustweights`: the command line (robustweights.cli)."""
+
 import sys
 
 from .cli import main

@@ -134,6 +134,7 @@ def cmd_reproduce(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweeps import SweepConfig, run_sweep
     from .distributed import distributed_env
+    from .results import by_spec
 
     config = SweepConfig(**_given(args, SweepConfig))
     r = run_sweep(config, progress=not args.quiet)
@@ -151,10 +152,8 @@ def cmd_sweep(args) -> int:
              else "as stored (not re-estimated)"))
     print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
           f"{r.get('preprocessing') or 'as the dataset loader gives them'}); distorted: {r['on']} weights" + bn)
-    groups: dict = {}
-    for row in r["rows"]:
-        groups.setdefault(row["spec"], []).append(row["error"])
-    for spec, errs in groups.items():
+    for spec, rows in by_spec(r["rows"]).items():
+        errs = [row["error"] for row in rows]
         mean = sum(errs) / len(errs)
         spread = f" (min {min(errs):.2%}, max {max(errs):.2%}, {len(errs)} trials)" if len(errs) > 1 else ""
         print(f"  {spec:<40} error {mean:.2%}{spread}")

@@ -60,7 +60,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sweeps import SweepConfig, lowest_bits, run_sweep
+from .results import claims_markdown, lowest_bits, mean_score
+from .sweeps import SweepConfig, run_sweep
 from .runs import git_commit, machine, now, write_text
 from .training import TrainConfig, load_config_data, train
 
@@ -310,8 +311,8 @@ def make_image_folders(root: Path, classes: int = 4, train_per_class: int = 40, 
 # ---------------------------------------------------------------------------
 
 def _mean_at(sweep: dict, col: str, value) -> float | None:
-    errs = [r["error"] for r in sweep["rows"] if _in_column(r, col) and (value is None or r["value"] == value)]
-    return sum(errs) / len(errs) if errs else None
+    return mean_score(sweep["rows"], lambda r: _in_column(r, col) and (value is None or r["value"] == value),
+                      key="error")
 
 
 def rises(sweep: dict, columns) -> dict[str, float]:
@@ -499,16 +500,6 @@ def read_claims(path: "str | Path") -> list[dict]:
     if not (isinstance(claims, list) and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)):
         raise UserError(f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})")
     return claims
-
-
-def claims_markdown(claims: list[dict], statements: bool = False) -> str:
-    """The claims table in Markdown (``statements``: each claim's statement beside its number)."""
-    lines = ["| claim | paper | measured | setting | verdict |", "|---|---|---|---|---|"]
-    for c in claims:
-        claim = f"{c['claim']}. {c['statement']}" if statements else str(c["claim"])
-        cells = [claim, c["paper"], c["measured"], c["setting"], f"**{c['verdict']}**"]
-        lines.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .errors import UserError
-from .sweeps import complete_row
+from .results import claims_markdown, complete_row
 from .transforms import entry
 from .runs import now, write_bytes, write_text
 
@@ -841,8 +841,6 @@ class Document:
     def _claims_md(self) -> list[str]:
         if not self.claims:
             return []
-        from .experiments import claims_markdown
-
         out = ["## Claims (docs/method.md section 1)", "", claims_markdown(self.claims, statements=True)]
         out += ["A verdict comes only from numbers measured in this run; *not run at this scale* where the "
                 "claim needs a setting this run did not have.", ""]

@@ -19,9 +19,7 @@ put back exactly, also after an error or Ctrl-C in the middle of a cell.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -37,24 +35,11 @@ from . import projected
 from .distributed import agree, process_group, resolve_device
 from .errors import UserError
 from .grid import cell_seed, cells
+from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, now, safe_load, sha256, write_text
 from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, kept, load, load_config_data,
                        reestimated_bn, weights_label)
 
-COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
-           "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
-
-
-def better_when_higher(metric: str) -> bool:
-    """The default direction of a metric by its name: accuracies and scores up, errors and losses down."""
-    return any(w in metric.lower() for w in ("acc", "top1", "top5", "f1", "auc", "bleu", "r2", "score"))
-
-
-def complete_row(r: dict) -> dict:
-    """A result row with the ``metric``/``score`` columns older results lack (their metric was the error)."""
-    if "score" not in r:
-        r = {**r, "metric": "error", "score": r.get("error")}
-    return r
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
 
@@ -258,23 +243,6 @@ def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types
     return out
 
 
-def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
-    """The distortion strength with the lowest effective bits whose mean score meets ``target``
-    (at or below it; at or above it for a metric where higher is better)."""
-    groups: dict[str, list[dict]] = {}
-    for r in map(complete_row, rows):
-        if r.get("effective_bits") is not None:
-            groups.setdefault(r["spec"], []).append(r)
-    best = None
-    for spec, rs in groups.items():
-        mean = sum(r["score"] for r in rs) / len(rs)
-        b = rs[0]["effective_bits"]
-        ok = mean >= target if higher_is_better else mean <= target
-        if ok and (best is None or b < best["effective_bits"]):
-            best = {"spec": spec, "effective_bits": b, "mean_error": mean, "mean_score": mean,
-                    "metric": rs[0]["metric"], "trials": len(rs)}
-    return best
-
 
 # ---------------------------------------------------------------------------
 # Sweeps with files: provenance, resume, summary (what `robustweights sweep` runs)
@@ -392,20 +360,6 @@ def _ckpt_path(p: str) -> Path:
     return kept(p) if p.is_dir() else p
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
-    return buf.getvalue()
-
-
-def _write_rows(out: Path, rows: list[dict]) -> None:
-    write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
-    write_text(out / "results.csv", _csv(rows))
-
-
 def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: float, description: str,
                metric: str | None = None, higher_is_better: bool | None = None, split: str = "test",
                coverage: dict | None = None, target: float | None = None, **info) -> dict:
@@ -436,7 +390,7 @@ def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: flo
             "trials": max(r["trial"] for r in rows) + 1, "git_commit": git_commit(), "torch": torch.__version__,
             "start": stamp, "end": stamp, "target_error": target, "target": target,
             "lowest_bits": lowest_bits(rows, target, up), **info}
-    _write_rows(out, rows)
+    write_rows(out, rows)
     write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
     return prov
 
@@ -572,7 +526,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     def on_row(row):
         if world == 1:
             rows_so_far.append(row)
-            _write_rows(out, sorted(rows_so_far, key=lambda r: order[(r["spec"], r["trial"])]))
+            write_rows(out, sorted(rows_so_far, key=lambda r: order[(r["spec"], r["trial"])]))
         else:
             rows_mine.append(row)
             write_text(part, "".join(json.dumps(r) + "\n" for r in rows_mine))
@@ -593,7 +547,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         if len(rows) != len(todo):
             raise RuntimeError(f"distributed sweep merged {len(rows)} rows for {len(todo)} cells")
     if rank == 0:
-        _write_rows(out, rows)
+        write_rows(out, rows)
         for f in out.glob("results.rank*.jsonl"):  # also those of earlier, killed runs
             f.unlink(missing_ok=True)              # (a rank on a shared folder may delete its own first)
     target = config.target_error if config.target_error is not None else base["error"] + 0.01
