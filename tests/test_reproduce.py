@@ -245,3 +245,15 @@ def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsy
     assert r["report"] is None and (tmp_path / "nm" / "claims.json").exists()
     assert not (tmp_path / "nm" / "report").exists()
     assert "report skipped" in capsys.readouterr().out
+
+
+def test_a_preset_is_typed_and_set_reads_values_by_the_field_type():
+    p = rp.resolve_preset("tiny", ["val_size=300", "lr_end=none", "amp=true", "trials=3", "clip=0.5",
+                                   "target_error=0.2"])
+    assert (p["val_size"], p["lr_end"], p["amp"], p["trials"], p["clip"], p["target_error"]) == \
+        (300, None, True, 3, "0.5", 0.2)
+    # before, a key whose default was None took any text, so val_size=1000 reached training as a string
+    with pytest.raises(rw.UserError, match="val_size: expected an integer"):
+        rp.resolve_preset("tiny", ["val_size=lots"])
+    assert isinstance(rp.PRESETS["paper"], rp.Preset) and rp.PRESETS["paper"].epochs == 500
+    assert "paper" in rp.describe() and all(name in rp.describe() for name in rp.EXPERIMENTS)

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="claims.json written by `robustweights reproduce`: its table heads the report")
     rp.set_defaults(func=cmd_report)
 
-    from .experiments import EXPERIMENTS, PRESETS
+    from .experiments import EXPERIMENTS, PRESETS, describe
 
     rr = sub.add_parser(
         "reproduce", parents=[debug], help="reproduce the paper's claims: train, sweep, report, verdicts",
@@ -294,19 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run an experiment of Merolla et al. 2016 end to end (train every row it needs, sweep, report) and end "
             "with a claims table (claims.json) whose verdicts come only from numbers measured in the run. Rerun "
             "the same command on the same --out to continue a killed run.", 79),
-        epilog="experiments:\n"
-        "  matrix          8 training projections x 5 test-time distortions (claims 1 and 3)\n"
-        "  effective-bits  lowest bits per weight at a target error: float, sign, stoch-mult (claim 2)\n"
-        "  stoch-proj      stoch-mult against sign and stoch-sign with the same budget (claim 5)\n"
-        "  imagenet        resnet18 on class-per-folder images; without --set data_dir=PATH only the path\n"
-        "                  is tested, on generated folders (claim 4 needs ImageNet, which is not here)\n"
-        "  all             matrix + effective-bits + stoch-proj on shared rows\n"
-        "scales:\n"
-        "  tiny  Fashion-MNIST slice, small MLP: under a minute on 2 CPU cores\n"
-        "  cpu   CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores\n"
-        "  gpu   full-width bc-vgg, BinaryConnect recipe, 100 epochs: for a GPU\n"
-        "  paper BinaryConnect's recipe whole: 500 epochs, 45k/5k split, best validation epoch kept;\n"
-        "        rows stoch-sign, sign, stoch-mult, identity (a GPU; about 10 min a row needs 42k img/s)\n"
+        epilog=describe() + "\n"
         "see every key of a scale with --show; change any with --set KEY=VALUE")
     rr.add_argument("experiment", choices=tuple(EXPERIMENTS), metavar="EXPERIMENT",
                     help="one of: " + ", ".join(EXPERIMENTS))

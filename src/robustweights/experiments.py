@@ -3,25 +3,12 @@
     robustweights reproduce matrix --scale tiny --out runs/repro-tiny
     rw.reproduce("all", scale="cpu", out="runs/repro-cpu", overrides={"epochs": 8})
 
-An *experiment* names the networks it trains (rows) and the test-time
-distortions it sweeps them with (columns):
-
-==============  ======================================================  ===================================  ======
-experiment      rows (training projection)                              columns (test-time distortion)       claims
-==============  ======================================================  ===================================  ======
-matrix          identity, clip, sign, sign-fwd, stoch-sign, power,      add-gauss (of std and of max|W|),    1, 3
-                stoch-mult, add-gauss                                   mult-gauss, power, sign, quant
-effective-bits  identity, sign, stoch-mult                              add-gauss (both), quant              2
-stoch-proj      stoch-mult, sign, stoch-sign (same budget)              add-gauss                            5
-imagenet        identity, sign on resnet18, class-per-folder images     add-gauss                            4
-all             matrix + effective-bits + stoch-proj (shared rows)      matrix's                             1,2,3,5
-==============  ======================================================  ===================================  ======
-
-A *scale* is a named preset (:data:`PRESETS`): ``tiny`` (a Fashion-MNIST
-slice and an MLP, under a minute on 2 CPU cores; the tests run it), ``cpu``
-(CIFAR-10, 0.25-width ``bc-vgg``, 10 epochs, about two hours on 2 cores) and
-``gpu`` (full-width ``bc-vgg``, BinaryConnect's recipe with a shorter
-budget). Every key can be overridden (``--set epochs=20``).
+An *experiment* names the networks it trains (rows), the test-time
+distortions it sweeps them with (columns) and the claims it judges
+(:data:`EXPERIMENTS`, kept once; :func:`describe` renders it, as
+``robustweights reproduce --help`` shows). A *scale* is a typed
+:class:`Preset` (:data:`PRESETS`: ``tiny``, ``cpu``, ``gpu``, ``paper``);
+``--set KEY=VALUE`` changes any field.
 
 The out folder holds ``train/<row>/`` (training runs; checkpoints),
 ``sweeps/<row>/`` (sweep results), ``report/`` (figures, HTML, Markdown with
@@ -49,11 +36,13 @@ ImageNet needs data these machines lack) say ``not run at this scale``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +50,8 @@ import torch
 
 from .errors import UserError
 from .results import claims_markdown, lowest_bits, mean_score
-from .sweeps import SweepConfig, run_sweep
 from .runs import git_commit, machine, now, write_text
+from .sweeps import SweepConfig, run_sweep
 from .training import TrainConfig, load_config_data, train
 
 MARKER = "reproduce.json"
@@ -88,13 +77,37 @@ REFERENCE = {"add-gauss": 0.8, "add-gauss-max": 0.8, "mult-gauss": 0.5, "power":
 NOISE = ("add-gauss", "add-gauss-max")
 MATRIX_ROWS = ("identity", "clip", "sign", "sign-fwd", "stoch-sign", "power", "stoch-mult", "add-gauss")
 EXPERIMENTS = {
-    "matrix": {"rows": MATRIX_ROWS, "columns": COLUMNS, "claims": (1, 3)},
+    "matrix": {"rows": MATRIX_ROWS, "columns": COLUMNS, "claims": (1, 3),
+               "about": "8 training projections x 6 test-time distortions"},
     "effective-bits": {"rows": ("identity", "sign", "stoch-mult"), "columns": ("add-gauss", "add-gauss-max", "quant"),
-                       "claims": (2,)},
-    "stoch-proj": {"rows": ("stoch-mult", "sign", "stoch-sign"), "columns": ("add-gauss",), "claims": (5,)},
-    "imagenet": {"rows": ("identity", "sign"), "columns": ("add-gauss",), "claims": (4,)},
-    "all": {"rows": MATRIX_ROWS, "columns": COLUMNS, "claims": (1, 2, 3, 5)},
+                       "claims": (2,), "about": "lowest bits per weight at a target error"},
+    "stoch-proj": {"rows": ("stoch-mult", "sign", "stoch-sign"), "columns": ("add-gauss",), "claims": (5,),
+                   "about": "stoch-mult against sign and stoch-sign with the same budget"},
+    "imagenet": {"rows": ("identity", "sign"), "columns": ("add-gauss",), "claims": (4,),
+                 "about": "resnet18 on class-per-folder images (--set data_dir=PATH; else generated folders "
+                          "test the path only)"},
+    "all": {"rows": MATRIX_ROWS, "columns": COLUMNS, "claims": (1, 2, 3, 5),
+            "about": "matrix + effective-bits + stoch-proj on shared rows"},
 }
+SCALES = {
+    "tiny": "Fashion-MNIST slice, small MLP: seconds on 2 CPU cores (the tests run it)",
+    "cpu": "CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores",
+    "gpu": "full-width bc-vgg, BinaryConnect's recipe, 100 epochs: for a GPU",
+    "paper": "BinaryConnect's recipe whole: 500 epochs, 45k/5k split, best validation epoch kept; "
+             "rows stoch-sign, sign, stoch-mult, identity (a GPU)",
+}
+
+
+def describe() -> str:
+    """The experiments and scales as text (the command line's help shows it)."""
+    lines = ["experiments:"]
+    for name, e in EXPERIMENTS.items():
+        claims = ", ".join(map(str, e["claims"]))
+        lines.append(f"  {name:<15} {e['about']} (claim{'s' * (len(e['claims']) > 1)} {claims})")
+        lines.append(f"  {'':<15} rows: {', '.join(e['rows'])}")
+    lines.append("scales:")
+    lines += [f"  {name:<6} {about}" for name, about in SCALES.items()]
+    return "\n".join(lines)
 CLAIMS = {
     1: ("Networks trained with binarized weights are, at test time, robust to additive noise, multiplicative "
         "noise and non-linear projections (binarization a special case).",
@@ -117,44 +130,76 @@ _TRAIN_KEYS = ("model", "width", "dataset", "data_dir", "preprocess", "train_sub
                "image_size",
                "loss", "optimizer", "lr", "lr_end", "schedule", "epochs", "batch_size", "eval_batch_size", "seed",
                "device", "amp", "channels_last", "compile", "checkpoint_every")
-_BASE = {
-    "data_dir": None, "train_subset": None, "test_subset": None, "val_size": None, "image_size": None,
-    "checkpoint_every": 1,
-    "optimizer": "adam",
-    "lr_end": None, "schedule": "exp", "eval_batch_size": 1000, "seed": 0, "device": "auto", "amp": False,
-    "channels_last": False, "compile": False, "clip": "glorot", "preprocess": "standardize",
-    "power_beta": 0.5, "stoch_mult_gamma": 0.5, "train_sigma": 0.5,
-    "rows": None, "trials": 2, "on": "projected", "bn_calibrate": 20, "bn_reestimate": 0, "target_error": None,
-    "add_gauss": "0.2,0.4,0.6,0.8,1,1.25,1.5", "add_gauss_max": "0.1,0.2,0.4,0.6,0.8",
-    "mult_gauss": "0.25,0.5,1", "power": "0,0.25,0.5,0.75,1",
-    "quant": "1,2,3,4,6,8",
-    "imagenet_model": "resnet18", "imagenet_image_size": 64, "imagenet_train_subset": None,
-    "imagenet_test_subset": None,
-}
+@dataclass(frozen=True)
+class Preset:
+    """Every setting of a reproduce run. A scale is one (:data:`PRESETS`); ``--set KEY=VALUE`` changes any
+    field, its text read by the field's type. Training settings are :class:`TrainConfig`'s; the grids are
+    comma-separated strengths of each column; ``rows`` None trains every row of the experiment."""
+
+    model: str
+    width: float
+    dataset: str
+    loss: str
+    lr: float
+    epochs: int
+    batch_size: int
+    data_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    val_size: int | None = None
+    image_size: int | None = None
+    checkpoint_every: int = 1
+    optimizer: str = "adam"
+    lr_end: float | None = None
+    schedule: str = "exp"
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    clip: str = "glorot"              # a number, glorot or none
+    preprocess: str = "standardize"
+    power_beta: float = 0.5           # the power row's training beta
+    stoch_mult_gamma: float = 0.5     # the stoch-mult row's training gamma
+    train_sigma: float = 0.5          # the add-gauss row's training sigma
+    rows: str | None = None
+    trials: int = 2
+    on: str = "projected"
+    bn_calibrate: int = 20
+    bn_reestimate: int = 0
+    target_error: float | None = None
+    add_gauss: str = "0.2,0.4,0.6,0.8,1,1.25,1.5"
+    add_gauss_max: str = "0.1,0.2,0.4,0.6,0.8"
+    mult_gauss: str = "0.25,0.5,1"
+    power: str = "0,0.25,0.5,0.75,1"
+    quant: str = "1,2,3,4,6,8"
+    imagenet_model: str = "resnet18"
+    imagenet_image_size: int = 64
+    imagenet_train_subset: int | None = None
+    imagenet_test_subset: int | None = None
+
+
 PRESETS = {
     # Whole matrix in under a minute on 2 CPU cores: the test suite runs it.
-    "tiny": {**_BASE, "model": "mlp", "width": 0.5, "dataset": "fashion-mnist", "train_subset": 6000,
-             "test_subset": 2000, "loss": "ce", "lr": 3e-3, "epochs": 4, "batch_size": 100,
-             "add_gauss": "0.4,0.8,1.2", "add_gauss_max": "0.8", "mult_gauss": "0.5,1", "power": "0,0.5,1",
-             "quant": "1,2,4",
-             "bn_calibrate": 10, "imagenet_image_size": 32},
+    "tiny": Preset(model="mlp", width=0.5, dataset="fashion-mnist", train_subset=6000, test_subset=2000, loss="ce",
+                   lr=3e-3, epochs=4, batch_size=100, add_gauss="0.4,0.8,1.2", add_gauss_max="0.8",
+                   mult_gauss="0.5,1", power="0,0.5,1", quant="1,2,4", bn_calibrate=10, imagenet_image_size=32),
     # CIFAR-10 (JPEG copy), 0.25-width bc-vgg, GCN+ZCA, no augmentation: about 2 h for `all` on 2 cores.
-    "cpu": {**_BASE, "model": "bc-vgg", "width": 0.25, "dataset": "cifar10", "preprocess": "gcn-zca",
-            "loss": "ce", "lr": 3e-3, "lr_end": 3e-5, "epochs": 10, "batch_size": 50,
-            "add_gauss": "0.4,0.6,0.8,1,1.5", "add_gauss_max": "0.2,0.4,0.8", "mult_gauss": "0.25,0.5,1",
-            "power": "0,0.5,1", "quant": "1,2,4"},
+    "cpu": Preset(model="bc-vgg", width=0.25, dataset="cifar10", preprocess="gcn-zca", loss="ce", lr=3e-3,
+                  lr_end=3e-5, epochs=10, batch_size=50, add_gauss="0.4,0.6,0.8,1,1.5", add_gauss_max="0.2,0.4,0.8",
+                  mult_gauss="0.25,0.5,1", power="0,0.5,1", quant="1,2,4"),
     # Full-width bc-vgg, BinaryConnect's recipe (squared hinge, Glorot H, batch 50, GCN+ZCA, no augmentation),
     # with a shorter budget than its hundreds of epochs; GPU fast path.
-    "gpu": {**_BASE, "model": "bc-vgg", "width": 1.0, "dataset": "cifar10", "preprocess": "gcn-zca",
-            "loss": "sq-hinge", "lr": 3e-3, "lr_end": 2e-6, "epochs": 100, "batch_size": 50,
-            "amp": True, "channels_last": True, "trials": 3, "target_error": 0.11},
+    "gpu": Preset(model="bc-vgg", width=1.0, dataset="cifar10", preprocess="gcn-zca", loss="sq-hinge", lr=3e-3,
+                  lr_end=2e-6, epochs=100, batch_size=50, amp=True, channels_last=True, trials=3, target_error=0.11),
 }
 # BinaryConnect's recipe whole (docs/method.md section 5): 500 epochs of batch 50 (25M images), Adam 3e-3 decaying
 # exponentially to 2e-6, the per-layer Glorot clip bound H (equivalent, up to scale, to H = 1 with Glorot-scaled
 # learning rates), squared hinge, GCN + ZCA, no augmentation, 45,000 / 5,000 train / validation split, and the
 # network of the best validation epoch kept and tested; the rows the claims need most.
-PRESETS["paper"] = {**PRESETS["gpu"], "epochs": 500, "val_size": 5000, "checkpoint_every": 25,
-                    "rows": "stoch-sign,sign,stoch-mult,identity"}
+PRESETS["paper"] = dataclasses.replace(PRESETS["gpu"], epochs=500, val_size=5000, checkpoint_every=25,
+                                       rows="stoch-sign,sign,stoch-mult,identity")
 # Keys whose change alters no number: a rerun may change them.
 _RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every")
 
@@ -163,24 +208,24 @@ _RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every")
 # Presets and overrides
 # ---------------------------------------------------------------------------
 
-def _parse_value(key: str, text: str, default):
+def _parse_value(key: str, text: str, kind: str):
+    """``--set KEY=VALUE``'s text as the field's type (``int``, ``float | None``, ``bool``, ``str``...)."""
     low = text.strip().lower()
-    if low in ("none", "null") and (default is None or key in ("lr_end", "target_error")):
+    if low in ("none", "null") and "None" in kind:
         return None
-    if isinstance(default, bool):
+    base = kind.replace(" | None", "")
+    if base == "bool":
         if low in ("true", "1", "yes", "on"):
             return True
         if low in ("false", "0", "no", "off"):
             return False
         raise UserError(f"--set {key}: expected true or false, not {text!r}")
-    if key == "clip":
-        return text  # a number, glorot or none: TrainConfig checks it
-    if isinstance(default, int) or key.endswith(("train_subset", "test_subset", "image_size", "val_size")):
+    if base == "int":
         try:
             return int(text)
         except ValueError:
             raise UserError(f"--set {key}: expected an integer, not {text!r}") from None
-    if isinstance(default, float) or key in ("lr_end", "target_error"):
+    if base == "float":
         try:
             v = float(text)
         except ValueError:
@@ -195,7 +240,8 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
     """The preset ``scale`` with ``overrides`` (a dict, or ``key=value`` strings) applied and checked."""
     if scale not in PRESETS:
         raise UserError(f"unknown scale {scale!r}; choose one of: {', '.join(PRESETS)}")
-    preset = dict(PRESETS[scale])
+    preset = dataclasses.asdict(PRESETS[scale])
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(Preset)}
     items = overrides.items() if isinstance(overrides, dict) else []
     if isinstance(overrides, (list, tuple)):
         parsed = []
@@ -208,7 +254,7 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
     for k, v in items:
         if k not in preset:
             raise UserError(f"--set {k}: no such key; keys: {', '.join(sorted(preset))}")
-        preset[k] = _parse_value(k, v, preset[k]) if isinstance(v, str) else v
+        preset[k] = _parse_value(k, v, kinds[k]) if isinstance(v, str) else v
     if preset["trials"] < 1 or preset["bn_calibrate"] < 0 or preset["bn_reestimate"] < 0:
         raise UserError("trials must be at least 1, bn_calibrate and bn_reestimate 0 or more")
     if preset["on"] not in ("hidden", "projected"):
@@ -378,67 +424,12 @@ def judge(experiment: str, preset: dict, sweeps: dict, trained: dict, setting: s
             claims[n].update(verdict="not run", measured=f"not judged: the rule needs rows {', '.join(NEEDS[n])}; "
                              f"this run did not train {', '.join(missing)}", missing_rows=missing)
 
-    if 1 in asked and not claims[1].get("missing_rows"):
-        claims[1].update(judge_claim_1(sweeps, cols))
-
-
-    if 2 in asked:
-        target = preset["target_error"]
-        if target is None:
-            target = min(s["baseline_error"] for s in sweeps.values()) + 0.02
-        best = None
-        for row, s in sweeps.items():
-            b = lowest_bits(s["rows"], target)
-            if b is not None and (best is None or b["effective_bits"] < best["effective_bits"]):
-                best = {**b, "row": row}
-        if best is None:
-            measured = f"no row kept its mean error at or below {target:.2%} under any distortion with a bits figure"
-        else:
-            measured = (f"{best['effective_bits']:.3g} bits per weight at mean error {best['mean_error']:.2%} "
-                        f"(<= target {target:.2%}): row {best['row']}, {best['spec']}")
-        claims[2].update(measured=measured, target_error=target, best=best)
-        if paper_scale(preset) and preset["target_error"] == 0.11:
-            claims[2]["verdict"] = ("reproduced" if best is not None and best["effective_bits"] <= 0.68 + 1e-9
-                                    else "not reproduced")
-        else:
-            claims[2]["note"] = ("the paper's figure is for full-width bc-vgg on all of CIFAR-10 with target 11%; "
-                                 "this run's target is its own (best undistorted error + 2 points)")
-
-    if 3 in asked and not claims[3].get("missing_rows"):
-        claims[3].update(judge_claim_3(sweeps, cols))
-
-    if 4 in asked and not claims[4].get("missing_rows"):
-        rf, rs = rises(sweeps["identity"], ["add-gauss"]), rises(sweeps["sign"], ["add-gauss"])
-        nan = float("nan")
-        figures = (f"{preset['imagenet_model']} float {sweeps['identity']['baseline_error']:.2%} "
-                   f"({_pts(rf.get('add-gauss', nan))} at add-gauss sigma=0.8), sign "
-                   f"{sweeps['sign']['baseline_error']:.2%} ({_pts(rs.get('add-gauss', nan))})")
-        if imagenet_data is None:
-            claims[4].update(
-                measured=f"path only, on generated image folders (no ImageNet on this machine): {figures}",
-                verdict="not run at this scale",
-                note="claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)")
-        else:
-            ok = _slower(rs["add-gauss"], rf["add-gauss"]) == "slower"
-            claims[4].update(measured=f"{imagenet_data}: {figures}",
-                             verdict="reproduced" if ok else "not reproduced",
-                             note="the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`")
-
-    if 5 in asked and not claims[5].get("missing_rows"):
-        parts = [f"{row} {sweeps[row]['baseline_error']:.2%}" for row in ("stoch-mult", "sign", "stoch-sign")
-                 if row in sweeps]
-        raw = trained.get("stoch-mult", {}).get("test_error_stored_bn")
-        err = sweeps["stoch-mult"]["baseline_error"]
-        claims[5].update(
-            measured=("test error after the same budget, batch-norm statistics re-estimated with the evaluation "
-                      "weights: " + ", ".join(parts)
-                      + (f" (stoch-mult with the statistics gathered in training: {raw:.2%})" if raw is not None
-                         else "")),
-            stoch_mult_error=err)
-        if paper_scale(preset):
-            claims[5]["verdict"] = "reproduced" if err <= 0.0764 else "not reproduced"
-        else:
-            claims[5]["note"] = "the paper's 7.64% is for full-width bc-vgg on all of CIFAR-10"
+    judges = {1: lambda: judge_claim_1(sweeps, cols), 2: lambda: judge_claim_2(sweeps, preset),
+              3: lambda: judge_claim_3(sweeps, cols), 4: lambda: judge_claim_4(sweeps, preset, imagenet_data),
+              5: lambda: judge_claim_5(sweeps, trained, preset)}
+    for n in asked:
+        if not claims[n].get("missing_rows"):
+            claims[n].update(judges[n]())
     return [claims[n] for n in sorted(claims)]
 
 
@@ -461,6 +452,66 @@ def judge_claim_1(sweeps: dict, cols) -> dict:
     return {"measured": f"undistorted: {base}; error rise in points, " + "; ".join(parts),
             "verdict": "reproduced" if ok else "not reproduced", "rule": RULE_1,
             "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8"}
+
+
+def judge_claim_2(sweeps: dict, preset: dict) -> dict:
+    """Claim 2: the lowest measured effective bits at which any network stays at or below the target error;
+    judged against 0.68 bits only at the paper's setting with the paper's 11% target."""
+    target = preset["target_error"]
+    if target is None:
+        target = min(s["baseline_error"] for s in sweeps.values()) + 0.02
+    best = None
+    for row, s in sweeps.items():
+        b = lowest_bits(s["rows"], target)
+        if b is not None and (best is None or b["effective_bits"] < best["effective_bits"]):
+            best = {**b, "row": row}
+    if best is None:
+        measured = f"no row kept its mean error at or below {target:.2%} under any distortion with a bits figure"
+    else:
+        measured = (f"{best['effective_bits']:.3g} bits per weight at mean error {best['mean_error']:.2%} "
+                    f"(<= target {target:.2%}): row {best['row']}, {best['spec']}")
+    out = {"measured": measured, "target_error": target, "best": best}
+    if paper_scale(preset) and preset["target_error"] == 0.11:
+        out["verdict"] = ("reproduced" if best is not None and best["effective_bits"] <= 0.68 + 1e-9
+                          else "not reproduced")
+    else:
+        out["note"] = ("the paper's figure is for full-width bc-vgg on all of CIFAR-10 with target 11%; "
+                       "this run's target is its own (best undistorted error + 2 points)")
+    return out
+
+
+def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict:
+    """Claim 4, the ImageNet half: the sign network degrades far more slowly than the float one under noise."""
+    rf, rs = rises(sweeps["identity"], ["add-gauss"]), rises(sweeps["sign"], ["add-gauss"])
+    nan = float("nan")
+    figures = (f"{preset['imagenet_model']} float {sweeps['identity']['baseline_error']:.2%} "
+               f"({_pts(rf.get('add-gauss', nan))} at add-gauss sigma=0.8), sign "
+               f"{sweeps['sign']['baseline_error']:.2%} ({_pts(rs.get('add-gauss', nan))})")
+    if imagenet_data is None:
+        return {"measured": f"path only, on generated image folders (no ImageNet on this machine): {figures}",
+                "verdict": "not run at this scale",
+                "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)"}
+    ok = _slower(rs["add-gauss"], rf["add-gauss"]) == "slower"
+    return {"measured": f"{imagenet_data}: {figures}", "verdict": "reproduced" if ok else "not reproduced",
+            "note": "the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`"}
+
+
+def judge_claim_5(sweeps: dict, trained: dict, preset: dict) -> dict:
+    """Claim 5: the stochastic rule's test error; judged against 7.64% only at the paper's setting."""
+    parts = [f"{row} {sweeps[row]['baseline_error']:.2%}" for row in ("stoch-mult", "sign", "stoch-sign")
+             if row in sweeps]
+    raw = trained.get("stoch-mult", {}).get("test_error_stored_bn")
+    err = sweeps["stoch-mult"]["baseline_error"]
+    out = {"measured": ("test error after the same budget, batch-norm statistics re-estimated with the evaluation "
+                        "weights: " + ", ".join(parts)
+                        + (f" (stoch-mult with the statistics gathered in training: {raw:.2%})" if raw is not None
+                           else "")),
+           "stoch_mult_error": err}
+    if paper_scale(preset):
+        out["verdict"] = "reproduced" if err <= 0.0764 else "not reproduced"
+    else:
+        out["note"] = "the paper's 7.64% is for full-width bc-vgg on all of CIFAR-10"
+    return out
 
 
 def judge_claim_3(sweeps: dict, cols) -> dict:
