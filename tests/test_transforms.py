@@ -269,8 +269,8 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
     rows = rw.sweep(model, loader, ["stuck-zero:p=0,0.5,1"], trials=2)
     assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0)]
     assert all(r["effective_bits"] is None for r in rows)
-    from robustweights.reports import Key, _param_label
-    assert _param_label(Key("stuck-zero", "p", "")) == "p (fraction stuck at 0)"
-    assert _param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
+    from robustweights.figures import Key, param_label
+    assert param_label(Key("stuck-zero", "p", "")) == "p (fraction stuck at 0)"
+    assert param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
     with pytest.raises(UserError, match="needs letters"):
         rw.register_transform("bad:name")
