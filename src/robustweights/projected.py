@@ -265,6 +265,20 @@ def shorten(names, k: int = 12) -> str:
 # Attaching and detaching
 # ---------------------------------------------------------------------------
 
+def selection_field(which: str, verb: str, left: str, default_help: str = ""):
+    """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
+    its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
+    from dataclasses import field
+
+    text = {"include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
+                       + (f" (default: {default_help})" if default_help else ""),
+            "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
+            "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
+            "exclude_types": f"leave weights held by modules of this class {left}, repeatable"}[which]
+    flag = {"types": "--type", "exclude_types": "--exclude-type"}.get(which)
+    return field(default_factory=list, metadata={"help": text, **({"flag": flag} if flag else {})})
+
+
 def _check_clip(clip):
     if isinstance(clip, str) and clip not in ("glorot", "none"):
         try:

@@ -274,16 +274,12 @@ class SweepConfig:
                                                 "choices": ("hidden", "projected")})
     keep: list[str] = field(default_factory=list, metadata={
         "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
-    include: list[str] = field(default_factory=list, metadata={
-        "help": "distort only weights whose name (or module name) matches this shell pattern, repeatable "
-                "(default: every projected weight; for your own model every floating-point parameter with "
-                "2 or more dimensions)"})
-    exclude: list[str] = field(default_factory=list, metadata={
-        "help": "leave weights whose name (or module name) matches this pattern undistorted, repeatable"})
-    types: list[str] = field(default_factory=list, metadata={
-        "flag": "--type", "help": "distort only weights held by modules of this class, repeatable (e.g. Linear)"})
-    exclude_types: list[str] = field(default_factory=list, metadata={
-        "flag": "--exclude-type", "help": "leave weights held by modules of this class undistorted, repeatable"})
+    include: list[str] = projected.selection_field(
+        "include", "distort", "undistorted", "every projected weight; for your own model every floating-point "
+        "parameter with 2 or more dimensions")
+    exclude: list[str] = projected.selection_field("exclude", "distort", "undistorted")
+    types: list[str] = projected.selection_field("types", "distort", "undistorted")
+    exclude_types: list[str] = projected.selection_field("exclude_types", "distort", "undistorted")
     bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
     bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
                              "evaluation weights, on N training batches (0: off; the baseline is then measured "

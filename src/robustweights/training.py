@@ -79,15 +79,11 @@ class TrainConfig:
                      default="1")
     float_first: bool = _opt("leave the first weight tensor unprojected and unclipped", default=False)
     float_last: bool = _opt("leave the last weight tensor unprojected and unclipped", default=False)
-    include: list[str] = field(default_factory=list, metadata={
-        "help": "project only weights whose name (or module name) matches this shell pattern, repeatable "
-                "(default: every floating-point parameter with 2 or more dimensions)"})
-    exclude: list[str] = field(default_factory=list, metadata={
-        "help": "leave weights whose name (or module name) matches this pattern float, repeatable"})
-    types: list[str] = field(default_factory=list, metadata={
-        "flag": "--type", "help": "project only weights held by modules of this class, repeatable (e.g. Linear)"})
-    exclude_types: list[str] = field(default_factory=list, metadata={
-        "flag": "--exclude-type", "help": "leave weights held by modules of this class float, repeatable"})
+    include: list[str] = projected.selection_field(
+        "include", "project", "float", "every floating-point parameter with 2 or more dimensions")
+    exclude: list[str] = projected.selection_field("exclude", "project", "float")
+    types: list[str] = projected.selection_field("types", "project", "float")
+    exclude_types: list[str] = projected.selection_field("exclude_types", "project", "float")
     loss: str = _opt("training loss: cross-entropy, or BinaryConnect's squared hinge", ("ce", "sq-hinge"), default="ce")
     optimizer: str = _opt("optimizer", ("adam", "sgd"), default="adam")
     lr: float = _opt("initial learning rate", default=1e-3)
