@@ -5,6 +5,7 @@ import json
 import pytest
 
 import robustweights as rw
+from robustweights import claims as cl
 from conftest import one_error_line, run_main
 from robustweights import experiments as rp
 
@@ -22,7 +23,7 @@ def test_tiny_all_trains_sweeps_reports_and_judges(tiny_all):
     out, result = tiny_all
     claims = json.loads((out / "claims.json").read_text())
     assert [c["claim"] for c in claims] == [1, 2, 3, 4, 5]
-    assert all(KEYS <= c.keys() and c["verdict"] in rp.VERDICTS for c in claims)
+    assert all(KEYS <= c.keys() and c["verdict"] in cl.VERDICTS for c in claims)
     by = {c["claim"]: c for c in claims}
     # claims 1 and 3 are judged at any scale; 2 and 5 only at the paper's; 4 needs ImageNet
     assert by[1]["verdict"] in ("reproduced", "not reproduced")
@@ -100,7 +101,7 @@ def _sweep(base, rises):
     rows = []
     for col, rise in rises.items():
         name, scale = ("add-gauss", "max") if col == "add-gauss-max" else (col, "std" if col == "add-gauss" else None)
-        rows.append({"distortion": name, "value": rp.REFERENCE[col], "error": base + rise, "scale": scale})
+        rows.append({"distortion": name, "value": cl.REFERENCE[col], "error": base + rise, "scale": scale})
     return {"baseline_error": base, "rows": rows}
 
 
@@ -111,7 +112,7 @@ def test_claim_1_rule():
     good = {"add-gauss": 0.05, "add-gauss-max": 0.10, "sign": 0.0}
     ok = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, good),
                                      "stoch-sign": _sweep(0.12, good)}, {}, "s")
-    assert ok[0]["verdict"] == "reproduced" and ok[0]["rule"] == rp.RULE_1 and "scale=max" in ok[0]["headline"]
+    assert ok[0]["verdict"] == "reproduced" and ok[0]["rule"] == cl.RULE_1 and "scale=max" in ok[0]["headline"]
     assert "add-gauss sigma=0.8 of max|W|: float +60.0, sign +10.0, stoch-sign +10.0" in ok[0]["measured"]
     # the stochastic network not slower under the headline noise: not reproduced, whatever the sign one does
     one = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, good),
@@ -127,7 +128,7 @@ def test_claim_1_rule():
     nothing = rp.judge("matrix", preset, {"identity": flat, "sign": _sweep(0.11, tiny),
                                           "stoch-sign": _sweep(0.11, tiny)}, {}, "s")
     assert nothing[0]["verdict"] == "not reproduced" and "(no change)" in nothing[0]["measured"]
-    assert rp._slower(0.01, 0.02) == "slower" and rp._slower(0.0101, 0.02) == "not slower"
+    assert cl.slower(0.01, 0.02) == "slower" and cl.slower(0.0101, 0.02) == "not slower"
 
 
 def test_a_claim_whose_rows_were_not_all_trained_is_not_run():
@@ -143,9 +144,9 @@ def test_a_claim_whose_rows_were_not_all_trained_is_not_run():
     assert claims[4]["verdict"] == "not run" and claims[4]["missing_rows"] == ["stoch-mult"]
     only_sign = rp.judge("matrix", preset, {"identity": float_, "sign": good}, {}, "s")
     assert only_sign[0]["verdict"] == "not run" and "stoch-sign" in only_sign[0]["measured"]
-    all_rows = {r: good for r in rp.NEEDS[3]} | {"identity": float_}
+    all_rows = {r: good for r in cl.NEEDS[3]} | {"identity": float_}
     claims = rp.judge("matrix", preset, all_rows, {}, "s")
-    assert claims[2]["verdict"] == "reproduced" and claims[2]["rule"] == rp.RULE_3
+    assert claims[2]["verdict"] == "reproduced" and claims[2]["rule"] == cl.RULE_3
     worse = rp.judge("matrix", preset, {**all_rows, "power": _sweep(0.11, {"add-gauss": 0.05, "add-gauss-max": 0.7,
                                                                            "mult-gauss": 0.01})}, {}, "s")
     assert worse[2]["verdict"] == "not reproduced" and "power: 11.00%, rise +5.0, +70.0, +1.0 (not below float)" \
@@ -154,7 +155,7 @@ def test_a_claim_whose_rows_were_not_all_trained_is_not_run():
 
 def test_claims_2_and_5_are_judged_only_at_paper_scale():
     paper = rp.resolve_preset("gpu")
-    assert rp.paper_scale(paper) and not rp.paper_scale(rp.resolve_preset("cpu"))
+    assert cl.paper_scale(paper) and not cl.paper_scale(rp.resolve_preset("cpu"))
     row = {"distortion": "add-gauss", "value": 0.8, "error": 0.105, "effective_bits": 0.678, "spec": "add-gauss:sigma=0.8"}
     other = {"baseline_error": 0.09, "rows": []}
     sweeps = {"stoch-mult": {"baseline_error": 0.075, "rows": [row]}, "sign": other, "stoch-sign": other}

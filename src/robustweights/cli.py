@@ -179,7 +179,7 @@ def cmd_report(args) -> int:
             raise UserError(f"--at {item!r}: expected DISTORTION=VALUE, e.g. add-gauss=0.8") from None
     claims = None
     if args.claims:
-        from .experiments import read_claims
+        from .claims import read_claims
 
         claims = read_claims(args.claims)
     r = report(args.results, args.out, at=at or None, title=args.title, claims=claims)
