@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustweights.data import _read_mnist
+from robustweights.readers import read_mnist
 
 ASSET = Path(__file__).resolve().parents[1] / "src/robustweights/assets/fashion-mnist-small.npz"
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ASSET))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    x_train, y_train, x_test, y_test = _read_mnist(Path(args.src))           # x (N, 1, 28, 28)
+    x_train, y_train, x_test, y_test = read_mnist(Path(args.src))           # x (N, 1, 28, 28)
     rng = np.random.default_rng(args.seed)
     tr, te = balanced_pick(y_train, 500, rng), balanced_pick(y_test, 100, rng)
     np.savez_compressed(args.out, x_train=x_train[tr, 0], y_train=y_train[tr].astype(np.uint8),

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from robustweights.data import (AUGMENT, DATASETS, PREPROCESS, Data, FolderSplit, TensorSplit,
-                                _read_idx, augment_batch, default_data_dir, load_data)
+from robustweights.data import (AUGMENT, DATASETS, PREPROCESS, Data, FolderSplit, TensorSplit, augment_batch,
+                                default_data_dir, load_data)
+from robustweights.readers import read_idx
 from robustweights.errors import UserError
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/datasets/cifar-10-batches-py"
@@ -80,7 +81,7 @@ def unstandardize(x: torch.Tensor, train_pixels: np.ndarray) -> np.ndarray:
 def test_idx_round_trip(tmp_path, gz):
     arrays, paths = write_mnist(tmp_path, gz=gz)
     for a, p in zip(arrays, paths):
-        np.testing.assert_array_equal(_read_idx(p, a.ndim), a)
+        np.testing.assert_array_equal(read_idx(p, a.ndim), a)
     data = load_data("mnist", str(tmp_path))
     assert (data.in_shape, len(data.train), len(data.test)) == ((1, 28, 28), 50, 20)
     assert torch.equal(data.train.y, torch.from_numpy(arrays[1].astype(np.int64)))
