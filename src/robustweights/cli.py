@@ -72,7 +72,8 @@ def _given(args, cls) -> dict:
 
 def cmd_train(args) -> int:
     from .distributed import distributed_env
-    from .training import TrainConfig, read_checkpoint, train
+    from .runs import read_checkpoint
+    from .training import TrainConfig, train
 
     given = _given(args, TrainConfig)
     if args.resume:

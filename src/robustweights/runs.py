@@ -11,6 +11,7 @@ the provenance every result records.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -27,8 +28,14 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "write_text", "write_bytes", "check_writable", "safe_load", "git_commit", "machine",
+__all__ = ["CHECKPOINT", "BEST", "save_checkpoint", "read_checkpoint", "kept", "atomic_write", "write_text", "write_bytes", "check_writable", "safe_load", "git_commit", "machine",
            "now", "sha256"]
+
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"           # with a validation split: the network of the best validation epoch
+FORMAT = "robustweights-checkpoint"
+VERSION = 1
 
 
 def now() -> str:
@@ -144,3 +151,41 @@ def machine() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores{gpu}"
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num_classes, in_shape, data,
+                    train_bn: dict | None = None, model_state: dict | None = None) -> None:
+    state = {
+        "format": FORMAT, "version": VERSION, "epoch": epoch,
+        "model": model.state_dict() if model_state is None else model_state,
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "config": dataclasses.asdict(config), "history": history,
+        "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
+        "torch": str(torch.__version__),
+        "train_bn": train_bn,   # batch-norm statistics of training, where "model" holds re-estimated ones
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def kept(folder: "str | os.PathLike") -> Path:
+    """The checkpoint a run folder keeps: ``best.pt`` (best validation epoch) if there is one, else ``checkpoint.pt``."""
+    folder = Path(folder)
+    return folder / BEST if (folder / BEST).is_file() else folder / CHECKPOINT
+
+
+def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
+    """Read a checkpoint file, or the one a run folder keeps (:func:`kept`; ``last``: ``checkpoint.pt``, the
+    one training resumes from), safely; UserError if it is not one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT if last else kept(p)
+    if not p.is_file():
+        raise UserError(f"no checkpoint at {p}")
+    state = safe_load(p, "checkpoint")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{p} is not a robustweights checkpoint")
+    return state

@@ -36,9 +36,9 @@ from .distributed import agree, process_group, resolve_device
 from .errors import UserError
 from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
-from .runs import check_writable, git_commit, now, safe_load, sha256, write_text
-from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, kept, load, load_config_data,
-                       reestimated_bn, weights_label)
+from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
+from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, load, load_config_data, reestimated_bn,
+                       weights_label)
 
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 

@@ -39,14 +39,8 @@ from . import data as data_mod
 from . import models, projected
 from .distributed import agree, process_group, resolve_device
 from .errors import Diverged, UserError
-from .runs import atomic_write, check_writable, safe_load, write_text
+from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .transforms import transform
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"           # with a validation split: the network of the best validation epoch
-FORMAT = "robustweights-checkpoint"
-VERSION = 1
-
 
 def _opt(help: str, choices=None, **kw):
     """A config field with its command-line help (the CLI is built from these)."""
@@ -324,42 +318,8 @@ def needs_calibration(model: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints
+# Loading and evaluating a trained network
 # ---------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num_classes, in_shape, data,
-                    train_bn: dict | None = None, model_state: dict | None = None) -> None:
-    state = {
-        "format": FORMAT, "version": VERSION, "epoch": epoch,
-        "model": model.state_dict() if model_state is None else model_state,
-        "optimizer": optimizer.state_dict() if optimizer else None,
-        "config": dataclasses.asdict(config), "history": history,
-        "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
-        "torch": str(torch.__version__),
-        "train_bn": train_bn,   # batch-norm statistics of training, where "model" holds re-estimated ones
-    }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def kept(folder: "str | os.PathLike") -> Path:
-    """The checkpoint a run folder keeps: ``best.pt`` (best validation epoch) if there is one, else ``checkpoint.pt``."""
-    folder = Path(folder)
-    return folder / BEST if (folder / BEST).is_file() else folder / CHECKPOINT
-
-
-def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
-    """Read a checkpoint file, or the one a run folder keeps (:func:`kept`; ``last``: ``checkpoint.pt``, the
-    one training resumes from), safely; UserError if it is not one."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT if last else kept(p)
-    if not p.is_file():
-        raise UserError(f"no checkpoint at {p}")
-    state = safe_load(p, "checkpoint")
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{p} is not a robustweights checkpoint")
-    return state
-
 
 def load(path: "str | os.PathLike", *, model_factory: str | None = None, device: str = "cpu"):
     """The trained network of a checkpoint with its hidden weights, in eval mode, and its :class:`TrainConfig`.
