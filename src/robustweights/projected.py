@@ -268,8 +268,6 @@ def shorten(names, k: int = 12) -> str:
 def selection_field(which: str, verb: str, left: str, default_help: str = ""):
     """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
     its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
-    from dataclasses import field
-
     text = {"include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
                        + (f" (default: {default_help})" if default_help else ""),
             "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
@@ -382,11 +380,6 @@ def sites(model: nn.Module) -> list[Site]:
                 out.append(s)
     order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
     return sorted(out, key=lambda s: order.get(s.name, len(order)))
-
-
-def projected_layers(model: nn.Module) -> list[tuple[str, Site]]:
-    """``(name, site)`` of every projected parameter (an older name for :func:`sites`)."""
-    return [(s.name, s) for s in sites(model)]
 
 
 def coverage(model: nn.Module, exclude=(), *, verb: str = "projected", extra_left_out=()) -> dict:

@@ -61,10 +61,6 @@ def default_scale(model: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Batch-norm re-estimation (docs/method.md section 3 option)
-# ---------------------------------------------------------------------------
-
-# ---------------------------------------------------------------------------
 # The sweep itself
 # ---------------------------------------------------------------------------
 
@@ -112,10 +108,11 @@ def sweep(model: nn.Module, data, distortions: list[str], *, trials: int = 5, se
 def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=None, keep=(), include=("*",),
            exclude=(), types=(), exclude_types=(), bn_batches=0, batch_size=1000, split="test", loss="ce",
            progress=False, done: dict | None = None, on_row: Callable[[dict], None] | None = None,
-           only: set | None = None) -> list[dict]:
+           only: set | None = None, covered: tuple[dict, dict] | None = None) -> list[dict]:
     """:func:`sweep` with the plumbing of :func:`run_sweep`: ``done`` maps cell keys ``(spec, trial)`` to
     rows already computed (reused, not recomputed); ``on_row`` is called with each new row; ``only``, if
-    given, is the set of cell keys to compute (a distributed sweep gives each rank its share)."""
+    given, is the set of cell keys to compute (a distributed sweep gives each rank its share); ``covered``
+    is :func:`sweep_coverage`'s answer when the caller has it already."""
     from tqdm.auto import tqdm
 
     if on not in ("hidden", "projected"):
@@ -137,12 +134,16 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
         device = next(model.parameters()).device
         model.eval()
         measure = evaluate or (lambda m: evaluate_split(m, test, loss=loss, batch_size=batch_size, device=device))
-        untouched, cov = sweep_coverage(model, test, keep, batch_size, device, include=include, exclude=exclude,
-                                        types=types, exclude_types=exclude_types,
-                                        forward=None if test is not None else lambda: measure(model))
+        untouched, cov = covered or sweep_coverage(
+            model, test, keep, batch_size, device, include=include, exclude=exclude, types=types,
+            exclude_types=exclude_types, forward=None if test is not None else lambda: measure(model))
         if progress:
             print(cov["summary"])
         done = dict(done or {})
+        # The tensors the distortions act on, and their clip bounds: the same for every cell (effective bits)
+        hit = [x for x in projected.sites(model) if x.name not in untouched]
+        bases = [x.hidden if on == "hidden" else projected.effective_weight(x) for x in hit]
+        bounds = [x.H for x in hit]
         rows = []
         bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
         for c in bar:
@@ -153,14 +154,11 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
                 continue
             s = cell_seed(seed, c)
             g = torch.Generator(device=device).manual_seed(s)
-            hit = [x for x in projected.sites(model) if x.name not in untouched]
-            measured = bits_mod.measured_bits(
-                c.t, [x.hidden if on == "hidden" else projected.effective_weight(x) for x in hit], [x.H for x in hit])
+            measured = bits_mod.measured_bits(c.t, bases, bounds)
             with projected.distort(model, c.t, g, on=on, exclude=untouched):
                 entropy = None
                 if bits_mod.is_discrete(c.t):
-                    entropy = bits_mod.weighted_entropy([x.pinned for x in projected.sites(model)
-                                                         if x.name not in untouched])
+                    entropy = bits_mod.weighted_entropy([x.pinned for x in hit])
                 with reestimated_bn(model, train, bn_batches, batch_size, device, seed=s):
                     r = measure(model)
             row = {"distortion": c.t.name, "param": c.param, "value": c.value, "trial": c.trial, "seed": s,
@@ -477,7 +475,9 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         model, data, loss, label, info = prepare(dataclasses.replace(config, device=str(device)), data)
         if config.on not in ("hidden", "projected"):
             raise UserError(f"on must be 'hidden' or 'projected', not {config.on!r}")
-        resolve_keep(model, config.keep, **_selection(config))  # a bad --keep fails before sweep.json is written
+        # a bad --keep fails here, before sweep.json is written; the answer serves the provenance and the cells
+        covered = sweep_coverage(model, getattr(data, config.split), config.keep, config.batch_size,
+                                 **_selection(config))
         todo = cells(config.distortions, config.trials, default_scale(model))
         cfg = dataclasses.asdict(config)
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
@@ -505,7 +505,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     prov["baseline_error"] = base["error"]
     prov.update(metric="error", higher_is_better=False, baseline_score=base["error"])
     prov["batch_norm"] = bool(bn_layers(model))
-    prov["coverage"] = sweep_coverage(model, test, config.keep, config.batch_size, device, **_selection(config))[1]
+    prov["coverage"] = covered[1]
     prov["processes"] = world
     if rank == 0:
         write_text(out / "sweep.json", json.dumps(prov, indent=2) + "\n")
@@ -531,7 +531,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     rows = _sweep(model, data, config.distortions, trials=config.trials, seed=config.seed, on=config.on,
                   keep=tuple(config.keep), **_selection(config), bn_batches=config.bn_reestimate,
                   batch_size=config.batch_size, split=config.split, loss=loss, done=done, on_row=on_row,
-                  progress=progress, only=set(mine))
+                  progress=progress, only=set(mine), covered=covered)
     if world > 1:
         gathered: list = [None] * world
         torch.distributed.all_gather_object(gathered, rows_mine)

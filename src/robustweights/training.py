@@ -417,13 +417,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         return _train(config, resume, progress and rank == 0, callback, model_factory, data, rank, world, device)
 
 
-def _calibrate_at_end(model, config, history, train_split, test_split, device, progress) -> None:
+def _calibrate_at_end(model, config, history, train_split, test_split, device, progress) -> dict:
     """The saved network works as saved: batch-norm statistics re-estimated with its evaluation weights
-    (see :func:`needs_calibration`); the last metrics row gets the test error of that network."""
+    (see :func:`needs_calibration`); the last metrics row gets the test error of that network. Returns the
+    statistics training had (a resumed run goes on from them)."""
     bns = set(map(id, bn_layers(model)))
     keys = {f"{n}.{b}" if n else b for n, m in model.named_modules() if id(m) in bns
             for b in ("running_mean", "running_var", "num_batches_tracked")}
-    model.__dict__["_rw_train_bn"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
+    train_bn = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
     calibrate_bn(model, train_split, config.bn_calibrate, config.batch_size, device,
                  seed=derive_seed(config.seed, "calibrate"))
     test = evaluate_split(model, test_split, loss=config.loss, batch_size=config.eval_batch_size, amp=config.amp,
@@ -435,6 +436,7 @@ def _calibrate_at_end(model, config, history, train_split, test_split, device, p
         print(f"batch-norm statistics re-estimated on {config.bn_calibrate} training batches with the evaluation "
               f"({row['test_weights']}) weights: test error {row['test_error_stored_bn']:.2%} -> {test['error']:.2%}"
               " (the checkpoint keeps these statistics)")
+    return train_bn
 
 
 def _train(config, resume, progress, callback, model_factory, data, rank, world, device) -> TrainResult:
@@ -581,11 +583,11 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         if callback is not None:
             callback(epoch + 1, row)
     if start < config.epochs and config.bn_calibrate > 0 and needs_calibration(model):
-        _calibrate_at_end(model, config, history, train_split, test_split, device, progress)
+        train_bn = _calibrate_at_end(model, config, history, train_split, test_split, device, progress)
         if out is not None:
             save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=config.epochs, config=config,
                             history=history, num_classes=data.num_classes, in_shape=data.in_shape, data=data_info,
-                            train_bn=model.__dict__.pop("_rw_train_bn"))
+                            train_bn=train_bn)
             write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     best_epoch = None
     if val_split is not None and history:
