@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,34 +22,13 @@ from robustweights.data import load_data
 
 from conftest import one_error_line, run_main
 
-NETS = '''
-import torch
-from torch import nn
+# The model of examples/transformer_classifier.py (a 28x28 image as 28 tokens, nn.TransformerEncoder inside,
+# no batch norm), imported from there by the tests and, as a factory, by the command line.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from transformer_classifier import RowTransformer  # noqa: E402
 
-
-class RowTransformer(nn.Module):
-    """A 28x28 image as 28 tokens of 28 pixels; nn.TransformerEncoder inside; no batch norm."""
-
-    def __init__(self, num_classes=10, dim=32, layers=2):
-        super().__init__()
-        self.embed = nn.Linear(28, dim)
-        self.pos = nn.Parameter(torch.randn(1, 28, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        h = self.embed(x.view(len(x), 28, 28)) + self.pos
-        return self.head(self.norm(self.encoder(h)).mean(1))
-
-
-def row_transformer(num_classes=10):
-    return RowTransformer(num_classes)
-'''
-
-exec(NETS, globals())  # the same model here (picklable, of this module) as in the module the command line imports
-row_transformer = globals()["row_transformer"]
+FACTORY = "transformer_classifier:RowTransformer"
+row_transformer = RowTransformer
 
 
 @pytest.fixture(scope="module")
@@ -247,17 +227,14 @@ def test_selection_vocabulary():
     assert rw.attach(model, "sign", mode="fwd", types=["Linear"])     # fwd on linear layers alone is fine
 
 
-def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_path, monkeypatch, demo):
-    (tmp_path / "rw_any_nets.py").write_text(NETS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_path, demo):
     # config.model left at its default: the factory passed is what is built, saved and rebuilt by load
     config = rw.TrainConfig(dataset="demo", train_subset=2000,
                             test_subset=500, projection="sign", epochs=2, batch_size=50, lr=2e-3,
                             out=str(tmp_path / "run"))
-    result = rw.train(config, progress=False, model_factory="rw_any_nets:row_transformer")
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "rw_any_nets:row_transformer"
-    loaded, _ = rw.load(tmp_path / "run", model_factory="rw_any_nets:row_transformer")
+    result = rw.train(config, progress=False, model_factory=FACTORY)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == FACTORY
+    loaded, _ = rw.load(tmp_path / "run", model_factory=FACTORY)
     assert "RowTransformer" in [c.__name__ for c in type(loaded).__mro__]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["coverage"]
     assert len(saved["covered"]) == 11
@@ -266,13 +243,9 @@ def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_pa
     assert h["test_error"] < 0.5 and h["test_error"] < h["train_error"] + 0.15, h
 
 
-def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessing(tmp_path, monkeypatch, capsys,
-                                                                                trained):
-    (tmp_path / "rw_any_nets.py").write_text(NETS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessing(tmp_path, capsys, trained):
     torch.save(trained.state_dict(), tmp_path / "sd.pt")
-    code, out, err = run_main(capsys, "sweep", "--model-factory", "rw_any_nets:row_transformer", "--state-dict",
+    code, out, err = run_main(capsys, "sweep", "--model-factory", FACTORY, "--state-dict",
                               str(tmp_path / "sd.pt"), "--dataset", "demo", "--test-subset", "200", "--preprocess",
                               "none", "--distortion", "sign", "--out", str(tmp_path / "sw"), "--quiet")
     assert code == 0, err
@@ -298,16 +271,13 @@ def test_user_preprocessing_is_applied_exactly():
     assert mine.preprocessing.startswith("normalized with mean 0.25")
 
 
-def test_messages_a_user_can_act_on(tmp_path, capsys, monkeypatch):
-    (tmp_path / "rw_any_nets.py").write_text(NETS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rw_any_nets", raising=False)
+def test_messages_a_user_can_act_on(tmp_path, capsys):
     other = row_transformer()
     sd = {k: v for k, v in other.state_dict().items() if not k.startswith("head.")}
     sd["embed.weight"] = torch.zeros(5, 5)
     sd["extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "wrong.pt")
-    base = ["sweep", "--model-factory", "rw_any_nets:row_transformer", "--dataset", "demo", "--distortion", "sign"]
+    base = ["sweep", "--model-factory", FACTORY, "--dataset", "demo", "--distortion", "sign"]
     code, out, err = run_main(capsys, *base, "--state-dict", str(tmp_path / "wrong.pt"), "--out", str(tmp_path / "a"))
     line = one_error_line(err)
     assert code == 2 and "missing keys: head.weight, head.bias" in line and "unexpected keys: extra.weight" in line
@@ -317,7 +287,7 @@ def test_messages_a_user_can_act_on(tmp_path, capsys, monkeypatch):
     assert code == 2 and "holds a pickled whole model" in one_error_line(err) and "weights_only=False" not in err
     # an --out that cannot be written: one line before any data is read (the data folder does not exist either)
     (tmp_path / "file").write_text("x")
-    for argv in (["sweep", "--model-factory", "rw_any_nets:row_transformer", "--dataset", "cifar10", "--data-dir",
+    for argv in (["sweep", "--model-factory", FACTORY, "--dataset", "cifar10", "--data-dir",
                   "/no/such", "--state-dict", str(tmp_path / "whole.pt")],
                  ["train", "--dataset", "cifar10", "--data-dir", "/no/such"]):
         code, out, err = run_main(capsys, *argv, "--out", str(tmp_path / "file" / "run"))
