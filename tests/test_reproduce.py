@@ -5,9 +5,9 @@ import json
 import pytest
 
 import robustweights as rw
-from robustweights import claims as cl
+from robustweights.paper import claims as cl
 from conftest import one_error_line, run_main
-from robustweights import experiments as rp
+from robustweights.paper import experiments as rp
 
 KEYS = {"claim", "statement", "paper", "measured", "setting", "verdict"}
 
@@ -232,20 +232,30 @@ def test_report_command_takes_the_claims_table(tiny_all, tmp_path, capsys):
 
 
 def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rp, "have_matplotlib", lambda: False)
+    r = rw.reproduce("stoch-proj", "tiny", tmp_path / "nm", overrides={"epochs": 1}, progress=False)
+    assert r["report"] is None and (tmp_path / "nm" / "claims.json").exists()
+    assert not (tmp_path / "nm" / "report").exists()
+    assert "report skipped (matplotlib is not installed)" in capsys.readouterr().out
+
+
+def test_a_broken_report_module_is_an_error_not_a_skipped_report(tmp_path, monkeypatch):
+    """matplotlib is a dependency: with it installed, an ImportError from the report code is a bug to raise.
+    (It used to be caught as "report skipped", hiding e.g. a renamed function behind a missing library.)"""
     import builtins
 
     real_import = builtins.__import__
 
-    def no_reports(name, globals=None, locals=None, fromlist=(), level=0):
-        if name == "reports" and level == 1:
-            raise ImportError("No module named 'matplotlib'")
+    def broken_reports(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "reports" and level >= 1 and "experiments" in (globals or {}).get("__name__", ""):
+            raise ImportError("cannot import name 'fig_bits' from 'robustweights.reports.figures'")
         return real_import(name, globals, locals, fromlist, level)
 
-    monkeypatch.setattr(builtins, "__import__", no_reports)
-    r = rw.reproduce("stoch-proj", "tiny", tmp_path / "nm", overrides={"epochs": 1}, progress=False)
-    assert r["report"] is None and (tmp_path / "nm" / "claims.json").exists()
-    assert not (tmp_path / "nm" / "report").exists()
-    assert "report skipped" in capsys.readouterr().out
+    assert rp.have_matplotlib()
+    monkeypatch.setattr(builtins, "__import__", broken_reports)
+    with pytest.raises(ImportError, match="fig_bits"):
+        rw.reproduce("stoch-proj", "tiny", tmp_path / "broken", overrides={"epochs": 1}, progress=False)
+    assert (tmp_path / "broken" / "claims.json").exists()   # the numbers were written before the report
 
 
 def test_a_preset_is_typed_and_set_reads_values_by_the_field_type():

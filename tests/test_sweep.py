@@ -603,7 +603,7 @@ def test_run_sweep_calibrates_once_before_baseline_and_cells(trained, tmp_path):
 
 
 def test_the_demo_calls_a_difference_a_finding_only_beyond_the_spread_over_trials():
-    from robustweights.demo import compare
+    from robustweights.paper.demo import compare
 
     assert compare({"float": [0.70, 0.75], "sign": [0.05, 0.10]}) == [
         "sign degrades less than float (by 65.0 points; every trial)"]

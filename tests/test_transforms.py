@@ -181,7 +181,7 @@ def test_power_is_monotone_and_keeps_signs(beta):
 
 def test_traceable_takes_generators_that_refuse_weak_references():
     """CUDA generators refuse weak references in several torch releases; registering one crashed training."""
-    from robustweights import transforms
+    from robustweights import draws
 
     class NoWeakRefs:                       # a generator stand-in: a device, no __weakref__ slot
         __slots__ = ("device",)
@@ -193,11 +193,11 @@ def test_traceable_takes_generators_that_refuse_weak_references():
     with pytest.raises(TypeError):
         import weakref
         weakref.ref(g)
-    transforms.traceable(g)
-    assert transforms._GENERATORS[id(g)] is g and transforms._TOKENS[id(g)].item() == 0
-    transforms.traceable(g)                 # twice is once
-    assert transforms._TOKENS[id(g)].item() == 0
-    del transforms._GENERATORS[id(g)], transforms._TOKENS[id(g)]
+    draws.traceable(g)
+    assert draws._GENERATORS[id(g)] is g and draws._TOKENS[id(g)].item() == 0
+    draws.traceable(g)                 # twice is once
+    assert draws._TOKENS[id(g)].item() == 0
+    del draws._GENERATORS[id(g)], draws._TOKENS[id(g)]
 
 
 @pytest.mark.parametrize("scale, reference", [
@@ -269,7 +269,7 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
     rows = rw.sweep(model, loader, ["stuck-zero:p=0,0.5,1"], trials=2)
     assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0)]
     assert all(r["effective_bits"] is None for r in rows)
-    from robustweights.figures import Key, param_label
+    from robustweights.reports.figures import Key, param_label
     assert param_label(Key("stuck-zero", "p", "")) == "p (fraction stuck at 0)"
     assert param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
     with pytest.raises(UserError, match="needs letters"):

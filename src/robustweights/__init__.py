@@ -40,7 +40,7 @@ def report(*args, **kwargs):
 
 
 def reproduce(*args, **kwargs):
-    """Reproduce an experiment of the paper end to end; see :func:`robustweights.experiments.reproduce`."""
-    from .experiments import reproduce as _reproduce
+    """Reproduce an experiment of the paper end to end; see :func:`robustweights.paper.experiments.reproduce`."""
+    from .paper.experiments import reproduce as _reproduce
 
     return _reproduce(*args, **kwargs)

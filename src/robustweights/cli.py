@@ -109,14 +109,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .paper.demo import run_demo
 
     run_demo(out=args.out, epochs=args.epochs, progress=not args.quiet)
     return 0
 
 
 def cmd_reproduce(args) -> int:
-    from .experiments import reproduce, resolve_preset, summary
+    from .paper.experiments import reproduce, resolve_preset, summary
 
     if args.show:
         preset = resolve_preset(args.scale, args.set or [])
@@ -180,7 +180,7 @@ def cmd_report(args) -> int:
             raise UserError(f"--at {item!r}: expected DISTORTION=VALUE, e.g. add-gauss=0.8") from None
     claims = None
     if args.claims:
-        from .claims import read_claims
+        from .paper.claims import read_claims
 
         claims = read_claims(args.claims)
     r = report(args.results, args.out, at=at or None, title=args.title, claims=claims)
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="claims.json written by `robustweights reproduce`: its table heads the report")
     rp.set_defaults(func=cmd_report)
 
-    from .experiments import EXPERIMENTS, PRESETS, describe
+    from .paper.experiments import EXPERIMENTS, PRESETS, describe
 
     rr = sub.add_parser(
         "reproduce", parents=[debug], help="reproduce the paper's claims: train, sweep, report, verdicts",

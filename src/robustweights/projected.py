@@ -56,8 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .draws import traceable
 from .errors import UserError
-from .transforms import Transform, traceable, transform
+from .transforms import Transform, transform
 
 __all__ = ["MODES", "WEIGHTS", "Site", "attach", "detach", "hidden", "sites", "select", "coverage", "clip_",
            "use_weights", "effective_weight", "distort", "reading"]
@@ -321,7 +322,7 @@ def attach(
     if mode == "none":
         t = transform("identity")
     if t.random:
-        traceable(generator)  # torch.compile draws from it inside the graph (see transforms._draw)
+        traceable(generator)  # torch.compile draws from it inside the graph (see robustweights.draws)
     detach(model)
     chosen, left_out = select(model, include=include, exclude=tuple(exclude) + tuple(skip), types=types,
                               exclude_types=exclude_types, float_first=float_first, float_last=float_last)

@@ -34,11 +34,11 @@ from . import data as data_mod
 from . import projected
 from .distributed import agree, process_group, resolve_device
 from .errors import UserError
+from .evaluation import bn_layers, calibrate_bn, evaluate_split, reestimated_bn, sweep_coverage, weights_label
 from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
-from .training import (bn_layers, calibrate_bn, derive_seed, evaluate_split, load, load_config_data, reestimated_bn,
-                       weights_label)
+from .training import derive_seed, load, load_config_data
 
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
@@ -183,63 +183,6 @@ def _score(result, metric: str) -> float:
         have = ", ".join(map(str, result)) if isinstance(result, dict) else type(result).__name__
         raise UserError(f"the evaluation gave no {metric!r} (it gave: {have}); pass metric= one of its keys")
     return float(result[metric])
-
-
-def sweep_coverage(model: nn.Module, split: data_mod.Split | None, keep=(), batch_size: int = 1000, device=None,
-                   forward: Callable[[], object] | None = None, **selection) -> tuple[dict, dict]:
-    """``(untouched, coverage)``: the projected parameters a sweep leaves alone (``{name: reason}``:
-    kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest.
-    ``forward()`` runs the model once instead of a batch of ``split``."""
-    untouched = resolve_keep(model, keep, **selection)
-    untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched,
-                               forward))
-    cov = projected.coverage(model, set(untouched), verb="distorting",
-                             extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
-    return untouched, cov
-
-
-@torch.no_grad()
-def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward=None) -> dict[str, str]:
-    """Projected parameters that one evaluation batch never reads through their attribute, with the reason.
-
-    Distorting such a parameter would change nothing (it is unused by the
-    forward pass, or code reads it through a reference taken before it was
-    attached), so a sweep leaves it out and says so instead of reporting it as robust.
-    """
-    with projected.reading(model) as ss:
-        if forward is not None:
-            forward()
-        else:
-            x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
-            model(x)
-    return {s.name: "never read by the forward pass (unused, or read through a cached reference)"
-            for s in ss if s.reads == 0 and s.name not in skip}
-
-
-def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types=(), exclude_types=()) -> dict:
-    """Projected parameters a sweep leaves undistorted, with the reason: ``{name: reason}``.
-
-    ``keep`` holds ``first``, ``last``, parameter or module names, or shell
-    patterns; the other arguments narrow the distorted set as in
-    :func:`robustweights.projected.select`.
-    """
-    names = [s.name for s in projected.sites(model)]
-    out = {}
-    for k in keep:
-        hits = [names[0]] if k == "first" else [names[-1]] if k == "last" else \
-            [n for n in names if projected.name_matches(k, n, n.rpartition(".")[0])]
-        if not hits:
-            raise UserError(f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
-                            f"{projected.shorten(names)}")
-        out.update({n: f"kept undistorted (keep {k})" for n in hits})
-    if tuple(include or ("*",)) != ("*",) or exclude or types or exclude_types:
-        chosen, left = projected.select(model, include=include, exclude=exclude, types=types,
-                                        exclude_types=exclude_types)
-        chosen = {n for n, _ in chosen}
-        out.update({d["name"]: d["reason"] for d in left if d["name"] in names and d["name"] not in out})
-        out.update({n: "not selected" for n in names if n not in chosen and n not in out})
-    return out
-
 
 
 # ---------------------------------------------------------------------------

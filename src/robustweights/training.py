@@ -1,4 +1,7 @@
-"""Projected training, checkpoints, loading and evaluation (the library behind ``robustweights train``).
+"""Projected training and its run folders: train, resume, load and evaluate a run (``robustweights train``).
+
+Measuring a network as it stands (error on a split, batch-norm re-estimation)
+is :mod:`robustweights.evaluation`; this module trains and keeps runs.
 
     from robustweights import TrainConfig, train, load, evaluate
     result = train(TrainConfig(model="cnn", dataset="fashion-mnist", projection="sign", epochs=3, out="runs/sign"))
@@ -26,18 +29,18 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
 from . import models, projected
 from .distributed import agree, process_group, resolve_device
+from .evaluation import (bn_layers, calibrate_bn, evaluate_split, loss_fn, needs_calibration, reestimated_bn,
+                         weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .transforms import transform
@@ -185,14 +188,6 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
     return model
 
 
-def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if name == "sq-hinge":
-        # BinaryConnect: targets +-1 per class, mean of max(0, 1 - t*y)^2.
-        t = 2 * F.one_hot(y, logits.shape[1]).to(logits.dtype) - 1
-        return F.relu(1 - t * logits).square().mean()
-    return F.cross_entropy(logits, y)
-
-
 def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
     """Learning rate at ``step`` of ``steps`` in ``epoch`` (a pure function, so resuming needs no state)."""
     if config.schedule == "exp":
@@ -206,115 +201,6 @@ def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
 
 def _is_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
-
-
-@torch.no_grad()
-def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce", batch_size: int = 1000,
-                   device=None, amp: bool = False, channels_last: bool = False) -> dict:
-    """Error and mean loss of ``model`` on ``split`` as the model stands (no change of weights)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    wrong = torch.zeros((), device=device, dtype=torch.int64)
-    n = 0
-    try:
-        for x, y in split.batches(batch_size, device=device):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp and _is_cuda(device)):
-                logits = model(x)
-            total_loss += loss_fn(loss, logits.float(), y).double() * len(y)
-            wrong += (logits.argmax(1) != y).sum()
-            n += len(y)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise UserError("the evaluation split is empty")
-    return {"error": wrong.item() / n, "loss": total_loss.item() / n, "n": n}
-
-
-def weights_label(model: nn.Module) -> str:
-    """Which weights an evaluation used, in words (reports always say so)."""
-    uses = {("hidden" if s.eval_uses_hidden() else "projected") for s in projected.sites(model)}
-    return "/".join(sorted(uses)) or "hidden"
-
-
-# ---------------------------------------------------------------------------
-# Batch-norm statistics that belong to the evaluation weights
-# ---------------------------------------------------------------------------
-
-def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_size: int, device,
-                 seed: int = 0) -> None:
-    """Replace batch-norm statistics by their average over ``batches`` training batches, for good.
-
-    A cumulative average (momentum ``None``) over fixed batches drawn from
-    ``seed``, with only the batch-norm layers in training mode: every other
-    layer runs as it is evaluated (a stochastically trained layer with its
-    hidden weights, a pinned distortion with its pinned tensor) and draws no
-    random numbers. Momenta are put back afterwards; the statistics are not
-    (see :func:`reestimated_bn` for a version that puts them back).
-    """
-    bns = bn_layers(model)
-    momenta = [m.momentum for m in bns]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()   # also when called on a model in training mode (the end of training)
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()  # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
-                if i >= batches:
-                    break
-                model(x)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-
-
-@contextmanager
-def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
-                   seed: int = 0):
-    """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
-
-    As :func:`calibrate_bn`; the saved statistics and momenta are put back
-    exactly on exit, also after an error.
-    """
-    if batches <= 0:
-        yield
-        return
-    bns = bn_layers(model)
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
-    try:
-        calibrate_bn(model, split, batches, batch_size, device, seed)
-        yield
-    finally:
-        for m, (mean, var, n) in zip(bns, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(n)
-
-
-def needs_calibration(model: nn.Module) -> bool:
-    """Whether the network is evaluated with weights other than those it trained with.
-
-    A random projection (``stoch-sign``, ``stoch-mult``, noise injection) trains
-    on random draws and is evaluated with its hidden weights (docs/method.md section
-    3), so its batch-norm statistics, gathered in training, belong to other
-    weights: a ``stoch-mult:gamma=0.5`` network's draws have mean 1.25 and its
-    saved statistics gave 72.6% CIFAR-10 error against 14.5% after
-    re-estimation (part 7's report).
-    """
-    return bool(bn_layers(model)) and any(not s.plain and s.eval_uses_hidden() for s in projected.sites(model))
 
 
 # ---------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from .errors import UserError
-from .transforms import entry
+from ..errors import UserError
+from ..transforms import entry
 
 FIGURE_DPI = 120
 PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # docs/method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits

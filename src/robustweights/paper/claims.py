@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
-from .results import lowest_bits, mean_score
+from ..errors import UserError
+from ..results import lowest_bits, mean_score
 
 __all__ = ["CLAIMS", "VERDICTS", "NEEDS", "COLUMNS", "REFERENCE", "judge", "read_claims", "paper_scale"]
 

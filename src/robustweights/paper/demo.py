@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from . import projected
-from .errors import UserError
-from .runs import write_text
-from .training import TrainConfig, evaluate, load_config_data, reestimated_bn, train
+from .. import projected
+from ..errors import UserError
+from ..runs import write_text
+from ..training import TrainConfig, evaluate, load_config_data, reestimated_bn, train
 
 MARKER = "demo.json"
 EPOCHS = 8  # enough for the networks to settle on 5000 images; about 15 s each on 2 cores
@@ -77,8 +77,8 @@ def compare(rises: dict[str, list[float]]) -> list[str]:
 
 def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool = True) -> dict:
     """Train, test, sweep, report and compare; returns the numbers it printed."""
-    from .reports import report
-    from .sweeps import SweepConfig, run_sweep
+    from ..reports import report
+    from ..sweeps import SweepConfig, run_sweep
 
     out_path = Path(out)
     _prepare(out_path)

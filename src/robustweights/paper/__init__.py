@@ -1,0 +1,13 @@
+"""The paper, Merolla et al. 2016: its claims judged on measured sweeps, its experiments end to end, and a demo.
+
+- :mod:`.claims`: the five claims and the rule that judges each one;
+- :mod:`.experiments`: ``robustweights reproduce`` (experiments, typed scale presets, resumable runs);
+- :mod:`.demo`: ``robustweights demo``, the paper's story on data shipped inside the package.
+
+These sit on top of the core (training, sweeps, reports); nothing in the core imports them.
+"""
+
+from .claims import judge, read_claims
+from .experiments import EXPERIMENTS, PRESETS, Preset, reproduce, resolve_preset
+
+__all__ = ["judge", "read_claims", "reproduce", "resolve_preset", "EXPERIMENTS", "PRESETS", "Preset"]
