@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustweights as rw
+from robustweights.results import spec_lines
 
 CORPUS = Path("/usr/share/common-licenses")
 
@@ -102,9 +103,7 @@ def main(argv=None):
                     metric="perplexity", trials=args.trials, progress=True)
     rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="char-level transformer LM", baseline=base,
                          description=f"licence texts of {args.corpus}, last 10% held out", model="CharLM")
-    for spec in dict.fromkeys(r["spec"] for r in rows):
-        scores = [r["score"] for r in rows if r["spec"] == spec]
-        print(f"  {spec:<32} perplexity {sum(scores) / len(scores):8.2f}  (min {min(scores):.2f}, max {max(scores):.2f})")
+    print("\n".join(spec_lines(rows, width=32)))
     rw.report([f"{args.out}/sweep"], f"{args.out}/report")
     print(f"report: {args.out}/report/report.html")
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustweights as rw
+from robustweights.results import spec_lines
 from robustweights.data import load_data
 
 
@@ -64,9 +65,7 @@ def main(argv=None):
                     progress=True)
     rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="row transformer", baseline=base,
                          description=data.description, model="RowTransformer")
-    for spec in dict.fromkeys(r["spec"] for r in rows):
-        errs = [r["error"] for r in rows if r["spec"] == spec]
-        print(f"  {spec:<28} error {sum(errs) / len(errs):7.2%}  (min {min(errs):.2%}, max {max(errs):.2%})")
+    print("\n".join(spec_lines(rows, width=28)))
     rw.report([f"{args.out}/sweep"], f"{args.out}/report")
     print(f"report: {args.out}/report/report.html")
 

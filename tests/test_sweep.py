@@ -619,3 +619,14 @@ def test_sweep_returns_rows_and_to_frame_makes_a_frame(net):
             sweep_mod.to_frame(rows)
     else:
         assert list(sweep_mod.to_frame(rows).columns) == COLUMNS
+
+
+def test_spec_lines_give_the_mean_and_spread_per_strength_in_the_metric_of_the_rows():
+    from robustweights.results import spec_lines
+
+    rows = [{"spec": "add-gauss:sigma=0.5", "error": e, "trial": i} for i, e in enumerate((0.1, 0.2))]
+    rows += [{"spec": "sign", "error": 0.3, "trial": 0}]
+    assert spec_lines(rows, width=20) == ["  add-gauss:sigma=0.5  error 15.00% (min 10.00%, max 20.00%, 2 trials)",
+                                          "  sign                 error 30.00%"]
+    lm = [{"spec": "quant:bits=2", "metric": "perplexity", "score": s, "error": None} for s in (12.0, 13.0)]
+    assert spec_lines(lm, width=12) == ["  quant:bits=2 perplexity 12.5 (min 12, max 13, 2 trials)"]

@@ -135,7 +135,7 @@ def cmd_reproduce(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweeps import SweepConfig, run_sweep
     from .distributed import distributed_env
-    from .results import by_spec
+    from .results import spec_lines
 
     config = SweepConfig(**_given(args, SweepConfig))
     r = run_sweep(config, progress=not args.quiet)
@@ -153,11 +153,7 @@ def cmd_sweep(args) -> int:
              else "as stored (not re-estimated)"))
     print(f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
           f"{r.get('preprocessing') or 'as the dataset loader gives them'}); distorted: {r['on']} weights" + bn)
-    for spec, rows in by_spec(r["rows"]).items():
-        errs = [row["error"] for row in rows]
-        mean = sum(errs) / len(errs)
-        spread = f" (min {min(errs):.2%}, max {max(errs):.2%}, {len(errs)} trials)" if len(errs) > 1 else ""
-        print(f"  {spec:<40} error {mean:.2%}{spread}")
+    print("\n".join(spec_lines(r["rows"])))
     best = r["lowest_bits"]
     if best:
         print(f"lowest effective bits with mean error <= {r['target_error']:.2%}: {best['effective_bits']:.3g} "

@@ -16,7 +16,7 @@ from pathlib import Path
 from .runs import write_text
 
 __all__ = ["COLUMNS", "complete_row", "better_when_higher", "mean_score", "by_spec", "lowest_bits",
-           "write_rows", "claims_markdown"]
+           "write_rows", "spec_lines", "claims_markdown"]
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
            "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
@@ -74,6 +74,17 @@ def to_csv(rows: list[dict]) -> str:
 def write_rows(out: Path, rows: list[dict]) -> None:
     write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
     write_text(out / "results.csv", to_csv(rows))
+
+
+def spec_lines(rows: list[dict], width: int = 40) -> list[str]:
+    """One line of text per distortion spec: the mean score over its trials, with min and max where several."""
+    out = []
+    for spec, rs in by_spec(rows).items():
+        metric, values = rs[0]["metric"], [r["score"] for r in rs]
+        show = (lambda v: f"{v:.2%}") if metric == "error" else (lambda v: f"{v:.4g}")
+        spread = f" (min {show(min(values))}, max {show(max(values))}, {len(values)} trials)" if len(values) > 1 else ""
+        out.append(f"  {spec:<{width}} {metric} {show(sum(values) / len(values))}{spread}")
+    return out
 
 
 def claims_markdown(claims: list[dict], statements: bool = False) -> str:
