@@ -59,7 +59,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     data = load_data("demo", preprocess="none")          # the raw pixels the model is trained on
     model = train(data, args.epochs)
-    base = rw.training.evaluate_split(model, data.test)["error"]
+    base = rw.evaluation.evaluate_split(model, data.test)["error"]
     print(f"test error {base:.2%} ({data.description}; inputs {data.preprocessing})")
     rows = rw.sweep(model, data, ["add-gauss:sigma=0.25,0.5,1", "quant:bits=1..6"], trials=args.trials,
                     progress=True)

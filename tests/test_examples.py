@@ -84,5 +84,5 @@ def test_transformer_classifier_example(tmp_path):
     data = rw.data.load_data("demo", preprocess="none", train_subset=1000, test_subset=300)
     model = tc.train(data, epochs=1)
     rows = rw.sweep(model, data, ["add-gauss:sigma=0,1"], trials=1)
-    base = rw.training.evaluate_split(model, data.test)["error"]
+    base = rw.evaluation.evaluate_split(model, data.test)["error"]
     assert rows[0]["error"] == base and rows[1]["error"] > base + 0.05
