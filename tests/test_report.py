@@ -310,3 +310,37 @@ def test_the_report_explains_hidden_weight_curves_of_a_network_that_runs_project
     for name, noted in (("hidden", True), ("projected", False)):
         md = Path(rw.report([tmp_path / name], tmp_path / f"r-{name}")["md"]).read_text()
         assert ("the statistics belong to other weights" in md) is noted
+
+
+def test_noise_relative_to_the_range_keeps_its_own_column_for_a_float_network(tmp_path):
+    """A float network's sweep default scale is max; add-gauss's reference is std unless named. The key of
+    'add-gauss:sigma=0.8,scale=max' used to drop 'scale=max' for it, merging the two references into one
+    curve whose mean was the average of both (50.7% in the tiny reproduce table: 20.6% and 80.9%)."""
+    from robustweights.reports.sources import curves
+
+    def rows(ref_errors):
+        out = []
+        for spec_, errs in ref_errors.items():
+            out += [{"distortion": "add-gauss", "param": "sigma", "value": 0.8, "trial": i, "error": e,
+                     "effective_bits": None, "spec": spec_} for i, e in enumerate(errs)]
+        return out
+
+    both = {"add-gauss:sigma=0.8": [0.20, 0.22], "add-gauss:sigma=0.8,scale=max": [0.80, 0.82]}
+    for default in ("max", "clip", None):        # a float network, a projected one, an old sweep
+        c = curves(rows(both), default)
+        assert sorted((k.fixed, v.mean[0]) for k, v in c.items()) == [("", pytest.approx(21.0)),
+                                                                       ("scale=max", pytest.approx(81.0))]
+    # a transform whose scale follows the sweep default still drops it: float and sign power curves share a panel
+    power = [{"distortion": "power", "param": "beta", "value": 0.5, "trial": 0, "error": 0.3,
+              "effective_bits": None, "spec": "power:beta=0.5,scale=max"}]
+    assert [k.fixed for k in curves(power, "max")] == [""]
+
+    flt = make_sweep(tmp_path / "float", "identity", drop=("power", "quant", "sign"))
+    data = json.loads((flt / "results.json").read_text())
+    data += [{**r, "spec": r["spec"] + ",scale=max", "error": min(1.0, r["error"] + 0.05)} for r in data]
+    (flt / "results.json").write_text(json.dumps(data))
+    (flt / "sweep.json").write_text(json.dumps({**json.loads((flt / "sweep.json").read_text()),
+                                                "scale_default": "max"}))
+    table = report([flt], tmp_path / "out", at={"add-gauss": 1.0})["table"][0]
+    cols = {k: v for k, v in table.items() if k != "label"}
+    assert sorted(round(v, 1) for v in cols.values()) == [84.0, 89.0]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..results import complete_row
+from ..transforms import entry
 from .figures import Curve, Key
 
 
@@ -119,12 +120,22 @@ class Source:
 def row_key(row: dict, default_scale: str | None = None) -> Key:
     """The distortion of a row: its name, swept parameter, and the other parameters of its spec.
 
-    ``scale=<the sweep's default scale>`` is left out: each network is distorted
-    at its own natural scale (``robustweights.sweeps.default_scale``), so a float
-    and a sign-trained network's ``power`` curves belong in one panel.
+    ``scale=<the sweep's default scale>`` is left out for transforms whose
+    scale follows that default: each network is distorted at its own natural
+    scale (``robustweights.sweeps.default_scale``), so a float and a
+    sign-trained network's ``power`` curves belong in one panel. Additive
+    noise does not follow it (its reference is ``std`` unless its spec names
+    another), so ``add-gauss:...,scale=max`` keeps its own curve for every
+    network, also for a float one whose sweep default is ``max``.
     """
     _, _, rest = str(row.get("spec") or row["distortion"]).partition(":")
     default = f"scale={default_scale}" if default_scale else None
+    try:
+        scale = entry(row["distortion"]).param("scale")
+    except (UserError, KeyError):   # a transform this session has not registered, or one without a scale
+        scale = None
+    if scale is not None and not scale.follows:
+        default = f"scale={scale.default}"   # its own default: the spec leaves it out (quiet)
     fixed = ",".join(t for t in rest.split(",") if t and t.partition("=")[0] != row["param"] and t != default)
     return Key(row["distortion"], row["param"], fixed)
 
