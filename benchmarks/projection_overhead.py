@@ -41,17 +41,20 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="induct
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
-def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False):
+def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False,
+              compile_mode=None, fused=False):
     torch.manual_seed(0)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
     fmt = torch.channels_last if amp else torch.contiguous_format  # the GPU fast path uses both
     model.to(memory_format=fmt)
     rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(0))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
-    net = torch.compile(model) if compile else model
+    # compile_mode "reduce-overhead" adds CUDA graphs (a batch-50 step is launch-bound); ignored on CPU
+    net = torch.compile(model, mode=compile_mode) if compile else model
 
     def step():
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
@@ -83,8 +86,10 @@ def timed_rounds(steps: dict, rounds: int, per_round: int) -> dict:
     return times
 
 
-def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False):
-    steps = {p: make_step(model_name, width, p, batch, device, amp=amp) for p in ["identity", *projections]}
+def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile_mode=None,
+          fused=False):
+    steps = {p: make_step(model_name, width, p, batch, device, amp=amp, fused=fused)
+             for p in ["identity", *projections]}
     times = timed_rounds(steps, rounds, per_round)
     base = statistics.median(times["identity"])
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
@@ -95,22 +100,24 @@ def bench(model_name, width, projections, batch, rounds, per_round, device, amp=
     return {p: statistics.median(times[p]) / base for p in projections}
 
 
-def bench_compile(model_name, width, projections, batch, rounds, per_round, device, amp=False):
+def bench_compile(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile_mode=None,
+                  fused=False):
     variants = ["identity", *projections]
     first, times = {}, {}
     for p in variants:
         # One variant at a time, dynamo's caches cleared before each: compiled models of earlier
         # variants would otherwise count against the recompile limit of this one's frames.
         torch._dynamo.reset()
-        eager = make_step(model_name, width, p, batch, device, amp=amp)
-        compiled = make_step(model_name, width, p, batch, device, amp=amp, compile=True)
+        eager = make_step(model_name, width, p, batch, device, amp=amp, fused=fused)
+        compiled = make_step(model_name, width, p, batch, device, amp=amp, compile=True, compile_mode=compile_mode,
+                             fused=fused)
         t = time.perf_counter()
         compiled()  # compiles forward and backward
         first[p] = time.perf_counter() - t
         times.update(timed_rounds({(p, False): eager, (p, True): compiled}, rounds, per_round))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-          f"eager against torch.compile (median of {rounds} rounds of {per_round} steps)")
+          f"eager against torch.compile mode={compile_mode or 'default'}{', fused Adam' if fused else ''} (median of {rounds} rounds of {per_round} steps)")
     print(f"  {'projection':<24} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6} {'compile s':>10} "
           f"{'pays back after':>16}")
     out = {}
@@ -136,6 +143,10 @@ def main():
     ap.add_argument("--amp", action="store_true", help="bf16 autocast and channels-last (CUDA)")
     ap.add_argument("--compile", action="store_true",
                     help="time each variant eager and through torch.compile, with its compile time")
+    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                                                              "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
+    ap.add_argument("--fused", action="store_true", help="fused Adam (one kernel for the whole update)")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
@@ -145,7 +156,7 @@ def main():
         width, batch = configs[m]
         run = bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
-            amp=args.amp)
+            amp=args.amp, compile_mode=args.compile_mode, fused=args.fused)
 
 
 if __name__ == "__main__":
