@@ -3,6 +3,7 @@
     python benchmarks/projection_overhead.py                     # cnn on 28x28 and bc-vgg 0.25 on 32x32
     python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
     python benchmarks/projection_overhead.py --compile           # torch.compile against eager, per projection
+    python benchmarks/projection_overhead.py --concurrent 4      # 4 networks stepped together against one
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
 inputs of the model's natural size (the data does not change the cost). The
@@ -42,13 +43,13 @@ SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet
 
 
 def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False,
-              compile_mode=None, fused=False):
-    torch.manual_seed(0)
+              compile_mode=None, fused=False, sync=True, seed=0):
+    torch.manual_seed(seed)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
     fmt = torch.channels_last if amp else torch.contiguous_format  # the GPU fast path uses both
     model.to(memory_format=fmt)
-    rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(0))
+    rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(seed))
     # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
@@ -64,7 +65,7 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
         loss.backward()
         opt.step()
         clip_(model)
-        if device.type == "cuda":
+        if sync and device.type == "cuda":
             torch.cuda.synchronize()
 
     return step
@@ -131,6 +132,45 @@ def bench_compile(model_name, width, projections, batch, rounds, per_round, devi
     return out
 
 
+def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
+                     compile=False, compile_mode=None, fused=False):
+    """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
+    process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves the GPU
+    idle enough that several rows at once pay (part 8). On a CPU the copies simply take turns."""
+    cuda = device.type == "cuda"
+    out = {}
+    for p in ["identity", *projections]:
+        torch._dynamo.reset()
+        steps = [make_step(model_name, width, p, batch, device, amp=amp, compile=compile, compile_mode=compile_mode,
+                           fused=fused, sync=False, seed=i) for i in range(copies)]
+        streams = [torch.cuda.Stream(device) for _ in steps] if cuda else [None] * copies
+
+        def together(n=copies):
+            for st, s in zip(streams[:n], steps[:n]):
+                if cuda:
+                    st.wait_stream(torch.cuda.current_stream(device))
+                    with torch.cuda.stream(st):
+                        s()
+                else:
+                    s()
+            if cuda:
+                for st in streams[:n]:
+                    torch.cuda.current_stream(device).wait_stream(st)
+                torch.cuda.synchronize(device)
+
+        times = timed_rounds({"one": lambda: together(1), "all": together}, rounds, per_round)
+        one, both = statistics.median(times["one"]), statistics.median(times["all"])
+        out[p] = {"one_img_s": batch / one, "all_img_s": copies * batch / both}
+    how = f", torch.compile mode={compile_mode or 'default'}" if compile else ", eager"
+    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
+          f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
+          f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), median of {rounds} rounds")
+    print(f"  {'projection':<24} {'one img/s':>10} {f'{copies} together img/s':>20} {'gain':>6}")
+    for p, r in out.items():
+        print(f"  {p:<24} {r['one_img_s']:10.0f} {r['all_img_s']:20.0f} {r['all_img_s'] / r['one_img_s']:6.2f}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
@@ -147,6 +187,8 @@ def main():
                                                               "max-autotune-no-cudagraphs"],
                     help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     ap.add_argument("--fused", action="store_true", help="fused Adam (one kernel for the whole update)")
+    ap.add_argument("--concurrent", type=int, default=0, metavar="N",
+                    help="images/s of N networks stepped together (one CUDA stream each) against one alone")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
@@ -154,6 +196,11 @@ def main():
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
     for m in args.models:
         width, batch = configs[m]
+        if args.concurrent:
+            bench_concurrent(m, args.width or width, args.projections, args.batch or batch, args.rounds,
+                             args.per_round, device, args.concurrent, amp=args.amp, compile=args.compile,
+                             compile_mode=args.compile_mode, fused=args.fused)
+            continue
         run = bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
             amp=args.amp, compile_mode=args.compile_mode, fused=args.fused)

@@ -1,6 +1,7 @@
 """`robustweights reproduce`: presets, overrides, verdict rules, and every experiment at tiny scale end to end."""
 
 import json
+import re
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_tiny_all_trains_sweeps_reports_and_judges(tiny_all):
     assert by[3]["verdict"] in ("reproduced", "not reproduced")
     assert by[2]["verdict"] == by[4]["verdict"] == by[5]["verdict"] == "not run at this scale"
     assert "Fashion-MNIST" in by[1]["setting"] and "mlp" in by[1]["setting"]
-    assert "bits per weight" in by[2]["measured"]
+    assert re.search(r"\d\.\d\d bits per weight", by[2]["measured"])   # "1.00 bits", not "1 bits"
     # every row trained to a sane error on real data (10 classes: chance is 90%)
     assert set(result["sweeps"]) == set(rp.MATRIX_ROWS)
     for row, s in result["sweeps"].items():
@@ -114,6 +115,7 @@ def test_claim_1_rule():
                                      "stoch-sign": _sweep(0.12, good)}, {}, "s")
     assert ok[0]["verdict"] == "reproduced" and ok[0]["rule"] == cl.RULE_1 and "scale=max" in ok[0]["headline"]
     assert "add-gauss sigma=0.8 of max|W|: float +60.0, sign +10.0, stoch-sign +10.0" in ok[0]["measured"]
+    assert ok[0]["measured"].startswith("undistorted: float 10.00%, sign 11.00%, stoch-sign 12.00%;")
     # the stochastic network not slower under the headline noise: not reproduced, whatever the sign one does
     one = rp.judge("matrix", preset, {"identity": float_, "sign": _sweep(0.11, good),
                                       "stoch-sign": _sweep(0.12, {**good, "add-gauss-max": 0.35})}, {}, "s")

@@ -143,7 +143,8 @@ def judge_claim_1(sweeps: dict, cols) -> dict:
         parts.append(f"{_ref_name(col)}: float {_pts(rf[col])}, "
                      + ", ".join(f"{n} {_pts(nets[n][col])}" + ("" if o == "slower" else f" ({o})")
                                  for n, o in outcome.items()))
-    base = ", ".join(f"{n} {sweeps[n]['baseline_error']:.2%}" for n in ("identity", "sign", "stoch-sign"))
+    base = ", ".join(f"{label} {sweeps[n]['baseline_error']:.2%}"
+                     for n, label in (("identity", "float"), ("sign", "sign"), ("stoch-sign", "stoch-sign")))
     return {"measured": f"undistorted: {base}; error rise in points, " + "; ".join(parts),
             "verdict": "reproduced" if ok else "not reproduced", "rule": RULE_1,
             "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8"}
@@ -163,7 +164,7 @@ def judge_claim_2(sweeps: dict, preset: dict) -> dict:
     if best is None:
         measured = f"no row kept its mean error at or below {target:.2%} under any distortion with a bits figure"
     else:
-        measured = (f"{best['effective_bits']:.3g} bits per weight at mean error {best['mean_error']:.2%} "
+        measured = (f"{best['effective_bits']:.2f} bits per weight at mean error {best['mean_error']:.2%} "
                     f"(<= target {target:.2%}): row {best['row']}, {best['spec']}")
     out = {"measured": measured, "target_error": target, "best": best}
     if paper_scale(preset) and preset["target_error"] == 0.11:
