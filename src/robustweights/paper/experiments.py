@@ -86,7 +86,7 @@ EXPERIMENTS = {
 }
 SCALES = {
     "tiny": "Fashion-MNIST slice, small MLP: seconds on 2 CPU cores (the tests run it)",
-    "cpu": "CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 2 h for `all` on 2 CPU cores",
+    "cpu": "CIFAR-10, 0.25-width bc-vgg, 10 epochs: about 3 h for `all` on 2 CPU cores",
     "gpu": "full-width bc-vgg, BinaryConnect's recipe, 100 epochs: for a GPU",
     "paper": "BinaryConnect's recipe whole: 500 epochs, 45k/5k split, best validation epoch kept; "
              "rows stoch-sign, sign, stoch-mult, identity (a GPU)",
@@ -162,7 +162,7 @@ PRESETS = {
     "tiny": Preset(model="mlp", width=0.5, dataset="fashion-mnist", train_subset=6000, test_subset=2000, loss="ce",
                    lr=3e-3, epochs=4, batch_size=100, add_gauss="0.4,0.8,1.2", add_gauss_max="0.8",
                    mult_gauss="0.5,1", power="0,0.5,1", quant="1,2,4", bn_calibrate=10, imagenet_image_size=32),
-    # CIFAR-10 (JPEG copy), 0.25-width bc-vgg, GCN+ZCA, no augmentation: about 2 h for `all` on 2 cores.
+    # CIFAR-10 (JPEG copy), 0.25-width bc-vgg, GCN+ZCA, no augmentation: about 3 h for `all` on 2 cores.
     "cpu": Preset(model="bc-vgg", width=0.25, dataset="cifar10", preprocess="gcn-zca", loss="ce", lr=3e-3,
                   lr_end=3e-5, epochs=10, batch_size=50, add_gauss="0.4,0.6,0.8,1,1.5", add_gauss_max="0.2,0.4,0.8",
                   mult_gauss="0.25,0.5,1", power="0,0.5,1", quant="1,2,4"),
