@@ -177,6 +177,62 @@ def test_tied_weights_are_one_site_read_by_every_holder():
     assert torch.equal(m.out.weight, binary) and torch.equal(m.emb.weight, binary)
 
 
+def test_tied_weight_random_projection_draws_per_read_and_a_distortion_once():
+    """The documented convention (docs/method.md section 3): in training a random projection draws at every
+    read, so the two readers of a tied weight see independent draws (same seed, same draws); a sweep's
+    distortion is drawn once and every reader sees the same tensor."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.out = nn.Linear(8, 20, bias=False)
+            self.out.weight = self.emb.weight
+
+    def reads(seed):
+        torch.manual_seed(0)
+        m = Tied().train()
+        rw.attach(m, "stoch-sign", generator=torch.Generator().manual_seed(seed), clip=None)
+        return m, m.emb.weight, m.out.weight
+
+    m, a, b = reads(1)
+    assert set(a.unique().tolist()) == set(b.unique().tolist()) == {-1.0, 1.0}
+    assert not torch.equal(a, b)                                    # two reads, two draws
+    _, a2, b2 = reads(1)
+    assert torch.equal(a, a2) and torch.equal(b, b2)                # reproducible from the generator
+    m.eval()
+    with rw.distort(m, "add-gauss:sigma=1", generator=torch.Generator().manual_seed(2)):
+        assert torch.equal(m.emb.weight, m.out.weight)              # one distorted tensor for both readers
+        assert not torch.equal(m.emb.weight, projected.hidden(m.emb))
+
+
+def test_a_parametrized_weight_says_its_stored_tensors_are_what_is_distorted():
+    """weight_norm / spectral_norm compute the weight from stored tensors; those are what attach reaches, and
+    the coverage line says so (sign of g and v is not a binary weight) instead of claiming the weight."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+    torch.manual_seed(0)
+    m = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.ReLU(), spectral_norm(nn.Linear(5, 3))).eval()
+    rw.attach(m, "identity", mode="none", clip=None)
+    cov = projected.coverage(m, verb="distorting")
+    assert cov["parametrized"] == {"0.weight": ["0.parametrizations.weight.original0",
+                                                "0.parametrizations.weight.original1"],
+                                   "2.weight": ["2.parametrizations.weight.original"]}
+    assert "0.weight from original0, original1, 2.weight from original" in cov["summary"]
+    with torch.no_grad():
+        w = m[0].weight.clone()
+        with rw.distort(m, "sign"):          # sign of g and of v: +-max|g|/sqrt(6), not sign(W) = +-max|W|
+            assert not torch.allclose(m[0].weight.abs(), w.abs().max().expand_as(w))
+    # the advice works: without the parametrization the weight itself is reached, and nothing is said
+    plain = weight_norm(nn.Linear(6, 5)).eval()
+    parametrize.remove_parametrizations(plain, "weight")
+    rw.attach(plain, "identity", mode="none", clip=None)
+    assert "parametrized" not in projected.coverage(plain)["summary"]
+    with torch.no_grad():
+        w = plain.weight.clone()
+        with rw.distort(plain, "sign"):
+            assert torch.equal(plain.weight, torch.where(w >= 0, 1.0, -1.0) * w.abs().max())
+
+
 def test_lstm_weights_are_reached():
     torch.manual_seed(0)
     lstm = nn.LSTM(4, 6, batch_first=True).eval()

@@ -25,6 +25,10 @@ user's state_dict loads both ways.) Training modes:
   of ``nn.Linear``/``nn.Conv1d/2d/3d`` only (other parameters are refused).
 * ``none``: no projection, ``y = f(x, W)``; only the clipping below.
 
+A random projection draws at every read in training: the readers of a tied
+weight (or a layer applied twice) get independent draws. A distortion
+(:func:`distort`) is drawn once and pinned, the same tensor for every read.
+
 After each optimizer step :func:`clip_` clamps the hidden weights to
 ``[-H, H]`` (``H=1``, or BinaryConnect's Glorot ``H = sqrt(1.5/(fan_in+fan_out))``
 per tensor).
@@ -49,12 +53,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .draws import traceable
 from .errors import UserError
@@ -408,7 +414,28 @@ def coverage(model: nn.Module, exclude=(), *, verb: str = "projected", extra_lef
     small = len(left_out) - len(tensors)
     if small:
         summary += f"; {small} biases/normalization parameters left as they are"
-    return {"summary": summary, "covered": covered, "left_out": left_out}
+    stored = _parametrized(model, {d["name"] for d in covered})
+    if stored:
+        summary += ("; parametrized (weight_norm, spectral_norm, ...): "
+                    + ", ".join(f"{t} from {', '.join(n.rpartition('.')[2] for n in names)}"
+                                for t, names in stored.items())
+                    + ": the stored tensors are acted on, not the weight they compute "
+                      "(remove the parametrization to act on that)")
+    return {"summary": summary, "covered": covered, "left_out": left_out, "parametrized": stored}
+
+
+_STORED = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original\d*$")
+
+
+def _parametrized(model: nn.Module, names: set[str]) -> dict[str, list[str]]:
+    """The tensors ``torch.nn.utils.parametrize`` computes (``weight_norm``, ``spectral_norm``, ...) from
+    stored parameters among ``names``: ``{"0.weight": ["0.parametrizations.weight.original0", ...]}``."""
+    out: dict[str, list[str]] = {}
+    for s in sites(model):
+        m = _STORED.match(s.name)
+        if s.name in names and m and isinstance(s.module, parametrize.ParametrizationList):
+            out.setdefault(f"{m[1]}.{m[2]}" if m[1] else m[2], []).append(s.name)
+    return out
 
 
 @contextmanager
