@@ -311,6 +311,27 @@ def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessin
     assert len(info["coverage"]["covered"]) == 11 and info["preprocessing"] == "none (pixels in [0, 1])"
 
 
+def test_state_dicts_saved_from_ddp_or_torch_compile_load_as_the_plain_one(tmp_path, capsys, trained):
+    """DistributedDataParallel saves keys under ``module.``, torch.compile under ``_orig_mod.``: the same
+    weights, the same sweep numbers; a prefix that does not make the keys fit is not stripped."""
+    plain = trained.state_dict()
+    files = {"plain": plain, "ddp": {f"module.{k}": v for k, v in plain.items()},
+             "both": {f"module._orig_mod.{k}": v for k, v in plain.items()}}
+    errors = {}
+    for name, sd in files.items():
+        torch.save(sd, tmp_path / f"{name}.pt")
+        code, out, err = run_main(capsys, "sweep", "--model-factory", FACTORY, "--state-dict",
+                                  str(tmp_path / f"{name}.pt"), "--dataset", "demo", "--test-subset", "100",
+                                  "--distortion", "sign", "--out", str(tmp_path / name), "--quiet")
+        assert code == 0, err
+        errors[name] = [r["error"] for r in json.loads((tmp_path / name / "results.json").read_text())]
+    assert errors["ddp"] == errors["plain"] == errors["both"]
+    torch.save({f"module.{k}": v for k, v in plain.items() if k != "head.bias"}, tmp_path / "short.pt")
+    code, out, err = run_main(capsys, "sweep", "--model-factory", FACTORY, "--state-dict", str(tmp_path / "short.pt"),
+                              "--dataset", "demo", "--distortion", "sign", "--out", str(tmp_path / "s"))
+    assert code == 2 and "unexpected keys: module." in one_error_line(err)
+
+
 @pytest.mark.parametrize("spec, words", [("normalize:mean=0.5", "normalize:mean=M,std=S"),
                                          ("normalize:mean=0.5,std=0", "std must be positive"),
                                          ("whiten", "not one of")])

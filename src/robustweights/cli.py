@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "  --model-factory package.module:function   a function that builds the network; it is\n"
                         "      called with the keywords it accepts among num_classes, in_shape (C, H, W) and\n"
                         "      width, and must return an nn.Module whose state_dict --state-dict holds\n"
+                        "      (keys saved through DistributedDataParallel or torch.compile, module. and\n"
+                        "      _orig_mod., are read without their prefix)\n"
                         "  --dataset " + ", ".join(data_mod.DATASETS) + "\n"
                         "  --preprocess standardize | gcn-zca | none | normalize:mean=M,std=S\n"
                         "      what your model was trained on (none: pixels in [0, 1])\n"

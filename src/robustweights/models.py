@@ -126,9 +126,13 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     """``model.load_state_dict(state_dict)``, or one line naming what does not fit.
 
     The line names the first missing and unexpected keys and mismatched shapes
-    (PyTorch's own message is many lines, and its first says only where).
+    (PyTorch's own message is many lines, and its first says only where). Keys
+    that all carry the prefix ``DistributedDataParallel`` (``module.``) or
+    ``torch.compile`` (``_orig_mod.``) adds are read without it when that makes
+    them fit.
     """
     own = model.state_dict()
+    state_dict = _unwrapped(state_dict, own.keys())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
@@ -144,6 +148,17 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise UserError(f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}") from None
+
+
+def _unwrapped(state_dict: dict, own) -> dict:
+    """``state_dict`` without the wrapper prefixes on every key, if it then has exactly the keys ``own``."""
+    own, sd = set(own), state_dict
+    while set(sd) != own:
+        prefix = next((p for p in ("module.", "_orig_mod.") if sd and all(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            return state_dict
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
 
 
 def _option_names(factory) -> list[str]:
