@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -330,6 +331,54 @@ def test_state_dicts_saved_from_ddp_or_torch_compile_load_as_the_plain_one(tmp_p
     code, out, err = run_main(capsys, "sweep", "--model-factory", FACTORY, "--state-dict", str(tmp_path / "short.pt"),
                               "--dataset", "demo", "--distortion", "sign", "--out", str(tmp_path / "s"))
     assert code == 2 and "unexpected keys: module." in one_error_line(err)
+
+
+class _Wrapped(nn.Module):
+    """A classifier whose forward returns its logits wrapped as strangers' models do."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.fc, self.wrap = nn.Linear(784, 10), wrap
+
+    def forward(self, x):
+        z = self.fc(x.flatten(1))
+        return {"tuple": lambda: (z, z.sum()), "dict": lambda: {"logits": z, "loss": None},
+                "output": lambda: type("Out", (), {"logits": z})(), "plain": lambda: z,
+                "set": lambda: {1}, "3d": lambda: z[:, None], "5 classes": lambda: z[:, :5]}[self.wrap]()
+
+
+def wrapped_plain():
+    return _Wrapped("plain")
+
+
+def wrapped_tuple():
+    return _Wrapped("tuple")
+
+
+def wrapped_dict():
+    return _Wrapped("dict")
+
+
+def wrapped_output():
+    return _Wrapped("output")
+
+
+def test_outputs_wrapped_as_tuple_dict_or_hugging_face_output_are_read_as_their_logits():
+    """A tuple (first item), a dict or an object with .logits: the same numbers as the bare tensor, in
+    evaluation and in training; an output with no logits in it, or logits that cannot be, is one line."""
+    demo = load_data("demo", test_subset=200)
+    errors, runs = {}, {}
+    for wrap in ("plain", "tuple", "dict", "output"):
+        torch.manual_seed(0)
+        errors[wrap] = rw.evaluation.evaluate_split(_Wrapped(wrap), demo.test)["error"]
+        config = rw.TrainConfig(dataset="demo", projection="sign", epochs=1, train_subset=300, test_subset=100)
+        h = rw.train(config, model_factory=f"test_any_model:wrapped_{wrap}", progress=False).history[0]
+        runs[wrap] = (h["train_loss"], h["test_error"])
+    assert len(set(errors.values())) == 1 and len(set(runs.values())) == 1, (errors, runs)
+    for wrap, words in (("set", "the model returned a set"), ("3d", "shape (200, 1, 10) for a batch of 200"),
+                        ("5 classes", "5 outputs per example, but the data has label 9")):
+        with pytest.raises(rw.UserError, match=re.escape(words)):
+            rw.evaluation.evaluate_split(_Wrapped(wrap), demo.test)
 
 
 @pytest.mark.parametrize("spec, words", [("normalize:mean=0.5", "normalize:mean=M,std=S"),

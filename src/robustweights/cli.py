@@ -156,7 +156,7 @@ def cmd_sweep(args) -> int:
     print("\n".join(spec_lines(r["rows"])))
     best = r["lowest_bits"]
     if best:
-        print(f"lowest effective bits with mean error <= {r['target_error']:.2%}: {best['effective_bits']:.3g} "
+        print(f"lowest effective bits with mean error <= {r['target_error']:.2%}: {best['effective_bits']:.2f} "
               f"bits per weight ({best['spec']}, mean error {best['mean_error']:.2%})")
     else:
         print(f"no distortion with an effective-bits figure kept the mean error <= {r['target_error']:.2%}")

@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import projected
 from .errors import UserError
 
-__all__ = ["loss_fn", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
+__all__ = ["loss_fn", "as_logits", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
            "needs_calibration", "sweep_coverage", "unreached", "resolve_keep"]
 
 
@@ -31,6 +31,30 @@ def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = 2 * F.one_hot(y, logits.shape[1]).to(logits.dtype) - 1
         return F.relu(1 - t * logits).square().mean()
     return F.cross_entropy(logits, y)
+
+
+def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
+    """The ``(batch, classes)`` logits in a model's output ``out`` for labels ``y``: the tensor itself, the
+    ``logits`` of a Hugging Face output or dict, or the first item of a tuple or list (torchvision's
+    auxiliary outputs); anything else is one line. ``check_labels`` also checks every label has an output
+    (it reads the labels: once per pass, not every batch, on a GPU)."""
+    if not isinstance(out, torch.Tensor):
+        got = type(out).__name__
+        if isinstance(getattr(out, "logits", None), torch.Tensor):
+            out = out.logits
+        elif isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+            out = out["logits"]
+        elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+            out = out[0]
+        else:
+            raise UserError(f"the model returned a {got}; it must return the logits (a tensor of batch x classes), "
+                            "or a tuple or list whose first item, or a dict or output whose 'logits', is them")
+    if out.dim() != 2 or out.shape[0] != len(y):
+        raise UserError(f"the model's logits have shape {tuple(out.shape)} for a batch of {len(y)}; "
+                        f"expected ({len(y)}, classes)")
+    if check_labels and len(y) and int(y.max()) >= out.shape[1]:
+        raise UserError(f"the model gives {out.shape[1]} outputs per example, but the data has label {int(y.max())}")
+    return out
 
 
 @torch.no_grad()
@@ -48,7 +72,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
-                logits = model(x)
+                logits = as_logits(model(x), y, check_labels=n == 0)
             total_loss += loss_fn(loss, logits.float(), y).double() * len(y)
             wrong += (logits.argmax(1) != y).sum()
             n += len(y)

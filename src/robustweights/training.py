@@ -39,8 +39,8 @@ from torch import nn
 from . import data as data_mod
 from . import models, projected
 from .distributed import agree, process_group, resolve_device
-from .evaluation import (bn_layers, calibrate_bn, evaluate_split, loss_fn, needs_calibration, reestimated_bn,
-                         weights_label)
+from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, loss_fn, needs_calibration,
+                         reestimated_bn, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .transforms import transform
@@ -405,7 +405,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and _is_cuda(device)):
-                logits = net(x)
+                logits = as_logits(net(x), y, check_labels=step == 0 and epoch == start)
             loss = loss_fn(config.loss, logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
