@@ -84,6 +84,26 @@ def test_none_mode_is_plain_layer_with_clipping():
     assert layer.weight.abs().max() <= 1.0
 
 
+def test_clip_is_exactly_one_clamp_per_tensor_with_its_own_bound_and_skips_unclipped_ones():
+    """clip_ clamps all tensors with two multi-tensor kernels: the numbers must be those of one
+    ``clamp_(-H, H)`` per tensor (NaN kept), each tensor with its own bound, none for an unclipped one."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 6))
+    attach(net, "sign", clip="glorot")
+    next(s for s in sites(net) if s.name == "1.weight").H = None     # as a parameter never clipped
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4)
+        sites(net)[0].hidden[0, 0] = float("nan")
+    expect = {s.name: (s.hidden.clamp(-s.H, s.H) if s.H is not None else s.hidden.clone()) for s in sites(net)}
+    assert {s.name: s.H is None for s in sites(net)} == {"0.weight": False, "1.weight": True, "2.weight": False}
+    clip_(net)
+    for s in sites(net):
+        assert torch.equal(s.hidden, expect[s.name]) or torch.equal(s.hidden.isnan(), expect[s.name].isnan()) \
+            and torch.equal(s.hidden.nan_to_num(), expect[s.name].nan_to_num()), s.name
+    assert sites(net)[0].hidden.isnan().sum() == 1
+
+
 def test_clipping_holds_after_every_optimizer_step_and_glorot_bound():
     net = small_net()
     attach(net, "sign", clip="glorot")

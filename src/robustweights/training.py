@@ -365,8 +365,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         if val_split is not None:
             val_split = data_mod.TensorSplit(val_split.x.to(device), val_split.y.to(device))
     params = model.parameters()
+    fused = {"fused": True} if _is_cuda(device) else {}   # one kernel for the whole Adam update (part 8)
     if config.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
