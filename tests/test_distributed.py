@@ -4,6 +4,7 @@ import faulthandler
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -60,9 +61,21 @@ def _worker(rank, world, port, out, result_file, projection):
 
 @pytest.mark.parametrize("projection", ["sign", "stoch-sign"])  # stoch-sign: per-rank random generators
 def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_step(tmp_path, projection):
-    out = str(tmp_path / "run")
-    result_file = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, _free_port(), out, result_file, projection), nprocs=2, join=True)
+    for attempt in (1, 2):
+        # A gloo worker of this test has died about once in ten full-suite runs (twice seen as SIGABRT,
+        # "terminate called without an active exception"; never in isolation). One more try in fresh folders:
+        # the checks below are deterministic, so a real fault fails both.
+        run_dir = tmp_path / f"try{attempt}"
+        out, result_file = str(run_dir / "run"), str(run_dir / "result")
+        run_dir.mkdir()
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), out, result_file, projection), nprocs=2, join=True)
+            break
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
+            if attempt == 2:
+                raise
+            warnings.warn(f"a gloo worker failed, trying once more: {' '.join(str(e).split())[:300]}")
+    tmp_path = run_dir
     r = [json.loads(open(f"{result_file}.{i}").read()) for i in range(2)]
     steps = 2 * (400 // 2) // (50 // 2)        # 2 epochs, 200 examples per rank, 25 per rank and step
     assert r[0]["steps"] == r[1]["steps"] == steps
