@@ -347,6 +347,24 @@ class _Wrapped(nn.Module):
                 "set": lambda: {1}, "3d": lambda: z[:, None], "5 classes": lambda: z[:, :5]}[self.wrap]()
 
 
+def rgb_cnn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+
+def test_a_model_that_cannot_take_the_data_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    """A 3-channel model on 1-channel images: the user's model and data do not match (one line, exit 2,
+    no --out folder), not a traceback from inside PyTorch."""
+    torch.save(rgb_cnn().state_dict(), tmp_path / "rgb.pt")
+    code, out, err = run_main(capsys, "sweep", "--model-factory", "test_any_model:rgb_cnn", "--state-dict",
+                              str(tmp_path / "rgb.pt"), "--dataset", "demo", "--distortion", "sign",
+                              "--out", str(tmp_path / "sw"))
+    line = one_error_line(err)
+    assert code == 2 and "error: the model cannot run on this data: a batch of shape (8, 1, 28, 28)" in line
+    assert "expected input[8, 1, 28, 28] to have 3 channels" in line and not (tmp_path / "sw").exists()
+    with pytest.raises(rw.UserError, match=re.escape("a batch of shape (200, 1, 28, 28)")):
+        rw.evaluation.evaluate_split(rgb_cnn(), load_data("demo", test_subset=200).test)
+
+
 def wrapped_plain():
     return _Wrapped("plain")
 

@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import projected
 from .errors import UserError
 
-__all__ = ["loss_fn", "as_logits", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
+__all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
            "needs_calibration", "sweep_coverage", "unreached", "resolve_keep"]
 
 
@@ -57,6 +57,16 @@ def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
     return out
 
 
+def first_forward(model: nn.Module, x: torch.Tensor):
+    """``model(x)`` for a pass's first batch: a model that cannot take the data's batches (channels, sizes,
+    dtype) is a mismatch of the user's model and data, said in one line (``--debug`` shows the traceback)."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise UserError(f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) gives "
+                        f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce", batch_size: int = 1000,
                    device=None, amp: bool = False, channels_last: bool = False) -> dict:
@@ -72,7 +82,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
-                logits = as_logits(model(x), y, check_labels=n == 0)
+                logits = as_logits(first_forward(model, x) if n == 0 else model(x), y, check_labels=n == 0)
             total_loss += loss_fn(loss, logits.float(), y).double() * len(y)
             wrong += (logits.argmax(1) != y).sum()
             n += len(y)
@@ -192,7 +202,7 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
             forward()
         else:
             x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
-            model(x)
+            first_forward(model, x)
     return {s.name: "never read by the forward pass (unused, or read through a cached reference)"
             for s in ss if s.reads == 0 and s.name not in skip}
 
