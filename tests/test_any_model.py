@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import robustweights as rw
@@ -363,6 +364,49 @@ def test_a_model_that_cannot_take_the_data_is_one_line_and_nothing_is_written(tm
     assert "expected input[8, 1, 28, 28] to have 3 channels" in line and not (tmp_path / "sw").exists()
     with pytest.raises(rw.UserError, match=re.escape("a batch of shape (200, 1, 28, 28)")):
         rw.evaluation.evaluate_split(rgb_cnn(), load_data("demo", test_subset=200).test)
+
+
+class _CachedReference(nn.Module):
+    """A model that reads one weight through a reference taken at construction: attaching cannot reach it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+        self._refs = [self.fc2.weight]
+
+    def forward(self, x):
+        return F.linear(torch.relu(self.fc1(x.flatten(1))), self._refs[0], self.fc2.bias)
+
+
+def cached_reference():
+    return _CachedReference()
+
+
+def test_training_names_a_weight_its_projection_never_reaches(tmp_path):
+    """Before, the coverage line said "projecting 2 of 2" while fc2 trained as a float weight."""
+    config = rw.TrainConfig(dataset="demo", projection="sign", epochs=1, train_subset=200, test_subset=100,
+                            out=str(tmp_path / "run"))
+    rw.train(config, model_factory="test_any_model:cached_reference", progress=False)
+    cov = json.loads((tmp_path / "run" / "config.json").read_text())["coverage"]
+    assert [d["name"] for d in cov["covered"]] == ["fc1.weight"]
+    assert {d["name"]: d["reason"] for d in cov["left_out"]}["fc2.weight"].startswith("never read by the forward")
+    assert cov["summary"].startswith("projecting (sign, fwd+bwd) 1 of 2 weight tensors")
+
+
+def test_the_training_probe_changes_no_state():
+    """The probe runs a training-mode batch: batch-norm statistics, the projection's generator and the
+    global random state must be as before (dropout draws from the latter)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4 * 26 * 26, 10))
+    gen = torch.Generator().manual_seed(3)
+    rw.attach(model, "stoch-sign", generator=gen)
+    model.eval()
+    before = ([b.clone() for b in model.buffers()], gen.get_state(), torch.get_rng_state())
+    cov = rw.evaluation.training_coverage(model, load_data("demo", test_subset=50).test, "cpu", verb="projecting")
+    assert cov["summary"].startswith("projecting 2 of 2 weight tensors") and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(before[0], model.buffers()))
+    assert torch.equal(before[1], gen.get_state()) and torch.equal(before[2], torch.get_rng_state())
 
 
 def wrapped_plain():

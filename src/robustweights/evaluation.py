@@ -22,7 +22,7 @@ from . import projected
 from .errors import UserError
 
 __all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
-           "needs_calibration", "sweep_coverage", "unreached", "resolve_keep"]
+           "needs_calibration", "sweep_coverage", "training_coverage", "unreached", "resolve_keep"]
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,6 +187,28 @@ def sweep_coverage(model: nn.Module, split: data_mod.Split | None, keep=(), batc
     cov = projected.coverage(model, set(untouched), verb="distorting",
                              extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
     return untouched, cov
+
+
+def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
+    """:func:`robustweights.projected.coverage` for training, with the projected parameters that a
+    training-mode batch never reads through their attribute left out and named: their projection would never
+    act. The probe changes nothing: buffers (batch-norm statistics), the projections' generators and the
+    global random state are as before."""
+    gens = {id(s.generator): s.generator for s in projected.sites(model) if s.generator is not None}
+    states = {k: g.get_state() for k, g in gens.items()}
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            missed = unreached(model.train(), split, 8, device)
+    finally:
+        model.train(was_training)
+        for b, saved in buffers:
+            b.copy_(saved)
+        for k, g in gens.items():
+            g.set_state(states[k])
+    return projected.coverage(model, set(missed), verb=verb,
+                              extra_left_out=[{"name": n, "reason": r} for n, r in missed.items()])
 
 
 @torch.no_grad()

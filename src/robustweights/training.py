@@ -40,7 +40,7 @@ from . import data as data_mod
 from . import models, projected
 from .distributed import agree, process_group, resolve_device
 from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, loss_fn, needs_calibration,
-                         reestimated_bn, weights_label)
+                         reestimated_bn, training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .transforms import transform
@@ -344,7 +344,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     gen = torch.Generator(device=device)
     model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
     model.to(device)
-    cov = projected.coverage(model, verb=f"projecting ({config.projection}, {config.mode})")
+    cov = training_coverage(model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})")
     if progress:
         print(cov["summary"])
     if config.channels_last:
