@@ -160,19 +160,22 @@ def test_state_dicts_load_both_ways_and_reads_give_the_hidden_weight_as_a_parame
     assert torch.equal(attached.head.weight, torch.where(w >= 0, 1.0, -1.0))
 
 
+class _Tied(nn.Module):
+    """An embedding tied to the output layer, as language models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.out = nn.Linear(8, 20, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.out(self.emb(t))
+
+
 def test_tied_weights_are_one_site_read_by_every_holder():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.out = nn.Linear(8, 20, bias=False)
-            self.out.weight = self.emb.weight
-
-        def forward(self, t):
-            return self.out(self.emb(t))
-
     torch.manual_seed(0)
-    m = Tied().eval()
+    m = _Tied().eval()
     names = rw.attach(m, "sign")
     assert names == ["emb.weight"]
     binary = torch.where(projected.hidden(m.emb) >= 0, 1.0, -1.0)
@@ -183,16 +186,9 @@ def test_tied_weight_random_projection_draws_per_read_and_a_distortion_once():
     """The documented convention (docs/method.md section 3): in training a random projection draws at every
     read, so the two readers of a tied weight see independent draws (same seed, same draws); a sweep's
     distortion is drawn once and every reader sees the same tensor."""
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.out = nn.Linear(8, 20, bias=False)
-            self.out.weight = self.emb.weight
-
     def reads(seed):
         torch.manual_seed(0)
-        m = Tied().train()
+        m = _Tied().train()
         rw.attach(m, "stoch-sign", generator=torch.Generator().manual_seed(seed), clip=None)
         return m, m.emb.weight, m.out.weight
 
