@@ -21,8 +21,9 @@ from . import data as data_mod
 from . import projected
 from .errors import UserError
 
-__all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers", "calibrate_bn", "reestimated_bn",
-           "needs_calibration", "sweep_coverage", "training_coverage", "unreached", "resolve_keep"]
+__all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers",
+           "calibrate_bn", "reestimated_bn", "needs_calibration", "sweep_coverage", "training_coverage",
+           "unreached", "resolve_keep"]
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,9 +185,13 @@ def sweep_coverage(model: nn.Module, split: data_mod.Split | None, keep=(), batc
     untouched = resolve_keep(model, keep, **selection)
     untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched,
                                forward))
-    cov = projected.coverage(model, set(untouched), verb="distorting",
-                             extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
-    return untouched, cov
+    return untouched, _coverage_without(model, untouched, "distorting")
+
+
+def _coverage_without(model: nn.Module, untouched: dict[str, str], verb: str) -> dict:
+    """:func:`robustweights.projected.coverage` with the parameters ``untouched`` (``{name: reason}``) left out."""
+    return projected.coverage(model, set(untouched), verb=verb,
+                              extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
 
 
 def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
@@ -207,8 +212,7 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
             b.copy_(saved)
         for k, g in gens.items():
             g.set_state(states[k])
-    return projected.coverage(model, set(missed), verb=verb,
-                              extra_left_out=[{"name": n, "reason": r} for n, r in missed.items()])
+    return _coverage_without(model, missed, verb)
 
 
 @torch.no_grad()

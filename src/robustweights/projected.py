@@ -25,9 +25,8 @@ user's state_dict loads both ways.) Training modes:
   of ``nn.Linear``/``nn.Conv1d/2d/3d`` only (other parameters are refused).
 * ``none``: no projection, ``y = f(x, W)``; only the clipping below.
 
-A random projection draws at every read in training: the readers of a tied
-weight (or a layer applied twice) get independent draws. A distortion
-(:func:`distort`) is drawn once and pinned, the same tensor for every read.
+In training a random projection draws at every read (a tied weight's readers get
+independent draws); a distortion (:func:`distort`) is drawn once and pinned.
 
 After each optimizer step :func:`clip_` clamps the hidden weights to
 ``[-H, H]`` (``H=1``, or BinaryConnect's Glorot ``H = sqrt(1.5/(fan_in+fan_out))``
@@ -377,14 +376,20 @@ def hidden(module: nn.Module, attr: str = "weight") -> nn.Parameter:
     return module._parameters[attr]
 
 
-def sites(model: nn.Module) -> list[Site]:
-    """Every projected parameter of ``model``, in ``named_parameters`` order."""
+def _each_site(model: nn.Module) -> list[Site]:
+    """Every projected parameter of ``model`` once (a tied one has several holders), in module order."""
     seen, out = set(), []
     for m in model.modules():
         for s in m.__dict__.get("_rw", {}).values():
             if id(s) not in seen:
                 seen.add(id(s))
                 out.append(s)
+    return out
+
+
+def sites(model: nn.Module) -> list[Site]:
+    """Every projected parameter of ``model``, in ``named_parameters`` order."""
+    out = _each_site(model)
     order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
     return sorted(out, key=lambda s: order.get(s.name, len(order)))
 
@@ -456,15 +461,10 @@ def reading(model: nn.Module):
 def clip_(model: nn.Module) -> None:
     """Clamp every projected parameter's hidden weight to ``[-H, H]`` in place (after an optimizer step).
 
-    Two multi-tensor kernels for the whole model on a GPU (a batch-50 step is launch-bound), the same
-    numbers as one ``clamp_`` per tensor."""
-    seen, hidden, bound = set(), [], []
-    for m in model.modules():
-        for s in m.__dict__.get("_rw", {}).values():
-            if s.H is not None and id(s) not in seen:
-                seen.add(id(s))
-                hidden.append(s.hidden)
-                bound.append(s.H)
+    Two multi-tensor kernels (a batch-50 GPU step is launch-bound), the numbers of one ``clamp_`` per
+    tensor; in module order, unsorted (:func:`sites` sorts, which costs more than the clamps on a GPU)."""
+    clipped = [s for s in _each_site(model) if s.H is not None]
+    hidden, bound = [s.hidden for s in clipped], [s.H for s in clipped]
     if hidden:
         torch._foreach_clamp_min_(hidden, [-h for h in bound])
         torch._foreach_clamp_max_(hidden, bound)
