@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One fifteen-minute GPU lease (the device tool), spent in two calls made back to back (a warm machine
+# waits 30 s): CIFAR-10 travels in two parts (.gpu/a, .gpu/b; see benchmarks/gpu_cifar.py --pack).
+#
+#   call 1 (carry .gpu/a, timeout_s 330):  bash benchmarks/gpu_lease.sh first
+#       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
+#       fused Adam) at batch 50, 100 and 200, eager; 4 networks on 4 CUDA streams; batch 50 compiled with
+#       CUDA graphs (reduce-overhead). Each step has its own time limit.
+#   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
+#       unpacks CIFAR-10, trains ROW (default stoch-sign) with the paper recipe (`reproduce all --scale
+#       paper`) shortened to the epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides), then
+#       sweeps it and judges; sends back paper.tgz (config, metrics.jsonl, sweeps, claims; no checkpoints).
+#
+# Everything lands in $OUT as it comes. Smoke test on a CPU machine (tiny sizes, no data needed for `first`):
+#     OUT=/tmp/o CPU=1 PY=.venv/bin/python bash benchmarks/gpu_lease.sh first
+#     OUT=/tmp/o CPU=1 PY=.venv/bin/python BUDGET=200 bash benchmarks/gpu_lease.sh second
+set -uo pipefail
+OUT=${OUT:?set OUT}
+PY=${PY:-python3}
+export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
+mkdir -p /tmp/xz
+for part in .gpu/a .gpu/b; do [ -d "$part" ] && cp "$part"/* /tmp/xz/; done
+if [ -n "${CPU:-}" ]; then DEV=cpu; SIZE=(--models cnn --width 0.25); BATCHES=(8 16); R=(--rounds 1 --per-round 2)
+else DEV=cuda; SIZE=(--models bc-vgg --width 1); BATCHES=(50 100 200); R=(--rounds 5 --per-round 20); fi
+
+case "${1:-}" in
+first)
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+      "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } \
+        | tee "$OUT/machine.txt"
+    timeout 150 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider \
+        --junitxml "$OUT/device.xml" 2>&1 | tail -40 | tee "$OUT/device.log"
+    echo "device tests: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
+    for b in "${BATCHES[@]}"; do
+        timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
+            --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | tee -a "$OUT/speed.txt"
+    done
+    # the eager batch-50 rate of stoch-sign sizes call 2's training
+    awk '/batch '"${BATCHES[0]}"',/{on=1} on && $1=="stoch-sign"{print $5; exit}' "$OUT/speed.txt" > /tmp/rate
+    timeout 45 "$PY" benchmarks/projection_overhead.py --concurrent 4 "${SIZE[@]}" --batch "${BATCHES[0]}" --amp \
+        --fused "${R[@]}" --projections sign stoch-sign 2>&1 | tee -a "$OUT/speed.txt"
+    timeout 150 "$PY" benchmarks/projection_overhead.py --compile --compile-mode reduce-overhead --fused \
+        "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 \
+        | tee -a "$OUT/speed.txt"
+    date -u | tee -a "$OUT/machine.txt"
+    ;;
+second)
+    BUDGET=${BUDGET:?set BUDGET, the seconds this call may take}
+    ROW=${ROW:-stoch-sign}
+    SETS=(--set "rows=$ROW" --set checkpoint_every=5)
+    if [ -n "${CPU:-}" ]; then  # smoke test: a sliver of the recipe on Fashion-MNIST's demo subset
+        SETS+=(--set model=cnn --set width=0.25 --set dataset=demo --set val_size=500 --set preprocess=standardize)
+    else
+        "$PY" benchmarks/gpu_cifar.py --unpack /tmp/xz /tmp/cifar/cifar-10-batches-py || exit 2
+        SETS+=(--set data_dir=/tmp/cifar/cifar-10-batches-py)
+    fi
+    RATE=$(cat /tmp/rate 2>/dev/null); RATE=${RATE:-10000}
+    # an epoch: 45,000 images at the benchmark's rate plus a quarter (data, lr, evaluation), plus 2 s; 100 s kept
+    # for start, ZCA, the sweep and the send-back
+    EPOCHS=${EPOCHS:-$("$PY" -c "print(max(1, min(500, int(($BUDGET - 100) / (45000 / $RATE * 1.25 + 2)))))")}
+    echo "rate $RATE img/s -> $EPOCHS epochs of $ROW in $BUDGET s" | tee -a "$OUT/log.txt"
+    date -u >> "$OUT/log.txt"
+    timeout --signal=INT $((BUDGET - 10)) "$PY" -m robustweights reproduce all --scale paper --out /tmp/paper --quiet \
+        --set "epochs=$EPOCHS" "${SETS[@]}" 2>&1 | grep -v "it/s\]\|img/s\]" | tail -80 | tee -a "$OUT/log.txt"
+    echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/log.txt"
+    date -u >> "$OUT/log.txt"
+    (cd /tmp/paper && tar czf "$OUT/paper.tgz" --exclude='*.pt' --exclude=report .)
+    ;;
+*) echo "usage: bash benchmarks/gpu_lease.sh first|second" >&2; exit 2 ;;
+esac
