@@ -160,12 +160,13 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
     # Dynamo's capture of the projected layers (the straight-through Function included), with the
     # eager backend so that no code generation slows the suite; inductor: test_projected.py.
-    # fullgraph: a graph break fails; random projections draw inside the graph, the same numbers.
+    # A deterministic projection compiles to one graph (fullgraph: a break fails); a random one breaks the graph
+    # at each draw (robustweights.draws says why) and must still give the same numbers.
     real, compiled_models = torch.compile, []
 
     def eager_compile(m, **k):
         compiled_models.append(m)
-        return real(m, backend="eager", fullgraph=True)
+        return real(m, backend="eager", fullgraph=projection == "sign")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
     plain = rw.train(tiny(epochs=1, projection=projection), progress=False).model.state_dict()

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robustweights import UserError, list_transforms, transform
+import robustweights as rw
+from robustweights import UserError, list_transforms, projected, transform
 
 floats = st.floats(-3, 3, allow_nan=False, allow_infinity=False, width=32)
 weights = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v, dtype=torch.float32))
@@ -179,9 +180,10 @@ def test_power_is_monotone_and_keeps_signs(beta):
     assert math.isclose(p[-1].item(), 1.0) and math.isclose(p[0].item(), -1.0)
 
 
-def test_traceable_takes_generators_that_refuse_weak_references():
-    """CUDA generators refuse weak references in several torch releases; registering one crashed training."""
-    from robustweights import draws
+def test_attach_takes_generators_that_refuse_weak_references():
+    """CUDA generators refuse weak references in several torch releases; attaching one crashed training
+    (a weak-value registry of generators). Draws need no registry now: attach keeps the generator as given."""
+    import weakref
 
     class NoWeakRefs:                       # a generator stand-in: a device, no __weakref__ slot
         __slots__ = ("device",)
@@ -191,13 +193,10 @@ def test_traceable_takes_generators_that_refuse_weak_references():
 
     g = NoWeakRefs()
     with pytest.raises(TypeError):
-        import weakref
         weakref.ref(g)
-    draws.traceable(g)
-    assert draws._GENERATORS[id(g)] is g and draws._TOKENS[id(g)].item() == 0
-    draws.traceable(g)                 # twice is once
-    assert draws._TOKENS[id(g)].item() == 0
-    del draws._GENERATORS[id(g)], draws._TOKENS[id(g)]
+    m = torch.nn.Linear(3, 2)
+    rw.attach(m, "stoch-sign", generator=g)
+    assert projected.sites(m)[0].generator is g
 
 
 @pytest.mark.parametrize("scale, reference", [

@@ -61,7 +61,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .draws import traceable
 from .errors import UserError
 from .transforms import Transform, transform
 
@@ -326,8 +325,6 @@ def attach(
     t = transform(projection).with_defaults(scale="clip")
     if mode == "none":
         t = transform("identity")
-    if t.random:
-        traceable(generator)  # torch.compile draws from it inside the graph (see robustweights.draws)
     detach(model)
     chosen, left_out = select(model, include=include, exclude=tuple(exclude) + tuple(skip), types=types,
                               exclude_types=exclude_types, float_first=float_first, float_last=float_last)

@@ -11,9 +11,9 @@ spec string and called on a weight tensor::
     wp = t(w, generator=g)          # random draws come from g only
 
 A random transform draws through :func:`uniform`/:func:`normal` (module
-:mod:`robustweights.draws`), which also work inside ``torch.compile`` for a
-generator passed to :func:`traceable` (the projected layers do this): the
-compiled graph draws the same numbers.
+:mod:`robustweights.draws`), which under ``torch.compile`` run outside the
+compiled graph: the compiled code draws the same numbers, in the forward and
+the backward pass alike.
 
 Definitions follow ``docs/method.md`` section 2. ``H`` is the
 magnitude a transform maps onto, chosen by its ``scale`` parameter:
