@@ -7,11 +7,13 @@
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from robustweights.cli import main
+from robustweights.data import default_data_dir
 
 
 def pytest_addoption(parser):
@@ -46,3 +48,18 @@ def one_error_line(err):
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
+
+
+def need(path: Path, what: str) -> None:
+    """Skip when real data is absent, except on CI, where absence is a failure."""
+    if not path.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{what} missing at {path} (CI must have it)")
+        pytest.skip(f"{what} not available at {path}")
+
+
+def need_fashion_mnist() -> None:
+    """For the tests that train the ``tiny`` reproduce preset (Fashion-MNIST from Debian's package): a GPU
+    machine, for one, has no datasets."""
+    found = default_data_dir("fashion-mnist")
+    need(Path(found or "/usr/share/datasets/fashion-mnist"), "Fashion-MNIST (Debian dataset-fashion-mnist)")

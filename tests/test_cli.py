@@ -15,11 +15,11 @@ TINY = ["--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subse
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["train", "--model", "nope"], "unknown model 'nope'"),
+    (["train", "--model", "nope", "--dataset", "cifar10", "--data-dir", "/no/such/folder"], "unknown model 'nope'"),
     (["train", "--projection", "wobble"], "unknown transform 'wobble'"),
     (["train", "--projection", "stoch-mult:gamma=2"], "0 < gamma <= 1"),
     (["train", "--width", "-1"], "width"),
-    (["train", "--width", "0.0001"], "width"),
+    (["train", "--width", "0.0001", "--dataset", "demo"], "width"),
     (["train", "--dataset", "cifar10", "--data-dir", "/no/such/folder"], "/no/such/folder"),
     (["train", "--epochs", "0"], "epochs"),
     (["train", "--clip", "soft"], "clip"),

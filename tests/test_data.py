@@ -18,17 +18,10 @@ from robustweights.data import (AUGMENT, DATASETS, PREPROCESS, Data, FolderSplit
                                 default_data_dir, load_data)
 from robustweights.readers import read_idx
 from robustweights.errors import UserError
+from conftest import need
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/datasets/cifar-10-batches-py"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def need(path: Path, what: str) -> None:
-    """Skip when real data is absent, except on CI, where absence is a failure."""
-    if not path.exists():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{what} missing at {path} (CI must have it)")
-        pytest.skip(f"{what} not available at {path}")
 
 
 # --------------------------------------------------------------------------- writers

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import robustweights as rw
+from conftest import one_error_line, run_main
 
 
 def _free_port() -> int:
@@ -46,7 +47,7 @@ def _worker(rank, world, port, out, result_file, projection):
         checks["mismatch"] += not _same_on_all_ranks(_flat_params(params))
 
     handle = register_optimizer_step_pre_hook(before_step)
-    config = rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+    config = rw.TrainConfig(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
                             projection=projection, epochs=2, batch_size=50, lr=3e-3, seed=0, out=out)
     result = rw.train(config, progress=False)
     handle.remove()
@@ -128,7 +129,7 @@ def _spawn_train(tmp_path, configs, resume=False, kill_after=None):
 
 
 def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted_run(tmp_path):
-    base = dict(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200, projection="sign",
+    base = dict(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200, projection="sign",
                 batch_size=50, lr=3e-3, seed=0)
     # Rank 1 is on "another machine": its --out path does not exist there.
     two = lambda out, epochs, i: [dict(base, epochs=epochs, out=str(tmp_path / out)),  # noqa: E731
@@ -147,7 +148,7 @@ def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted
 
 
 def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
-    base = dict(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200, epochs=1,
+    base = dict(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200, epochs=1,
                 batch_size=50, seed=0, out=str(tmp_path / "run"))
     missing = tmp_path / "no-such-folder"
     errors = _spawn_train(tmp_path, [base, dict(base, dataset="fashion-mnist", data_dir=str(missing))])
@@ -162,7 +163,7 @@ def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
 def _tiny_checkpoint(tmp_path):
     """A one-epoch MLP on the demo data, the checkpoint the sweep tests start from."""
     ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=400, test_subset=200,
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
                             epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
     return ckpt
 
@@ -200,7 +201,7 @@ def _sweep_worker(rank, world, port, config_dict):
 def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path, monkeypatch):
     ckpt = _tiny_checkpoint(tmp_path)
     grids = ["add-gauss:sigma=0.5,1", "power:beta=0,0.5", "bitflip:p=0.1"]
-    base = dict(checkpoint=str(ckpt), distortions=grids, trials=2, test_subset=200, seed=3)
+    base = dict(checkpoint=str(ckpt), device="cpu", distortions=grids, trials=2, test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
     mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "two")}), nprocs=2, join=True)
     for name in ("results.json", "results.csv"):
@@ -220,7 +221,7 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
 
 def test_two_process_sweep_resumes_when_only_rank_0_sees_the_out_folder(tmp_path, monkeypatch):
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
+    base = dict(checkpoint=str(ckpt), device="cpu", distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
                 test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
     _sweep_killed_after_3_cells(monkeypatch, rw.SweepConfig(**base, out=str(tmp_path / "cut")))
@@ -243,7 +244,7 @@ def _failing_sweep_worker(rank, world, port, configs, result_file):
 
 def test_a_checkpoint_missing_on_one_rank_stops_the_sweep_on_every_rank(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(distortions=["add-gauss:sigma=0.5"], trials=1, test_subset=200, out=str(tmp_path / "sweep"))
+    base = dict(distortions=["add-gauss:sigma=0.5"], device="cpu", trials=1, test_subset=200, out=str(tmp_path / "sweep"))
     configs = [{**base, "checkpoint": str(ckpt)}, {**base, "checkpoint": str(tmp_path / "not-copied-here")}]
     result_file = str(tmp_path / "result")
     mp.spawn(_failing_sweep_worker, args=(2, _free_port(), configs, result_file), nprocs=2, join=True)
@@ -259,7 +260,7 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
 
     sweeps = importlib.import_module("robustweights.sweeps")
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(checkpoint=str(ckpt), distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
+    base = dict(checkpoint=str(ckpt), device="cpu", distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
                 test_subset=200, seed=3)
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "full")), progress=False)
     rows = json.loads((tmp_path / "full" / "results.json").read_text())
@@ -304,9 +305,8 @@ def _launchers(tmp_path, nodes, argv, timeout=240):
 
 def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, capsys):
     """Two torchrun launchers meeting at a c10d rendezvous, as two machines would: the commands users type."""
-    from conftest import run_main
 
-    train = ["train", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
+    train = ["train", "--device", "cpu", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
              "--test-subset", "200", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3", "--projection", "sign",
              "--quiet"]
     _launchers(tmp_path, 2, [*train, "--out", "two"])
@@ -319,7 +319,7 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
     assert abs(rows[-1]["test_error"] - one[-1]["test_error"]) <= 0.05
     assert rows[-1]["test_error"] < 0.6   # chance: 0.9
 
-    sweep = ["sweep", str(tmp_path / "one"), "--distortion", "add-gauss:sigma=0.5,1", "--distortion",
+    sweep = ["sweep", str(tmp_path / "one"), "--device", "cpu", "--distortion", "add-gauss:sigma=0.5,1", "--distortion",
              "quant:bits=1..2", "--trials", "2", "--test-subset", "200", "--seed", "5", "--quiet"]
     _launchers(tmp_path, 2, [*sweep, "--out", str(tmp_path / "sweep-two")])
     code, _, _ = run_main(capsys, *sweep, "--out", str(tmp_path / "sweep-one"))
@@ -327,3 +327,15 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
     for name in ("results.json", "results.csv"):
         assert (tmp_path / "sweep-two" / name).read_text() == (tmp_path / "sweep-one" / name).read_text()
     assert json.loads((tmp_path / "sweep-two" / "sweep.json").read_text())["processes"] == 2
+
+
+def test_more_processes_than_gpus_on_a_machine_is_one_line(monkeypatch, capsys):
+    """`torchrun --nproc-per-node 2` on a one-GPU machine: process 1 asked for cuda:1, which does not exist
+    (a traceback from deep inside torch, seen on an H200 machine); now one line saying what to do."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    code, out, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1")
+    assert code == 2 and "no GPU of its own" in one_error_line(err) and "--nproc-per-node 1" in err

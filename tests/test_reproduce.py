@@ -7,7 +7,7 @@ import pytest
 
 import robustweights as rw
 from robustweights.paper import claims as cl
-from conftest import one_error_line, run_main
+from conftest import need_fashion_mnist, one_error_line, run_main
 from robustweights.paper import experiments as rp
 
 KEYS = {"claim", "statement", "paper", "measured", "setting", "verdict"}
@@ -15,6 +15,7 @@ KEYS = {"claim", "statement", "paper", "measured", "setting", "verdict"}
 
 @pytest.fixture(scope="module")
 def tiny_all(tmp_path_factory):
+    need_fashion_mnist()
     out = tmp_path_factory.mktemp("repro") / "all"
     result = rw.reproduce("all", "tiny", out, progress=False)
     return out, result
@@ -74,6 +75,7 @@ def test_same_seed_same_numbers_in_a_new_folder(tiny_all, tmp_path):
 
 
 def test_effective_bits_experiment(tmp_path, capsys):
+    need_fashion_mnist()
     code, out, err = run_main(capsys, "reproduce", "effective-bits", "--scale", "tiny", "--out",
                               str(tmp_path / "eb"), "--quiet", "--set", "target_error=0.5")
     assert code == 0, err
@@ -209,6 +211,7 @@ def test_show_prints_the_preset_with_overrides(capsys):
 
 
 def test_rows_override_trains_only_those_rows(tmp_path):
+    need_fashion_mnist()
     rows = "rows=identity,sign,stoch-sign"
     r = rw.reproduce("matrix", "tiny", tmp_path / "m", overrides=[rows, "epochs=1"], progress=False)
     assert set(r["sweeps"]) == {"identity", "sign", "stoch-sign"} and \
@@ -234,6 +237,7 @@ def test_report_command_takes_the_claims_table(tiny_all, tmp_path, capsys):
 
 
 def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsys):
+    need_fashion_mnist()
     monkeypatch.setattr(rp, "have_matplotlib", lambda: False)
     r = rw.reproduce("stoch-proj", "tiny", tmp_path / "nm", overrides={"epochs": 1}, progress=False)
     assert r["report"] is None and (tmp_path / "nm" / "claims.json").exists()
@@ -244,6 +248,7 @@ def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsy
 def test_a_broken_report_module_is_an_error_not_a_skipped_report(tmp_path, monkeypatch):
     """matplotlib is a dependency: with it installed, an ImportError from the report code is a bug to raise.
     (It used to be caught as "report skipped", hiding e.g. a renamed function behind a missing library.)"""
+    need_fashion_mnist()
     import builtins
 
     real_import = builtins.__import__

@@ -80,6 +80,13 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def check_model(name: str, width=None) -> None:
+    """The checks that need no data: a known model (or an importable factory) and a width > 0."""
+    _resolve(name)
+    if width is not None:
+        _check_width(width)
+
+
 def _accepted(factory, kwargs: dict) -> dict:
     """The subset of ``kwargs`` that ``factory``'s signature takes by keyword."""
     try:

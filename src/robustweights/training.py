@@ -337,6 +337,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     state, error = None, None
     try:
         state = _check_out(config, resume) if rank == 0 else None
+        models.check_model(config.model, config.width)  # a misspelt name fails before the data loads
         data = data or load_config_data(config)
     except UserError as e:
         error = e
