@@ -2,13 +2,14 @@
 # One fifteen-minute GPU lease (the device tool), spent in two calls made back to back (a warm machine
 # waits 30 s): CIFAR-10 travels in two parts (.gpu/a, .gpu/b; see benchmarks/gpu_cifar.py --pack).
 #
-#   call 1 (carry .gpu/a, timeout_s 330):  bash benchmarks/gpu_lease.sh first
+#   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
-#       fused Adam) at batch 50, 100 and 200, eager; 4 networks on 4 CUDA streams; batch 50 compiled with
-#       CUDA graphs (reduce-overhead). Each step has its own time limit.
+#       fused Adam) at batch 50, 100 and 200, eager; batch 50 with the whole step as one CUDA graph
+#       (train --cuda-graph); batch 50 compiled with reduce-overhead. Each step has its own time limit.
 #   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
 #       unpacks CIFAR-10, trains ROW (default stoch-sign) with the paper recipe (`reproduce all --scale
-#       paper`) shortened to the epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides), then
+#       paper`; with cuda_graph=true when call 1's graph tests passed, unless NO_GRAPH=1) shortened to the
+#       epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides), then
 #       sweeps it and judges; sends back paper.tgz (config, metrics.jsonl, sweeps, claims; no checkpoints).
 #
 # Everything lands in $OUT as it comes. Smoke test on a CPU machine (tiny sizes, no data needed for `first`):
@@ -28,20 +29,36 @@ first)
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
       "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } \
         | tee "$OUT/machine.txt"
-    timeout 150 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider \
-        --junitxml "$OUT/device.xml" 2>&1 | tail -40 | tee "$OUT/device.log"
+    # -p no:logging: torch's DEBUG trace lines otherwise fill the captured output of a failing test
+    timeout 150 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
+        -k "not cuda_graph" --junitxml "$OUT/device.xml" 2>&1 | tail -60 | tee "$OUT/device.log"
     echo "device tests: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
+    # train --cuda-graph's own tests decide whether call 2 trains with it
+    timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
+        -k cuda_graph --junitxml "$OUT/graph.xml" 2>&1 | tail -60 | tee "$OUT/graph_tests.log"
+    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/graph_ok
+    echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped')" \
+        | tee -a "$OUT/machine.txt"
     for b in "${BATCHES[@]}"; do
         timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
-            --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | tee -a "$OUT/speed.txt"
+            --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     done
-    # the eager batch-50 rate of stoch-sign sizes call 2's training
+    # the eager batch-50 rate of stoch-sign sizes call 2's training, or the graph's when it works
     awk '/batch '"${BATCHES[0]}"',/{on=1} on && $1=="stoch-sign"{print $5; exit}' "$OUT/speed.txt" > /tmp/rate
-    timeout 45 "$PY" benchmarks/projection_overhead.py --concurrent 4 "${SIZE[@]}" --batch "${BATCHES[0]}" --amp \
-        --fused "${R[@]}" --projections sign stoch-sign 2>&1 | tee -a "$OUT/speed.txt"
-    timeout 150 "$PY" benchmarks/projection_overhead.py --compile --compile-mode reduce-overhead --fused \
+    if [ -n "${CPU:-}" ]; then echo "(no CUDA graph on a CPU)"; else
+        timeout 120 "$PY" benchmarks/projection_overhead.py --cuda-graph "${SIZE[@]}" --batch "${BATCHES[0]}" --amp \
+            "${R[@]}" --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee "$OUT/graph.txt"
+        cat "$OUT/graph.txt" >> "$OUT/speed.txt"
+        awk '$1=="stoch-sign"{print $5}' "$OUT/graph.txt" > /tmp/rate_graph
+    fi
+    timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode reduce-overhead --fused \
         "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 \
-        | tee -a "$OUT/speed.txt"
+        | grep -v "^W1" | tee -a "$OUT/speed.txt"
+    if [ -n "${SUITE:-}" ]; then  # the whole suite on this machine (about 3 minutes on an H200 machine)
+        timeout 240 "$PY" -m pytest tests --device "$DEV" -q -p no:cacheprovider -p no:logging \
+            --deselect tests/test_device.py --junitxml "$OUT/suite.xml" > "$OUT/suite.log" 2>&1
+        tail -40 "$OUT/suite.log"
+    fi
     date -u | tee -a "$OUT/machine.txt"
     ;;
 second)
@@ -54,7 +71,10 @@ second)
         "$PY" benchmarks/gpu_cifar.py --unpack /tmp/xz /tmp/cifar/cifar-10-batches-py || exit 2
         SETS+=(--set data_dir=/tmp/cifar/cifar-10-batches-py)
     fi
-    RATE=$(cat /tmp/rate 2>/dev/null); RATE=${RATE:-10000}
+    RATE=$(cat /tmp/rate 2>/dev/null); RATE=${RATE:-5000}
+    if [ -f /tmp/graph_ok ] && [ -s /tmp/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then  # the graph works: use it
+        SETS+=(--set cuda_graph=true); RATE=$(cat /tmp/rate_graph)
+    fi
     # an epoch: 45,000 images at the benchmark's rate plus a quarter (data, lr, evaluation), plus 2 s; 100 s kept
     # for start, ZCA, the sweep and the send-back
     EPOCHS=${EPOCHS:-$("$PY" -c "print(max(1, min(500, int(($BUDGET - 100) / (45000 / $RATE * 1.25 + 2)))))")}

@@ -4,12 +4,13 @@
 # machine where the last stopped (checkpoints every 25 epochs in /tmp/paper; metrics every epoch).
 #
 # Before the first call, here:  python benchmarks/gpu_cifar.py --pack ../shared/datasets/cifar-10-batches-py .gpu
-#     (then split .gpu into .gpu/a and .gpu/b, each under 64 MiB; see gpu_cifar.py). Then, on the device:
-#   call 1 (carry .gpu/a):  mkdir -p /tmp/xz && cp .gpu/a/* /tmp/xz/ && bash benchmarks/gpu_tests.sh  # tests first
+#     (it writes the two parts .gpu/a and .gpu/b, 43 MiB each). Then, on the device:
+#   call 1 (carry .gpu/a):  bash benchmarks/gpu_lease.sh first        # tests and speed; copies .gpu/a to /tmp/xz
 #   call 2 (carry .gpu/b):  BUDGET=480 bash benchmarks/gpu_paper.sh                     # unpacks, trains 8 min
 #   call 3, 4, ... (within the warm window): BUDGET=540 bash benchmarks/gpu_paper.sh    # goes on
 # Each call writes $OUT/paper.tgz (claims when finished, every row's config, metrics.jsonl and sweep results;
-# never checkpoints) and $OUT/log.txt. SETS adds overrides, e.g. SETS="--set rows=stoch-sign,sign".
+# never checkpoints) and $OUT/log.txt. SETS adds overrides, e.g. SETS="--set rows=stoch-sign,sign --set
+# cuda_graph=true" (once call 1's cuda-graph tests passed).
 # Smoke test on a CPU machine: OUT=/tmp/o SCALE=tiny BUDGET=60 bash benchmarks/gpu_paper.sh
 set -uo pipefail
 OUT=${OUT:?set OUT}

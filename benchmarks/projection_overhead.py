@@ -4,6 +4,7 @@
     python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
     python benchmarks/projection_overhead.py --compile           # torch.compile against eager, per projection
     python benchmarks/projection_overhead.py --concurrent 4      # 4 networks stepped together against one
+    python benchmarks/projection_overhead.py --cuda-graph        # eager against the step as one CUDA graph (GPU)
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
 inputs of the model's natural size (the data does not change the cost). The
@@ -43,17 +44,30 @@ SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet
 
 
 def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False,
-              compile_mode=None, fused=False, sync=True, seed=0):
+              compile_mode=None, fused=False, sync=True, seed=0, cuda_graph=False):
     torch.manual_seed(seed)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
     fmt = torch.channels_last if amp else torch.contiguous_format  # the GPU fast path uses both
     model.to(memory_format=fmt)
-    rw.attach(model, projection, mode=mode, generator=torch.Generator(device=device).manual_seed(seed))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rw.attach(model, projection, mode=mode, generator=gen)
     # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
+    if cuda_graph:  # the whole step (forward, backward, Adam, clip) as one CUDA graph: train --cuda-graph
+        from robustweights.steps import GraphedStep, make_step as train_step
+        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True, capturable=True)
+        graphed = GraphedStep(train_step(model, model, opt, "ce", amp=amp, channels_last=amp, device=device,
+                                         graphed=True), model, opt, [gen])
+
+        def step():
+            graphed(x, y)
+            if sync:
+                torch.cuda.synchronize()
+
+        return step
     # compile_mode "reduce-overhead" adds CUDA graphs (a batch-50 step is launch-bound); ignored on CPU
     net = torch.compile(model, mode=compile_mode) if compile else model
 
@@ -132,6 +146,28 @@ def bench_compile(model_name, width, projections, batch, rounds, per_round, devi
     return out
 
 
+def bench_graph(model_name, width, projections, batch, rounds, per_round, device, amp=False, **_):
+    """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph."""
+    times = {}
+    for p in ["identity", *projections]:
+        eager = make_step(model_name, width, p, batch, device, amp=amp, fused=True)
+        graphed = make_step(model_name, width, p, batch, device, amp=amp, cuda_graph=True)
+        t = time.perf_counter()
+        graphed()  # warm-up and capture
+        capture = time.perf_counter() - t
+        med = {k: statistics.median(v) for k, v in timed_rounds({"eager": eager, "graph": graphed}, rounds,
+                                                               per_round).items()}
+        times[p] = (med["eager"], med["graph"], capture)
+    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+          f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph), "
+          f"median of {rounds} rounds of {per_round} steps")
+    print(f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} {'graph img/s':>12} "
+          f"{'capture s':>10}")
+    for p, (e, g, c) in times.items():
+        print(f"  {p:<24} {e * 1e3:9.2f} {batch / e:12.0f} {g * 1e3:9.2f} {batch / g:12.0f} {c:10.1f}")
+    return times
+
+
 def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
                      compile=False, compile_mode=None, fused=False):
     """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
@@ -187,6 +223,8 @@ def main():
                                                               "max-autotune-no-cudagraphs"],
                     help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     ap.add_argument("--fused", action="store_true", help="fused Adam (one kernel for the whole update)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)")
     ap.add_argument("--concurrent", type=int, default=0, metavar="N",
                     help="images/s of N networks stepped together (one CUDA stream each) against one alone")
     args = ap.parse_args()
@@ -201,7 +239,7 @@ def main():
                              args.per_round, device, args.concurrent, amp=args.amp, compile=args.compile,
                              compile_mode=args.compile_mode, fused=args.fused)
             continue
-        run = bench_compile if args.compile else bench
+        run = bench_graph if args.cuda_graph else bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
             amp=args.amp, compile_mode=args.compile_mode, fused=args.fused)
 

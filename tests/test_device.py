@@ -144,3 +144,53 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(device, tmp
     assert [{k: v for k, v in h.items() if k not in timing} for h in whole.history[-1:]] == \
         [{k: v for k, v in h.items() if k not in timing} for h in resumed.history[-1:]]
     assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in resumed.history]
+
+
+def _graph_step(device, graphed):
+    from robustweights.steps import GraphedStep, make_step
+    model = net(device)
+    g = torch.Generator(device=device).manual_seed(3)
+    projected.attach(model, "stoch-sign", generator=g)
+    lr = torch.tensor(0.0, device=device) if graphed else 0.0   # the weights stay: the losses show the draws
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=graphed)
+    step = make_step(model, model, opt, "ce", amp=False, channels_last=False, device=device, graphed=graphed)
+    return (GraphedStep(step, model, opt, [g]) if graphed else step), g
+
+
+def test_a_cuda_graph_step_draws_anew_at_every_launch_as_eager_steps_do(device):
+    """train --cuda-graph: the random projection's generator is registered with the graph, so each launch
+    draws the numbers the eager step would draw at that point; reseeding the generator reseeds the graph."""
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    x, y = torch.randn(16, 1, 8, 8, device=device), torch.randint(0, 3, (16,), device=device)
+    eager, ge = _graph_step(device, False)
+    graphed, gg = _graph_step(device, True)
+    a = [eager(x, y)[0].item() for _ in range(4)]
+    b = [graphed(x, y)[0].item() for _ in range(4)]
+    assert len(set(a)) == 4                          # new draws at every step
+    assert b == pytest.approx(a, rel=1e-4)
+    gg.manual_seed(3)
+    assert [graphed(x, y)[0].item() for _ in range(2)] == pytest.approx(a[:2], rel=1e-4)
+
+
+@pytest.mark.parametrize("projection", ["stoch-sign", "sign"])
+def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(device, tmp_path, projection):
+    """A whole run with --cuda-graph (a partial last batch included, run eagerly) against the same run
+    without it, and a graphed run cut after one epoch and resumed."""
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+
+    def config(out, epochs, graph):
+        return rw.TrainConfig(model="cnn", width=0.25, dataset="demo", train_subset=620, test_subset=300,
+                              projection=projection, epochs=epochs, batch_size=50, lr=3e-3, schedule="exp",
+                              device=str(device), cuda_graph=graph, bn_calibrate=5, out=str(out))
+
+    eager = rw.train(config(tmp_path / "eager", 2, False), progress=False)
+    graphed = rw.train(config(tmp_path / "graphed", 2, True), progress=False)
+    assert [h["train_loss"] for h in graphed.history] == pytest.approx([h["train_loss"] for h in eager.history],
+                                                                        rel=2e-3)
+    assert abs(graphed.test_error - eager.test_error) <= 0.02
+    rw.train(config(tmp_path / "cut", 1, True), progress=False)
+    resumed = rw.train(config(tmp_path / "cut", 2, True), resume=True, progress=False)
+    for (k, v), w in zip(graphed.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(w, v, rtol=1e-3, atol=1e-4, msg=k)

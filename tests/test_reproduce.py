@@ -203,6 +203,19 @@ def test_folder_of_another_run_or_other_settings_is_refused(tiny_all, tmp_path, 
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
 
 
+def test_a_folder_made_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    """cuda_graph came after docs/results/reproduce-cpu was made: that folder must still resume, and a run that
+    set the new key to something else must not."""
+    import dataclasses
+    preset = rp.resolve_preset("cpu")
+    old = {k: v for k, v in preset.items() if k != "cuda_graph"}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / rp.MARKER).write_text(json.dumps({"experiment": "all", "scale": "cpu", "preset": old}))
+    assert rp._check_out(tmp_path / "r", "all", "cpu", preset)["preset"] == old
+    with pytest.raises(rw.UserError, match="cuda_graph differ"):
+        rp._check_out(tmp_path / "r", "all", "cpu", dataclasses.replace(rp.PRESETS["cpu"], cuda_graph=True).__dict__)
+
+
 def test_show_prints_the_preset_with_overrides(capsys):
     code, out, _ = run_main(capsys, "reproduce", "matrix", "--scale", "cpu", "--show", "--set", "epochs=9")
     assert code == 0

@@ -73,7 +73,8 @@ def test_same_seed_same_weights_other_seed_differs():
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny(tmp_path, epochs=3)
-    real = train_mod.loss_fn
+    import robustweights.steps as steps_mod
+    real = steps_mod.loss_fn
     calls = {"n": 0}
     steps_per_epoch = 1000 // 50
 
@@ -82,7 +83,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         loss = real(name, logits, y)
         return loss * float("nan") if calls["n"] > steps_per_epoch + 3 else loss
 
-    monkeypatch.setattr(train_mod, "loss_fn", poisoned)
+    monkeypatch.setattr(steps_mod, "loss_fn", poisoned)
     with pytest.raises(train_mod.Diverged, match="non-finite"):
         rw.train(config, progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -29,7 +29,8 @@ __all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_l
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if name == "sq-hinge":
         # BinaryConnect: targets +-1 per class, mean of max(0, 1 - t*y)^2.
-        t = 2 * F.one_hot(y, logits.shape[1]).to(logits.dtype) - 1
+        # (scatter, not one_hot: one_hot reads the labels on the host, which a CUDA graph cannot)
+        t = torch.full_like(logits, -1).scatter_(1, y[:, None], 1)
         return F.relu(1 - t * logits).square().mean()
     return F.cross_entropy(logits, y)
 

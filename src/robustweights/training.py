@@ -39,10 +39,11 @@ from torch import nn
 from . import data as data_mod
 from . import models, projected
 from .distributed import agree, process_group, resolve_device
-from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, loss_fn, needs_calibration,
-                         reestimated_bn, training_coverage, weights_label)
+from .evaluation import (bn_layers, calibrate_bn, evaluate_split, needs_calibration, reestimated_bn,
+                         training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
+from .steps import GraphedStep, make_step, set_lr
 from .transforms import transform
 
 def _opt(help: str, choices=None, **kw):
@@ -97,6 +98,8 @@ class TrainConfig:
     amp: bool = _opt("bf16 autocast on CUDA (no effect on CPU)", default=False)
     channels_last: bool = _opt("channels-last memory format (faster convolutions on GPUs)", default=False)
     compile: bool = _opt("torch.compile the training steps (slow first steps; for long GPU runs)", default=False)
+    cuda_graph: bool = _opt("replay each training step as one CUDA graph (GPU, Adam; the speed of small batches; "
+                            "not with compile or torchrun)", default=False)
     num_workers: int = _opt("imagefolder only: data loader worker processes", default=0)
     checkpoint_every: int = _opt("write checkpoint.pt (and best.pt) every N epochs and after the last; metrics.jsonl "
                                  "is written every epoch (a killed run resumes from the last checkpoint)", default=1)
@@ -134,6 +137,8 @@ class TrainConfig:
                 raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {self.clip!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if self.cuda_graph and (self.compile or self.optimizer != "adam" or self.device == "cpu"):
+            raise UserError("cuda_graph needs a GPU and Adam, and replaces compile (the graph holds the whole step)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
         return self
@@ -197,10 +202,6 @@ def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
         t = (epoch * steps + step) / (config.epochs * steps)
         return config.lr * 0.5 * (1 + math.cos(math.pi * t))
     return config.lr
-
-
-def _is_cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
 
 
 # ---------------------------------------------------------------------------
@@ -354,21 +355,23 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     if world > 1:
         # Gradients are averaged over ranks, so every rank takes the same step from the same
         # weights and clips them the same way: the hidden weights stay bitwise identical.
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if _is_cuda(device) else None)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)  # same weights and checkpoints: only the steps go through the compiled graph
     train_split, test_split, val_split = data.train, data.test, data.val
     best_state, best_unsaved = None, None
-    if _is_cuda(device) and isinstance(train_split, data_mod.TensorSplit):
+    if device.type == "cuda" and isinstance(train_split, data_mod.TensorSplit):
         # Data resident on the GPU: no host-to-device copy per batch.
         train_split = data_mod.TensorSplit(train_split.x.to(device), train_split.y.to(device))
         test_split = data_mod.TensorSplit(test_split.x.to(device), test_split.y.to(device))
         if val_split is not None:
             val_split = data_mod.TensorSplit(val_split.x.to(device), val_split.y.to(device))
-    params = model.parameters()
-    fused = {"fused": True} if _is_cuda(device) else {}   # one kernel for the whole Adam update (part 8)
-    if config.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    if config.cuda_graph and (not device.type == "cuda" or world > 1):
+        raise UserError("--cuda-graph needs one process on a GPU (not the CPU, not torchrun)")
+    params, lr = model.parameters(), torch.tensor(config.lr, device=device) if config.cuda_graph else config.lr
+    fused = {"fused": True} if device.type == "cuda" else {}   # one kernel for the whole Adam update (part 8)
+    if config.optimizer == "adam":   # capturable: lr and step count read on the GPU, as a CUDA graph needs
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, capturable=config.cuda_graph, **fused)
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
@@ -377,6 +380,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups if config.cuda_graph else []:   # a checkpoint keeps lr as a number
+            group.update(lr=torch.tensor(float(group["lr"]), device=device), capturable=True)
         history, start = list(state["history"]), state["epoch"]
         if state.get("train_bn"):   # continue from the statistics training had, not the calibrated ones
             model.load_state_dict({**model.state_dict(), **state["train_bn"]})
@@ -388,7 +393,11 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     t0 = time.perf_counter()
     local_batch = config.batch_size // world
     steps = math.ceil((len(train_split) // world) / local_batch)
-    check_every = 50 if _is_cuda(device) else 1  # a finiteness check syncs the GPU
+    check_every = 50 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
+    step_fn = make_step(model, net, opt, config.loss, amp=config.amp, channels_last=config.channels_last,
+                        device=device, graphed=config.cuda_graph)
+    if config.cuda_graph:
+        step_fn = GraphedStep(step_fn, model, opt, [gen])
     for epoch in range(start, config.epochs):
         data_gen = torch.Generator().manual_seed(derive_seed(config.seed, epoch, "data"))
         gen.manual_seed(derive_seed(config.seed, epoch, "projection", *((rank,) if world > 1 else ())))
@@ -402,19 +411,10 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         batches = train_split.batches(local_batch, shuffle=True, generator=data_gen,
                                       augment=config.augment, device=device, shard=(rank, world))
         for step, (x, y) in enumerate(batches):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(config, epoch, step, steps)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, torch.bfloat16, enabled=config.amp and _is_cuda(device)):
-                logits = as_logits(net(x), y, check_labels=step == 0 and epoch == start)
-            loss = loss_fn(config.loss, logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            projected.clip_(model)
-            loss_sum += loss.detach().double() * len(y)
-            wrong += (logits.detach().argmax(1) != y).sum()
+            set_lr(opt, lr_at(config, epoch, step, steps))
+            loss, wrong_now = step_fn(x, y, check=step == 0 and epoch == start)
+            loss_sum += loss.double() * len(y)
+            wrong += wrong_now
             seen += len(y)
             bar.update(len(y) * world)  # the bar counts all ranks' images (their shares are equal)
             if step % check_every == 0 or step == steps - 1:

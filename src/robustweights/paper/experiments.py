@@ -106,7 +106,7 @@ def describe() -> str:
 _TRAIN_KEYS = ("model", "width", "dataset", "data_dir", "preprocess", "train_subset", "test_subset", "val_size",
                "image_size",
                "loss", "optimizer", "lr", "lr_end", "schedule", "epochs", "batch_size", "eval_batch_size", "seed",
-               "device", "amp", "channels_last", "compile", "checkpoint_every")
+               "device", "amp", "channels_last", "compile", "cuda_graph", "checkpoint_every")
 @dataclass(frozen=True)
 class Preset:
     """Every setting of a reproduce run. A scale is one (:data:`PRESETS`); ``--set KEY=VALUE`` changes any
@@ -135,6 +135,7 @@ class Preset:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False          # train --cuda-graph (robustweights.steps)
     clip: str = "glorot"              # a number, glorot or none
     preprocess: str = "standardize"
     power_beta: float = 0.5           # the power row's training beta
@@ -348,7 +349,9 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
                         f"choose another --out")
     old = {k: v for k, v in prev.get("preset", {}).items() if k not in _RESUMABLE}
     new = {k: v for k, v in preset.items() if k not in _RESUMABLE}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))  # a key added since counts as None
+    # a key added since the folder was made counts as its default (a folder without cuda_graph had none)
+    defaults = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
+    diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k))
     if diff:
         raise UserError(f"{out} holds this experiment with other settings ({', '.join(diff)} differ); "
                         f"choose another --out")

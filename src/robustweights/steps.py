@@ -1,0 +1,138 @@
+"""The training step (forward, loss, backward, the optimizer's update, the clip), eager or as one CUDA graph.
+
+At batch 50 a full-width ``bc-vgg`` step on an H200 is bound by kernel
+launches, not arithmetic: 5-8 ms eager whatever the batch size
+(docs/results/benchmarks/gpu_batch50_h200.txt). :class:`GraphedStep` records
+the whole step once with ``torch.cuda.graph`` and then launches it as one
+graph per batch (``train --cuda-graph``):
+
+* the batch is copied into fixed input buffers; a batch of another size
+  (the last of an epoch) runs eagerly on the same weights and optimizer;
+* the learning rate is a tensor on the GPU that the optimizer reads
+  (Adam with ``capturable=True``), set before each launch;
+* the random projections' generator is registered with the graph, so every
+  launch draws new numbers, from the generator's state at that moment (a
+  reseeded generator reseeds the graph's draws);
+* the warm-up steps that capture needs run on the first batch and are then
+  undone (weights, batch-norm buffers, optimizer state and generators are
+  put back), so training starts from the same state as without the graph.
+
+Not with ``--compile`` (the graph already holds the whole step), nor under
+``torchrun`` (DistributedDataParallel's communication is not captured here).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import projected
+from .errors import UserError
+from .evaluation import as_logits, loss_fn
+
+__all__ = ["make_step", "GraphedStep", "set_lr", "snapshot", "restore"]
+
+
+def make_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, loss: str, *, amp: bool,
+              channels_last: bool, device: torch.device, graphed: bool = False) -> Callable:
+    """``step(x, y, check=False) -> (loss, wrong)``: one training step; 0-dim tensors, no host sync.
+    ``check`` checks the model's outputs against the labels (the first step of a run)."""
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    if graphed:
+        autocast["cache_enabled"] = False   # casts cached across a capture would outlive it
+
+    def step(x: Tensor, y: Tensor, check: bool = False):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**autocast):
+            logits = as_logits(net(x), y, check_labels=check)
+        value = loss_fn(loss, logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        projected.clip_(model)
+        return value.detach(), (logits.detach().argmax(1) != y).sum()
+
+    return step
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate to ``lr``: in place where it is a tensor (read by a captured graph)."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def snapshot(model: nn.Module, opt: torch.optim.Optimizer, generators: list) -> dict:
+    """Copies of everything a training step changes: weights and buffers, optimizer state, generators."""
+    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "opt": {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+                    for p, s in opt.state.items()},
+            "generators": [g.get_state() for g in generators]}
+
+
+def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, saved: dict) -> None:
+    """Put back :func:`snapshot`'s state in place (the tensors keep their identity: a captured graph holds
+    their addresses). Optimizer state made since the snapshot is zeroed: Adam's state before its first step."""
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(saved["model"][k])
+        for p, state in opt.state.items():
+            before = saved["opt"].get(p, {})
+            for k, v in state.items():
+                if isinstance(v, Tensor):
+                    v.copy_(before[k]) if k in before else v.zero_()
+                elif k in before:
+                    state[k] = before[k]
+    for g, s in zip(generators, saved["generators"]):
+        g.set_state(s)
+
+
+class GraphedStep:
+    """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its first full
+    batch and replayed for every batch of that size; see the module docstring."""
+
+    def __init__(self, step: Callable, model: nn.Module, opt: torch.optim.Optimizer, generators: list,
+                 warmup: int = 3):
+        if not hasattr(torch.cuda.CUDAGraph, "register_generator_state") and any(
+                g.device.type == "cuda" for g in generators):
+            raise UserError(f"--cuda-graph with a random projection needs a torch whose CUDA graphs take other "
+                            f"generators than the default one (torch {torch.__version__} has no "
+                            f"CUDAGraph.register_generator_state); drop --cuda-graph")
+        for group in opt.param_groups:
+            if not (isinstance(group["lr"], Tensor) and group.get("capturable")):
+                raise ValueError("GraphedStep needs an optimizer with capturable=True and a tensor lr")
+        self.step, self.model, self.opt, self.generators, self.warmup = step, model, opt, generators, warmup
+        self.graph, self.x, self.y, self.out = None, None, None, None
+
+    def __call__(self, x: Tensor, y: Tensor, check: bool = False):
+        if check or (self.graph is not None and x.shape != self.x.shape):
+            return self.step(x, y, check)        # the first batch's checks, or a batch of another size
+        if self.graph is None:
+            self._capture(x, y)
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.out
+
+    def _capture(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x.clone(), y.clone()
+        saved = snapshot(self.model, self.opt, self.generators)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):            # warm-up, as capture needs (cuBLAS handles, autograd state)
+            for _ in range(self.warmup):
+                self.step(self.x, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        restore(self.model, self.opt, self.generators, saved)
+        self.opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            if g.device.type == "cuda":
+                self.graph.register_generator_state(g)
+        with torch.cuda.graph(self.graph):
+            self.out = self.step(self.x, self.y)
