@@ -1,7 +1,7 @@
 """Helpers shared by the test files, and the device the device tests run on.
 
-    pytest                                  # everything on the CPU
-    pytest --device cuda                    # also runs tests/test_device.py on the GPU
+    pytest                                  # everything on the CPU, also on a machine with a GPU
+    pytest --device cuda                    # tests/test_device.py on the GPU, and "auto" picks it elsewhere
     RW_TEST_DEVICE=cuda pytest              # the same
     pytest tests/test_device.py --device cuda   # only what makes sense on a GPU (benchmarks/gpu_tests.sh)
 """
@@ -20,6 +20,13 @@ def pytest_addoption(parser):
     parser.addoption("--device", default=os.environ.get("RW_TEST_DEVICE", "cpu"),
                      help="device for tests/test_device.py: cpu (default), cuda or cuda:N "
                           "(also RW_TEST_DEVICE)")
+
+
+def pytest_configure(config):
+    """Without --device cuda the suite is the CPU suite CI runs, on any machine: the GPU is hidden (before
+    anything initialises CUDA), so that "auto" means the CPU here as it does on CI."""
+    if not config.getoption("--device").startswith("cuda"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture(scope="session")

