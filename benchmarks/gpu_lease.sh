@@ -2,7 +2,8 @@
 # One fifteen-minute GPU lease (the device tool), spent in two calls made back to back (a warm machine
 # waits 30 s): CIFAR-10 travels in two parts (.gpu/a, .gpu/b; see benchmarks/gpu_cifar.py --pack).
 #
-#   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite)
+#   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite;
+#       QUICK=1: only the CUDA graph's tests and batch-50 speed, about a minute, leaving the lease to training)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
 #       fused Adam) at batch 50, 100 and 200, eager; batch 50 with the whole step as one CUDA graph
 #       (train --cuda-graph); batch 50 compiled with reduce-overhead. Each step has its own time limit.
@@ -30,15 +31,18 @@ first)
       "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u; } \
         | tee "$OUT/machine.txt"
     # -p no:logging: torch's DEBUG trace lines otherwise fill the captured output of a failing test
-    timeout 150 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
-        -k "not cuda_graph" --junitxml "$OUT/device.xml" 2>&1 | tail -60 | tee "$OUT/device.log"
-    echo "device tests: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
+    if [ -z "${QUICK:-}" ]; then
+        timeout 150 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
+            -k "not cuda_graph" --junitxml "$OUT/device.xml" 2>&1 | tail -60 | tee "$OUT/device.log"
+        echo "device tests: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
+    fi
     # train --cuda-graph's own tests decide whether call 2 trains with it
     timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
         -k cuda_graph --junitxml "$OUT/graph.xml" 2>&1 | tail -60 | tee "$OUT/graph_tests.log"
     [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/graph_ok
     echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped')" \
         | tee -a "$OUT/machine.txt"
+    [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
     for b in "${BATCHES[@]}"; do
         timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
             --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
@@ -51,9 +55,9 @@ first)
         cat "$OUT/graph.txt" >> "$OUT/speed.txt"
         awk '$1=="stoch-sign"{print $5}' "$OUT/graph.txt" > /tmp/rate_graph
     fi
-    timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode reduce-overhead --fused \
-        "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 \
-        | grep -v "^W1" | tee -a "$OUT/speed.txt"
+    [ -n "${QUICK:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
+        reduce-overhead --fused "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign \
+        2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     if [ -n "${SUITE:-}" ]; then  # the whole suite on this machine (about 3 minutes on an H200 machine)
         timeout 240 "$PY" -m pytest tests --device "$DEV" -q -p no:cacheprovider -p no:logging \
             --deselect tests/test_device.py --junitxml "$OUT/suite.xml" > "$OUT/suite.log" 2>&1

@@ -229,6 +229,8 @@ def main():
                     help="images/s of N networks stepped together (one CUDA stream each) against one alone")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        sys.exit("--cuda-graph needs a CUDA device (a CUDA graph is a GPU's)")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
