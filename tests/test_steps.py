@@ -71,6 +71,9 @@ def test_cuda_graph_mistakes_are_one_line(capsys, argv, words):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
-def test_cuda_graph_on_a_machine_without_a_gpu_is_one_line(capsys):
+def test_cuda_graph_on_a_machine_without_a_gpu_is_one_line_and_writes_nothing(capsys, tmp_path):
     code, _, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1", "--cuda-graph")
-    assert code == 2 and "needs one process on a GPU" in one_error_line(err)
+    assert code == 2 and "cuda_graph needs a GPU" in one_error_line(err)
+    code, _, err = run_main(capsys, "reproduce", "all", "--scale", "tiny", "--set", "cuda_graph=true", "--out",
+                            str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "cuda_graph needs a GPU" in one_error_line(err) and not (tmp_path / "r").exists()

@@ -137,7 +137,8 @@ class TrainConfig:
                 raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {self.clip!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        if self.cuda_graph and (self.compile or self.optimizer != "adam" or self.device == "cpu"):
+        if self.cuda_graph and (self.compile or self.optimizer != "adam" or not torch.cuda.is_available()
+                                or self.device == "cpu"):
             raise UserError("cuda_graph needs a GPU and Adam, and replaces compile (the graph holds the whole step)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
