@@ -303,8 +303,12 @@ def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessin
                               str(tmp_path / "sd.pt"), "--dataset", "demo", "--test-subset", "200", "--preprocess",
                               "none", "--distortion", "sign", "--out", str(tmp_path / "sw"), "--quiet")
     assert code == 0, err
-    assert "distorting 11 of 11 weight tensors" in out
+    assert out.count("distorting 11 of 11 weight tensors") == 1
     assert "inputs none (pixels in [0, 1])" in out
+    code, out, err = run_main(capsys, "sweep", "--model-factory", FACTORY, "--state-dict",   # with progress: once too
+                              str(tmp_path / "sd.pt"), "--dataset", "demo", "--test-subset", "200", "--preprocess",
+                              "none", "--distortion", "sign", "--out", str(tmp_path / "sw2"))
+    assert code == 0 and out.count("distorting 11 of 11 weight tensors") == 1, out
     info = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert len(info["coverage"]["covered"]) == 11 and info["preprocessing"] == "none (pixels in [0, 1])"
 

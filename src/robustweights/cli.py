@@ -146,7 +146,8 @@ def cmd_sweep(args) -> int:
         print("note: this network runs with projected weights; distorting its hidden weights tests weights it "
               "was not trained to run with (batch-norm statistics included). --on projected distorts the weights "
               "it runs with; --bn-reestimate N re-estimates the statistics.")
-    print(r["coverage"]["summary"])
+    if args.quiet:   # else the sweep printed it as it started
+        print(r["coverage"]["summary"])
     bn = ("" if not r.get("batch_norm", True) else "; batch-norm statistics "
           + (f"re-estimated on {r['bn_reestimate']} training batches per cell" if r["bn_reestimate"]
              else f"calibrated once on {r['bn_calibrate']} training batches" if r.get("bn_calibrate")
