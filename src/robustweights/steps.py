@@ -113,7 +113,11 @@ class GraphedStep:
         if check or (self.graph is not None and x.shape != self.x.shape):
             return self.step(x, y, check)        # the first batch's checks, or a batch of another size
         if self.graph is None:
-            self._capture(x, y)
+            try:
+                self._capture(x, y)
+            except RuntimeError as e:   # e.g. a model that reads a tensor on the host (.item(), an if on a value)
+                raise UserError(f"--cuda-graph: this training step cannot be recorded as a CUDA graph "
+                                f"({' '.join(str(e).split())[:300]}); train without --cuda-graph") from None
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()
