@@ -54,6 +54,10 @@ first)
             "${R[@]}" --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee "$OUT/graph.txt"
         cat "$OUT/graph.txt" >> "$OUT/speed.txt"
         awk '$1=="stoch-sign"{print $5}' "$OUT/graph.txt" > /tmp/rate_graph
+        # several rows at once: 4 graphed networks replayed on 4 CUDA streams against one (part 8's other lever)
+        timeout 90 "$PY" benchmarks/projection_overhead.py --cuda-graph --concurrent 4 "${SIZE[@]}" \
+            --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" \
+            | tee -a "$OUT/speed.txt"
     fi
     [ -n "${QUICK:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
         reduce-overhead --fused "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign \

@@ -169,7 +169,7 @@ def bench_graph(model_name, width, projections, batch, rounds, per_round, device
 
 
 def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
-                     compile=False, compile_mode=None, fused=False):
+                     compile=False, compile_mode=None, fused=False, cuda_graph=False):
     """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
     process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves the GPU
     idle enough that several rows at once pay (part 8). On a CPU the copies simply take turns."""
@@ -178,7 +178,7 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
     for p in ["identity", *projections]:
         torch._dynamo.reset()
         steps = [make_step(model_name, width, p, batch, device, amp=amp, compile=compile, compile_mode=compile_mode,
-                           fused=fused, sync=False, seed=i) for i in range(copies)]
+                           fused=fused, sync=False, seed=i, cuda_graph=cuda_graph) for i in range(copies)]
         streams = [torch.cuda.Stream(device) for _ in steps] if cuda else [None] * copies
 
         def together(n=copies):
@@ -197,7 +197,8 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
         times = timed_rounds({"one": lambda: together(1), "all": together}, rounds, per_round)
         one, both = statistics.median(times["one"]), statistics.median(times["all"])
         out[p] = {"one_img_s": batch / one, "all_img_s": copies * batch / both}
-    how = f", torch.compile mode={compile_mode or 'default'}" if compile else ", eager"
+    how = (", each step one CUDA graph" if cuda_graph else
+           f", torch.compile mode={compile_mode or 'default'}" if compile else ", eager")
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
           f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
           f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), median of {rounds} rounds")
@@ -239,7 +240,7 @@ def main():
         if args.concurrent:
             bench_concurrent(m, args.width or width, args.projections, args.batch or batch, args.rounds,
                              args.per_round, device, args.concurrent, amp=args.amp, compile=args.compile,
-                             compile_mode=args.compile_mode, fused=args.fused)
+                             compile_mode=args.compile_mode, fused=args.fused, cuda_graph=args.cuda_graph)
             continue
         run = bench_graph if args.cuda_graph else bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
