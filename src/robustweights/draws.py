@@ -10,10 +10,11 @@ pass instead of keeping its result (the partitioner recomputes nodes it
 thinks cheap, to save memory), and a generator with state then hands the
 backward pass other numbers than the forward pass used: the straight-through
 gradient of ``stoch-sign`` came from another binarization than the one the
-network ran with. Seen on an NVIDIA H200 with inductor (torch 2.11), and on
-the CPU whenever the partitioner may recompute (``activation_memory_budget``
-below 1). A draw made outside the graph enters it as an input, which is never
-recomputed. The cost is measured in ``benchmarks/projection_overhead.py
+network ran with. Seen on an NVIDIA H200 with inductor (torch 2.11: outputs
+equal to eager, gradients not), and on the CPU with the graphs dumped when the
+partitioner is asked to save little (``activation_memory_budget=0``: the
+backward graph holds the draws again). A draw made outside the graph enters it
+as an input, which is never recomputed. The cost is measured in ``benchmarks/projection_overhead.py
 --compile``.
 """
 
