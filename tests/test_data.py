@@ -375,3 +375,34 @@ def test_a_validation_split_is_the_last_training_images_and_fits_nothing():
     assert "validation: the last 500 training images" in d.description
     with pytest.raises(UserError, match="val_size must be"):
         load("demo", val_size=5000)
+
+
+def test_the_gpu_pack_of_cifar_batches_unpacks_byte_for_byte(tmp_path):
+    """benchmarks/gpu_cifar.py --pack: a full batch's pixels travel as a lossless WebP mosaic, the rest of the file
+    and other files as xz, in two parts; unpacked files must equal the originals (the loader checks the JPEG
+    copy's sha256)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_cifar", Path(__file__).parents[1] / "benchmarks/gpu_cifar.py")
+    gpu_cifar = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_cifar)
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)                # smooth pictures, each shifted (fast to encode); 100 of noise
+    base = (np.arange(3072) // 32 * 3 % 256).astype(np.uint8)
+    pixels = base[None, :] + rng.integers(0, 256, (10000, 1), dtype=np.uint8)
+    pixels[:100] = rng.integers(0, 256, (100, 3072), dtype=np.uint8)
+    with open(src / "data_batch_1", "wb") as f:     # protocol 4 keeps the pixels contiguous, as the real files do
+        pickle.dump({b"batch_label": b"b1", b"labels": [i % 10 for i in range(10000)],
+                     b"data": pixels.reshape(10000, 3072), b"filenames": [b"x.png"] * 10000}, f, protocol=4)
+    with open(src / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"a"] * 10}, f, protocol=2)
+    gpu_cifar.pack(src, tmp_path / "pack")
+    assert (tmp_path / "pack" / "b" / "data_batch_1.webp").exists()   # the pixel path, not the xz fallback
+    together = tmp_path / "together"
+    together.mkdir()
+    for part in ("a", "b"):
+        for f in (tmp_path / "pack" / part).iterdir():
+            (together / f.name).write_bytes(f.read_bytes())
+    gpu_cifar.unpack(together, tmp_path / "out")
+    for name in ("data_batch_1", "batches.meta"):
+        assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
