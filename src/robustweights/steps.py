@@ -1,4 +1,5 @@
-"""The training step (forward, loss, backward, the optimizer's update, the clip), eager or as one CUDA graph.
+"""The training step (forward, loss, backward, the optimizer's update, the clip), eager or as one CUDA graph;
+the learning rate of each step.
 
 At batch 50 a full-width ``bc-vgg`` step on an H200 is bound by kernel
 launches, not arithmetic: 5-8 ms eager whatever the batch size
@@ -23,6 +24,7 @@ Not with ``--compile`` (the graph already holds the whole step), nor under
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -32,7 +34,7 @@ from . import projected
 from .errors import UserError
 from .evaluation import as_logits, loss_fn
 
-__all__ = ["make_step", "GraphedStep", "set_lr", "snapshot", "restore"]
+__all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore"]
 
 
 def make_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, loss: str, *, amp: bool,
@@ -56,6 +58,18 @@ def make_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, loss
         return value.detach(), (logits.detach().argmax(1) != y).sum()
 
     return step
+
+
+def lr_at(config, epoch: int, step: int, steps: int) -> float:
+    """Learning rate of a :class:`~robustweights.training.TrainConfig` at ``step`` of ``steps`` in ``epoch``
+    (a pure function, so resuming needs no state)."""
+    if config.schedule == "exp":
+        end = config.lr_end if config.lr_end is not None else config.lr / 1000
+        return config.lr * (end / config.lr) ** (epoch / max(1, config.epochs - 1))
+    if config.schedule == "cosine":
+        t = (epoch * steps + step) / (config.epochs * steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return config.lr
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

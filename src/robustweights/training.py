@@ -43,7 +43,7 @@ from .evaluation import (bn_layers, calibrate_bn, evaluate_split, needs_calibrat
                          training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
-from .steps import GraphedStep, make_step, set_lr
+from .steps import GraphedStep, lr_at, make_step, set_lr
 from .transforms import transform
 
 def _opt(help: str, choices=None, **kw):
@@ -192,17 +192,6 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
                      exclude=config.exclude, types=config.types, exclude_types=config.exclude_types,
                      generator=generator)
     return model
-
-
-def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
-    """Learning rate at ``step`` of ``steps`` in ``epoch`` (a pure function, so resuming needs no state)."""
-    if config.schedule == "exp":
-        end = config.lr_end if config.lr_end is not None else config.lr / 1000
-        return config.lr * (end / config.lr) ** (epoch / max(1, config.epochs - 1))
-    if config.schedule == "cosine":
-        t = (epoch * steps + step) / (config.epochs * steps)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
-    return config.lr
 
 
 # ---------------------------------------------------------------------------
