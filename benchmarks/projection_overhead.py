@@ -52,8 +52,6 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
     model.to(memory_format=fmt)
     gen = torch.Generator(device=device).manual_seed(seed)
     rw.attach(model, projection, mode=mode, generator=gen)
-    # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
     if cuda_graph:  # the whole step (forward, backward, Adam, clip) as one CUDA graph: train --cuda-graph
@@ -68,6 +66,8 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
                 torch.cuda.synchronize()
 
         return step
+    # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     # compile_mode "reduce-overhead" adds CUDA graphs (a batch-50 step is launch-bound); ignored on CPU
     net = torch.compile(model, mode=compile_mode) if compile else model
 

@@ -43,8 +43,8 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
         return 0, 1, resolve_device(device_name), False
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda and local >= torch.cuda.device_count():  # two ranks on one GPU: nccl refuses, cuda:1 does not exist
-        gpus = torch.cuda.device_count()
+    gpus = torch.cuda.device_count() if cuda else 0
+    if cuda and local >= gpus:  # two ranks on one GPU: nccl refuses, cuda:1 does not exist
         raise UserError(f"process {local} on this machine has no GPU of its own ({gpus} GPU(s) here): start at "
                         f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), or use --device cpu")
     if cuda:

@@ -8,6 +8,11 @@ exception is a bug and keeps its traceback. ``UserError`` subclasses
 """
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (for a UserError that quotes it), or its type's name."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 class UserError(ValueError):
     """A mistake in what the user asked for; the message is one line."""
 

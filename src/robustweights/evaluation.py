@@ -19,7 +19,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import projected
-from .errors import UserError
+from .errors import UserError, one_line
 
 __all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers",
            "calibrate_bn", "reestimated_bn", "needs_calibration", "sweep_coverage", "training_coverage",
@@ -66,7 +66,7 @@ def first_forward(model: nn.Module, x: torch.Tensor):
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise UserError(f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) gives "
-                        f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+                        f"{type(e).__name__}: {one_line(e)[:300]}") from e
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from robustweights.errors import UserError
+from robustweights.errors import UserError, one_line
 
 # -----------------------------------------------------------------------------
 # registry
@@ -70,8 +70,7 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:  # other errors raised by the module are bugs: keep their traceback
-        reason = " ".join(str(e).split())  # the message must stay one line
-        raise UserError(f"cannot import module {module_name!r} for model {name!r} ({reason}); "
+        raise UserError(f"cannot import module {module_name!r} for model {name!r} ({one_line(e)}); "
                         f"check the name and that it is on PYTHONPATH") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):

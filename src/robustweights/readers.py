@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MNIST_CLASSES = [str(d) for d in range(10)]
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck"]
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 IDX_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

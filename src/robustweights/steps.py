@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from . import projected
-from .errors import UserError
+from .errors import UserError, one_line
 from .evaluation import as_logits, loss_fn
 
 __all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore"]
@@ -131,7 +131,7 @@ class GraphedStep:
                 self._capture(x, y)
             except RuntimeError as e:   # e.g. a model that reads a tensor on the host (.item(), an if on a value)
                 raise UserError(f"--cuda-graph: this training step cannot be recorded as a CUDA graph "
-                                f"({' '.join(str(e).split())[:300]}); train without --cuda-graph") from None
+                                f"({one_line(e)[:300]}); train without --cuda-graph") from None
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()

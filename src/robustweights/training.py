@@ -356,7 +356,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         test_split = data_mod.TensorSplit(test_split.x.to(device), test_split.y.to(device))
         if val_split is not None:
             val_split = data_mod.TensorSplit(val_split.x.to(device), val_split.y.to(device))
-    if config.cuda_graph and (not device.type == "cuda" or world > 1):
+    if config.cuda_graph and world > 1:   # (validate() refused it without a GPU)
         raise UserError("--cuda-graph needs one process on a GPU (not the CPU, not torchrun)")
     params, lr = model.parameters(), torch.tensor(config.lr, device=device) if config.cuda_graph else config.lr
     fused = {"fused": True} if device.type == "cuda" else {}   # one kernel for the whole Adam update (part 8)
