@@ -3,7 +3,8 @@
 # waits 30 s): CIFAR-10 travels in two parts (.gpu/a, .gpu/b; see benchmarks/gpu_cifar.py --pack).
 #
 #   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite;
-#       QUICK=1: only the CUDA graph's tests and batch-50 speed, about a minute, leaving the lease to training)
+#       QUICK=1: only the CUDA graph's tests and batch-50 speed, about a minute, leaving the lease to training;
+#       LEAN=1: eager speed at batch 50 only and no reduce-overhead compile, both measured in the first lease)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
 #       fused Adam) at batch 50, 100 and 200, eager and with the whole step as one CUDA graph (train
 #       --cuda-graph); 4 graphs on 4 streams; batch 50 compiled with reduce-overhead. Each has a time limit.
@@ -44,7 +45,8 @@ first)
     echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped')" \
         | tee -a "$OUT/machine.txt"
     [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
-    for b in "${BATCHES[@]}"; do
+    EAGER=("${BATCHES[@]}"); [ -n "${LEAN:-}" ] && EAGER=("${BATCHES[0]}")
+    for b in "${EAGER[@]}"; do
         timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
             --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     done
@@ -62,13 +64,15 @@ first)
             --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" \
             | tee -a "$OUT/speed.txt"
     fi
-    [ -n "${QUICK:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
+    [ -n "${QUICK:-}${LEAN:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
         reduce-overhead --fused "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign \
         2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     if [ -n "${SUITE:-}" ]; then  # the whole suite on this machine (about 3 minutes on an H200 machine)
-        timeout 240 "$PY" -m pytest tests --device "$DEV" -q -p no:cacheprovider -p no:logging \
-            --deselect tests/test_device.py --junitxml "$OUT/suite.xml" > "$OUT/suite.log" 2>&1
-        tail -40 "$OUT/suite.log"
+        # -v names each test as it starts; a test stuck for 60 s dumps every thread's stack into the log
+        timeout "${SUITE_S:-240}" "$PY" -m pytest tests --device "$DEV" -v -p no:cacheprovider -p no:logging \
+            -o faulthandler_timeout=60 --deselect tests/test_device.py --junitxml "$OUT/suite.xml" \
+            > "$OUT/suite.log" 2>&1
+        grep -v PASSED "$OUT/suite.log" | tail -40
     fi
     date -u | tee -a "$OUT/machine.txt"
     ;;
@@ -97,19 +101,24 @@ second)
             --set "epochs=$3" "${SETS[@]}" "${@:4}" 2>&1 | grep -v "it/s\]\|img/s\]" | tail -80 | tee -a "$OUT/log.txt"
         return "${PIPESTATUS[0]}"
     }
-    START=$SECONDS PAPER=/tmp/paper
+    # One folder per row and length: a later call of the same lease (the machine keeps /tmp while warm) with
+    # the same row and epochs resumes it; another row or length starts its own (reproduce refuses to mix).
+    START=$SECONDS
     if [ ${#GRAPH[@]} -gt 0 ]; then
-        run $((BUDGET - 10)) /tmp/paper "${EPOCHS:-$(epochs_for "$BUDGET" "$(cat /tmp/rate_graph)")}" "${GRAPH[@]}"
+        N=${EPOCHS:-$(epochs_for "$BUDGET" "$(cat /tmp/rate_graph)")}; PAPER=/tmp/paper-$ROW-$N-graph
+        run $((BUDGET - 10)) "$PAPER" "$N" "${GRAPH[@]}"
         rc=$?
-        if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 130 ]; then   # the graph failed on this network: eager
+        # the graph itself failed on this network (its one line names --cuda-graph, or a traceback): eager
+        if [ "$rc" = 1 ] || { [ "$rc" = 2 ] && tail -3 "$OUT/log.txt" | grep -q -- "--cuda-graph"; }; then
             LEFT=$((BUDGET - (SECONDS - START)))
             echo "exit $rc with cuda_graph: training eagerly in the $LEFT s left" | tee -a "$OUT/log.txt"
-            PAPER=/tmp/paper-eager
-            run $((LEFT - 10)) "$PAPER" "${EPOCHS:-$(epochs_for "$LEFT" "$RATE")}"
+            N=${EPOCHS:-$(epochs_for "$LEFT" "$RATE")}; PAPER=/tmp/paper-$ROW-$N-eager
+            run $((LEFT - 10)) "$PAPER" "$N"
             rc=$?
         fi
     else
-        run $((BUDGET - 10)) /tmp/paper "${EPOCHS:-$(epochs_for "$BUDGET" "$RATE")}"
+        N=${EPOCHS:-$(epochs_for "$BUDGET" "$RATE")}; PAPER=/tmp/paper-$ROW-$N-eager
+        run $((BUDGET - 10)) "$PAPER" "$N"
         rc=$?
     fi
     echo "exit $rc" | tee -a "$OUT/log.txt"

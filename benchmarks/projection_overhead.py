@@ -23,8 +23,10 @@ fresh cache folder unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -209,6 +211,8 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
 
 
 def main():
+    # killed by `timeout` (SIGTERM) on a GPU lease: print where every thread stood (a hang shows its place)
+    faulthandler.register(signal.SIGTERM, chain=True)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
     ap.add_argument("--projections", nargs="+", default=["sign", "stoch-sign", "stoch-mult:gamma=0.5"])

@@ -244,6 +244,22 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path):
         assert torch.equal(v, w), k
 
 
+def test_a_finished_run_asked_again_changes_nothing(tmp_path):
+    """Resuming a run that has finished (as `reproduce` does on a second call) trains nothing and rewrites
+    nothing: best.pt was re-saved with re-calibrated statistics, so a sweep made of it refused the folder
+    ("holds a sweep of another checkpoint"), seen on the GPU lease script's second call."""
+    config = rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=800, test_subset=200,
+                            val_size=200, projection="stoch-sign", epochs=2, batch_size=50, lr=3e-3,
+                            bn_calibrate=3, out=str(tmp_path / "run"))
+    first = rw.train(config, progress=False)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    again = rw.train(config, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == files
+    assert (again.best_epoch, again.test_error) == (first.best_epoch, first.test_error)
+    for (k, v), w in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 def test_hazards_of_part_9(tmp_path, monkeypatch, capsys):
     from conftest import run_main
     from robustweights.errors import Diverged

@@ -486,12 +486,17 @@ def _select_best(model, config, history, best_state, train_split, test_split, de
     re-estimated like the last one's if it needs it; its test error goes in the last metrics row."""
     best = max((h for h in history if h["val_error"] == min(r["val_error"] for r in history)),
                key=lambda h: h["epoch"])
+    row, kept = history[-1], {}
     if best_state is None:   # a resumed run: the best epoch's network is in best.pt
-        best_state = read_checkpoint(out / BEST)["model"] if out is not None and (out / BEST).is_file() else None
+        saved = read_checkpoint(out / BEST) if out is not None and (out / BEST).is_file() else {}
+        best_state, kept = saved.get("model"), saved.get("history") or [{}]
     if best_state is None:
         raise RuntimeError("the network of the best validation epoch was not kept")
     model.load_state_dict(best_state)
-    row = history[-1]
+    if len(kept) == len(history) and kept[-1].get("best_epoch") == best["epoch"]:
+        # a finished run asked again (reproduce's second call): best.pt is the final selection; rewrite nothing
+        row.update({k: kept[-1][k] for k in ("best_epoch", "best_val_error", "best_test_error")})
+        return model, best["epoch"]
     if config.bn_calibrate > 0 and needs_calibration(model):
         calibrate_bn(model, train_split, config.bn_calibrate, config.batch_size, device,
                      seed=derive_seed(config.seed, "calibrate"))
