@@ -7,9 +7,10 @@
 #       LEAN=1: eager speed at batch 50 only and no reduce-overhead compile, both measured in the first lease)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
 #       fused Adam) at batch 50, 100 and 200, eager and with the whole step as one CUDA graph (train
-#       --cuda-graph); 4 graphs on 4 streams; batch 50 compiled with reduce-overhead. Each has a time limit.
+#       --cuda-graph); 2 and 4 graphed networks at once, a thread each; batch 50 compiled with reduce-overhead. Each has a time limit.
 #   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
-#       unpacks CIFAR-10, trains ROW (default stoch-sign) with the paper recipe (`reproduce all --scale
+#       unpacks CIFAR-10, trains ROW (default stoch-sign; ROW=stoch-sign,sign trains both at once, a thread
+#       and a CUDA stream each) with the paper recipe (`reproduce all --scale
 #       paper`; with cuda_graph=true when call 1's graph tests passed, unless NO_GRAPH=1) shortened to the
 #       epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides; if the graph fails on this
 #       network, the time left trains it eagerly), then
@@ -59,10 +60,14 @@ first)
         done
         cat "$OUT/graph.txt" >> "$OUT/speed.txt"
         awk '$1=="stoch-sign"{print $5; exit}' "$OUT/graph.txt" > /tmp/rate_graph
-        # several rows at once: 4 graphed networks replayed on 4 CUDA streams against one (part 8's other lever)
-        timeout 90 "$PY" benchmarks/projection_overhead.py --cuda-graph --concurrent 4 "${SIZE[@]}" \
-            --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" \
-            | tee -a "$OUT/speed.txt"
+        # several rows at once (reproduce's rows_at_once): 2 and 4 graphed networks, a thread and a CUDA stream
+        # each, against one; the stoch-sign gain sizes call 2 when it trains several rows
+        for n in 2 4; do
+            timeout 60 "$PY" benchmarks/projection_overhead.py --cuda-graph --concurrent $n --threads "${SIZE[@]}" \
+                --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" \
+                | tee "/tmp/together$n" | tee -a "$OUT/speed.txt"
+            awk '$1=="stoch-sign"{print $4; exit}' "/tmp/together$n" > "/tmp/gain$n"
+        done
     fi
     [ -n "${QUICK:-}${LEAN:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
         reduce-overhead --fused "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign \
@@ -78,8 +83,9 @@ first)
     ;;
 second)
     BUDGET=${BUDGET:?set BUDGET, the seconds this call may take}
-    ROW=${ROW:-stoch-sign}
-    SETS=(--set "rows=$ROW" --set checkpoint_every=5)
+    ROW=${ROW:-stoch-sign}   # or several, comma-separated: trained at once (rows_at_once), one thread each
+    NROWS=$(echo "$ROW" | tr ',' '\n' | wc -l)
+    SETS=(--set "rows=$ROW" --set checkpoint_every=5 --set "rows_at_once=$NROWS")
     if [ -n "${CPU:-}" ]; then  # smoke test: a sliver of the recipe on Fashion-MNIST's demo subset
         SETS+=(--set model=cnn --set width=0.25 --set dataset=demo --set val_size=500 --set preprocess=standardize)
     else
@@ -91,10 +97,14 @@ second)
     if [ -f /tmp/graph_ok ] && [ -s /tmp/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then  # the graph works: use it
         GRAPH=(--set cuda_graph=true)
     fi
-    # Epochs that fit: 45,000 images at the benchmark's rate plus a fifth (batches, lr, bookkeeping) and 1 s of
-    # evaluation each, 60 s kept for start, ZCA, the sweep and the send-back (the first lease: 7.5 s an epoch at
-    # a benchmark rate of 5,921 img/s, 33 s besides training).
-    epochs_for() { "$PY" -c "print(max(1, min(500, int(($1 - 60) / (45000 / $2 * 1.2 + 1)))))"; }
+    # Epochs that fit: 45,000 images at the benchmark's rate plus a tenth, 0.4 s of evaluation an epoch, 50 s
+    # kept for start, data and ZCA and 10 s a row for its sweep. With NROWS rows at once, a row's rate is the
+    # rate times the gain call 1 measured for 2 or 4 graphed networks at once, over NROWS (eager: no gain).
+    # Measured: eager 7.5 s an epoch at a benchmark rate of 5,921 img/s (first lease); graph 2.0 s at 27,875.
+    GAIN=1
+    if [ "$NROWS" -gt 1 ]; then G=/tmp/gain4; [ "$NROWS" -lt 4 ] && G=/tmp/gain2; GAIN=$(cat $G 2>/dev/null); fi
+    epochs_for() { "$PY" -c "r = $2 * ${3:-1} / $NROWS
+print(max(1, min(500, int(($1 - 50 - 10 * $NROWS) / (45000 / r * 1.1 + 0.4)))))"; }
     run() {  # run SECONDS FOLDER EPOCHS [--set ...]
         echo "$(date -u): $3 epochs of $ROW in at most $1 s, ${*:4}" | tee -a "$OUT/log.txt"
         timeout --signal=INT "$1" "$PY" -m robustweights reproduce all --scale paper --out "$2" --quiet \
@@ -105,19 +115,19 @@ second)
     # the same row and epochs resumes it; another row or length starts its own (reproduce refuses to mix).
     START=$SECONDS
     if [ ${#GRAPH[@]} -gt 0 ]; then
-        N=${EPOCHS:-$(epochs_for "$BUDGET" "$(cat /tmp/rate_graph)")}; PAPER=/tmp/paper-$ROW-$N-graph
+        N=${EPOCHS:-$(epochs_for "$BUDGET" "$(cat /tmp/rate_graph)" "$GAIN")}; PAPER=/tmp/paper-${ROW//,/+}-$N-graph
         run $((BUDGET - 10)) "$PAPER" "$N" "${GRAPH[@]}"
         rc=$?
         # the graph itself failed on this network (its one line names --cuda-graph, or a traceback): eager
         if [ "$rc" = 1 ] || { [ "$rc" = 2 ] && tail -3 "$OUT/log.txt" | grep -q -- "--cuda-graph"; }; then
             LEFT=$((BUDGET - (SECONDS - START)))
             echo "exit $rc with cuda_graph: training eagerly in the $LEFT s left" | tee -a "$OUT/log.txt"
-            N=${EPOCHS:-$(epochs_for "$LEFT" "$RATE")}; PAPER=/tmp/paper-$ROW-$N-eager
+            N=${EPOCHS:-$(epochs_for "$LEFT" "$RATE")}; PAPER=/tmp/paper-${ROW//,/+}-$N-eager
             run $((LEFT - 10)) "$PAPER" "$N"
             rc=$?
         fi
     else
-        N=${EPOCHS:-$(epochs_for "$BUDGET" "$RATE")}; PAPER=/tmp/paper-$ROW-$N-eager
+        N=${EPOCHS:-$(epochs_for "$BUDGET" "$RATE")}; PAPER=/tmp/paper-${ROW//,/+}-$N-eager
         run $((BUDGET - 10)) "$PAPER" "$N"
         rc=$?
     fi

@@ -4,6 +4,7 @@
     python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
     python benchmarks/projection_overhead.py --compile           # torch.compile against eager, per projection
     python benchmarks/projection_overhead.py --concurrent 4      # 4 networks stepped together against one
+    python benchmarks/projection_overhead.py --cuda-graph --concurrent 4 --threads   # as rows_at_once=4 (GPU)
     python benchmarks/projection_overhead.py --cuda-graph        # eager against the step as one CUDA graph (GPU)
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import robustweights as rw  # noqa: E402
+from robustweights.distributed import run_together  # noqa: E402
 from robustweights.projected import clip_  # noqa: E402
 
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # cold compile times
@@ -171,7 +173,7 @@ def bench_graph(model_name, width, projections, batch, rounds, per_round, device
 
 
 def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
-                     compile=False, compile_mode=None, fused=False, cuda_graph=False):
+                     compile=False, compile_mode=None, fused=False, cuda_graph=False, threads=False):
     """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
     process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves the GPU
     idle enough that several rows at once pay (part 8). On a CPU the copies simply take turns."""
@@ -184,6 +186,9 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
         streams = [torch.cuda.Stream(device) for _ in steps] if cuda else [None] * copies
 
         def together(n=copies):
+            if threads:   # as reproduce's rows_at_once trains them: a thread and a CUDA stream each
+                run_together([lambda stop, s=s: [s() for _ in range(per_round)] for s in steps[:n]], n, device)
+                return
             for st, s in zip(streams[:n], steps[:n]):
                 if cuda:
                     st.wait_stream(torch.cuda.current_stream(device))
@@ -196,10 +201,13 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
                     torch.cuda.current_stream(device).wait_stream(st)
                 torch.cuda.synchronize(device)
 
-        times = timed_rounds({"one": lambda: together(1), "all": together}, rounds, per_round)
+        # with threads each call of `together` makes per_round steps of every copy (timed as one)
+        times = timed_rounds({"one": lambda: together(1), "all": together}, rounds, 1 if threads else per_round)
+        if threads:
+            times = {k: [t / per_round for t in v] for k, v in times.items()}
         one, both = statistics.median(times["one"]), statistics.median(times["all"])
         out[p] = {"one_img_s": batch / one, "all_img_s": copies * batch / both}
-    how = (", each step one CUDA graph" if cuda_graph else
+    how = (" in threads (run_together)" if threads else "") + (", each step one CUDA graph" if cuda_graph else
            f", torch.compile mode={compile_mode or 'default'}" if compile else ", eager")
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
           f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
@@ -232,6 +240,8 @@ def main():
                     help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)")
     ap.add_argument("--concurrent", type=int, default=0, metavar="N",
                     help="images/s of N networks stepped together (one CUDA stream each) against one alone")
+    ap.add_argument("--threads", action="store_true",
+                    help="with --concurrent: each network in its own thread, as reproduce's rows_at_once trains rows")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.cuda_graph and device.type != "cuda":
@@ -244,7 +254,8 @@ def main():
         if args.concurrent:
             bench_concurrent(m, args.width or width, args.projections, args.batch or batch, args.rounds,
                              args.per_round, device, args.concurrent, amp=args.amp, compile=args.compile,
-                             compile_mode=args.compile_mode, fused=args.fused, cuda_graph=args.cuda_graph)
+                             compile_mode=args.compile_mode, fused=args.fused, cuda_graph=args.cuda_graph,
+                             threads=args.threads)
             continue
         run = bench_graph if args.cuda_graph else bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,

@@ -198,3 +198,22 @@ def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(device, t
     assert resumed.history[0]["train_loss"] == pytest.approx(graphed.history[0]["train_loss"], rel=1e-6)
     assert resumed.history[1]["train_loss"] == pytest.approx(graphed.history[1]["train_loss"], rel=2e-2)
     assert abs(resumed.test_error - graphed.test_error) <= 0.03
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_rows_trained_at_once_in_threads_train_as_they_do_one_by_one(device, graph):
+    """run_together (reproduce's rows_at_once): trainings in threads, each on its own CUDA stream, with or
+    without --cuda-graph (captures in thread_local mode, one at a time), end as the same trainings one by one."""
+    from robustweights.distributed import run_together
+    if graph and device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    configs = [rw.TrainConfig(model="cnn", width=0.25, dataset="demo", train_subset=620, test_subset=300, seed=s,
+                              projection=p, epochs=2, batch_size=50, lr=3e-3, device=str(device), cuda_graph=graph)
+               for s, p in [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]]
+    alone = [rw.train(c, progress=False) for c in configs]
+    together = run_together([lambda stop, c=c: rw.train(c, progress=False) for c in configs], 3, device)
+    for a, b in zip(alone, together):
+        assert [h["train_loss"] for h in b.history] == pytest.approx([h["train_loss"] for h in a.history], rel=1e-4)
+        assert b.test_error == pytest.approx(a.test_error, abs=0.01)
+        if device.type == "cpu":   # the same operations in the same order: bit for bit
+            assert all(torch.equal(v, w) for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values()))

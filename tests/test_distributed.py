@@ -339,3 +339,49 @@ def test_more_processes_than_gpus_on_a_machine_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "1")
     code, out, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1")
     assert code == 2 and "no GPU of its own" in one_error_line(err) and "--nproc-per-node 1" in err
+
+
+def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c():
+    """Several trainings at once in one process (reproduce's rows_at_once): results in the jobs' order; a failing
+    job stops the queue and its error is raised; Ctrl-C asks the running jobs to stop and is raised after them."""
+    import _thread
+    import time
+
+    from robustweights.distributed import Stopped, run_together
+
+    assert run_together([lambda stop, i=i: (time.sleep(0.01 * (3 - i)), i)[1] for i in range(4)], 3) == [0, 1, 2, 3]
+
+    started = []
+
+    def job(i):
+        def run(stop):
+            started.append(i)
+            if i == 1:
+                raise rw.UserError("row 1 went wrong")
+            time.sleep(0.05)
+            return i
+        return run
+
+    with pytest.raises(rw.UserError, match="row 1 went wrong"):
+        run_together([job(i) for i in range(6)], 2)
+    assert sorted(started) == [0, 1, 2] or sorted(started) == [0, 1]   # no new job starts after a failure
+
+    ended = []
+
+    def endless(i):
+        def run(stop):
+            if i == 0:
+                time.sleep(0.1)
+                _thread.interrupt_main()   # as Ctrl-C in the calling thread
+            try:
+                while True:
+                    time.sleep(0.01)
+                    stop()
+            except Stopped:
+                ended.append(i)
+                raise
+        return run
+
+    with pytest.raises(KeyboardInterrupt):
+        run_together([endless(i) for i in range(4)], 2)
+    assert sorted(ended) == [0, 1]   # both running jobs stopped at their next check; the queued ones never ran

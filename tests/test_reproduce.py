@@ -288,3 +288,19 @@ def test_a_preset_is_typed_and_set_reads_values_by_the_field_type():
         rp.resolve_preset("tiny", ["val_size=lots"])
     assert isinstance(rp.PRESETS["paper"], rp.Preset) and rp.PRESETS["paper"].epochs == 500
     assert "paper" in rp.describe() and all(name in rp.describe() for name in rp.EXPERIMENTS)
+
+
+def test_rows_trained_at_once_give_the_numbers_of_rows_trained_in_turn(tmp_path):
+    """rows_at_once=3: the three rows train together in threads (on a GPU, one CUDA stream each); on the CPU the
+    same operations in the same order, so the same weights bit for bit and the same claims."""
+    import torch
+    sets = {"dataset": "demo", "train_subset": 1500, "test_subset": 300, "epochs": 2}
+    one = rw.reproduce("stoch-proj", "tiny", tmp_path / "one", sets, progress=False)
+    three = rw.reproduce("stoch-proj", "tiny", tmp_path / "three", {**sets, "rows_at_once": 3}, progress=False)
+    assert one["claims"] == three["claims"]
+    for row in ("stoch-mult", "sign", "stoch-sign"):
+        a, b = (torch.load(tmp_path / d / "train" / row / "checkpoint.pt", weights_only=True)["model"]
+                for d in ("one", "three"))
+        assert all(torch.equal(a[k], b[k]) for k in a), row
+    with pytest.raises(rw.UserError, match="rows_at_once must be at least 1"):
+        rp.resolve_preset("tiny", ["rows_at_once=0"])

@@ -21,11 +21,16 @@ a step, 4.4-5.2 times the eager rate: docs/results/benchmarks/gpu_graph_h200.txt
 
 Not with ``--compile`` (the graph already holds the whole step), nor under
 ``torchrun`` (DistributedDataParallel's communication is not captured here).
+Several graphed trainings may run at once in threads of one process (each
+thread on its own CUDA stream, :func:`robustweights.distributed.run_together`):
+each captures on its own stream, in ``thread_local`` error mode (another
+thread's work does not break a capture), one capture at a time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import torch
@@ -107,6 +112,9 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, save
         g.set_state(s)
 
 
+_CAPTURING = threading.Lock()   # one capture at a time in this process (torch.cuda.graph empties the cache first)
+
+
 class GraphedStep:
     """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its first full
     batch and replayed for every batch of that size; see the module docstring."""
@@ -139,6 +147,10 @@ class GraphedStep:
         return self.out
 
     def _capture(self, x: Tensor, y: Tensor) -> None:
+        with _CAPTURING:
+            self._capture_now(x, y)
+
+    def _capture_now(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x.clone(), y.clone()
         saved = snapshot(self.model, self.opt, self.generators)
         side = torch.cuda.Stream()
@@ -153,5 +165,6 @@ class GraphedStep:
         for g in self.generators:
             if g.device.type == "cuda":
                 self.graph.register_generator_state(g)
-        with torch.cuda.graph(self.graph):
+        # its own capture stream (torch.cuda.graph's default one is shared by every graph of the process)
+        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             self.out = self.step(self.x, self.y)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,9 @@ def _calibrate_at_end(model, config, history, train_split, test_split, device, p
     return train_bn
 
 
+_SETUP = threading.Lock()
+
+
 def _train(config, resume, progress, callback, model_factory, data, rank, world, device) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -334,9 +338,10 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         error = e
     state = agree(error, state, rank, world)
     gen = torch.Generator(device=device)
-    model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
-    model.to(device)
-    cov = training_coverage(model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})")
+    with _SETUP:   # seeds the global random state, counts reads process-wide: one at a time (run_together)
+        model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
+        model.to(device)
+        cov = training_coverage(model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})")
     if progress:
         print(cov["summary"])
     if config.channels_last:

@@ -51,6 +51,7 @@ import torch
 
 from . import claims
 from .claims import COLUMNS, PARAM, REFERENCE
+from ..distributed import run_together
 from ..errors import UserError
 from ..results import claims_markdown
 from ..runs import git_commit, machine, now, write_text
@@ -136,6 +137,7 @@ class Preset:
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool = False          # train --cuda-graph (robustweights.steps)
+    rows_at_once: int = 1             # rows trained together, in threads (a GPU that one row leaves idle)
     clip: str = "glorot"              # a number, glorot or none
     preprocess: str = "standardize"
     power_beta: float = 0.5           # the power row's training beta
@@ -179,7 +181,7 @@ PRESETS = {
 PRESETS["paper"] = dataclasses.replace(PRESETS["gpu"], epochs=500, val_size=5000, checkpoint_every=25,
                                        rows="stoch-sign,sign,stoch-mult,identity")
 # Keys whose change alters no number: a rerun may change them.
-_RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every")
+_RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every", "rows_at_once")
 
 
 # ---------------------------------------------------------------------------
@@ -233,8 +235,8 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
         if k not in preset:
             raise UserError(f"--set {k}: no such key; keys: {', '.join(sorted(preset))}")
         preset[k] = _parse_value(k, v, kinds[k]) if isinstance(v, str) else v
-    if preset["trials"] < 1 or preset["bn_calibrate"] < 0 or preset["bn_reestimate"] < 0:
-        raise UserError("trials must be at least 1, bn_calibrate and bn_reestimate 0 or more")
+    if min(preset["trials"], preset["rows_at_once"]) < 1 or min(preset["bn_calibrate"], preset["bn_reestimate"]) < 0:
+        raise UserError("trials and rows_at_once must be at least 1, bn_calibrate and bn_reestimate 0 or more")
     if preset["on"] not in ("hidden", "projected"):
         raise UserError(f"on must be hidden or projected, not {preset['on']!r}")
     if preset["rows"] is not None:
@@ -404,23 +406,35 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
 
     t0 = time.perf_counter()
     data = load_config_data(configs[rows[0]])      # every row trains and tests on the same data: load once
-    trained = {}
-    for i, row in enumerate(rows):
+    at_once = min(preset["rows_at_once"], len(rows))
+
+    def train_row(i, row, stop=None):
         cfg = configs[row]
-        done = _finished(cfg)
         say(f"[train {i + 1}/{len(rows)}] {row}: {cfg.projection} ({cfg.mode}), clip {cfg.clip}, {cfg.epochs} epochs"
-            + (" (already trained)" if done else ""), flush=True)
+            + (" (already trained)" if _finished(cfg) else "") + (f", {at_once} rows at once" if stop else ""),
+            flush=True)
         resume = (Path(cfg.out) / "checkpoint.pt").exists()
+
+        def each_epoch(epoch, h):   # rows trained together: one line an epoch each instead of progress bars
+            say(f"  {row} epoch {epoch}/{cfg.epochs}: test error {h['test_error']:.2%}, {h['images_per_second']:.0f} "
+                f"img/s", flush=True)
+            stop()
         try:
-            r = train(cfg, resume=resume, progress=progress, data=data)
+            r = train(cfg, resume=resume, progress=progress and not stop, data=data, callback=stop and each_epoch)
         except UserError as e:
             if resume and "cannot resume" in str(e):
                 raise UserError(f"{cfg.out} was trained with other settings: {e}") from None
             raise
-        trained[row] = {"test_error": r.test_error, "epochs": len(r.history),
-                        "train_seconds": sum(h["seconds"] for h in r.history),
-                        "test_weights": r.history[-1]["test_weights"] if r.history else None,
-                        "test_error_stored_bn": r.history[-1].get("test_error_stored_bn") if r.history else None}
+        return {"test_error": r.test_error, "epochs": len(r.history),
+                "train_seconds": sum(h["seconds"] for h in r.history),
+                "test_weights": r.history[-1]["test_weights"] if r.history else None,
+                "test_error_stored_bn": r.history[-1].get("test_error_stored_bn") if r.history else None}
+
+    if at_once > 1:   # threads, one CUDA stream each (robustweights.distributed.run_together)
+        jobs = [lambda stop, i=i, row=row: train_row(i, row, stop) for i, row in enumerate(rows)]
+        trained = dict(zip(rows, run_together(jobs, at_once, configs[rows[0]].device)))
+    else:
+        trained = {row: train_row(i, row) for i, row in enumerate(rows)}
 
     sweeps = {}
     distortions = [column_spec(preset, c) for c in cols]
