@@ -4,10 +4,12 @@
 #
 #   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite;
 #       QUICK=1: only the CUDA graph's tests and batch-50 speed, about a minute, leaving the lease to training;
-#       LEAN=1: eager speed at batch 50 only and no reduce-overhead compile, both measured in the first lease)
+#       LEAN=1: batch 50 only and no reduce-overhead compile: the rest was measured in the first two leases)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
 #       fused Adam) at batch 50, 100 and 200, eager and with the whole step as one CUDA graph (train
-#       --cuda-graph); 2 and 4 graphed networks at once, a thread each; batch 50 compiled with reduce-overhead. Each has a time limit.
+#       --cuda-graph); 2 and 4 graphed networks at once, a thread each (rows_at_once); the graph with
+#       cudnn.benchmark and with the model through torch.compile first; where an eager step's time goes
+#       (torch.profiler); batch 50 compiled with reduce-overhead. Each has a time limit.
 #   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
 #       unpacks CIFAR-10, trains ROW (default stoch-sign; ROW=stoch-sign,sign trains both at once, a thread
 #       and a CUDA stream each) with the paper recipe (`reproduce all --scale
@@ -46,8 +48,8 @@ first)
     echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped')" \
         | tee -a "$OUT/machine.txt"
     [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
-    EAGER=("${BATCHES[@]}"); [ -n "${LEAN:-}" ] && EAGER=("${BATCHES[0]}")
-    for b in "${EAGER[@]}"; do
+    [ -n "${LEAN:-}" ] && BATCHES=("${BATCHES[0]}")
+    for b in "${BATCHES[@]}"; do
         timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
             --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     done
@@ -68,6 +70,15 @@ first)
                 | tee "/tmp/together$n" | tee -a "$OUT/speed.txt"
             awk '$1=="stoch-sign"{print $4; exit}' "/tmp/together$n" > "/tmp/gain$n"
         done
+        if [ -z "${QUICK:-}" ]; then   # levers on one row's batch-50 step, and where its time goes
+            timeout 60 "$PY" benchmarks/projection_overhead.py --cuda-graph --cudnn-benchmark "${SIZE[@]}" --batch \
+                "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
+            timeout 150 "$PY" benchmarks/projection_overhead.py --cuda-graph --compile "${SIZE[@]}" --batch \
+                "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
+            timeout 60 "$PY" benchmarks/projection_overhead.py --profile "${SIZE[@]}" --batch "${BATCHES[0]}" --amp \
+                --fused --projections sign stoch-sign 2>&1 | grep -v "^W1\|USDT" > "$OUT/profile.txt"
+            grep "ms of" "$OUT/profile.txt"
+        fi
     fi
     [ -n "${QUICK:-}${LEAN:-}" ] || timeout 120 "$PY" benchmarks/projection_overhead.py --compile --compile-mode \
         reduce-overhead --fused "${SIZE[@]}" --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign \

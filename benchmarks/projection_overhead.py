@@ -6,6 +6,8 @@
     python benchmarks/projection_overhead.py --concurrent 4      # 4 networks stepped together against one
     python benchmarks/projection_overhead.py --cuda-graph --concurrent 4 --threads   # as rows_at_once=4 (GPU)
     python benchmarks/projection_overhead.py --cuda-graph        # eager against the step as one CUDA graph (GPU)
+    python benchmarks/projection_overhead.py --cuda-graph --compile --cudnn-benchmark   # inductor, then captured
+    python benchmarks/projection_overhead.py --profile           # where an eager step's time goes (top kernels)
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
 inputs of the model's natural size (the data does not change the cost). The
@@ -61,7 +63,8 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
     if cuda_graph:  # the whole step (forward, backward, Adam, clip) as one CUDA graph: train --cuda-graph
         from robustweights.steps import GraphedStep, make_step as train_step
         opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True, capturable=True)
-        graphed = GraphedStep(train_step(model, model, opt, "ce", amp=amp, channels_last=amp, device=device,
+        net = torch.compile(model, mode=compile_mode) if compile else model   # inductor's kernels, then captured
+        graphed = GraphedStep(train_step(model, net, opt, "ce", amp=amp, channels_last=amp, device=device,
                                          graphed=True), model, opt, [gen])
 
         def step():
@@ -150,12 +153,16 @@ def bench_compile(model_name, width, projections, batch, rounds, per_round, devi
     return out
 
 
-def bench_graph(model_name, width, projections, batch, rounds, per_round, device, amp=False, **_):
-    """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph."""
+def bench_graph(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile=False,
+                compile_mode=None, **_):
+    """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph (with
+    ``compile``: the model's forward and backward through torch.compile first, then captured)."""
     times = {}
     for p in ["identity", *projections]:
+        torch._dynamo.reset()
         eager = make_step(model_name, width, p, batch, device, amp=amp, fused=True)
-        graphed = make_step(model_name, width, p, batch, device, amp=amp, cuda_graph=True)
+        graphed = make_step(model_name, width, p, batch, device, amp=amp, cuda_graph=True, compile=compile,
+                            compile_mode=compile_mode)
         t = time.perf_counter()
         graphed()  # warm-up and capture
         capture = time.perf_counter() - t
@@ -163,13 +170,43 @@ def bench_graph(model_name, width, projections, batch, rounds, per_round, device
                                                                per_round).items()}
         times[p] = (med["eager"], med["graph"], capture)
     print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-          f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph), "
+          f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph"
+          f"{', the model through torch.compile first' if compile else ''}"
+          f"{', cudnn.benchmark' if torch.backends.cudnn.benchmark else ''}), "
           f"median of {rounds} rounds of {per_round} steps")
     print(f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} {'graph img/s':>12} "
           f"{'capture s':>10}")
     for p, (e, g, c) in times.items():
         print(f"  {p:<24} {e * 1e3:9.2f} {batch / e:12.0f} {g * 1e3:9.2f} {batch / g:12.0f} {c:10.1f}")
     return times
+
+
+def bench_profile(model_name, width, projections, batch, device, amp=False, fused=False, steps=20, top=12):
+    """Where an eager step's time goes: torch.profiler over ``steps`` steps, the kernels (or CPU ops) that take
+    the most time, and the device time a step against its wall time (launch-bound when much smaller)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    for p in ["identity", *projections]:
+        step = make_step(model_name, width, p, batch, device, amp=amp, fused=fused, sync=False)
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            for _ in range(steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / steps
+        events = prof.key_averages()
+        if cuda and events and hasattr(events[0], "self_device_time_total"):   # the name in newer torch
+            key = "self_device_time_total"
+        own = [getattr(e, key) for e in events]
+        print(f"\n{model_name} width {width}, batch {batch}, {p}: {sum(own) / steps / 1e3:.2f} ms of "
+              f"{'kernels' if cuda else 'CPU ops'} a step, {wall * 1e3:.2f} ms a step with the profiler")
+        print(events.table(sort_by=key, row_limit=top, max_name_column_width=60))
 
 
 def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
@@ -240,10 +277,15 @@ def main():
                     help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)")
     ap.add_argument("--concurrent", type=int, default=0, metavar="N",
                     help="images/s of N networks stepped together (one CUDA stream each) against one alone")
+    ap.add_argument("--profile", action="store_true",
+                    help="where an eager step's time goes (torch.profiler: the top kernels, device time a step)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each conv shape)")
     ap.add_argument("--threads", action="store_true",
                     help="with --concurrent: each network in its own thread, as reproduce's rows_at_once trains rows")
     args = ap.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.cuda_graph and device.type != "cuda":
         sys.exit("--cuda-graph needs a CUDA device (a CUDA graph is a GPU's)")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
@@ -257,7 +299,15 @@ def main():
                              compile_mode=args.compile_mode, fused=args.fused, cuda_graph=args.cuda_graph,
                              threads=args.threads)
             continue
-        run = bench_graph if args.cuda_graph else bench_compile if args.compile else bench
+        if args.profile:
+            bench_profile(m, args.width or width, args.projections, args.batch or batch, device, amp=args.amp,
+                          fused=args.fused)
+            continue
+        if args.cuda_graph:
+            bench_graph(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round,
+                        device, amp=args.amp, compile=args.compile, compile_mode=args.compile_mode)
+            continue
+        run = bench_compile if args.compile else bench
         run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
             amp=args.amp, compile_mode=args.compile_mode, fused=args.fused)
 

@@ -201,7 +201,7 @@ def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(device, t
 
 
 @pytest.mark.parametrize("graph", [False, True])
-def test_rows_trained_at_once_in_threads_train_as_they_do_one_by_one(device, graph):
+def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one_by_one(device, graph):
     """run_together (reproduce's rows_at_once): trainings in threads, each on its own CUDA stream, with or
     without --cuda-graph (captures in thread_local mode, one at a time), end as the same trainings one by one."""
     from robustweights.distributed import run_together

@@ -284,7 +284,7 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
     assert not list(killed.glob("results.rank*"))
 
 
-def _launchers(tmp_path, nodes, argv, timeout=240):
+def _launchers(tmp_path, nodes, argv, timeout=120):
     """Run ``torchrun --nnodes NODES --nproc-per-node 1 --rdzv-backend c10d ... -m robustweights ARGV`` once per
     node, all on this machine (the README's several-machines command with 127.0.0.1 as the endpoint)."""
     import shutil
@@ -297,7 +297,13 @@ def _launchers(tmp_path, nodes, argv, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
              for _ in range(nodes)]
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:   # (about 12 s here): a stuck rendezvous fails with what the launchers said
+        for p in procs:
+            p.kill()
+        said = "\n---\n".join(p.communicate()[0][-3000:] for p in procs)
+        pytest.fail(f"torchrun launchers still running after {timeout} s (hostname {socket.gethostname()!r}):\n{said}")
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
     return outs
