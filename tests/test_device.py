@@ -49,6 +49,10 @@ def test_every_transform_on_the_device(device, name):
     assert torch.equal(a, b) and torch.equal(w, before)
     if t.random:
         assert not torch.equal(a, t(w, torch.Generator(device=device).manual_seed(2)))
+    else:   # the CPU's numbers (exactly where only comparisons, +-H and exact arithmetic are involved)
+        cpu = t(w.cpu(), None).to(device)
+        assert torch.equal(a, cpu) if name in ("identity", "sign", "ternary", "quant", "clip") else \
+            torch.allclose(a, cpu, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["fwd+bwd", "fwd", "none"])

@@ -273,3 +273,17 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
     assert param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
     with pytest.raises(UserError, match="needs letters"):
         rw.register_transform("bad:name")
+
+
+def test_plus_minus_H_by_where_is_the_arithmetic_on_the_mask_bit_for_bit():
+    """transforms._pm: off the CPU torch.where (one kernel), on it arithmetic on the mask; the same numbers for
+    H a number (rounded to float32 either way) or a 0-dim tensor (scale=max), which sign, stoch-sign and
+    stoch-mult's flip rest on."""
+    from robustweights.transforms import _pm
+    mask = torch.rand(1000) < 0.5
+    for H in (1, 0.0589, 1 / 3, 7.25e-5, torch.tensor(0.123456789), torch.rand(5).amax()):
+        by_where, by_arithmetic = _pm(mask, H, torch.float32, where=True), _pm(mask, H, torch.float32, where=False)
+        assert by_where.dtype == by_arithmetic.dtype == torch.float32 and torch.equal(by_where, by_arithmetic)
+    for dtype in (torch.float64, torch.bfloat16):   # not the default dtype: arithmetic in that dtype
+        assert torch.equal(_pm(mask, 1 / 3, dtype, where=True), _pm(mask, 1 / 3, dtype, where=False))
+        assert _pm(mask, 1 / 3, dtype, where=True).dtype == dtype
