@@ -287,3 +287,15 @@ def test_plus_minus_H_by_where_is_the_arithmetic_on_the_mask_bit_for_bit():
     for dtype in (torch.float64, torch.bfloat16):   # not the default dtype: arithmetic in that dtype
         assert torch.equal(_pm(mask, 1 / 3, dtype, where=True), _pm(mask, 1 / 3, dtype, where=False))
         assert _pm(mask, 1 / 3, dtype, where=True).dtype == dtype
+
+
+def test_stoch_sign_is_the_textbook_rule_on_the_same_draws_bit_for_bit():
+    """stoch-sign computes (u - 0.5) 2H < W (one op less than (2u - 1) H < W, the same rounding): +H exactly
+    where BinaryConnect's rule u < clip((W/H + 1)/2, 0, 1) says, on the generator's own draws."""
+    torch.manual_seed(0)
+    w = torch.randn(200_000) * 0.05
+    for H in (0.0589, 1 / 3, 1.0):
+        u = torch.rand(w.shape, generator=torch.Generator().manual_seed(4))
+        textbook = torch.where((2 * u - 1) * H < w, torch.tensor(H), torch.tensor(-H))
+        got = transform(f"stoch-sign:scale={H}")(w, torch.Generator().manual_seed(4))
+        assert torch.equal(got, textbook)
