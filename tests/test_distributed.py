@@ -293,8 +293,11 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     cmd = [torchrun, "--nnodes", str(nodes), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test", "-m", "robustweights", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test", "--local-addr", "127.0.0.1",
+           "-m", "robustweights", *argv]
+    # Loopback only: by default torchrun and gloo find this machine by its hostname, which a sandbox (the GPU
+    # machines lent to this project) may not resolve to a reachable address.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
              for _ in range(nodes)]
     try:
