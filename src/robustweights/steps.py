@@ -40,7 +40,7 @@ from . import projected
 from .errors import UserError, one_line
 from .evaluation import as_logits, loss_fn
 
-__all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore"]
+__all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore", "EXCLUSIVE"]
 
 
 def make_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, loss: str, *, amp: bool,
@@ -112,7 +112,10 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, save
         g.set_state(s)
 
 
-_CAPTURING = threading.Lock()   # one capture at a time in this process (torch.cuda.graph empties the cache first)
+# Work that touches process-wide state, one thread at a time (run_together): a capture (torch.cuda.graph
+# synchronises, empties the cache, takes the default generator) and a training's set-up (seeds the global random
+# state, counts attribute reads process-wide; robustweights.training).
+EXCLUSIVE = threading.Lock()
 
 
 class GraphedStep:
@@ -147,7 +150,7 @@ class GraphedStep:
         return self.out
 
     def _capture(self, x: Tensor, y: Tensor) -> None:
-        with _CAPTURING:
+        with EXCLUSIVE:
             self._capture_now(x, y)
 
     def _capture_now(self, x: Tensor, y: Tensor) -> None:

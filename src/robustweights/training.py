@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from .evaluation import (bn_layers, calibrate_bn, evaluate_split, needs_calibrat
                          training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
-from .steps import GraphedStep, lr_at, make_step, set_lr
+from .steps import EXCLUSIVE, GraphedStep, lr_at, make_step, set_lr
 from .transforms import transform
 
 def _opt(help: str, choices=None, **kw):
@@ -317,9 +316,6 @@ def _calibrate_at_end(model, config, history, train_split, test_split, device, p
     return train_bn
 
 
-_SETUP = threading.Lock()
-
-
 def _train(config, resume, progress, callback, model_factory, data, rank, world, device) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -338,7 +334,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         error = e
     state = agree(error, state, rank, world)
     gen = torch.Generator(device=device)
-    with _SETUP:   # seeds the global random state, counts reads process-wide: one at a time (run_together)
+    with EXCLUSIVE:   # seeds the global random state, counts reads process-wide: one at a time (run_together)
         model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
         model.to(device)
         cov = training_coverage(model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})")
