@@ -1,6 +1,7 @@
 """Training end to end on real data, checkpoints, resume, divergence, load and evaluate."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -303,3 +304,37 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
     assert resumed.best_epoch == whole.best_epoch and resumed.test_error == whole.test_error
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_binaryconnect_init_draws_each_clipped_weight_uniformly_over_its_clip_range():
+    """init=uniform (the gpu and paper presets): BinaryConnect's hidden weights start uniform in [-H, H] (its H = 1
+    and [-1, 1] with Glorot-scaled rates, up to scale); PyTorch's default init instead leaves 81% of bc-vgg's first
+    conv (full width) beyond the bound, clipped there at the first step. Unclipped parameters: as before."""
+    from robustweights.training import build_model
+
+    def model(**kw):
+        return build_model(rw.TrainConfig(model="bc-vgg", width=0.25, projection="sign", clip="glorot", **kw), 10,
+                           (3, 32, 32))
+
+    default, uniform, again = model(), model(init="uniform"), model(init="uniform")
+    sites = {s.name: s for s in rw.sites(uniform)}
+    assert len(sites) == 9
+    for (name, a), b, c in zip(default.state_dict().items(), uniform.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(b, c), name                       # seeded: the same network twice
+        if name in sites:
+            H = sites[name].H
+            assert b.abs().max() <= H and b.min() < -0.9 * H and b.max() > 0.9 * H, name
+            if b.numel() > 1000:   # uniform on [-H, H]: standard deviation H / sqrt(3)
+                assert b.std().item() == pytest.approx(H / math.sqrt(3), rel=0.05), name
+        else:
+            assert torch.equal(a, b), name                   # biases, batch norm: untouched
+    first = default.state_dict()["0.weight"]
+    assert (first.abs() >= sites["0.weight"].H).float().mean() > 0.6   # the default init: 65% here at width 0.25
+    assert rw.TrainConfig(init="uniform").validate() and rp_preset("paper")["init"] == "uniform"
+    with pytest.raises(rw.UserError, match="init 'he' is not one of: default, uniform"):
+        rw.TrainConfig(init="he").validate()
+
+
+def rp_preset(scale):
+    from robustweights.paper.experiments import resolve_preset
+    return resolve_preset(scale)

@@ -75,6 +75,8 @@ class TrainConfig:
                      projected.MODES, default="fwd+bwd")
     clip: str = _opt("clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or 'none'",
                      default="1")
+    init: str = _opt("initial hidden weights: default (PyTorch's) or uniform (BinaryConnect's: each clipped weight "
+                     "uniform in [-H, H], the whole clip range)", ("default", "uniform"), default="default")
     float_first: bool = _opt("leave the first weight tensor unprojected and unclipped", default=False)
     float_last: bool = _opt("leave the last weight tensor unprojected and unclipped", default=False)
     include: list[str] = projected.selection_field(
@@ -119,8 +121,7 @@ class TrainConfig:
         transform(self.projection)
         data_mod.parse_preprocess(self.preprocess)
         positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "checkpoint_every": self.checkpoint_every,
-                    "eval_batch_size": self.eval_batch_size}
+                    "checkpoint_every": self.checkpoint_every, "eval_batch_size": self.eval_batch_size}
         for name, v in positive.items():
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise UserError(f"{name} must be a positive number, not {v!r}")
@@ -191,6 +192,10 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
                      float_first=config.float_first, float_last=config.float_last, include=config.include or ("*",),
                      exclude=config.exclude, types=config.types, exclude_types=config.exclude_types,
                      generator=generator)
+    with torch.no_grad():   # (the global random state, seeded above)
+        for s in projected.sites(model) if config.init == "uniform" else []:
+            if s.H is not None:
+                s.hidden.uniform_(-s.H, s.H)
     return model
 
 
