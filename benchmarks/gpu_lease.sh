@@ -2,7 +2,7 @@
 # One fifteen-minute GPU lease (the device tool), spent in two calls made back to back (a warm machine
 # waits 30 s): CIFAR-10 travels in two parts (.gpu/a, .gpu/b; see benchmarks/gpu_cifar.py --pack).
 #
-#   call 1 (carry .gpu/a, timeout_s 360):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite;
+#   call 1 (carry .gpu/a, timeout_s 420):  bash benchmarks/gpu_lease.sh first      (SUITE=1: + whole suite;
 #       QUICK=1: only the CUDA graph's tests and batch-50 speed, about a minute, leaving the lease to training;
 #       LEAN=1: batch 50 only and no reduce-overhead compile: the rest was measured in the first two leases)
 #       tests/test_device.py on CUDA, then training images/s of full-width bc-vgg (bf16, channels-last,
@@ -11,16 +11,16 @@
 #       cudnn.benchmark and with the model through torch.compile first; where an eager step's time goes
 #       (torch.profiler); batch 50 compiled with reduce-overhead. Each has a time limit.
 #   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
-#       unpacks CIFAR-10, trains ROW (default stoch-sign; ROW=stoch-sign,sign trains both at once, a thread
-#       and a CUDA stream each) with the paper recipe (`reproduce all --scale
-#       paper`; with cuda_graph=true when call 1's graph tests passed, unless NO_GRAPH=1) shortened to the
-#       epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides; if the graph fails on this
-#       network, the time left trains it eagerly), then
-#       sweeps it and judges; sends back paper.tgz (config, metrics.jsonl, sweeps, claims; no checkpoints).
+#       unpacks CIFAR-10, trains ROW (default stoch-sign; ROW=stoch-sign,sign,stoch-mult,identity trains the
+#       four at once, a thread and a CUDA stream each, when call 1's test of that passed) with the paper recipe
+#       (`reproduce all --scale paper`; with cuda_graph=true when call 1's graph tests passed, unless
+#       NO_GRAPH=1) shortened to the epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides;
+#       if the graph or the threads fail, the time left tries the rows in turn, then eagerly), then sweeps
+#       and judges; sends back paper.tgz (config, metrics.jsonl, sweeps, claims; no checkpoints).
 #
 # Everything lands in $OUT as it comes. Smoke test on a CPU machine (tiny sizes, no data needed for `first`):
 #     OUT=/tmp/o CPU=1 PY=.venv/bin/python bash benchmarks/gpu_lease.sh first
-#     OUT=/tmp/o CPU=1 PY=.venv/bin/python BUDGET=200 bash benchmarks/gpu_lease.sh second
+#     OUT=/tmp/o CPU=1 PY=.venv/bin/python BUDGET=200 [ROW=stoch-sign,sign] bash benchmarks/gpu_lease.sh second
 set -uo pipefail
 OUT=${OUT:?set OUT}
 PY=${PY:-python3}
@@ -41,12 +41,15 @@ first)
             -k "not cuda_graph" --junitxml "$OUT/device.xml" 2>&1 | tail -60 | tee "$OUT/device.log"
         echo "device tests: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
     fi
-    # train --cuda-graph's own tests decide whether call 2 trains with it
+    # train --cuda-graph's own tests decide whether call 2 trains with it, rows_at_once's whether several at once
     timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
-        -k cuda_graph --junitxml "$OUT/graph.xml" 2>&1 | tail -60 | tee "$OUT/graph_tests.log"
+        -k "cuda_graph and not at_once" --junitxml "$OUT/graph.xml" 2>&1 | tail -60 | tee "$OUT/graph_tests.log"
     [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/graph_ok
-    echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped')" \
-        | tee -a "$OUT/machine.txt"
+    timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
+        -k at_once --junitxml "$OUT/together.xml" 2>&1 | tail -60 | tee "$OUT/together_tests.log"
+    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/together_ok
+    echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped'); rows at once:" \
+        "$([ -f /tmp/together_ok ] && echo passed || echo 'failed or skipped')" | tee -a "$OUT/machine.txt"
     [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
     [ -n "${LEAN:-}" ] && BATCHES=("${BATCHES[0]}")
     for b in "${BATCHES[@]}"; do
@@ -97,7 +100,7 @@ second)
     BUDGET=${BUDGET:?set BUDGET, the seconds this call may take}
     ROW=${ROW:-stoch-sign}   # or several, comma-separated: trained at once (rows_at_once), one thread each
     NROWS=$(echo "$ROW" | tr ',' '\n' | wc -l)
-    SETS=(--set "rows=$ROW" --set checkpoint_every=5 --set "rows_at_once=$NROWS")
+    SETS=(--set "rows=$ROW" --set checkpoint_every=5)
     if [ -n "${CPU:-}" ]; then  # smoke test: a sliver of the recipe on Fashion-MNIST's demo subset
         SETS+=(--set model=cnn --set width=0.25 --set dataset=demo --set val_size=500 --set preprocess=standardize)
     else
@@ -105,16 +108,20 @@ second)
         SETS+=(--set data_dir=/tmp/cifar/cifar-10-batches-py)
     fi
     RATE=$(cat /tmp/rate 2>/dev/null); RATE=${RATE:-5000}
-    GRAPH=()
-    if [ -f /tmp/graph_ok ] && [ -s /tmp/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then  # the graph works: use it
-        GRAPH=(--set cuda_graph=true)
+    # Attempts, each in its own folder, the next only when the one before failed by its own fault (exit 1, or 2
+    # naming --cuda-graph): the graph with the rows at once (when call 1's tests of both passed), the graph with
+    # the rows in turn, eager. NO_GRAPH=1 skips the graph.
+    ATTEMPTS=()
+    if [ -f /tmp/graph_ok ] && [ -s /tmp/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then
+        { [ "$NROWS" -gt 1 ] && [ -f /tmp/together_ok ]; } && ATTEMPTS+=("graph $NROWS")
+        ATTEMPTS+=("graph 1")
     fi
+    ATTEMPTS+=("eager 1")
+    [ -n "${CPU:-}" ] && [ "$NROWS" -gt 1 ] && ATTEMPTS=("eager $NROWS" "${ATTEMPTS[@]}")   # smoke test: threads
     # Epochs that fit: 45,000 images at the benchmark's rate plus a tenth, 0.4 s of evaluation an epoch, 50 s
     # kept for start, data and ZCA and 10 s a row for its sweep. With NROWS rows at once, a row's rate is the
-    # rate times the gain call 1 measured for 2 or 4 graphed networks at once, over NROWS (eager: no gain).
-    # Measured: eager 7.5 s an epoch at a benchmark rate of 5,921 img/s (first lease); graph 2.0 s at 27,875.
-    GAIN=1
-    if [ "$NROWS" -gt 1 ]; then G=/tmp/gain4; [ "$NROWS" -lt 4 ] && G=/tmp/gain2; GAIN=$(cat $G 2>/dev/null); fi
+    # rate times the gain call 1 measured for 2 or 4 graphed networks at once, over NROWS; in turn, the rate over
+    # NROWS. Measured: eager 7.5 s an epoch at a benchmark rate of 5,921 img/s (first lease); graph 2.0 s at 27,875.
     epochs_for() { "$PY" -c "r = $2 * ${3:-1} / $NROWS
 print(max(1, min(500, int(($1 - 50 - 10 * $NROWS) / (45000 / r * 1.1 + 0.4)))))"; }
     run() {  # run SECONDS FOLDER EPOCHS [--set ...]
@@ -123,26 +130,26 @@ print(max(1, min(500, int(($1 - 50 - 10 * $NROWS) / (45000 / r * 1.1 + 0.4)))))"
             --set "epochs=$3" "${SETS[@]}" "${@:4}" 2>&1 | grep -v "it/s\]\|img/s\]" | tail -80 | tee -a "$OUT/log.txt"
         return "${PIPESTATUS[0]}"
     }
-    # One folder per row and length: a later call of the same lease (the machine keeps /tmp while warm) with
-    # the same row and epochs resumes it; another row or length starts its own (reproduce refuses to mix).
+    # One folder per attempt, row set and length: a later call of the same lease (the machine keeps /tmp while
+    # warm) with the same settings resumes it; other settings start their own (reproduce refuses to mix).
     START=$SECONDS
-    if [ ${#GRAPH[@]} -gt 0 ]; then
-        N=${EPOCHS:-$(epochs_for "$BUDGET" "$(cat /tmp/rate_graph)" "$GAIN")}; PAPER=/tmp/paper-${ROW//,/+}-$N-graph
-        run $((BUDGET - 10)) "$PAPER" "$N" "${GRAPH[@]}"
-        rc=$?
-        # the graph itself failed on this network (its one line names --cuda-graph, or a traceback): eager
-        if [ "$rc" = 1 ] || { [ "$rc" = 2 ] && tail -3 "$OUT/log.txt" | grep -q -- "--cuda-graph"; }; then
-            LEFT=$((BUDGET - (SECONDS - START)))
-            echo "exit $rc with cuda_graph: training eagerly in the $LEFT s left" | tee -a "$OUT/log.txt"
-            N=${EPOCHS:-$(epochs_for "$LEFT" "$RATE")}; PAPER=/tmp/paper-${ROW//,/+}-$N-eager
-            run $((LEFT - 10)) "$PAPER" "$N"
-            rc=$?
+    for attempt in "${ATTEMPTS[@]}"; do
+        read -r kind together <<< "$attempt"
+        rate=$RATE gain=1 extra=(--set "rows_at_once=$together")
+        if [ "$kind" = graph ]; then
+            rate=$(cat /tmp/rate_graph); extra+=(--set cuda_graph=true)
+            if [ "$together" -gt 1 ]; then G=/tmp/gain4; [ "$NROWS" -lt 4 ] && G=/tmp/gain2; gain=$(cat $G 2>/dev/null); fi
         fi
-    else
-        N=${EPOCHS:-$(epochs_for "$BUDGET" "$RATE")}; PAPER=/tmp/paper-${ROW//,/+}-$N-eager
-        run $((BUDGET - 10)) "$PAPER" "$N"
+        LEFT=$((BUDGET - (SECONDS - START)))
+        N=${EPOCHS:-$(epochs_for "$LEFT" "$rate" "${gain:-1}")}; PAPER=/tmp/paper-${ROW//,/+}-$N-$kind-$together
+        run $((LEFT - 10)) "$PAPER" "$N" "${extra[@]}"
         rc=$?
-    fi
+        if [ "$rc" = 1 ] || { [ "$rc" = 2 ] && tail -3 "$OUT/log.txt" | grep -q "cuda[-_]graph"; }; then
+            echo "exit $rc ($kind, $together at once): the next way in the time left" | tee -a "$OUT/log.txt"
+            continue
+        fi
+        break
+    done
     echo "exit $rc" | tee -a "$OUT/log.txt"
     date -u >> "$OUT/log.txt"
     (cd "$PAPER" && tar czf "$OUT/paper.tgz" --exclude='*.pt' --exclude=report .)
