@@ -25,8 +25,9 @@ set -uo pipefail
 OUT=${OUT:?set OUT}
 PY=${PY:-python3}
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
-mkdir -p /tmp/xz
-for part in .gpu/a .gpu/b; do [ -d "$part" ] && cp "$part"/* /tmp/xz/; done
+T=${LEASE_TMP:-/tmp}   # where the calls of one lease leave each other files (the machine keeps /tmp while warm)
+mkdir -p $T/xz
+for part in .gpu/a .gpu/b; do [ -d "$part" ] && cp "$part"/* $T/xz/; done
 if [ -n "${CPU:-}" ]; then DEV=cpu; SIZE=(--models cnn --width 0.25); BATCHES=(8 16); R=(--rounds 1 --per-round 2)
 else DEV=cuda; SIZE=(--models bc-vgg --width 1); BATCHES=(50 100 200); R=(--rounds 5 --per-round 20); fi
 
@@ -44,12 +45,12 @@ first)
     # train --cuda-graph's own tests decide whether call 2 trains with it, rows_at_once's whether several at once
     timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
         -k "cuda_graph and not at_once" --junitxml "$OUT/graph.xml" 2>&1 | tail -60 | tee "$OUT/graph_tests.log"
-    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/graph_ok
+    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch $T/graph_ok
     timeout 90 "$PY" -m pytest tests/test_device.py --device "$DEV" -q -p no:cacheprovider -p no:logging \
         -k at_once --junitxml "$OUT/together.xml" 2>&1 | tail -60 | tee "$OUT/together_tests.log"
-    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch /tmp/together_ok
-    echo "cuda-graph tests: $([ -f /tmp/graph_ok ] && echo passed || echo 'failed or skipped'); rows at once:" \
-        "$([ -f /tmp/together_ok ] && echo passed || echo 'failed or skipped')" | tee -a "$OUT/machine.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] && [ -z "${CPU:-}" ] && touch $T/together_ok
+    echo "cuda-graph tests: $([ -f $T/graph_ok ] && echo passed || echo 'failed or skipped'); rows at once:" \
+        "$([ -f $T/together_ok ] && echo passed || echo 'failed or skipped')" | tee -a "$OUT/machine.txt"
     [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
     [ -n "${LEAN:-}" ] && BATCHES=("${BATCHES[0]}")
     for b in "${BATCHES[@]}"; do
@@ -57,21 +58,21 @@ first)
             --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"
     done
     # the eager batch-50 rate of stoch-sign sizes call 2's training, or the graph's when it works
-    awk '/batch '"${BATCHES[0]}"',/{on=1} on && $1=="stoch-sign"{print $5; exit}' "$OUT/speed.txt" > /tmp/rate
+    awk '/batch '"${BATCHES[0]}"',/{on=1} on && $1=="stoch-sign"{print $5; exit}' "$OUT/speed.txt" > $T/rate
     if [ -n "${CPU:-}" ]; then echo "(no CUDA graph on a CPU)"; else
         for b in "${BATCHES[@]}"; do   # batch 50 first: its stoch-sign rate sizes call 2
             timeout 100 "$PY" benchmarks/projection_overhead.py --cuda-graph "${SIZE[@]}" --batch "$b" --amp \
                 "${R[@]}" --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/graph.txt"
         done
         cat "$OUT/graph.txt" >> "$OUT/speed.txt"
-        awk '$1=="stoch-sign"{print $5; exit}' "$OUT/graph.txt" > /tmp/rate_graph
+        awk '$1=="stoch-sign"{print $5; exit}' "$OUT/graph.txt" > $T/rate_graph
         # several rows at once (reproduce's rows_at_once): 2 and 4 graphed networks, a thread and a CUDA stream
         # each, against one; the stoch-sign gain sizes call 2 when it trains several rows
         for n in 2 4; do
             timeout 60 "$PY" benchmarks/projection_overhead.py --cuda-graph --concurrent $n --threads "${SIZE[@]}" \
                 --batch "${BATCHES[0]}" --amp "${R[@]}" --projections sign stoch-sign 2>&1 | grep -v "^W1" \
-                | tee "/tmp/together$n" | tee -a "$OUT/speed.txt"
-            awk '$1=="stoch-sign"{print $4; exit}' "/tmp/together$n" > "/tmp/gain$n"
+                | tee "$T/together$n" | tee -a "$OUT/speed.txt"
+            awk '$1=="stoch-sign"{print $4; exit}' "$T/together$n" > "$T/gain$n"
         done
         if [ -z "${QUICK:-}" ]; then   # levers on one row's batch-50 step, and where its time goes
             timeout 60 "$PY" benchmarks/projection_overhead.py --cuda-graph --cudnn-benchmark "${SIZE[@]}" --batch \
@@ -104,16 +105,16 @@ second)
     if [ -n "${CPU:-}" ]; then  # smoke test: a sliver of the recipe on Fashion-MNIST's demo subset
         SETS+=(--set model=cnn --set width=0.25 --set dataset=demo --set val_size=500 --set preprocess=standardize)
     else
-        "$PY" benchmarks/gpu_cifar.py --unpack /tmp/xz /tmp/cifar/cifar-10-batches-py || exit 2
-        SETS+=(--set data_dir=/tmp/cifar/cifar-10-batches-py)
+        "$PY" benchmarks/gpu_cifar.py --unpack $T/xz $T/cifar/cifar-10-batches-py || exit 2
+        SETS+=(--set data_dir=$T/cifar/cifar-10-batches-py)
     fi
-    RATE=$(cat /tmp/rate 2>/dev/null); RATE=${RATE:-5000}
+    RATE=$(cat $T/rate 2>/dev/null); RATE=${RATE:-5000}
     # Attempts, each in its own folder, the next only when the one before failed by its own fault (exit 1, or 2
     # naming --cuda-graph): the graph with the rows at once (when call 1's tests of both passed), the graph with
     # the rows in turn, eager. NO_GRAPH=1 skips the graph.
     ATTEMPTS=()
-    if [ -f /tmp/graph_ok ] && [ -s /tmp/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then
-        { [ "$NROWS" -gt 1 ] && [ -f /tmp/together_ok ]; } && ATTEMPTS+=("graph $NROWS")
+    if [ -f $T/graph_ok ] && [ -s $T/rate_graph ] && [ -z "${NO_GRAPH:-}" ]; then
+        { [ "$NROWS" -gt 1 ] && [ -f $T/together_ok ]; } && ATTEMPTS+=("graph $NROWS")
         ATTEMPTS+=("graph 1")
     fi
     ATTEMPTS+=("eager 1")
@@ -137,11 +138,11 @@ print(max(1, min(500, int(($1 - 50 - 10 * $NROWS) / (45000 / r * 1.1 + 0.4)))))"
         read -r kind together <<< "$attempt"
         rate=$RATE gain=1 extra=(--set "rows_at_once=$together")
         if [ "$kind" = graph ]; then
-            rate=$(cat /tmp/rate_graph); extra+=(--set cuda_graph=true)
-            if [ "$together" -gt 1 ]; then G=/tmp/gain4; [ "$NROWS" -lt 4 ] && G=/tmp/gain2; gain=$(cat $G 2>/dev/null); fi
+            rate=$(cat $T/rate_graph); extra+=(--set cuda_graph=true)
+            if [ "$together" -gt 1 ]; then G=$T/gain4; [ "$NROWS" -lt 4 ] && G=$T/gain2; gain=$(cat $G 2>/dev/null); fi
         fi
         LEFT=$((BUDGET - (SECONDS - START)))
-        N=${EPOCHS:-$(epochs_for "$LEFT" "$rate" "${gain:-1}")}; PAPER=/tmp/paper-${ROW//,/+}-$N-$kind-$together
+        N=${EPOCHS:-$(epochs_for "$LEFT" "$rate" "${gain:-1}")}; PAPER=$T/paper-${ROW//,/+}-$N-$kind-$together
         run $((LEFT - 10)) "$PAPER" "$N" "${extra[@]}"
         rc=$?
         if [ "$rc" = 1 ] || { [ "$rc" = 2 ] && tail -3 "$OUT/log.txt" | grep -q "cuda[-_]graph"; }; then

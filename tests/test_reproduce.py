@@ -304,3 +304,33 @@ def test_rows_trained_at_once_give_the_numbers_of_rows_trained_in_turn(tmp_path)
         assert all(torch.equal(a[k], b[k]) for k in a), row
     with pytest.raises(rw.UserError, match="rows_at_once must be at least 1"):
         rp.resolve_preset("tiny", ["rows_at_once=0"])
+
+
+def test_the_gpu_lease_scripts_second_call_runs_on_the_cpu_and_falls_back(tmp_path):
+    """benchmarks/gpu_lease.sh second (its CPU smoke test: the paper preset's path on the shipped demo data): two
+    rows at once, then, with call 1's files saying the CUDA graph passed, the graph attempt failing here (no GPU)
+    and the eager one taking over in the time left. A broken lease script costs a GPU lease."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def second(rows, out):
+        env = {**os.environ, "OUT": str(out), "CPU": "1", "PY": sys.executable, "LEASE_TMP": str(tmp_path / "t"),
+               "BUDGET": "300", "EPOCHS": "1", "ROW": rows}
+        out.mkdir()
+        return subprocess.run(["bash", "benchmarks/gpu_lease.sh", "second"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=280)
+
+    r = second("stoch-sign,sign", tmp_path / "o1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = (tmp_path / "o1" / "log.txt").read_text()
+    assert "rows_at_once=2" in log and "exit 0" in log and (tmp_path / "o1" / "paper.tgz").stat().st_size > 0
+    for name, text in [("graph_ok", ""), ("rate_graph", "30000\n")]:
+        (tmp_path / "t" / name).write_text(text)
+    r = second("sign", tmp_path / "o2")
+    log = (tmp_path / "o2" / "log.txt").read_text()
+    assert r.returncode == 0 and "cuda_graph=true" in log and "exit 2 (graph, 1 at once): the next way" in log, log
+    assert log.rstrip().splitlines()[-2] == "exit 0"
