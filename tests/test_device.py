@@ -216,8 +216,10 @@ def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one
                for s, p in [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]]
     alone = [rw.train(c, progress=False) for c in configs]
     together = run_together([lambda stop, c=c: rw.train(c, progress=False) for c in configs], 3, device)
+    cpu = device.type == "cpu"   # a GPU's atomics (pooling, cuDNN's backward) may round another way in any run
     for a, b in zip(alone, together):
-        assert [h["train_loss"] for h in b.history] == pytest.approx([h["train_loss"] for h in a.history], rel=1e-4)
-        assert b.test_error == pytest.approx(a.test_error, abs=0.01)
-        if device.type == "cpu":   # the same operations in the same order: bit for bit
+        assert [h["train_loss"] for h in b.history] == pytest.approx([h["train_loss"] for h in a.history],
+                                                                     rel=1e-6 if cpu else 2e-2)
+        assert b.test_error == pytest.approx(a.test_error, abs=0 if cpu else 0.03)
+        if cpu:   # the same operations in the same order: bit for bit
             assert all(torch.equal(v, w) for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values()))
