@@ -53,8 +53,7 @@ first)
     fi
     echo "cuda-graph tests: $([ -f $T/graph_ok ] && echo passed || echo 'failed or skipped'); rows at once:" \
         "$([ -f $T/together_ok ] && echo passed || echo 'failed or skipped')" | tee -a "$OUT/machine.txt"
-    [ -n "${QUICK:-}" ] && BATCHES=("${BATCHES[0]}")   # QUICK=1: the graph's tests and batch-50 speed only
-    [ -n "${LEAN:-}" ] && BATCHES=("${BATCHES[0]}")
+    [ -n "${QUICK:-}${LEAN:-}" ] && BATCHES=("${BATCHES[0]}")   # batch 50 only
     for b in "${BATCHES[@]}"; do
         timeout 45 "$PY" benchmarks/projection_overhead.py "${SIZE[@]}" --batch "$b" --amp --fused "${R[@]}" \
             --projections sign stoch-sign stoch-mult:gamma=0.5 2>&1 | grep -v "^W1" | tee -a "$OUT/speed.txt"

@@ -220,7 +220,8 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
         torch._dynamo.reset()
         steps = [make_step(model_name, width, p, batch, device, amp=amp, compile=compile, compile_mode=compile_mode,
                            fused=fused, sync=False, seed=i, cuda_graph=cuda_graph) for i in range(copies)]
-        streams = [torch.cuda.Stream(device) for _ in steps] if cuda else [None] * copies
+        # (with threads, run_together gives each its stream)
+        streams = [torch.cuda.Stream(device) for _ in steps] if cuda and not threads else [None] * copies
 
         def together(n=copies):
             if threads:   # as reproduce's rows_at_once trains them: a thread and a CUDA stream each

@@ -492,7 +492,7 @@ def _select_best(model, config, history, best_state, train_split, test_split, de
     re-estimated like the last one's if it needs it; its test error goes in the last metrics row."""
     best = max((h for h in history if h["val_error"] == min(r["val_error"] for r in history)),
                key=lambda h: h["epoch"])
-    row, kept = history[-1], {}
+    row, kept = history[-1], []   # kept: the history best.pt was saved with
     if best_state is None:   # a resumed run: the best epoch's network is in best.pt
         saved = read_checkpoint(out / BEST) if out is not None and (out / BEST).is_file() else {}
         best_state, kept = saved.get("model"), saved.get("history") or [{}]

@@ -178,8 +178,9 @@ PRESETS = {
 }
 # BinaryConnect's recipe whole (docs/method.md section 5): 500 epochs of batch 50 (25M images), Adam 3e-3 decaying
 # exponentially to 2e-6, the per-layer Glorot clip bound H with hidden weights initialised uniformly in [-H, H]
-# (equivalent, up to scale, to H = 1, init in [-1, 1] and Glorot-scaled learning rates), squared hinge, GCN + ZCA, no augmentation, 45,000 / 5,000 train / validation split, and the
-# network of the best validation epoch kept and tested; the rows the claims need most.
+# (equivalent, up to scale, to H = 1, init in [-1, 1] and Glorot-scaled learning rates), squared hinge, GCN + ZCA,
+# no augmentation, 45,000 / 5,000 train / validation split, and the network of the best validation epoch kept and
+# tested; the rows the claims need most.
 PRESETS["paper"] = dataclasses.replace(PRESETS["gpu"], epochs=500, val_size=5000, checkpoint_every=25,
                                        rows="stoch-sign,sign,stoch-mult,identity")
 # Keys whose change alters no number: a rerun may change them.
