@@ -496,3 +496,134 @@ def test_written_files_follow_the_umask(tmp_path):
         assert (tmp_path / "r" / "y.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+# ---------------------------------------------------------------------------
+# A stranger's audit (ninth session): each test failed on the code before it
+# ---------------------------------------------------------------------------
+
+class CachedT(nn.Linear):
+    """Caches a view of its weight on the first call (an inference-speed pattern)."""
+
+    def forward(self, x):
+        if not hasattr(self, "_wt"):
+            self._wt = self.weight.t()
+        return x @ self._wt + self.bias
+
+
+def _mlp(first=nn.Linear):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), first(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def test_a_weight_computed_through_a_cached_view_is_left_out_and_named(demo):
+    """Before: read once on the probe, reported as distorted, while every cell ran the cached clean view."""
+    model = _mlp(CachedT)
+    with pytest.warns(UserWarning, match=r"1.weight \(its value never reaches the output"):
+        rows = rw.sweep(model, demo, ["add-gauss:sigma=1000"], trials=1)
+    assert rows[0]["error"] > 0.5                       # the other layer was distorted
+    with pytest.raises(UserError, match="nothing to distort: distorting 0 of 2"):   # before: 0% error at sigma 1000
+        rw.sweep(_mlp(CachedT), demo, ["add-gauss:sigma=1000"], trials=1, include=["1"])
+
+
+def test_distort_on_a_model_never_attached_distorts_it_and_gives_it_back(demo):
+    """Before: nothing was distorted and nothing said so."""
+    model = _mlp()
+    x, _ = next(iter(demo.test.batches(50)))
+    with torch.no_grad():
+        clean = model(x)
+        with rw.distort(model, "add-gauss:sigma=2", torch.Generator().manual_seed(0)):
+            assert not torch.equal(model(x), clean)
+        assert torch.equal(model(x), clean) and not rw.sites(model) and type(model[1]) is nn.Linear
+
+
+def test_sweep_gives_back_each_modules_own_mode(demo):
+    """A model training with a frozen batch norm came back with it in training mode."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.Linear(16, 10)).train()
+    model[2].eval()
+    rw.sweep(model, demo, ["add-gauss:sigma=0.5"], trials=1)
+    rw.evaluation.evaluate_split(model, demo.test)
+    assert model.training and model[1].training and not model[2].training
+
+
+def test_torchscript_is_refused_in_one_line_and_left_as_it_was(demo):
+    """jit.trace crashed in detach and left attributes behind; jit.script swept at 0% coverage as 'robust'."""
+    x, _ = next(iter(demo.test.batches(8)))
+    for script in (torch.jit.trace(_mlp(), x), torch.jit.script(_mlp())):
+        with pytest.raises(UserError, match="TorchScript"):
+            rw.sweep(script, demo, ["sign"], trials=1)
+        assert all("_rw" not in m.__dict__ for m in script.modules())
+
+
+def test_quantizing_half_precision_weights_computes_in_float32(demo):
+    """float16 has no 65535: a 16-bit quantizer's top level became inf and the sweep reported 50% error."""
+    w = torch.randn(64, 64).half()
+    q = rw.transform("quant:bits=16,scale=max")(w)
+    assert torch.isfinite(q).all()
+    assert torch.equal(q, rw.transform("quant:bits=16,scale=max")(w.float()).half())
+
+
+def test_mode_fwd_refuses_a_weight_read_outside_its_layer(demo):
+    """F.linear(h, self.head.weight) sends the input gradient through the projected weight: that is fwd+bwd."""
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(784, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return F.linear(torch.relu(self.body(x.flatten(1))), self.head.weight, self.head.bias)
+
+    model = Direct()
+    rw.attach(model, "sign", mode="fwd")
+    x, _ = next(iter(demo.train.batches(8)))
+    with pytest.raises(UserError, match="mode fwd: head.weight is read directly"):
+        model.train()(x)
+    with pytest.raises(UserError, match="mode fwd: head.weight"):   # at the start of training, not mid-run
+        rw.evaluation.training_coverage(model, demo.train, "cpu", verb="projecting")
+    rw.attach(model, "sign", mode="fwd", exclude=["head"])
+    model(x).sum().backward()
+
+
+def test_a_tied_weight_answers_to_each_holders_name_and_class(demo):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.emb(x))
+
+    chosen, _ = projected.select(Tied(), include=["head"])
+    assert [n for n, _ in chosen] == ["emb.weight"]                    # before: "matches no parameter"
+    chosen, _ = projected.select(Tied(), types=["Linear"])
+    assert [n for n, _ in chosen] == ["emb.weight"]                    # before: left out, "held by Embedding"
+    model = Tied()
+    rw.attach(model, "identity", mode="none", clip=None)
+    assert rw.evaluation.resolve_keep(model, ["head"]) == {"emb.weight": "kept undistorted (keep head)"}
+
+
+def test_clipping_never_writes_a_frozen_weight():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(5)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    rw.attach(model, "sign", clip=1)
+    rw.clip_(model)
+    assert torch.equal(projected.hidden(model[0]), frozen) and projected.hidden(model[1]).abs().max() <= 1
+
+
+def test_sweep_with_a_users_evaluation_takes_any_batch_format():
+    """A loader of dict batches with evaluate=fn crashed in the coverage probe ('too many values to unpack')."""
+    torch.manual_seed(0)
+    xs, ys = torch.randn(64, 6), torch.randn(64, 2)
+    loader = torch.utils.data.DataLoader([{"x": a, "y": b} for a, b in zip(xs, ys)], batch_size=16)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+
+    def mse(m):
+        with torch.no_grad():
+            return {"mse": sum(F.mse_loss(m(b["x"]), b["y"], reduction="sum").item() for b in loader) / 128}
+
+    rows = rw.sweep(model, loader, ["add-gauss:sigma=0,2"], evaluate=mse, metric="mse", trials=1)
+    assert rows[0]["score"] == mse(model)["mse"] < rows[1]["score"]

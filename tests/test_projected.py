@@ -181,6 +181,22 @@ def test_distort_hidden_identity_measures_the_hidden_weights():
         assert torch.equal(net(x), F.linear(x, net.weight, net.bias))
 
 
+def test_scale_clip_at_test_time_maps_onto_the_bound_training_used():
+    """A network trained with a projection but never clipped ran with +-1 (Site.bound); a test-time sign:scale=clip
+    gives those weights back (before: +-max|W|, weights it never ran with). A float network: its max|W|."""
+    net = nn.Linear(8, 4)
+    attach(net, "sign", clip="none")
+    net.train()
+    assert set(net.weight.unique().tolist()) == {-1.0, 1.0}
+    with distort(net, "sign:scale=clip") as m:
+        assert set(m.weight.unique().tolist()) == {-1.0, 1.0}
+    plain = nn.Linear(8, 4)
+    attach(plain, "identity", mode="none", clip=None)
+    top = plain.weight.detach().abs().max().item()
+    with distort(plain, "sign:scale=clip") as m:
+        assert set(m.weight.abs().unique().tolist()) == {top}
+
+
 def test_users_own_model_trains_without_edits():
     class Mine(nn.Module):
         def __init__(self):

@@ -81,11 +81,12 @@ def test_effective_bits_experiment(tmp_path, capsys):
     assert code == 0, err
     claims = json.loads((tmp_path / "eb" / "claims.json").read_text())
     c2 = claims[1]
-    # target 50%: additive noise at the smallest bits in the grid keeps a trained MLP below it
-    # measured from each tensor's signal-to-noise ratio; range-relative noise carries fewer bits than its
-    # nominal figure, so the lowest comes from it, below the nominal bits of the grid's strongest std noise
-    assert c2["best"]["spec"].startswith("add-gauss:")
-    assert c2["best"]["effective_bits"] < 0.5 * __import__("math").log2(1 + 1 / 1.2 ** 2)
+    # target 50%: the grid's strongest noise (sigma 1.2 of std(W)) keeps the binarized MLP (sign, the one such
+    # network of this experiment) below it; its +-H weights carry (about) the nominal bits there. The float and
+    # stoch-mult rows are named, not counted (before, the lowest bits of any row, float included, decided).
+    assert c2["best"]["row"] == "sign" and c2["best"]["spec"] == "add-gauss:sigma=1.2"
+    assert c2["best"]["effective_bits"] == pytest.approx(0.5 * __import__("math").log2(1 + 1 / 1.2 ** 2), abs=1e-3)
+    assert "not binarized, not counted: identity" in c2["measured"]
     assert c2["verdict"] == "not run at this scale" and "claims" in out
 
 
@@ -158,19 +159,70 @@ def test_a_claim_whose_rows_were_not_all_trained_is_not_run():
 
 
 def test_claims_2_and_5_are_judged_only_at_paper_scale():
-    paper = rp.resolve_preset("gpu")
-    assert cl.paper_scale(paper) and not cl.paper_scale(rp.resolve_preset("cpu"))
-    row = {"distortion": "add-gauss", "value": 0.8, "error": 0.105, "effective_bits": 0.678, "spec": "add-gauss:sigma=0.8"}
+    paper = rp.resolve_preset("paper")
+    assert cl.paper_scale(paper) and not cl.paper_scale(rp.resolve_preset("cpu")) and cl.shortfall(paper) is None
+    row = {"distortion": "add-gauss", "param": "sigma", "value": 0.8, "error": 0.105, "effective_bits": 0.678,
+           "spec": "add-gauss:sigma=0.8"}
     other = {"baseline_error": 0.09, "rows": []}
-    sweeps = {"stoch-mult": {"baseline_error": 0.075, "rows": [row]}, "sign": other, "stoch-sign": other}
+    sweeps = {"stoch-mult": {"baseline_error": 0.075, "rows": []}, "sign": {"baseline_error": 0.09, "rows": [row]},
+              "stoch-sign": other}
     claims = rp.judge("all", paper, sweeps, {}, "s")
     assert claims[1]["verdict"] == "reproduced" and claims[4]["verdict"] == "reproduced"
-    worse = {"stoch-mult": {"baseline_error": 0.08, "rows": [{**row, "error": 0.12}]}, "sign": other,
+    worse = {"stoch-mult": {"baseline_error": 0.08, "rows": []}, "sign": {"baseline_error": 0.09,
+                                                                       "rows": [{**row, "error": 0.12}]},
              "stoch-sign": other}
     claims = rp.judge("all", paper, worse, {}, "s")
     assert claims[1]["verdict"] == "not reproduced" and claims[4]["verdict"] == "not reproduced"
     claims = rp.judge("all", rp.resolve_preset("cpu"), sweeps, {}, "s")
     assert claims[1]["verdict"] == claims[4]["verdict"] == "not run at this scale"
+    # A run short of the recipe's budget (before: 114 of 500 epochs was judged 'not reproduced' against the
+    # 500-epoch figures): meeting the figure still reproduces it, missing it says nothing of the recipe.
+    short = {**paper, "epochs": 114}
+    assert cl.shortfall(short) == "114 of the recipe's 500 epochs"
+    claims = rp.judge("all", short, worse, {}, "s")
+    assert claims[1]["verdict"] == claims[4]["verdict"] == "not run at this scale"
+    assert "114 of the recipe's 500 epochs" in claims[4]["note"]
+    claims = rp.judge("all", {**paper, "val_size": None}, sweeps, {}, "s")
+    assert claims[1]["verdict"] == claims[4]["verdict"] == "reproduced" and "no validation split" in claims[4]["note"]
+
+
+def test_claim_2_reads_only_networks_trained_with_binarized_weights():
+    """Claim 2 is about 'one such network' (trained with binarized weights): before, a float network meeting 0.68
+    bits reproduced it, and a run without any binarized row was judged."""
+    paper = rp.resolve_preset("paper")
+    good = {"distortion": "add-gauss", "param": "sigma", "value": 0.8, "error": 0.105, "effective_bits": 0.678,
+            "spec": "add-gauss:sigma=0.8"}
+    meets = {"baseline_error": 0.09, "rows": [good]}
+    misses = {"baseline_error": 0.09, "rows": [{**good, "error": 0.2}]}
+    claims = rp.judge("effective-bits", paper, {"identity": meets, "stoch-mult": meets, "sign": misses}, {}, "s")
+    assert claims[1]["verdict"] == "not reproduced"
+    assert "not binarized, not counted: identity 0.68, stoch-mult 0.68 bits" in claims[1]["measured"]
+    claims = rp.judge("effective-bits", paper, {"identity": meets, "stoch-mult": meets}, {}, "s")
+    assert claims[1]["verdict"] == "not run" and "one of the rows sign, stoch-sign, sign-fwd" in claims[1]["measured"]
+    claims = rp.judge("effective-bits", paper, {"identity": misses, "stoch-sign": meets}, {}, "s")
+    assert claims[1]["verdict"] == "reproduced" and claims[1]["best"]["row"] == "stoch-sign"
+
+
+def test_claim_4_reads_both_noise_references_with_the_range_as_headline():
+    """method.md 5a: a verdict reports the rises under std(W) and max|W| and names its headline (before: the
+    std(W) rise alone decided, with no rule or headline)."""
+    preset = rp.resolve_preset("tiny")
+
+    def sweep(base, std, mx):
+        rows = [{"distortion": "add-gauss", "value": 0.8, "error": base + std, "spec": "add-gauss:sigma=0.8"},
+                {"distortion": "add-gauss", "value": 0.8, "error": base + mx, "scale": "max",
+                 "spec": "add-gauss:sigma=0.8,scale=max"}]
+        return {"baseline_error": base, "rows": rows}
+
+    fine = {"identity": sweep(0.3, 0.30, 0.40), "sign": sweep(0.32, 0.05, 0.1)}
+    claims = rp.judge("imagenet", preset, fine, {}, "s", imagenet_data="/data/imagenet")
+    assert claims[3]["verdict"] == "reproduced" and claims[3]["rule"] == cl.RULE_4 and "scale=max" in \
+        claims[3]["headline"]
+    assert "of max|W|: float +40.0, sign +10.0" in claims[3]["measured"] and "of std(W): float +30.0" in \
+        claims[3]["measured"]
+    range_worse = {"identity": sweep(0.3, 0.30, 0.01), "sign": sweep(0.32, 0.05, 0.2)}
+    claims = rp.judge("imagenet", preset, range_worse, {}, "s", imagenet_data="/data/imagenet")
+    assert claims[3]["verdict"] == "not reproduced"
 
 
 @pytest.mark.parametrize("args, words", [

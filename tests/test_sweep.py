@@ -22,7 +22,7 @@ import robustweights as rw
 from robustweights import bits as bits_mod
 from conftest import one_error_line, run_main
 from robustweights.grid import Cell, cell_seed, cells, parse_grid
-from robustweights.results import COLUMNS, lowest_bits
+from robustweights.results import COLUMNS, curve_of, lowest_bits
 from robustweights.sweeps import SweepConfig, run_sweep
 from robustweights.training import evaluate_split, load_config_data
 
@@ -246,9 +246,11 @@ def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_
                         stats_changed=not torch.equal(bn.running_mean, before["2.running_mean"]))
             raise KeyboardInterrupt
 
+    # calls 1 to P are the sweep's check that every distorted weight is read and reaches the output (one pass,
+    # then one with each weight read as NaN); then, batch_size 100: each cell runs 2 re-estimation batches
+    # (calls P + 1, P + 2), then 3 test batches (P + 3 to P + 5)
+    stop_at += len(rw.sites(model))
     handle = layer.register_forward_hook(hook)
-    # call 1 is the sweep's check that every distorted weight is read; then, batch_size 100: each cell
-    # runs 2 re-estimation batches (calls 2, 3), then 3 test batches (calls 4-6)
     with pytest.raises(KeyboardInterrupt):
         rw.sweep(model, data, ["add-gauss:sigma=0.5"], trials=2, bn_batches=2, batch_size=100)
     handle.remove()
@@ -547,6 +549,25 @@ def test_lowest_bits_uses_the_mean_error_over_trials():
     assert lowest_bits(acc, 0.99, higher_is_better=True) is None
 
 
+def test_lowest_bits_needs_the_error_to_stay_within_the_target_along_its_curve():
+    """method.md section 4: 'the lowest b_eff at which test error *stays* at or below a target'. A noisy curve
+    that leaves the target at a weaker strength and comes back at a stronger one does not count below where it
+    left; another curve (another scale) is its own."""
+    def row(sigma, bits, error, scale="std"):
+        spec = f"add-gauss:sigma={sigma}" + ("" if scale == "std" else f",scale={scale}")
+        return {"spec": spec, "distortion": "add-gauss", "param": "sigma", "value": sigma, "effective_bits": bits,
+                "error": error}
+
+    curve = [row(0.4, 1.4, 0.10), row(0.6, 1.0, 0.12), row(0.8, 0.68, 0.109)]   # 0.8 back under 11%
+    assert lowest_bits(curve, 0.11)["spec"] == "add-gauss:sigma=0.4"            # before: sigma=0.8, 0.68 bits
+    assert lowest_bits(curve, 0.125)["spec"] == "add-gauss:sigma=0.8"
+    other = [row(0.2, 0.9, 0.105, "max"), row(0.4, 0.5, 0.2, "max")]
+    assert lowest_bits(curve + other, 0.11)["spec"] == "add-gauss:sigma=0.2,scale=max"
+    # a bits figure that is not a number never wins (before: a NaN listed first was kept, as nothing is below it)
+    assert lowest_bits([row(1.0, float("nan"), 0.0)] + curve, 0.11)["spec"] == "add-gauss:sigma=0.4"
+    assert curve_of(row(0.8, 0.68, 0.1, "max")) == "add-gauss:scale=max"
+
+
 # ---------------------------------------------------------------------------
 # 8. the command
 # ---------------------------------------------------------------------------
@@ -630,3 +651,18 @@ def test_spec_lines_give_the_mean_and_spread_per_strength_in_the_metric_of_the_r
                                           "  sign                 error 30.00%"]
     lm = [{"spec": "quant:bits=2", "metric": "perplexity", "score": s, "error": None} for s in (12.0, 13.0)]
     assert spec_lines(lm, width=12) == ["  quant:bits=2 perplexity 12.5 (min 12, max 13, 2 trials)"]
+
+
+def test_weights_holding_nan_or_inf_are_refused_and_the_model_comes_back():
+    """A NaN made max|W| count as 1 and sign send it to -H; an inf made every weight NaN: numbers wrong without a
+    word. Now one line, and the model as it came."""
+    data = rw.data.load_data("demo", preprocess="none")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        net[1].weight[0, 0] = float("nan")
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(rw.UserError, match=r"NaN or inf values \(1.weight\)"):
+        rw.sweep(net, data, ["sign"], trials=1)
+    assert not rw.sites(net) and all(torch.equal(v, before[k], ) or torch.isnan(v).any()
+                                     for k, v in net.state_dict().items())
+    assert torch.isnan(net[1].weight[0, 0]) and torch.equal(net[1].weight[1:], before["1.weight"][1:])

@@ -333,6 +333,19 @@ def test_binaryconnect_init_draws_each_clipped_weight_uniformly_over_its_clip_ra
     assert rw.TrainConfig(init="uniform").validate() and rp_preset("paper")["init"] == "uniform"
     with pytest.raises(rw.UserError, match="init 'he' is not one of: default, uniform"):
         rw.TrainConfig(init="he").validate()
+    # The float row of the paper preset is never clipped: it starts in each layer's Glorot [-H, H], as its binary
+    # twins (method.md 5a: 'a float network trained the same way'); before, it kept PyTorch's init (5x wider here).
+    float_row = rp_row("paper", "identity")
+    assert float_row.clip == "none" and float_row.init == "uniform"
+    plain = build_model(float_row, 10, (3, 32, 32))
+    for s in rw.sites(plain):
+        H = math.sqrt(1.5 / (s.hidden[0].numel() + s.hidden[:, 0].numel()))   # fan in + fan out
+        assert s.H is None and s.hidden.abs().max() <= H and s.hidden.max() > 0.9 * H, s.name
+
+
+def rp_row(scale, row):
+    from robustweights.paper.experiments import resolve_preset, row_config
+    return row_config(resolve_preset(scale), row, None, "all")
 
 
 def rp_preset(scale):

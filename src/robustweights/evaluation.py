@@ -20,6 +20,7 @@ from torch import nn
 from . import data as data_mod
 from . import projected
 from .errors import UserError, one_line
+from .selection import aliases, name_matches, shorten
 
 __all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers",
            "calibrate_bn", "reestimated_bn", "needs_calibration", "sweep_coverage", "training_coverage",
@@ -59,6 +60,16 @@ def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
     return out
 
 
+def train_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's training flag, for :func:`restore_modes` (a model may mix them: a frozen batch norm)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for m, training in modes:
+        m.training = training
+
+
 def first_forward(model: nn.Module, x: torch.Tensor):
     """``model(x)`` for a pass's first batch: a model that cannot take the data's batches (channels, sizes,
     dtype) is a mismatch of the user's model and data, said in one line (``--debug`` shows the traceback)."""
@@ -74,7 +85,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
                    device=None, amp: bool = False, channels_last: bool = False) -> dict:
     """Error and mean loss of ``model`` on ``split`` as the model stands (no change of weights)."""
     device = device or next(model.parameters()).device
-    was_training = model.training
+    modes = train_modes(model)
     model.eval()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     wrong = torch.zeros((), device=device, dtype=torch.int64)
@@ -89,7 +100,7 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
             wrong += (logits.argmax(1) != y).sum()
             n += len(y)
     finally:
-        model.train(was_training)
+        restore_modes(modes)
     if n == 0:
         raise UserError("the evaluation split is empty")
     return {"error": wrong.item() / n, "loss": total_loss.item() / n, "n": n}
@@ -118,7 +129,7 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
     """
     bns = bn_layers(model)
     momenta = [m.momentum for m in bns]
-    modes = [(m, m.training) for m in model.modules()]
+    modes = train_modes(model)
     try:
         model.eval()   # also when called on a model in training mode (the end of training)
         for m in bns:
@@ -132,8 +143,7 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
                     break
                 model(x)
     finally:
-        for m, mode in modes:
-            m.training = mode
+        restore_modes(modes)
         for m, mom in zip(bns, momenta):
             m.momentum = mom
 
@@ -203,12 +213,16 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
     gens = {id(s.generator): s.generator for s in projected.sites(model) if s.generator is not None}
     states = {k: g.get_state() for k, g in gens.items()}
     buffers = [(b, b.clone()) for b in model.buffers()]
-    was_training = model.training
+    modes = train_modes(model)
     try:
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             missed = unreached(model.train(), split, 8, device)
+            if any(s.mode == "fwd" and not s.plain for s in projected.sites(model)):
+                x, _ = next(iter(split.batches(8, device=device)))
+                with torch.enable_grad():
+                    model(x)   # a weight of mode fwd read by code other than its layer's forward raises here
     finally:
-        model.train(was_training)
+        restore_modes(modes)
         for b, saved in buffers:
             b.copy_(saved)
         for k, g in gens.items():
@@ -218,20 +232,46 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
 
 @torch.no_grad()
 def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward=None) -> dict[str, str]:
-    """Projected parameters that one evaluation batch never reads through their attribute, with the reason.
+    """Projected parameters whose value never reaches the output of one evaluation batch, with the reason.
 
     Distorting such a parameter would change nothing (it is unused by the
-    forward pass, or code reads it through a reference taken before it was
-    attached), so a sweep leaves it out and says so instead of reporting it as robust.
+    forward pass, or code reads it through a reference or view taken before
+    it was attached, or caches one on a first call), so a sweep leaves it out and
+    says so instead of reporting it as robust. Two checks: the attribute is read
+    at all; and (on a batch of ``split``) the output changes when the parameter
+    reads as NaN. With ``forward`` (a user's evaluation) only the first.
     """
     with projected.reading(model) as ss:
         if forward is not None:
             forward()
         else:
             x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
-            first_forward(model, x)
-    return {s.name: "never read by the forward pass (unused, or read through a cached reference)"
-            for s in ss if s.reads == 0 and s.name not in skip}
+            clean = first_forward(model, x)
+    out = {s.name: "never read by the forward pass (unused, or read through a cached reference)"
+           for s in ss if s.reads == 0 and s.name not in skip}
+    for s in ss if forward is None else []:
+        if s.name in out or s.name in skip:
+            continue
+        before = s.pinned
+        s.pinned = torch.full_like(s.hidden, float("nan"))
+        try:
+            poisoned = model(x)
+        finally:
+            s.pinned = before
+        if _same_output(poisoned, clean):
+            out[s.name] = "its value never reaches the output (read, but computed with a cached copy or view)"
+    return out
+
+
+def _same_output(a, b) -> bool:
+    """Whether two forward outputs (tensors, or tuples / dicts / model outputs holding them) are equal."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_output(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_output(u, v) for u, v in zip(a, b))
+    return not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor)
 
 
 def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types=(), exclude_types=()) -> dict:
@@ -242,13 +282,14 @@ def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types
     :func:`robustweights.projected.select`.
     """
     names = [s.name for s in projected.sites(model)]
+    also = aliases(model)   # a tied weight answers to each of its names
     out = {}
     for k in keep:
         hits = [names[0]] if k == "first" else [names[-1]] if k == "last" else \
-            [n for n in names if projected.name_matches(k, n, n.rpartition(".")[0])]
+            [n for n in names if any(name_matches(k, a, a.rpartition(".")[0]) for a in also.get(n, [n]))]
         if not hits:
             raise UserError(f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
-                            f"{projected.shorten(names)}")
+                            f"{shorten(names)}")
         out.update({n: f"kept undistorted (keep {k})" for n in hits})
     if tuple(include or ("*",)) != ("*",) or exclude or types or exclude_types:
         chosen, left = projected.select(model, include=include, exclude=exclude, types=types,

@@ -50,7 +50,6 @@ first and last chosen parameter in ``named_parameters`` order.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from contextlib import contextmanager
@@ -62,10 +61,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .errors import UserError
+from .selection import holders_of, select, shorten
 from .transforms import Transform, transform
 
 __all__ = ["MODES", "WEIGHTS", "Site", "attach", "detach", "hidden", "sites", "select", "coverage", "clip_",
-           "use_weights", "effective_weight", "distort", "reading"]
+           "glorot_bound", "use_weights", "effective_weight", "distort", "reading"]
 
 MODES = ("fwd+bwd", "fwd", "none")
 WEIGHTS = ("auto", "hidden", "projected")
@@ -101,6 +101,12 @@ class Site:
         return self.projection(w, self.generator, clip=self.bound)
 
     @property
+    def test_bound(self) -> float | None:
+        """The ``H`` a test-time ``scale=clip`` distortion maps onto: the one training used (:attr:`bound`, 1
+        for a projection never clipped); None (the tensor's own max|W|) where no projection ever acted."""
+        return self.H if self.plain else self.bound
+
+    @property
     def plain(self) -> bool:
         """No projection acts: clip-only mode, or the identity (whose projected weights are the hidden ones)."""
         return self.mode == "none" or self.projection.name == "identity"
@@ -118,6 +124,12 @@ class Site:
             return self.pinned
         if self.plain or (not training and self.eval_uses_hidden()):
             return w
+        if self.mode == "fwd" and training and torch.is_grad_enabled():
+            # the layer's own forward (_fwd_forward) never reads the attribute: other code does, and would
+            # send the input's gradient through the projected weight (fwd+bwd) while the run says fwd
+            raise UserError(f"mode fwd: {self.name} is read directly by code other than its layer's forward "
+                            f"(as nn.MultiheadAttention reads out_proj.weight), which would train it as fwd+bwd; "
+                            f"exclude it or use fwd+bwd")
         if not torch.is_grad_enabled():
             return self.project(w)
         return _StraightThrough.apply(w, self)
@@ -177,110 +189,15 @@ def _projected_class(cls: type, attrs: tuple[str, ...]) -> type:
     return _CLASSES[key]
 
 
-def _glorot_H(w: Tensor) -> float:
+def glorot_bound(w: Tensor) -> float:
     """BinaryConnect's ``H = sqrt(1.5 / (fan_in + fan_out))`` (dimension 1 in, dimension 0 out)."""
     receptive = math.prod(w.shape[2:]) if w.dim() > 2 else 1
     return math.sqrt(1.5 / (w.shape[1] * receptive + w.shape[0] * receptive))
 
 
 # ---------------------------------------------------------------------------
-# Selection
-# ---------------------------------------------------------------------------
-
-def _holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
-    """Every (full name, module, attribute) holding each parameter, by ``id``, in module order."""
-    out: dict[int, list] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for attr, p in m._parameters.items():
-            if p is not None:
-                out.setdefault(id(p), []).append((f"{mname}.{attr}" if mname else attr, m, attr))
-    return out
-
-
-def _own_class(m: nn.Module) -> type:
-    """The module's class before :func:`attach` (its class now, for a module not attached)."""
-    return getattr(type(m), "_rw_class", type(m))
-
-
-def name_matches(pattern: str, name: str, module_name: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name, pattern)
-
-
-def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_types=(),
-           float_first: bool = False, float_last: bool = False):
-    """Which parameters a projection or distortion covers: ``(chosen, left_out)``.
-
-    ``chosen`` is a list of ``(name, param)`` in ``named_parameters`` order;
-    ``left_out`` a list of ``{"name", "shape", "count", "reason"}`` for every
-    other parameter. See the module docstring for the vocabulary; a pattern or
-    type that matches nothing is an error, never silence.
-    """
-    include, exclude = tuple(include or ("*",)), tuple(exclude or ())
-    types, exclude_types = tuple(types or ()), tuple(exclude_types or ())
-    holders = _holders(model)
-    params = list(model.named_parameters())
-    candidates, left_out = [], []
-
-    def leave(name, p, reason):
-        left_out.append({"name": name, "shape": list(p.shape), "count": p.numel(), "reason": reason})
-
-    for name, p in params:
-        module_name = name.rpartition(".")[0]
-        cls_name = _own_class(holders[id(p)][0][1]).__name__
-        if not p.is_floating_point():
-            leave(name, p, "not floating point")
-        elif p.dim() < 2:
-            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions)")
-        elif not any(name_matches(pat, name, module_name) for pat in include):
-            leave(name, p, f"not matched by include {', '.join(include)}")
-        elif any(name_matches(pat, name, module_name) for pat in exclude):
-            leave(name, p, f"excluded ({next(pat for pat in exclude if name_matches(pat, name, module_name))})")
-        elif types and cls_name not in types:
-            leave(name, p, f"held by {cls_name}, not one of the types {', '.join(types)}")
-        elif cls_name in exclude_types:
-            leave(name, p, f"held by {cls_name} (excluded type)")
-        else:
-            candidates.append((name, p))
-    names = [n for n, _ in params]
-    for pat in include + exclude:
-        if pat != "*" and not any(name_matches(pat, n, n.rpartition(".")[0]) for n in names):
-            raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
-    present = {_own_class(m).__name__ for m in model.modules()}
-    for t in types + exclude_types:
-        if t not in present:
-            raise UserError(f"module type {t!r} is not in this model; types: {shorten(sorted(present))}")
-    chosen = list(candidates)
-    if float_first and chosen:
-        leave(chosen[0][0], chosen[0][1], "first weight kept float (float_first)")
-        chosen = chosen[1:]
-    if float_last and chosen:
-        leave(chosen[-1][0], chosen[-1][1], "last weight kept float (float_last)")
-        chosen = chosen[:-1]
-    order = {n: i for i, n in enumerate(names)}
-    left_out.sort(key=lambda d: order[d["name"]])
-    return chosen, left_out
-
-
-def shorten(names, k: int = 12) -> str:
-    names = list(names)
-    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
-
-
-# ---------------------------------------------------------------------------
 # Attaching and detaching
 # ---------------------------------------------------------------------------
-
-def selection_field(which: str, verb: str, left: str, default_help: str = ""):
-    """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
-    its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
-    text = {"include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
-                       + (f" (default: {default_help})" if default_help else ""),
-            "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
-            "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
-            "exclude_types": f"leave weights held by modules of this class {left}, repeatable"}[which]
-    flag = {"types": "--type", "exclude_types": "--exclude-type"}.get(which)
-    return field(default_factory=list, metadata={"help": text, **({"flag": flag} if flag else {})})
-
 
 def _check_clip(clip):
     if isinstance(clip, str) and clip not in ("glorot", "none"):
@@ -321,6 +238,10 @@ def attach(
     """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    script = [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    if script:
+        raise UserError(f"{script[0]} is TorchScript (torch.jit.script or trace), whose weights Python cannot "
+                        f"intercept: give the eager model")
     clip = _check_clip(clip)
     t = transform(projection).with_defaults(scale="clip")
     if mode == "none":
@@ -331,7 +252,7 @@ def attach(
     if not chosen:
         raise UserError(f"{type(model).__name__} has no weight parameter to project "
                         f"(floating point, 2 or more dimensions) left by the selection")
-    holders = _holders(model)
+    holders = holders_of(model)
     if mode == "fwd":
         bad = [n for n, p in chosen if any(not (isinstance(m, _LAYER_TYPES) and a == "weight")
                                            for _, m, a in holders[id(p)])]
@@ -340,7 +261,7 @@ def attach(
                             f"weights only; exclude {shorten(bad, 4)} or use fwd+bwd")
     per_module: dict[int, tuple[nn.Module, dict]] = {}
     for name, p in chosen:
-        H = _glorot_H(p) if clip == "glorot" else clip
+        H = glorot_bound(p) if clip == "glorot" else clip
         # H rounded to float32 (as BinaryConnect's np.float32 H) so the clamp bound is exactly H.
         first = holders[id(p)][0]
         site = Site(name, first[1], first[2], t, mode, None if H is None else float(torch.tensor(H, dtype=torch.float32)),
@@ -359,7 +280,7 @@ def detach(model: nn.Module) -> None:
     """Undo :func:`attach`: every module gets its own class back and the attribute reads are plain again."""
     for m in model.modules():
         if "_rw" in m.__dict__:
-            m.__class__ = type(m)._rw_class
+            m.__class__ = getattr(type(m), "_rw_class", type(m))
             del m.__dict__["_rw"]
     model.__dict__.pop("_rw_left_out", None)
 
@@ -460,7 +381,7 @@ def clip_(model: nn.Module) -> None:
 
     Two multi-tensor kernels (a batch-50 GPU step is launch-bound), the numbers of one ``clamp_`` per
     tensor; in module order, unsorted (:func:`sites` sorts, which costs more than the clamps on a GPU)."""
-    clipped = [s for s in _each_site(model) if s.H is not None]
+    clipped = [s for s in _each_site(model) if s.H is not None and s.hidden.requires_grad]   # frozen: never written
     hidden, bound = [s.hidden for s in clipped], [s.H for s in clipped]
     if hidden:
         torch._foreach_clamp_min_(hidden, [-h for h in bound])
@@ -499,19 +420,27 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
     ``on="hidden"`` distorts the hidden weights, ``on="projected"`` the weights
     evaluation would otherwise use. Parameters named in ``exclude`` keep their
     evaluation weights. The hidden weights are never written: the distorted
-    tensors are pinned beside them and dropped on exit, error or not.
+    tensors are pinned beside them and dropped on exit, error or not. A model
+    never attached has every weight parameter distorted for the block (as
+    :func:`attach` selects them by default).
     """
     if on not in ("hidden", "projected"):
         raise UserError(f"distort on must be 'hidden' or 'projected', not {on!r}")
     t = transform(t)
+    plain = not sites(model)
+    if plain:   # a model never attached: its weights for the block (before: nothing was distorted, silently)
+        attach(model, "identity", mode="none", clip=None)
     ss = [s for s in sites(model) if s.name not in exclude]
     before = [s.pinned for s in ss]
     try:
         with torch.no_grad():
             for s in ss:
                 base = s.hidden if on == "hidden" else effective_weight(s)
-                s.pinned = t(base, generator, clip=s.H)   # scale=clip on a never-clipped weight: its max|W|
+                # requiring grad as the weight does: PyTorch picks the same kernels (attention's fast path)
+                s.pinned = t(base, generator, clip=s.test_bound).requires_grad_(s.hidden.requires_grad)
         yield model
     finally:
         for s, p in zip(ss, before):
             s.pinned = p
+        if plain:
+            detach(model)

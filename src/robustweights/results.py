@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from .runs import write_text
 
-__all__ = ["COLUMNS", "complete_row", "better_when_higher", "mean_score", "by_spec", "lowest_bits",
+__all__ = ["COLUMNS", "complete_row", "better_when_higher", "mean_score", "by_spec", "curve_of", "lowest_bits",
            "write_rows", "spec_lines", "claims_markdown"]
 
 COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
@@ -48,17 +49,33 @@ def mean_score(rows: list[dict], keep=lambda r: True, key: str = "score") -> flo
     return sum(values) / len(values) if values else None
 
 
+def curve_of(r: dict) -> str:
+    """The curve a row lies on: its spec without the swept strength (``add-gauss:scale=max`` for
+    ``add-gauss:sigma=0.8,scale=max``)."""
+    name, _, params = r["spec"].partition(":")
+    rest = [kv for kv in params.split(",") if kv and kv.partition("=")[0] != r.get("param")]
+    return name + (":" + ",".join(rest) if rest else "")
+
+
 def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
-    """The distortion strength with the lowest effective bits whose mean score meets ``target``
-    (at or below it; at or above it for a metric where higher is better)."""
-    best = None
-    for spec, rs in by_spec(r for r in rows if r.get("effective_bits") is not None).items():
+    """The distortion strength with the lowest effective bits at which the mean score *stays* within
+    ``target`` (at or below it; at or above it for a metric where higher is better): it meets the target
+    there and at every strength of the same curve that leaves more bits (docs/method.md section 4). Rows
+    without a finite bits figure are left out."""
+    points: dict[str, list[tuple[float, float, str, list[dict]]]] = {}
+    for spec, rs in by_spec(r for r in rows if r.get("effective_bits") is not None
+                            and math.isfinite(r["effective_bits"])).items():
         mean = sum(r["score"] for r in rs) / len(rs)
-        b = rs[0]["effective_bits"]
-        ok = mean >= target if higher_is_better else mean <= target
-        if ok and (best is None or b < best["effective_bits"]):
-            best = {"spec": spec, "effective_bits": b, "mean_error": mean, "mean_score": mean,
-                    "metric": rs[0]["metric"], "trials": len(rs)}
+        bits = sum(r["effective_bits"] for r in rs) / len(rs)
+        points.setdefault(curve_of(rs[0]), []).append((bits, mean, spec, rs))
+    best = None
+    for curve in points.values():
+        for bits, mean, spec, rs in sorted(curve, key=lambda p: -p[0]):   # from the most bits down
+            if not (mean >= target if higher_is_better else mean <= target):
+                break   # the error left the target here: lower strengths on this curve do not count
+            if best is None or bits < best["effective_bits"]:
+                best = {"spec": spec, "effective_bits": bits, "mean_error": mean, "mean_score": mean,
+                        "metric": rs[0]["metric"], "trials": len(rs)}
     return best
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,10 +35,12 @@ from . import data as data_mod
 from . import projected
 from .distributed import agree, process_group, resolve_device
 from .errors import UserError
-from .evaluation import bn_layers, calibrate_bn, evaluate_split, reestimated_bn, sweep_coverage, weights_label
+from .evaluation import (bn_layers, calibrate_bn, evaluate_split, reestimated_bn, restore_modes, sweep_coverage,
+                         train_modes, weights_label)
 from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
+from .selection import selection_field
 from .training import derive_seed, load, load_config_data
 
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
@@ -125,7 +128,7 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
     if bn_batches and train is None:
         raise UserError("batch-norm re-estimation needs the training split: pass a Data, not a Split")
     todo = cells(distortions, trials, default_scale(model))
-    was_training, ours = model.training, not projected.sites(model)
+    modes, ours = train_modes(model), not projected.sites(model)
     if ours:  # a user's plain model: test it as it is, and give it back as it came
         projected.attach(model, "identity", mode="none", clip=None, include=include, exclude=exclude,
                          types=types, exclude_types=exclude_types)
@@ -136,14 +139,24 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
         measure = evaluate or (lambda m: evaluate_split(m, test, loss=loss, batch_size=batch_size, device=device))
         untouched, cov = covered or sweep_coverage(
             model, test, keep, batch_size, device, include=include, exclude=exclude, types=types,
-            exclude_types=exclude_types, forward=None if test is not None else lambda: measure(model))
+            exclude_types=exclude_types, forward=None if evaluate is None else lambda: _score(measure(model), metric))
         if progress:
             print(cov["summary"])
+        if not cov["covered"]:   # every cell would show the clean network: 'perfectly robust', and untrue
+            raise UserError(f"nothing to distort: {cov['summary']}")
+        missed = [n for n, why in untouched.items() if why.startswith(("never read", "its value never"))]
+        if missed and not progress:
+            warnings.warn(f"the sweep leaves weights out that its distortions could not reach: {cov['summary']}",
+                          stacklevel=3)
         done = dict(done or {})
         # The tensors the distortions act on, and their clip bounds: the same for every cell (effective bits)
         hit = [x for x in projected.sites(model) if x.name not in untouched]
         bases = [x.hidden if on == "hidden" else projected.effective_weight(x) for x in hit]
-        bounds = [x.H for x in hit]
+        bounds = [x.test_bound for x in hit]
+        bad = [x.name for x, b in zip(hit, bases) if not bool(torch.isfinite(b).all())]
+        if bad:   # every scale (max|W|, std) and so every cell and bits figure would be silently wrong
+            raise UserError(f"the weights hold NaN or inf values ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): nothing to measure a distortion against")
         rows = []
         bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
         for c in bar:
@@ -174,7 +187,7 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
     finally:
         if ours:
             projected.detach(model)
-        model.train(was_training)
+        restore_modes(modes)
     return rows
 
 
@@ -215,12 +228,12 @@ class SweepConfig:
                                                 "choices": ("hidden", "projected")})
     keep: list[str] = field(default_factory=list, metadata={
         "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
-    include: list[str] = projected.selection_field(
+    include: list[str] = selection_field(
         "include", "distort", "undistorted", "every projected weight; for your own model every floating-point "
         "parameter with 2 or more dimensions")
-    exclude: list[str] = projected.selection_field("exclude", "distort", "undistorted")
-    types: list[str] = projected.selection_field("types", "distort", "undistorted")
-    exclude_types: list[str] = projected.selection_field("exclude_types", "distort", "undistorted")
+    exclude: list[str] = selection_field("exclude", "distort", "undistorted")
+    types: list[str] = selection_field("types", "distort", "undistorted")
+    exclude_types: list[str] = selection_field("exclude_types", "distort", "undistorted")
     bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
     bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
                              "evaluation weights, on N training batches (0: off; the baseline is then measured "

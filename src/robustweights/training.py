@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,121 +38,16 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, projected
+from .config import TrainConfig
 from .distributed import agree, process_group, resolve_device
 from .evaluation import (bn_layers, calibrate_bn, evaluate_split, needs_calibration, reestimated_bn,
                          training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .steps import EXCLUSIVE, GraphedStep, lr_at, make_step, set_lr
-from .transforms import transform
 
-def _opt(help: str, choices=None, **kw):
-    """A config field with its command-line help (the CLI is built from these)."""
-    return field(metadata={"help": help, "choices": choices}, **kw)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as ``config.json`` and inside the checkpoint."""
-
-    model: str = _opt("registered model name (see `robustweights list`) or package.module:function", default="cnn")
-    width: float = _opt("multiplier for every hidden channel/unit count", default=1.0)
-    dataset: str = _opt("dataset", data_mod.DATASETS, default="fashion-mnist")
-    data_dir: str | None = _opt("folder (or archive) holding the dataset; default: its usual place", default=None)
-    preprocess: str = _opt("input preprocessing: standardize (fitted on training data), gcn-zca (BinaryConnect's), "
-                           "none (pixels in [0, 1]) or normalize:mean=M,std=S (per channel M1/M2/M3)",
-                           default="standardize")
-    augment: str = _opt("data augmentation (BinaryConnect used none)", data_mod.AUGMENT, default="none")
-    train_subset: int | None = _opt("train on a seeded random subset of this many examples", default=None)
-    test_subset: int | None = _opt("test on a seeded random subset of this many examples", default=None)
-    val_size: int | None = _opt("hold the last N training images out for validation; the network kept (best.pt) "
-                                "and the test error reported are those of the best validation epoch "
-                                "(BinaryConnect: 5000 of CIFAR-10's 50000)", default=None)
-    image_size: int | None = _opt("imagefolder only: side of the square crop, pixels (default 224)", default=None)
-    projection: str = _opt("weight projection spec, e.g. sign, stoch-sign, power:beta=0.5, stoch-mult:gamma=0.5",
-                           default="identity")
-    mode: str = _opt("where the projection acts: fwd+bwd (standard), fwd (output only), none (clip only)",
-                     projected.MODES, default="fwd+bwd")
-    clip: str = _opt("clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or 'none'",
-                     default="1")
-    init: str = _opt("initial hidden weights: default (PyTorch's) or uniform (BinaryConnect's: each clipped weight "
-                     "uniform in [-H, H], the whole clip range)", ("default", "uniform"), default="default")
-    float_first: bool = _opt("leave the first weight tensor unprojected and unclipped", default=False)
-    float_last: bool = _opt("leave the last weight tensor unprojected and unclipped", default=False)
-    include: list[str] = projected.selection_field(
-        "include", "project", "float", "every floating-point parameter with 2 or more dimensions")
-    exclude: list[str] = projected.selection_field("exclude", "project", "float")
-    types: list[str] = projected.selection_field("types", "project", "float")
-    exclude_types: list[str] = projected.selection_field("exclude_types", "project", "float")
-    loss: str = _opt("training loss: cross-entropy, or BinaryConnect's squared hinge", ("ce", "sq-hinge"), default="ce")
-    optimizer: str = _opt("optimizer", ("adam", "sgd"), default="adam")
-    lr: float = _opt("initial learning rate", default=1e-3)
-    lr_end: float | None = _opt("final learning rate of the exp schedule (default lr/1000)", default=None)
-    momentum: float = _opt("SGD momentum", default=0.9)
-    weight_decay: float = _opt("L2 weight decay (0: none, as in BinaryConnect)", default=0.0)
-    schedule: str = _opt("learning-rate schedule: exp decays per epoch from lr to lr_end (BinaryConnect), "
-                         "cosine per step to 0", ("exp", "cosine", "constant"), default="cosine")
-    epochs: int = _opt("passes over the training data", default=10)
-    batch_size: int = _opt("training batch size, examples", default=100)
-    eval_batch_size: int = _opt("evaluation batch size, examples", default=1000)
-    seed: int = _opt("seed for initialisation, data order and random projections", default=0)
-    device: str = _opt("'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'", default="auto")
-    amp: bool = _opt("bf16 autocast on CUDA (no effect on CPU)", default=False)
-    channels_last: bool = _opt("channels-last memory format (faster convolutions on GPUs)", default=False)
-    compile: bool = _opt("torch.compile the training steps (slow first steps; for long GPU runs)", default=False)
-    cuda_graph: bool = _opt("replay each training step as one CUDA graph (GPU, Adam; the speed of small batches; "
-                            "not with compile or torchrun)", default=False)
-    num_workers: int = _opt("imagefolder only: data loader worker processes", default=0)
-    checkpoint_every: int = _opt("write checkpoint.pt (and best.pt) every N epochs and after the last; metrics.jsonl "
-                                 "is written every epoch (a killed run resumes from the last checkpoint)", default=1)
-    bn_calibrate: int = _opt("after the last epoch, re-estimate batch-norm statistics on N training batches with the "
-                             "evaluation weights, for networks evaluated with other weights than they trained with "
-                             "(random projections: stoch-sign, stoch-mult, noise); the checkpoint keeps them "
-                             "(0: off)", default=50)
-    out: str | None = _opt("run folder for checkpoint.pt, config.json, metrics.jsonl (none: keep nothing)",
-                           default=None)
-
-    def validate(self) -> "TrainConfig":
-        """Check every value a user can get wrong; raises UserError with one line."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"{f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
-        transform(self.projection)
-        data_mod.parse_preprocess(self.preprocess)
-        positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "checkpoint_every": self.checkpoint_every, "eval_batch_size": self.eval_batch_size}
-        for name, v in positive.items():
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise UserError(f"{name} must be a positive number, not {v!r}")
-        for name in ("train_subset", "test_subset", "image_size", "lr_end"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise UserError(f"{name} must be positive, not {v!r}")
-        if self.clip not in ("glorot", "none"):
-            try:
-                ok = float(self.clip) > 0 and math.isfinite(float(self.clip))
-            except ValueError:
-                ok = False
-            if not ok:
-                raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {self.clip!r}")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        if self.cuda_graph and (self.compile or self.optimizer != "adam" or not torch.cuda.is_available()
-                                or self.device == "cpu"):
-            raise UserError("cuda_graph needs a GPU and Adam, and replaces compile (the graph holds the whole step)")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
-        return self
-
-    @property
-    def clip_bound(self) -> "float | str | None":
-        return None if self.clip == "none" else ("glorot" if self.clip == "glorot" else float(self.clip))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+__all__ = ["TrainConfig", "TrainResult", "train", "load", "evaluate", "build_model", "load_config_data",
+           "derive_seed"]
 
 
 @dataclass
@@ -192,10 +87,10 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
                      float_first=config.float_first, float_last=config.float_last, include=config.include or ("*",),
                      exclude=config.exclude, types=config.types, exclude_types=config.exclude_types,
                      generator=generator)
-    with torch.no_grad():   # (the global random state, seeded above)
+    with torch.no_grad():   # (the global random state, seeded above); a never-clipped weight: its Glorot H
         for s in projected.sites(model) if config.init == "uniform" else []:
-            if s.H is not None:
-                s.hidden.uniform_(-s.H, s.H)
+            H = s.H if s.H is not None else projected.glorot_bound(s.hidden)
+            s.hidden.uniform_(-H, H)
     return model
 
 

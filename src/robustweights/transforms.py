@@ -442,8 +442,11 @@ class Transform:
         """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip`` (None: a tensor never
         clipped, whose ``max|W|`` stands for it)."""
         p = dict(self.params)
-        H = magnitude(w, p.pop("scale"), clip) if "scale" in p else None
-        return self.entry.fn(w, generator, H, **p)
+        low = w.dtype in (torch.float16, torch.bfloat16)   # computed in float32: a 16-bit quantizer's levels
+        x = w.float() if low else w                         # overflow float16, and half rounding shifts levels
+        H = magnitude(x, p.pop("scale"), clip) if "scale" in p else None
+        out = self.entry.fn(x, generator, H, **p)
+        return out.to(w.dtype) if low else out
 
     def __repr__(self) -> str:
         return f"transform({self.spec!r})"

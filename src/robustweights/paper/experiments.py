@@ -79,7 +79,7 @@ EXPERIMENTS = {
                        "claims": (2,), "about": "lowest bits per weight at a target error"},
     "stoch-proj": {"rows": ("stoch-mult", "sign", "stoch-sign"), "columns": ("add-gauss",), "claims": (5,),
                    "about": "stoch-mult against sign and stoch-sign with the same budget"},
-    "imagenet": {"rows": ("identity", "sign"), "columns": ("add-gauss",), "claims": (4,),
+    "imagenet": {"rows": ("identity", "sign"), "columns": ("add-gauss", "add-gauss-max"), "claims": (4,),
                  "about": "resnet18 on class-per-folder images (--set data_dir=PATH; else generated folders "
                           "test the path only)"},
     "all": {"rows": MATRIX_ROWS, "columns": COLUMNS, "claims": (1, 2, 3, 5),

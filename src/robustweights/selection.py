@@ -1,0 +1,125 @@
+"""Which parameters are weights: selection by name, pattern and module class, tied holders, the options.
+
+The vocabulary of :func:`robustweights.projected.attach`, of sweeps and of
+``--include``/``--exclude``/``--type``/``--exclude-type``: by default every
+floating-point parameter with two or more dimensions; a pattern (shell
+style) matches a parameter's name or its module's name, under any name a tied
+parameter has; a type is a module class (its own, before ``attach``). A pattern
+or type that matches nothing is an error, never silence.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import field
+
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["holders_of", "own_class", "name_matches", "aliases", "select", "shorten", "selection_field"]
+
+
+def holders_of(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """Every (full name, module, attribute) holding each parameter, by ``id``, in module order."""
+    out: dict[int, list] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for attr, p in m._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((f"{mname}.{attr}" if mname else attr, m, attr))
+    return out
+
+
+def own_class(m: nn.Module) -> type:
+    """The module's class before :func:`attach` (its class now, for a module not attached)."""
+    return getattr(type(m), "_rw_class", type(m))
+
+
+def aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Every name of each parameter, by its ``named_parameters`` name (a tied one has several)."""
+    return {hold[0][0]: [n for n, _, _ in hold] for hold in holders_of(model).values()}
+
+
+def name_matches(pattern: str, name: str, module_name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name, pattern)
+
+
+def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_types=(),
+           float_first: bool = False, float_last: bool = False):
+    """Which parameters a projection or distortion covers: ``(chosen, left_out)``.
+
+    ``chosen`` is a list of ``(name, param)`` in ``named_parameters`` order;
+    ``left_out`` a list of ``{"name", "shape", "count", "reason"}`` for every
+    other parameter. See the module docstring for the vocabulary; a pattern or
+    type that matches nothing is an error, never silence.
+    """
+    include, exclude = tuple(include or ("*",)), tuple(exclude or ())
+    types, exclude_types = tuple(types or ()), tuple(exclude_types or ())
+    holders = holders_of(model)
+    params = list(model.named_parameters())
+    candidates, left_out = [], []
+
+    def leave(name, p, reason):
+        left_out.append({"name": name, "shape": list(p.shape), "count": p.numel(), "reason": reason})
+
+    for name, p in params:
+        # a tied parameter answers to each of its holders: their names (head.weight as well as embed.weight) and
+        # their classes
+        hold = holders[id(p)]
+        classes = [own_class(m).__name__ for _, m, _ in hold]
+
+        def matches(pat):
+            return any(name_matches(pat, n, n.rpartition(".")[0]) for n, _, _ in hold)
+
+        if p.is_complex():
+            leave(name, p, "complex")
+        elif not p.is_floating_point():
+            leave(name, p, "not floating point")
+        elif p.dim() < 2:
+            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions)")
+        elif not any(matches(pat) for pat in include):
+            leave(name, p, f"not matched by include {', '.join(include)}")
+        elif any(matches(pat) for pat in exclude):
+            leave(name, p, f"excluded ({next(pat for pat in exclude if matches(pat))})")
+        elif types and not any(c in types for c in classes):
+            leave(name, p, f"held by {' and '.join(dict.fromkeys(classes))}, not one of the types {', '.join(types)}")
+        elif any(c in exclude_types for c in classes):
+            leave(name, p, f"held by {next(c for c in classes if c in exclude_types)} (excluded type)")
+        else:
+            candidates.append((name, p))
+    names = [n for n, _ in params]
+    every = [n for hold in holders.values() for n, _, _ in hold]
+    for pat in include + exclude:
+        if pat != "*" and not any(name_matches(pat, n, n.rpartition(".")[0]) for n in every):
+            raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
+    present = {own_class(m).__name__ for m in model.modules()}
+    for t in types + exclude_types:
+        if t not in present:
+            raise UserError(f"module type {t!r} is not in this model; types: {shorten(sorted(present))}")
+    chosen = list(candidates)
+    if float_first and chosen:
+        leave(chosen[0][0], chosen[0][1], "first weight kept float (float_first)")
+        chosen = chosen[1:]
+    if float_last and chosen:
+        leave(chosen[-1][0], chosen[-1][1], "last weight kept float (float_last)")
+        chosen = chosen[:-1]
+    order = {n: i for i, n in enumerate(names)}
+    left_out.sort(key=lambda d: order[d["name"]])
+    return chosen, left_out
+
+
+def shorten(names, k: int = 12) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def selection_field(which: str, verb: str, left: str, default_help: str = ""):
+    """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
+    its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
+    text = {"include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
+                       + (f" (default: {default_help})" if default_help else ""),
+            "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
+            "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
+            "exclude_types": f"leave weights held by modules of this class {left}, repeatable"}[which]
+    flag = {"types": "--type", "exclude_types": "--exclude-type"}.get(which)
+    return field(default_factory=list, metadata={"help": text, **({"flag": flag} if flag else {})})
