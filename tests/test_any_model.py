@@ -444,7 +444,7 @@ def test_outputs_wrapped_as_tuple_dict_or_hugging_face_output_are_read_as_their_
 
 
 @pytest.mark.parametrize("spec, words", [("normalize:mean=0.5", "normalize:mean=M,std=S"),
-                                         ("normalize:mean=0.5,std=0", "std must be positive"),
+                                         ("normalize:mean=0.5,std=0", "every std positive"),
                                          ("whiten", "not one of")])
 def test_bad_preprocessing_is_one_line(capsys, spec, words):
     code, out, err = run_main(capsys, "train", "--dataset", "demo", "--preprocess", spec)

@@ -88,3 +88,117 @@ def test_installed_entry_point_and_module_run_help_and_errors():
 def test_list(capsys):
     code, out, err = run_main(capsys, "list")
     assert code == 0 and "bc-vgg" in out and "stoch-mult" in out and "cifar10" in out
+
+
+# ---------------------------------------------------------------------------
+# A stranger's audit of the command line (ninth session): each failed on the code before it
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", *TINY, "--epochs", "2", "--out", str(run)])
+    assert code == 0
+    return run
+
+
+def _hashes(folder):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_train_refuses_a_folder_of_other_files_and_resuming_backwards(tmp_path, capsys, a_run):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "project settings"}')
+    code, _, err = run_main(capsys, "train", *TINY, "--out", str(mine))
+    assert code == 2 and "holds other files (config.json)" in one_error_line(err)
+    assert (mine / "config.json").read_text() == '{"my": "project settings"}'     # before: overwritten
+    # a run killed before its first checkpoint left only its own config.json: starting again is fine
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text((a_run / "config.json").read_text())
+    assert run_main(capsys, "train", *TINY, "--out", str(started))[0] == 0
+    before = _hashes(a_run)
+    code, _, err = run_main(capsys, "train", "--resume", "--out", str(a_run), "--epochs", "1")
+    assert code == 2 and "has 2 epochs done" in one_error_line(err)                 # before: exit 0, config.json
+    assert _hashes(a_run) == before                                                  # rewritten with 1 epoch
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--optimizer", "sgd", "--momentum", "-1"], "momentum must be zero or positive"),
+    (["--weight-decay", "nan"], "weight_decay must be zero or positive"),
+    (["--seed", "99999999999999999999999"], "seed must be an integer in [0, 2**63)"),
+    (["--val-size", "0"], "val_size must be positive"),
+    (["--bn-calibrate", "-3"], "bn_calibrate must be zero or positive"),
+    (["--num-workers", "-2"], "num_workers must be zero or positive"),
+    (["--lr-end", "inf"], "lr_end must be positive"),
+    (["--preprocess", "normalize:mean=0.5,sdt=0.2"], "unknown key 'sdt'"),
+])
+def test_training_values_that_did_nothing_or_crashed_are_one_line(tmp_path, capsys, flags, words):
+    code, _, err = run_main(capsys, "train", *TINY, *flags, "--out", str(tmp_path / "r"))
+    assert code == 2 and words in one_error_line(err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path, capsys, a_run):
+    import torch
+    from robustweights.runs import FORMAT
+    state = torch.load(a_run / "checkpoint.pt", weights_only=True)
+    cases = {"bare": {"format": FORMAT, "version": 1}, "clip": {**state, "config": {**state["config"], "clip": "abc"}},
+             "loss": {**state, "config": {**state["config"], "loss": "foo"}},
+             "model": {**state, "model": [1, 2]}, "config": {**state, "config": "x"}}
+    for name, bad in cases.items():
+        torch.save(bad, tmp_path / f"{name}.pt")
+        code, _, err = run_main(capsys, "evaluate", str(tmp_path / f"{name}.pt"))
+        assert code == 2 and "damaged" in one_error_line(err), name
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["--distortion", "add-gauss:sigma=nan:1:0.25"], "needs finite numbers"),
+    (["--distortion", "add-gauss:sigma=0:inf:0.5"], "needs finite numbers"),
+    (["--distortion", "add-gauss:sigma=0:1:1e-8"], "strengths in one grid (at most 10,000)"),
+    (["--target-error", "5"], "target error must be a fraction in [0, 1]"),
+    (["--dataset", "mnist"], "--dataset go with --model-factory"),
+    (["--state-dict", "x.pt"], "--state-dict go with --model-factory"),
+])
+def test_sweep_mistakes_that_crashed_or_were_ignored_are_one_line(tmp_path, capsys, a_run, argv, words):
+    code, _, err = run_main(capsys, "sweep", str(a_run), *argv, "--trials", "1", "--out", str(tmp_path / "s"))
+    assert code == 2 and words in one_error_line(err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_resumes_however_its_checkpoint_is_spelled_and_keeps_finished_rows(tmp_path, capsys, a_run,
+                                                                                  monkeypatch):
+    out = tmp_path / "s"
+    args = ["--distortion", "add-gauss:sigma=0.5", "--trials", "1", "--out", str(out)]
+    assert run_main(capsys, "sweep", str(a_run), *args)[0] == 0
+    rows = json.loads((out / "results.json").read_text())
+    (out / "results.rank0.jsonl").write_text(json.dumps({**rows[0], "error": 0.5, "seed": None}) + "\n\xff\n")
+    monkeypatch.chdir(a_run.parent)     # the same checkpoint as a relative path to the file
+    code, _, err = run_main(capsys, "sweep", "run/checkpoint.pt", *args)
+    assert code == 0, err                # before: "checkpoint differ"
+    assert json.loads((out / "results.json").read_text()) == rows     # before: the stray rank row won
+    (out / "sweep.json").write_text("[]")
+    code, _, err = run_main(capsys, "sweep", str(a_run), *args)
+    assert code == 2 and "not a sweep's record" in one_error_line(err)
+
+
+def test_a_raw_pickle_is_refused_in_exactly_one_line(tmp_path, capsys):
+    import pickle
+    import warnings
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run_main(capsys, "evaluate", str(tmp_path / "raw.pt"))
+    assert code == 2 and one_error_line(err)
+    assert [str(w.message) for w in seen] == []       # before: torch's two-line warning above our line
+
+
+def test_help_texts_are_whole(capsys):
+    for argv, words in ((["--help"], '"quant:bits=1..8" \\\n'), (["evaluate", "--help"], "split to test on"),
+                        (["report", "--help"], "the report's title"), (["list", "--help"], "what to list")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert words in capsys.readouterr().out, argv

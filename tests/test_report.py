@@ -344,3 +344,88 @@ def test_noise_relative_to_the_range_keeps_its_own_column_for_a_float_network(tm
     table = report([flt], tmp_path / "out", at={"add-gauss": 1.0})["table"][0]
     cols = {k: v for k, v in table.items() if k != "label"}
     assert sorted(round(v, 1) for v in cols.values()) == [84.0, 89.0]
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+@pytest.fixture
+def old_report(tmp_path):
+    """A report folder written from one sweep, and a second, good sweep to report into it."""
+    sign = make_sweep(tmp_path / "sign", "sign", drop=("quant", "power"))
+    report([sign], tmp_path / "rep")
+    return tmp_path / "rep", make_sweep(tmp_path / "float", "identity", drop=("quant", "power"))
+
+
+def test_a_failure_while_rendering_leaves_an_existing_report_as_it_was(old_report, monkeypatch):
+    """The pages used to be rendered after report.json and the PNGs were written: a failure there left the
+    folder mixed (new figures and manifest, old pages)."""
+    from robustweights.reports import document
+
+    rep, flt = old_report
+    before = snapshot(rep)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(document.Document, "html", broken)
+    with pytest.raises(RuntimeError):
+        report([flt], rep)
+    assert snapshot(rep) == before
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"paper": 0.5}, "'paper' must be a string, not 0.5"),
+    ({"measured": None}, "'measured' must be a string"),
+    ({"claim": "1"}, "'claim' must be a whole number"),
+    ({"verdict": "proven"}, "'verdict' must be one of"),
+])
+def test_claims_of_the_wrong_type_are_one_line_and_change_nothing(old_report, tmp_path, change, words):
+    from robustweights.cli import main
+    from robustweights.paper.claims import read_claims
+
+    rep, flt = old_report
+    before = snapshot(rep)
+    good = {"claim": 1, "statement": "s", "paper": "p", "measured": "m", "setting": "x", "verdict": "reproduced"}
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps([good, {**good, **change}]))
+    with pytest.raises(UserError) as e:
+        read_claims(path)
+    assert words in one_line(e) and str(path) in one_line(e) and "entry 2" in one_line(e)
+    assert main(["report", str(flt), "--claims", str(path), "--out", str(rep)]) == 2
+    assert snapshot(rep) == before
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"split": ["a"]}, "split must be a string or null"),
+    ({"train_projection": ["sign"]}, "train_projection must be a string or null"),
+    ({"scale_default": [1]}, "scale_default must be a string or null"),
+    ({"coverage": "x"}, "coverage must be an object"),
+    ({"coverage": {"summary": 5}}, "coverage.summary must be a string or null"),
+    ({"config": {"keep": 5}}, "config.keep must be a list"),
+])
+def test_sweep_fields_of_the_wrong_type_are_one_line_naming_folder_and_field(old_report, change, words):
+    rep, flt = old_report
+    before = snapshot(rep)
+    (flt / "sweep.json").write_text(json.dumps({**json.loads((flt / "sweep.json").read_text()), **change}))
+    with pytest.raises(UserError) as e:
+        report([flt], rep)
+    assert words in one_line(e) and str(flt / "sweep.json") in one_line(e)
+    assert snapshot(rep) == before
+
+
+def test_out_in_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
+    sign = make_sweep(tmp_path / "a", "sign", drop=("quant", "power"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    real = os.access   # root may write anywhere: deny ro for it too, as for everyone else
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
+    try:
+        with pytest.raises(UserError) as e:
+            report([sign], ro / "rep")
+        assert "no permission to write in" in one_line(e) and str(ro) in one_line(e)
+        assert not (ro / "rep").exists()
+    finally:
+        ro.chmod(0o755)

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -386,3 +387,86 @@ def test_the_gpu_lease_scripts_second_call_runs_on_the_cpu_and_falls_back(tmp_pa
     log = (tmp_path / "o2" / "log.txt").read_text()
     assert r.returncode == 0 and "cuda_graph=true" in log and "exit 2 (graph, 1 at once): the next way" in log, log
     assert log.rstrip().splitlines()[-2] == "exit 0"
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("nothing may be loaded, trained or written for this mistake")
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("quant=2,20", "bits='20' is out of range"),           # found by the sweep only after every row was trained
+    ("quant=1.5,2.7,2", "quant grid must be whole numbers of bits"),   # was silently truncated to 1,2,2
+    ("quant=2,2", "appears twice"),
+])
+def test_a_grid_the_sweep_would_refuse_is_refused_before_training(tmp_path, capsys, monkeypatch, setting, words):
+    """D5: the grids reached grid.cells() only in run_sweep, after training and after reproduce.json was written,
+    so the corrected command was then refused on that folder ("quant differ")."""
+    monkeypatch.setattr(rp, "load_config_data", _no_data)
+    out = tmp_path / "r"
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--set", "rows=identity", "--set", setting,
+                            "--out", str(out), "--quiet")
+    assert code == 2 and words in one_error_line(err), err
+    assert not out.exists()
+    with pytest.raises(rw.UserError, match=words.replace("(", r"\(")):
+        rp.resolve_preset("cpu", [setting])
+
+
+def test_every_preset_passes_the_sweeps_grid_check():
+    for scale in rp.PRESETS:
+        assert rp.resolve_preset(scale)["quant"]
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    """T10: an unwritable --out (or one under a file) gave a PermissionError (NotADirectoryError) traceback."""
+    import os
+    monkeypatch.setattr(rp, "load_config_data", _no_data)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--out", str(afile / "r"), "--quiet")
+    assert code == 2 and "is a file, not a folder" in one_error_line(err)
+    assert afile.read_text() == "mine"
+    # no write permission (as root chmod has no effect: the check itself is told so)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real(p, mode, **kw))
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--out", str(tmp_path / "ro" / "r"), "--quiet")
+    assert code == 2 and "no permission to write" in one_error_line(err)
+    assert not (tmp_path / "ro").exists()
+
+
+@pytest.mark.parametrize("marker", [b"[]", b'"text"', b'{"experiment": "matrix", "scale": "tiny", "preset": []}',
+                                    b"\xff\xfe\n"])
+def test_a_mis_shaped_marker_is_one_line_and_untouched(tmp_path, capsys, monkeypatch, marker):
+    """T18: a reproduce.json that is `[]` or has `"preset": []` gave an AttributeError traceback."""
+    monkeypatch.setattr(rp, "load_config_data", _no_data)
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / rp.MARKER).write_bytes(marker)
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--out", str(out), "--quiet")
+    line = one_error_line(err)
+    assert code == 2 and ("is not a reproduce record" in line or "is unreadable" in line), line
+    assert (out / rp.MARKER).read_bytes() == marker and len(list(out.iterdir())) == 1
+
+
+def test_a_marker_whose_sessions_are_not_a_list_is_one_line(tmp_path, capsys, monkeypatch):
+    """The same settings, but "sessions" a number: list(3) raised a TypeError once the settings matched."""
+    monkeypatch.setattr(rp, "load_config_data", _no_data)
+    out = tmp_path / "r"
+    out.mkdir()
+    marker = json.dumps({"experiment": "matrix", "scale": "tiny", "preset": rp.resolve_preset("tiny"), "sessions": 3})
+    (out / rp.MARKER).write_text(marker)
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--out", str(out), "--quiet")
+    assert code == 2 and "is not a reproduce record" in one_error_line(err)
+    assert (out / rp.MARKER).read_text() == marker
+
+
+def test_a_binary_metrics_file_counts_as_unreadable_not_a_crash(tmp_path):
+    """T19: _finished caught only OSError, so a binary train/<row>/metrics.jsonl raised UnicodeDecodeError. It is
+    treated as a missing one is: not known to be finished (the "(already trained)" note is left off; train()
+    itself decides from the checkpoint)."""
+    cfg = rp.row_config(rp.resolve_preset("tiny"), "sign", tmp_path, "matrix")
+    Path(cfg.out).mkdir(parents=True)
+    assert rp._finished(cfg) is False                        # missing
+    (Path(cfg.out) / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+    assert rp._finished(cfg) is False                        # binary
+    (Path(cfg.out) / "metrics.jsonl").write_text("{}\n" * cfg.epochs)
+    assert rp._finished(cfg) is True

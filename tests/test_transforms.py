@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import robustweights as rw
 from robustweights import UserError, list_transforms, projected, transform
 
-floats = st.floats(-3, 3, allow_nan=False, allow_infinity=False, width=32)
+floats = st.floats(-3, 3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)  # (a subnormal
+# weight times a factor below 1 underflows to 0: float arithmetic, not the transform)
 weights = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v, dtype=torch.float32))
 scales = st.sampled_from(["max", "mean", "clip", "0.5", "2"])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import data as data_mod
 from .errors import Diverged, UserError
 
-EXAMPLES = """examples:
+EXAMPLES = r"""examples:
   robustweights demo
   robustweights train --model cnn --dataset fashion-mnist --projection sign --epochs 3 --out runs/sign
   robustweights train --model bc-vgg --width 0.25 --dataset cifar10 --projection sign --epochs 20 --out runs/bc
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
     e.add_argument("--weights", choices=WEIGHTS, default="auto",
                    help="auto: the training projection if deterministic, else hidden (docs/method.md section 3)")
-    e.add_argument("--split", choices=("test", "train"), default="test")
+    e.add_argument("--split", choices=("test", "train"), default="test", help="split to test on (default: test)")
     e.add_argument("--data-dir", default=None, help="where the dataset is, if not where training found it")
     e.add_argument("--model-factory", default=None, help="allow importing this package.module:function model")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="report folder")
     rp.add_argument("--at", action="append", metavar="DISTORTION=VALUE",
                     help="strength for the matrix table, repeatable (default: each grid's middle value)")
-    rp.add_argument("--title", default=None)
+    rp.add_argument("--title", default=None, help="the report's title (default: from the inputs)")
     rp.add_argument("--claims", default=None, metavar="CLAIMS_JSON",
                     help="claims.json written by `robustweights reproduce`: its table heads the report")
     rp.set_defaults(func=cmd_report)
@@ -306,14 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--quiet", action="store_true", help="no progress bars")
     rr.set_defaults(func=cmd_reproduce)
 
-    ls = sub.add_parser("list", parents=[debug], help="list models, transforms and datasets")
-    ls.add_argument("what", nargs="?", choices=("models", "transforms", "datasets", "all"), default="all")
+    ls = sub.add_parser("list", parents=[debug], help="list models, transforms and datasets",
+                        description="List the registered models, the transforms (distortions and projections, "
+                                    "with their parameters) and the datasets.")
+    ls.add_argument("what", nargs="?", choices=("models", "transforms", "datasets", "all"), default="all",
+                    help="what to list (default: all)")
     ls.set_defaults(func=cmd_list)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()   # (imports the library: seconds)
+    except KeyboardInterrupt:
+        print("robustweights: interrupted; nothing was written", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

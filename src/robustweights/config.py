@@ -1,8 +1,9 @@
-"""TrainConfig: every setting a training run depends on, with its command-line help and its checks.
+"""TrainConfig and SweepConfig: every setting of a training run and of a sweep, with command-line help and checks.
 
-``robustweights train``'s flags are built from these fields (their ``help``
-and ``choices`` metadata); the configuration is saved as ``config.json`` and
-inside every checkpoint, so a run folder says how it was made.
+``robustweights train``'s and ``sweep``'s flags are built from these fields
+(their ``help`` and ``choices`` metadata); a training configuration is saved
+as ``config.json`` and inside every checkpoint, a sweep's in ``sweep.json``,
+so a result folder says how it was made.
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from .projected import MODES
 from .selection import selection_field
 from .transforms import transform
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "SweepConfig", "DEFAULT_DISTORTIONS"]
+
+DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
 
 def _opt(help: str, choices=None, **kw):
     """A config field with its command-line help (the CLI is built from these)."""
     return field(metadata={"help": help, "choices": choices}, **kw)
+
+
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list[str]": (list,)}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "list[str]": "a list of strings"}
 
 
 @dataclass
@@ -90,9 +98,19 @@ class TrainConfig:
     out: str | None = _opt("run folder for checkpoint.pt, config.json, metrics.jsonl (none: keep nothing)",
                            default=None)
 
+    def __post_init__(self):
+        if isinstance(self.clip, int | float) and not isinstance(self.clip, bool):   # clip=1 from Python: "1"
+            self.clip = f"{self.clip:g}"
+
     def validate(self) -> "TrainConfig":
-        """Check every value a user can get wrong; raises UserError with one line."""
+        """Check every value a user (or a stranger's checkpoint) can get wrong; raises UserError with one line."""
         for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), f.type.replace(" | None", "")
+            if v is None and "None" in f.type:
+                continue
+            ok = isinstance(v, _KINDS[kind]) and not (kind in ("int", "float") and isinstance(v, bool))
+            if not ok or (kind == "list[str]" and not all(isinstance(x, str) for x in v)):
+                raise UserError(f"{f.name} must be {_KIND_WORDS[kind]}, not {v!r}")
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"{f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
@@ -103,10 +121,17 @@ class TrainConfig:
         for name, v in positive.items():
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise UserError(f"{name} must be a positive number, not {v!r}")
-        for name in ("train_subset", "test_subset", "image_size", "lr_end"):
+        for name in ("train_subset", "test_subset", "image_size", "lr_end", "val_size"):
             v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise UserError(f"{name} must be positive, not {v!r}")
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise UserError(f"{name} must be positive, not {v!r}" + (" (omit it for no validation split)"
+                                                                          if name == "val_size" else ""))
+        for name in ("momentum", "weight_decay", "bn_calibrate", "num_workers"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise UserError(f"{name} must be zero or positive, not {v!r}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise UserError(f"seed must be an integer in [0, 2**63), not {self.seed!r}")
         if self.clip not in ("glorot", "none"):
             try:
                 ok = float(self.clip) > 0 and math.isfinite(float(self.clip))
@@ -131,3 +156,52 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _sopt(help: str, **kw):
+    return field(metadata={"help": help}, **kw)
+
+
+@dataclass
+class SweepConfig:
+    """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the same."""
+
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "checkpoint.pt (or its run folder) from `robustweights train`", "positional": True})
+    model_factory: str | None = _sopt("your own model: package.module:function that builds it", default=None)
+    state_dict: str | None = _sopt("with --model-factory: a file holding the model's state_dict", default=None)
+    dataset: str | None = _sopt("with --model-factory: dataset to test on", default=None)
+    data_dir: str | None = _sopt("dataset folder if not where training found it", default=None)
+    preprocess: str = _sopt("with --model-factory: the input preprocessing your model was trained with: "
+                           "standardize, gcn-zca, none (pixels in [0, 1]) or normalize:mean=M,std=S "
+                           "(per channel M1/M2/M3)", default="standardize")
+    distortions: list[str] = field(default_factory=lambda: list(DEFAULT_DISTORTIONS), metadata={
+        "flag": "--distortion", "help": "a distortion grid, repeatable: add-gauss:sigma=0,0.5,1 or "
+        "power:beta=0:1:0.1 (range, stop included) or quant:bits=1..8 (default: " + " and ".join(DEFAULT_DISTORTIONS) + ")"})
+    trials: int = _sopt("independent draws per strength of a random distortion", default=5)
+    seed: int = _sopt("sweep seed; each cell's seed derives from it and the cell", default=0)
+    on: str = field(default="hidden", metadata={"help": "distort the hidden weights or the projected ones",
+                                                "choices": ("hidden", "projected")})
+    keep: list[str] = field(default_factory=list, metadata={
+        "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
+    include: list[str] = selection_field(
+        "include", "distort", "undistorted", "every projected weight; for your own model every floating-point "
+        "parameter with 2 or more dimensions")
+    exclude: list[str] = selection_field("exclude", "distort", "undistorted")
+    types: list[str] = selection_field("types", "distort", "undistorted")
+    exclude_types: list[str] = selection_field("exclude_types", "distort", "undistorted")
+    bn_reestimate: int = _sopt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
+    bn_calibrate: int = _sopt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
+                             "evaluation weights, on N training batches (0: off; the baseline is then measured "
+                             "with them too)", default=0)
+    split: str = field(default="test", metadata={"help": "split to test on", "choices": ("test", "train")})
+    test_subset: int | None = _sopt("test on a seeded subset of this many examples", default=None)
+    batch_size: int = _sopt("evaluation batch size", default=1000)
+    target_error: float | None = _sopt("target for the effective-bits summary (default: undistorted + 1 point)",
+                                      default=None)
+    device: str = _sopt("auto, cpu, cuda or cuda:N", default="auto")
+    out: str = _sopt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")
+
+    # Fields that a restarted sweep may change without changing any number.
+    RESUMABLE = ("data_dir", "device", "out", "target_error", "batch_size", "checkpoint", "state_dict")
+    # (checkpoint, state_dict: a path spelled another way, a folder moved; checkpoint_sha256 holds the identity)

@@ -246,9 +246,12 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
             vals[k.strip()] = [float(x) for x in v.split("/")]
         except ValueError:
             raise UserError(usage) from None
-    if set(vals) != {"mean", "std"} or not all(math.isfinite(x) for v in vals.values() for x in v) \
-            or not all(x > 0 for x in vals["std"]):
-        raise UserError(usage + "; std must be positive")
+    if set(vals) != {"mean", "std"}:
+        unknown = sorted(set(vals) - {"mean", "std"})
+        raise UserError(usage + (f"; unknown key {', '.join(map(repr, unknown))}" if unknown else
+                                 "; it needs both mean and std"))
+    if not all(math.isfinite(x) for v in vals.values() for x in v) or not all(x > 0 for x in vals["std"]):
+        raise UserError(usage + "; every mean must be finite and every std positive")
     return name, vals["mean"], vals["std"]
 
 

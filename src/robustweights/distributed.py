@@ -12,6 +12,7 @@ rank 0's view (a checkpoint it read, the cells it found done) to every rank.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Callable
@@ -25,7 +26,13 @@ __all__ = ["resolve_device", "distributed_env", "init_distributed", "leave_distr
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one line for any other."""
+    if not (isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this machine has no CUDA GPU")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 

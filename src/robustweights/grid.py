@@ -22,6 +22,14 @@ from .transforms import Transform, parse_spec, transform
 __all__ = ["expand", "parse_grid", "swept_param", "Cell", "cells", "cell_seed"]
 
 
+MAX_VALUES = 10_000   # strengths in one grid: more is a typo (a step of 1e-8), not an experiment
+
+
+def _check_count(n: int, where: str) -> None:
+    if n > MAX_VALUES:
+        raise UserError(f"{where}: {n:,} strengths in one grid (at most {MAX_VALUES:,}); check the step or range")
+
+
 def expand(raw: list[str], where: str) -> list[str]:
     """Values of one parameter: a list, ``start:stop:step`` (stop included) or ``a..b`` (integers)."""
     if len(raw) == 1 and ".." in raw[0]:
@@ -30,15 +38,19 @@ def expand(raw: list[str], where: str) -> list[str]:
             lo, hi = int(a), int(b)
         except ValueError:
             raise UserError(f"{where}: a range a..b needs integers, got {raw[0]!r}") from None
+        _check_count(hi - lo + 1, where)
         return [str(v) for v in range(lo, hi + 1)]
     if len(raw) == 1 and raw[0].count(":") == 2:
         try:
             a, b, s = (float(x) for x in raw[0].split(":"))
         except ValueError:
             raise UserError(f"{where}: a range is start:stop:step with numbers, got {raw[0]!r}") from None
+        if not all(math.isfinite(x) for x in (a, b, s)):
+            raise UserError(f"{where}: range {raw[0]!r} needs finite numbers")
         if not s > 0 or b < a:
             raise UserError(f"{where}: range {raw[0]!r} needs step > 0 and stop >= start")
         n = int(math.floor((b - a) / s + 1e-9))
+        _check_count(n + 1, where)
         return [repr(round(a + i * s, 10)) for i in range(n + 1)]
     return raw
 

@@ -20,6 +20,7 @@ import platform
 import re
 import subprocess
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -90,7 +91,9 @@ def safe_load(p: Path, what: str):
     object) is refused rather than loaded, whatever PyTorch's own message suggests.
     """
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch's own warnings about odd files: our one line says it
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         name = found.group(1) if found else None
@@ -188,4 +191,18 @@ def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
     state = safe_load(p, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a robustweights checkpoint")
+    shape = state.get("in_shape")
+    checks = {"config": isinstance(state.get("config"), dict),
+              "model": isinstance(state.get("model"), dict) and all(
+                  isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()),
+              "epoch": _count(state.get("epoch")), "num_classes": _count(state.get("num_classes")),
+              "in_shape": isinstance(shape, list | tuple) and len(shape) > 0 and all(_count(n) for n in shape),
+              "history": isinstance(state.get("history", []), list)}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:   # a stranger's or damaged file: one line, not a KeyError further on
+        raise UserError(f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong type")
     return state
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

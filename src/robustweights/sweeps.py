@@ -23,7 +23,6 @@ import dataclasses
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,10 +39,9 @@ from .evaluation import (bn_layers, calibrate_bn, evaluate_split, reestimated_bn
 from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
-from .selection import selection_field
+from .config import SweepConfig
 from .training import derive_seed, load, load_config_data
 
-DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
 
 
 def default_scale(model: nn.Module) -> str:
@@ -202,54 +200,6 @@ def _score(result, metric: str) -> float:
 # Sweeps with files: provenance, resume, summary (what `robustweights sweep` runs)
 # ---------------------------------------------------------------------------
 
-def _opt(help: str, **kw):
-    return field(metadata={"help": help}, **kw)
-
-
-@dataclass
-class SweepConfig:
-    """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the same."""
-
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "checkpoint.pt (or its run folder) from `robustweights train`", "positional": True})
-    model_factory: str | None = _opt("your own model: package.module:function that builds it", default=None)
-    state_dict: str | None = _opt("with --model-factory: a file holding the model's state_dict", default=None)
-    dataset: str | None = _opt("with --model-factory: dataset to test on", default=None)
-    data_dir: str | None = _opt("dataset folder if not where training found it", default=None)
-    preprocess: str = _opt("with --model-factory: the input preprocessing your model was trained with: "
-                           "standardize, gcn-zca, none (pixels in [0, 1]) or normalize:mean=M,std=S "
-                           "(per channel M1/M2/M3)", default="standardize")
-    distortions: list[str] = field(default_factory=lambda: list(DEFAULT_DISTORTIONS), metadata={
-        "flag": "--distortion", "help": "a distortion grid, repeatable: add-gauss:sigma=0,0.5,1 or "
-        "power:beta=0:1:0.1 (range, stop included) or quant:bits=1..8 (default: " + " and ".join(DEFAULT_DISTORTIONS) + ")"})
-    trials: int = _opt("independent draws per strength of a random distortion", default=5)
-    seed: int = _opt("sweep seed; each cell's seed derives from it and the cell", default=0)
-    on: str = field(default="hidden", metadata={"help": "distort the hidden weights or the projected ones",
-                                                "choices": ("hidden", "projected")})
-    keep: list[str] = field(default_factory=list, metadata={
-        "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
-    include: list[str] = selection_field(
-        "include", "distort", "undistorted", "every projected weight; for your own model every floating-point "
-        "parameter with 2 or more dimensions")
-    exclude: list[str] = selection_field("exclude", "distort", "undistorted")
-    types: list[str] = selection_field("types", "distort", "undistorted")
-    exclude_types: list[str] = selection_field("exclude_types", "distort", "undistorted")
-    bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
-    bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
-                             "evaluation weights, on N training batches (0: off; the baseline is then measured "
-                             "with them too)", default=0)
-    split: str = field(default="test", metadata={"help": "split to test on", "choices": ("test", "train")})
-    test_subset: int | None = _opt("test on a seeded subset of this many examples", default=None)
-    batch_size: int = _opt("evaluation batch size", default=1000)
-    target_error: float | None = _opt("target for the effective-bits summary (default: undistorted + 1 point)",
-                                      default=None)
-    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
-    out: str = _opt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")
-
-    # Fields that a restarted sweep may change without changing any number.
-    RESUMABLE = ("data_dir", "device", "out", "target_error", "batch_size")
-
-
 def _load_state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -275,6 +225,11 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
 
     device = resolve_device(config.device)
     if config.checkpoint:
+        ignored = [flag for flag, given in (("--state-dict", config.state_dict), ("--dataset", config.dataset),
+                                            ("--preprocess", config.preprocess != "standardize")) if given]
+        if ignored:   # a checkpoint names its own weights, data and preprocessing
+            raise UserError(f"{', '.join(ignored)} go with --model-factory and no checkpoint; a checkpoint is tested "
+                            f"on the data and preprocessing it trained with (--data-dir: where that data is)")
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
         tc = dataclasses.replace(tc, test_subset=config.test_subset)
         data = data or load_config_data(tc, config.data_dir)
@@ -368,7 +323,7 @@ def _partial_rows(out: Path) -> list[dict]:
     """Rows that ranks of an interrupted distributed sweep finished (``results.rankN.jsonl``)."""
     rows = []
     for f in sorted(out.glob("results.rank*.jsonl")):
-        for line in f.read_text().splitlines():
+        for line in f.read_text(errors="replace").splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -385,9 +340,12 @@ def _previous_sweep(out: Path) -> dict | None:
         return None
     if (out / "sweep.json").exists():
         try:
-            return json.loads((out / "sweep.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            previous = json.loads((out / "sweep.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
+        if not (isinstance(previous, dict) and isinstance(previous.get("config", {}), dict)):
+            raise UserError(f"{out}/sweep.json is not a sweep's record; choose another --out")
+        return previous
     if any(out.iterdir()):
         raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
     return None
@@ -406,9 +364,14 @@ def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict
                         "choose another --out")
     try:
         old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
-    return {(r["spec"], r["trial"]): complete_row(r) for r in old_rows + _partial_rows(out)}
+    if not isinstance(old_rows, list):
+        old_rows = []
+    # the finished table wins over a rank's stray or cut row; a row without its cell's key is recomputed
+    rows = [r for r in _partial_rows(out) + old_rows if isinstance(r, dict) and isinstance(r.get("spec"), str)
+            and isinstance(r.get("trial"), int)]
+    return {(r["spec"], r["trial"]): complete_row(r) for r in rows}
 
 
 def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None) -> dict:
@@ -420,6 +383,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         raise UserError(f"bn-calibrate must be 0 or more, not {config.bn_calibrate}")
     if config.split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
+    if config.target_error is not None and not 0 <= config.target_error <= 1:
+        raise UserError(f"target error must be a fraction in [0, 1], not {config.target_error!r}")
     cells(config.distortions, config.trials)           # checks the grids before anything is read
     out = Path(config.out)
     # Rank 0 alone reads the out folder (other machines need not see it) and tells every rank what

@@ -98,6 +98,17 @@ def build_model(config: TrainConfig, num_classes: int, in_shape, generator=None,
 # Loading and evaluating a trained network
 # ---------------------------------------------------------------------------
 
+def config_of(state: dict, path) -> TrainConfig:
+    """A checkpoint's :class:`TrainConfig`, checked as a user's would be (a stranger's file can hold anything);
+    the machine it trained on (device, compile, CUDA graph) is not this one's business."""
+    config = TrainConfig.from_dict(state["config"])
+    try:
+        dataclasses.replace(config, device="cpu", compile=False, cuda_graph=False).validate()
+    except UserError as e:
+        raise UserError(f"{path} holds a damaged training configuration: {e}") from None
+    return config
+
+
 def load(path: "str | os.PathLike", *, model_factory: str | None = None, device: str = "cpu"):
     """The trained network of a checkpoint with its hidden weights, in eval mode, and its :class:`TrainConfig`.
 
@@ -106,7 +117,7 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
     stranger must not choose what code runs.
     """
     state = read_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
+    config = config_of(state, path)
     if ":" in config.model and model_factory != config.model:
         raise UserError(f"{path} was trained with model factory {config.model!r}; pass "
                         f"model_factory={config.model!r} (--model-factory) to allow importing it")
@@ -145,6 +156,17 @@ _RESUMABLE = {"epochs", "out", "device", "num_workers", "data_dir", "eval_batch_
               "checkpoint_every"}
 
 
+def _own_start(p: Path) -> bool:
+    """A file a run writes before its first checkpoint (its config.json), or a temporary file of an atomic write."""
+    if p.name == "config.json" and p.is_file():
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(d, dict) and {"model", "projection", "coverage"} <= d.keys()
+    return p.name.startswith((".config.json.", ".metrics.jsonl.", ".checkpoint.pt.", ".best.pt."))   # atomic writes
+
+
 def _check_out(config: TrainConfig, resume: bool) -> dict | None:
     """Refuse to overwrite a run; on resume return its checkpoint."""
     if config.out is None:
@@ -159,11 +181,17 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
     if not resume:
         if ckpt.exists() or (out / "metrics.jsonl").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        others = sorted(p.name for p in out.iterdir() if not _own_start(p)) if out.is_dir() else []
+        if others:   # a user's files, a sweep or a report: a run's files would overwrite or mix with them
+            raise UserError(f"--out {out} holds other files ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder")
         return None
     if not ckpt.exists():
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = read_checkpoint(ckpt)
-    saved = TrainConfig.from_dict(state["config"])
+    saved = config_of(state, ckpt)
+    if config.epochs < state["epoch"]:
+        raise UserError(f"{out} has {state['epoch']} epochs done; --epochs must be at least that to resume it")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in _RESUMABLE and getattr(saved, f.name) != getattr(config, f.name):
             raise UserError(f"cannot resume {out}: {f.name} was {getattr(saved, f.name)!r}, "
@@ -311,8 +339,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             if step % check_every == 0 or step == steps - 1:
                 if not math.isfinite(loss_sum.item()):
                     bar.close()
+                    kept_note = " The last good checkpoint is kept." if out and (out / CHECKPOINT).exists() else ""
                     raise Diverged(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
-                                   f"try a lower --lr. The last good checkpoint is kept.")
+                                   f"try a lower --lr.{kept_note}")
                 if progress and step % 10 == 0:
                     rate = seen * world / (time.perf_counter() - t_epoch)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",

@@ -441,6 +441,8 @@ class Transform:
     def __call__(self, w: Tensor, generator: torch.Generator | None = None, *, clip: float | None = 1.0) -> Tensor:
         """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip`` (None: a tensor never
         clipped, whose ``max|W|`` stands for it)."""
+        if clip is not None and not (clip > 0 and math.isfinite(clip)):
+            raise UserError(f"{self.spec}: the clip bound H must be a positive number, not {clip!r}")
         p = dict(self.params)
         low = w.dtype in (torch.float16, torch.bfloat16)   # computed in float32: a 16-bit quantizer's levels
         x = w.float() if low else w                         # overflow float16, and half rounding shifts levels

@@ -281,8 +281,8 @@ def judge_claim_3(sweeps: dict, cols) -> dict:
 
 
 def read_claims(path: "str | Path") -> list[dict]:
-    """A ``claims.json``, checked: a list of objects with the keys ``claim, statement, paper, measured, setting,
-    verdict``."""
+    """A ``claims.json``, checked: a list of objects with the keys ``claim`` (a whole number), ``statement, paper,
+    measured, setting`` (strings) and ``verdict`` (one of :data:`VERDICTS`)."""
     p = Path(path)
     try:
         claims = json.loads(p.read_text())
@@ -293,4 +293,19 @@ def read_claims(path: "str | Path") -> list[dict]:
     keys = ("claim", "statement", "paper", "measured", "setting", "verdict")
     if not (isinstance(claims, list) and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)):
         raise UserError(f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})")
+
+    def short(v) -> str:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    for i, c in enumerate(claims):   # the values too: the report writes them as text (a number is no verdict)
+        where = f"{p}: entry {i + 1}"
+        if not (isinstance(c["claim"], int) and not isinstance(c["claim"], bool)):
+            raise UserError(f"{where}: 'claim' must be a whole number, not {short(c['claim'])}")
+        for k in ("statement", "paper", "measured", "setting"):
+            if not isinstance(c[k], str):
+                raise UserError(f"{where} (claim {c['claim']}): {k!r} must be a string, not {short(c[k])}")
+        if c["verdict"] not in VERDICTS:
+            raise UserError(f"{where} (claim {c['claim']}): 'verdict' must be one of "
+                            f"{', '.join(map(repr, VERDICTS))}, not {short(c['verdict'])}")
     return claims

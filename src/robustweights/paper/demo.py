@@ -29,10 +29,11 @@ import torch
 
 from .. import projected
 from ..errors import UserError
-from ..runs import write_text
+from ..runs import check_writable, write_text
 from ..training import TrainConfig, evaluate, load_config_data, reestimated_bn, train
 
 MARKER = "demo.json"
+KIND = "robustweights demo"   # demo.json's "kind": a folder holding it is a demo we may replace
 EPOCHS = 8  # enough for the networks to settle on 5000 images; about 15 s each on 2 cores
 # The BinaryConnect networks clip to BinaryConnect's per-layer Glorot bound H (with H = 1 the stochastic one
 # draws nearly fair coins from weights near 0 and does not learn in 8 epochs: 54.8% error against 13.1%).
@@ -43,14 +44,39 @@ TRIALS = 3
 _OUTPUTS = tuple(n for n, *_ in NETWORKS) + tuple(f"sweep-{n}" for n, *_ in NETWORKS) + ("report", MARKER)
 
 
-def _prepare(out: Path) -> None:
-    """Use ``out`` if it is new or holds an earlier demo (which is replaced); never touch anything else."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
+def _is_demo(out: Path) -> bool:
+    """Whether ``out/demo.json`` is a demo's marker: an unfinished demo's (written first) or a finished one's."""
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):     # missing, unreadable, not UTF-8, not JSON: not ours
+        return False
+    return isinstance(marker, dict) and (marker.get("kind") == KIND or isinstance(marker.get("networks"), dict))
+
+
+def _check_epochs(epochs) -> int:
+    """``epochs`` or the demo's own; a 0 or a negative number is a mistake, not "the default"."""
+    if epochs is None:
+        return EPOCHS
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UserError(f"epochs must be a positive whole number, not {epochs!r}")
+    return epochs
+
+
+def _prepare(out: Path, epochs: int) -> None:
+    """Use ``out`` if it is new or holds an earlier demo, finished or interrupted (which is replaced); never touch
+    anything else. Call it only once every setting is checked: it deletes the earlier demo's outputs. The marker
+    is written first, marked unfinished, so that a demo interrupted from here on can be rerun on ``out``."""
+    check_writable(out)
+    try:
+        if out.exists() and any(out.iterdir()) and not _is_demo(out):
             raise UserError(f"{out} exists and is not a demo folder; pass --out with a new folder")
-        for name in _OUTPUTS + ("sweep-float", "sweep-sign"):
+        write_text(out / MARKER, json.dumps({"kind": KIND, "finished": False, "epochs": epochs}, indent=2) + "\n")
+        for name in _OUTPUTS:
             p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            if name != MARKER:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot replace the earlier demo there: {e.strerror or e}") from None
 
 
 def _rises(rows: list[dict], baseline: float, scale: str, value: float) -> list[float]:
@@ -81,14 +107,18 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool =
     from ..sweeps import SweepConfig, run_sweep
 
     out_path = Path(out)
-    _prepare(out_path)
-    base = dict(model="cnn", dataset="demo", epochs=epochs or EPOCHS, batch_size=50, lr=2e-3,
+    base = dict(model="cnn", dataset="demo", epochs=_check_epochs(epochs), batch_size=50, lr=2e-3,
                 schedule="cosine", seed=0)
+    # Everything that can be wrong is found before _prepare deletes an earlier demo: the settings, the folder, the data.
+    configs = {name: TrainConfig(**base, projection=projection, clip=clip, out=str(out_path / name)).validate()
+               for name, projection, clip in NETWORKS}
+    check_writable(out_path)
     nets = {}
     t0 = time.perf_counter()
     data = load_config_data(TrainConfig(**base))  # every network trains and tests on it: load once
+    _prepare(out_path, base["epochs"])
     for name, projection, clip in NETWORKS:
-        config = TrainConfig(**base, projection=projection, clip=clip, out=str(out_path / name))
+        config = configs[name]
         if progress:
             print(f"[1/3] training the {name} network ({projection}, {config.epochs} epochs) ...", flush=True)
         result = train(config, progress=progress, data=data)
@@ -128,7 +158,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool =
     findings = {scale: compare(r) for scale, r in rises.items()}
     summary = {"dataset": data.description, "model": "cnn", "epochs": base["epochs"], "seconds": seconds,
                "networks": nets, "rises": rises, "findings": findings, "report": str(rep["html"])}
-    write_text(out_path / MARKER, json.dumps(summary, indent=2) + "\n")
+    write_text(out_path / MARKER, json.dumps({"kind": KIND, "finished": True, **summary}, indent=2) + "\n")
     _print(summary, sweeps, data.description, base["epochs"], rep["html"], out_path)
     return summary
 

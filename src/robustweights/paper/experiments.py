@@ -51,10 +51,11 @@ import torch
 
 from . import claims
 from .claims import COLUMNS, PARAM, REFERENCE
+from .. import grid
 from ..distributed import run_together
 from ..errors import UserError
 from ..results import claims_markdown
-from ..runs import git_commit, machine, now, write_text
+from ..runs import check_writable, git_commit, machine, now, write_text
 from ..sweeps import SweepConfig, run_sweep
 from ..training import TrainConfig, load_config_data, train
 
@@ -252,19 +253,24 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
         raise UserError(f"target_error must be in (0, 1), not {t!r}")
     for col in COLUMNS:
         if col != "sign":
-            grid = _grid_values(preset, col)
-            if REFERENCE[col] not in grid:
+            if REFERENCE[col] not in _grid_values(preset, col):
                 raise UserError(f"the {col} grid must hold {REFERENCE[col]} (the strength the verdicts read); "
                                 f"it is {preset[col.replace('-', '_')]!r}")
+    # every grid as the sweeps will read it (a strength out of the transform's range, a grid holding a strength
+    # twice), here, before any row is trained or reproduce.json is written
+    grid.cells([column_spec(preset, c) for c in COLUMNS], 1)
     return preset
 
 
 def _grid_values(preset: dict, col: str) -> list[float]:
     text = str(preset[col.replace("-", "_")])
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise UserError(f"{col} grid must be comma-separated numbers, not {text!r}") from None
+    if col == "quant" and not all(math.isfinite(v) and v == int(v) for v in values):
+        raise UserError(f"quant grid must be whole numbers of bits, not {text!r}")
+    return values
 
 
 def column_spec(preset: dict, col: str) -> str:
@@ -347,8 +353,12 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
         prev = json.loads((out / MARKER).read_text())
     except FileNotFoundError:
         raise UserError(f"{out} exists and is not a reproduce folder; choose another --out") from None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):     # unreadable, not UTF-8, not JSON
         raise UserError(f"{out}/{MARKER} is unreadable; choose another --out") from None
+    if not (isinstance(prev, dict) and isinstance(prev.get("preset", {}), dict)
+            and isinstance(prev.get("sessions", []), list)):
+        raise UserError(f"{out}/{MARKER} is not a reproduce record (a JSON object with a preset object); "
+                        f"choose another --out")
     if (prev.get("experiment"), prev.get("scale")) != (experiment, scale):
         raise UserError(f"{out} holds `reproduce {prev.get('experiment')} --scale {prev.get('scale')}`; "
                         f"choose another --out")
@@ -374,6 +384,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
         raise UserError(f"unknown experiment {experiment!r}; choose one of: {', '.join(EXPERIMENTS)}")
     preset = resolve_preset(scale, overrides)
     out = Path(out)
+    check_writable(out)
     prev = _check_out(out, experiment, scale, preset)
     spec = EXPERIMENTS[experiment]
     cols = spec["columns"]
@@ -498,7 +509,7 @@ def _finished(cfg: TrainConfig) -> bool:
     m = Path(cfg.out) / "metrics.jsonl"
     try:
         return len(m.read_text().splitlines()) >= cfg.epochs
-    except OSError:
+    except (OSError, UnicodeDecodeError):   # missing or unreadable: not known to be finished (train decides)
         return False
 
 

@@ -33,7 +33,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import now, write_bytes, write_text
+from ..runs import check_writable, now, write_bytes, write_text
 from .document import Document, mean_at, table_columns
 from .figures import fig_bits, fig_matrix, fig_strength, make_panels, palette, to_png
 from .sources import Key, Source, dataset_caption, load_results, short_description
@@ -68,16 +68,20 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
         if f.resolve() in seen:
             raise UserError(f"{f} is given twice; give each sweep result folder once")
         seen.add(f.resolve())
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    check_writable(out)   # before any work: one line for a folder that cannot be written
+    old_files = _check_out(out)
     sources = [Source(f, *load_results(f)) for f in folders]
     _name_sources(sources)
     keys = list(dict.fromkeys(k for s in sources for k in s.curves))   # first appearance: the sweep's order
     names = _display_names(keys)
     panels = make_panels(keys, names)
     columns = table_columns(keys, names, sources, at or {})
-    out = Path(out)
-    old_files = _check_out(out)
 
-    # Everything is drawn before the first byte is written, so a failure leaves `out` as it was.
+    # Everything is drawn and rendered (figures, pages, manifests) before the first byte is written, so a failure
+    # leaves `out` as it was.
     colors = palette(len(sources))
     caption = dataset_caption(sources)
     ylabel = _error_label(sources)
@@ -96,16 +100,19 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
                 "labels": [s.label for s in sources],
                 "at": {label: value for label, _, value in columns if value is not None},
                 "files": files, "written": now()}
-    # The marker goes first: a report interrupted half way still owns its folder and can be rerun.
     claimed = list(dict.fromkeys(old_files + files))
-    write_text(out / "report.json", json.dumps({**manifest, "files": claimed}, indent=2) + "\n")
+    first_json = json.dumps({**manifest, "files": claimed}, indent=2) + "\n"
+    last_json = json.dumps(manifest, indent=2) + "\n"
+    markdown, page = doc.markdown(), doc.html()
+    # The marker goes first: a report interrupted half way still owns its folder and can be rerun.
+    write_text(out / "report.json", first_json)
     for name, data in pngs.items():
         write_bytes(out / name, data)
-    write_text(out / "report.md", doc.markdown())
-    write_text(out / "report.html", doc.html())
+    write_text(out / "report.md", markdown)
+    write_text(out / "report.html", page)
     for name in set(old_files) - set(files):   # e.g. matrix.png of an earlier report with more inputs
         (out / name).unlink(missing_ok=True)
-    write_text(out / "report.json", json.dumps(manifest, indent=2) + "\n")
+    write_text(out / "report.json", last_json)
     return {"html": out / "report.html", "md": out / "report.md", "figures": [out / n for n in pngs],
             "table": table}
 
@@ -114,8 +121,11 @@ def _check_out(out: Path) -> list[str]:
     """Refuse an ``out`` that holds anything but an earlier report; return that report's files."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another --out")
-    if not out.exists() or not any(out.iterdir()):
-        return []
+    try:
+        if not out.exists() or not any(out.iterdir()):
+            return []
+    except OSError as e:
+        raise UserError(f"{out} cannot be read ({e.strerror}); choose another --out") from None
     try:
         previous = json.loads((out / "report.json").read_text())
     except (OSError, ValueError):   # missing, unreadable or not JSON: not ours

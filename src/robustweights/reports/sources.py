@@ -24,8 +24,8 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     """``(sweep.json, rows of results.json)`` of a sweep result folder, checked.
 
     Raises :class:`UserError`, naming the folder and the file, for a folder
-    that is not a sweep result: a file missing, unreadable, not JSON, or
-    without the fields a report needs.
+    that is not a sweep result: a file missing, unreadable, not JSON,
+    without the fields a report needs, or with a field of the wrong type.
     """
     folder = Path(result_dir)
     if not folder.is_dir():
@@ -52,6 +52,9 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     if not is_number(prov["baseline_score"]) or metric == "error" and not 0 <= prov["baseline_score"] <= 1:
         raise UserError(f"{where}: the undistorted {metric} must be a number{' in [0, 1]' * (metric == 'error')}, "
                         f"not {prov['baseline_score']!r}")
+    problem = _field_problem(prov)
+    if problem:
+        raise UserError(f"{where}: {problem}; rerun the sweep to rewrite it")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{folder}/results.json holds no result rows (expected a non-empty JSON list)")
     for i, r in enumerate(rows):
@@ -59,6 +62,34 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
         if problem:
             raise UserError(f"{folder}/results.json row {i}: {problem}")
     return prov, [complete_row(r) for r in rows]
+
+
+# Optional fields of sweep.json that a report reads beyond printing them, with the types it can use: a wrong
+# type is refused (one line naming the folder and the field), not taken as absent: it means a file written by
+# something else or edited by hand, whose other numbers a report should not vouch for either.
+TEXT_FIELDS = ("split", "train_projection", "train_mode", "scale_default", "on", "baseline_weights", "dataset")
+
+
+def _field_problem(prov: dict) -> str | None:
+    """What is wrong with the types of the optional fields of a sweep.json, or None."""
+    for k in TEXT_FIELDS:
+        if prov.get(k) is not None and not isinstance(prov[k], str):
+            return f"{k} must be a string or null, not {_short(prov[k])}"
+    coverage = prov.get("coverage")
+    if coverage is not None:
+        if not isinstance(coverage, dict):
+            return f"coverage must be an object (with a 'summary') or null, not {_short(coverage)}"
+        if coverage.get("summary") is not None and not isinstance(coverage["summary"], str):
+            return f"coverage.summary must be a string or null, not {_short(coverage['summary'])}"
+    config = prov.get("config")
+    if isinstance(config, dict) and config.get("keep") is not None and not isinstance(config["keep"], list):
+        return f"config.keep must be a list of names or null, not {_short(config['keep'])}"
+    return None
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _read_json(folder: Path, name: str):
