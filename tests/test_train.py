@@ -304,6 +304,14 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
     assert resumed.best_epoch == whole.best_epoch and resumed.test_error == whole.test_error
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
+    # killed before its first checkpoint (the paper preset writes one every 25 epochs): the folder holds config.json
+    # and metrics.jsonl only; before, train refused it ('already holds a run') and --resume too ('nothing to
+    # resume'), so reproduce could never finish that row. Now --resume starts over, as an uninterrupted run.
+    with pytest.raises(KeyboardInterrupt):
+        rw.train(config("early"), progress=False, callback=lambda epoch, row: epoch == 1 and stop_after_3(3, row))
+    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == ["config.json", "metrics.jsonl"]
+    again = rw.train(config("early"), resume=True, progress=False)
+    assert again.test_error == whole.test_error and same_state(again.model.state_dict(), whole.model.state_dict())
 
 
 def test_binaryconnect_init_draws_each_clipped_weight_uniformly_over_its_clip_range():

@@ -187,6 +187,8 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
                             f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder")
         return None
     if not ckpt.exists():
+        if out.is_dir() and all(_own_start(p) or p.name == "metrics.jsonl" for p in out.iterdir()):
+            return None   # a run stopped before its first checkpoint (or an empty folder): nothing lost by starting over
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = read_checkpoint(ckpt)
     saved = config_of(state, ckpt)

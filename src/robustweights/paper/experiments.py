@@ -427,7 +427,7 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
         say(f"[train {i + 1}/{len(rows)}] {row}: {cfg.projection} ({cfg.mode}), clip {cfg.clip}, {cfg.epochs} epochs"
             + (" (already trained)" if _finished(cfg) else "") + (f", {at_once} rows at once" if stop else ""),
             flush=True)
-        resume = (Path(cfg.out) / "checkpoint.pt").exists()
+        resume = Path(cfg.out).exists()   # (a row killed before its first checkpoint starts over: train says so)
 
         def each_epoch(epoch, h):   # rows trained together: one line an epoch each instead of progress bars
             say(f"  {row} epoch {epoch}/{cfg.epochs}: test error {h['test_error']:.2%}, {h['images_per_second']:.0f} "
