@@ -406,3 +406,21 @@ def test_the_gpu_pack_of_cifar_batches_unpacks_byte_for_byte(tmp_path):
     gpu_cifar.unpack(together, tmp_path / "out")
     for name in ("data_batch_1", "batches.meta"):
         assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_sixteen_bit_and_float_images_read_as_their_values(tmp_path):
+    """PIL's convert('RGB') clips 16-bit pixels (a dark 16-bit image came out white) and floats in [0, 1] (black)."""
+    from PIL import Image
+
+    from robustweights.readers import read_image
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "u16.png")
+    Image.fromarray((ramp * 255).astype(np.uint8)).save(tmp_path / "u8.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    eight = read_image(str(tmp_path / "u8.png"), 8)
+    for name in ("u16.png", "f.tif"):
+        got = read_image(str(tmp_path / name), 8)
+        assert (got - eight).abs().max() <= 1 / 255 + 1e-6, name      # before: 99.6% white / black
+    Image.fromarray((ramp * 3).astype(np.float32), mode="F").save(tmp_path / "big.tif")
+    with pytest.raises(UserError, match=r"float pixels must lie in \[0, 1\]"):
+        read_image(str(tmp_path / "big.tif"), 8)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import robustweights as rw
 from robustweights import training as train_mod
@@ -218,6 +219,32 @@ def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp
         assert torch.equal(v, w), k
 
 
+def test_a_run_stopped_before_its_final_calibration_is_calibrated_when_resumed(tmp_path):
+    """Ctrl-C after the last epoch's checkpoint, before the batch-norm calibration: before, --resume found nothing
+    to do and kept the uncalibrated network (exit 0; 90% test error against 71% for a stoch-sign CNN)."""
+    def config(out):
+        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
+                              projection="stoch-sign", epochs=2, batch_size=50, lr=3e-3, schedule="constant",
+                              bn_calibrate=5, out=str(tmp_path / out))
+
+    whole = rw.train(config("whole"), progress=False)
+
+    def stop(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rw.train(config("cut"), progress=False, callback=stop)
+    assert not train_mod.read_checkpoint(tmp_path / "cut")["train_bn"]          # stopped before calibrating
+    resumed = rw.train(config("cut"), resume=True, progress=False)
+    assert resumed.test_error == whole.test_error
+    assert same_state(resumed.model.state_dict(), whole.model.state_dict())
+    saved = train_mod.read_checkpoint(tmp_path / "cut")
+    assert same_state(saved["model"], train_mod.read_checkpoint(tmp_path / "whole")["model"]) and saved["train_bn"]
+    again = rw.train(config("cut"), resume=True, progress=False)                # finished: nothing changes
+    assert again.test_error == whole.test_error and same_state(again.model.state_dict(), whole.model.state_dict())
+
+
 def test_best_validation_epoch_is_kept_and_tested(tmp_path):
     """BinaryConnect's selection: the network kept (best.pt) and the test error reported are those of the epoch
     with the lowest validation error, on the last val_size training images held out."""
@@ -359,3 +386,54 @@ def rp_row(scale, row):
 def rp_preset(scale):
     from robustweights.paper.experiments import resolve_preset
     return resolve_preset(scale)
+
+
+def test_what_could_not_train_is_one_line_and_a_last_batch_of_one_is_left(tmp_path, monkeypatch):
+    """A last batch of one example crashed batch norm mid-epoch (101 images, batch 100); a model with fewer
+    outputs than classes failed at the batch holding a higher label; a frozen model at its first step."""
+    result = rw.train(tiny(train_subset=101, batch_size=100, epochs=1), progress=False)
+    assert result.history[0]["train_error"] < 1                      # trained on the first 100 (the 101st left)
+    import sys
+    import types
+    mod = types.ModuleType("rw_tmp_models")
+    mod.few = lambda num_classes, in_shape: nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+
+    def frozen(num_classes, in_shape):
+        m = nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
+        return m.requires_grad_(False)
+
+    mod.frozen = frozen
+    monkeypatch.setitem(sys.modules, "rw_tmp_models", mod)
+    with pytest.raises(rw.UserError, match="3 outputs per example, but the data has 10 classes"):
+        rw.train(tiny(model="rw_tmp_models:few"), progress=False)
+    with pytest.raises(rw.UserError, match="nothing to train"):
+        rw.train(tiny(model="rw_tmp_models:frozen"), progress=False)
+    for kw, words in ((dict(schedule="exp", lr_end=0.1), "above lr"), (dict(lr_end=1e-5), "schedule cosine"),
+                      (dict(preprocess="normalize:mean=0.5,mean=0.4,std=0.2"), "mean given twice")):
+        with pytest.raises(rw.UserError, match=words):
+            tiny(**kw).validate()
+
+
+def test_a_run_refuses_image_folders_other_than_the_ones_it_trained_on(tmp_path, capsys):
+    """A class folder renamed, or images added to train/, loaded fine: a 0% network then tested at 100% or 67%
+    error (labels remapped; standardization statistics refitted)."""
+    import shutil
+
+    from conftest import one_error_line, run_main
+    from robustweights.paper.experiments import make_image_folders
+    make_image_folders(tmp_path / "img", classes=3, train_per_class=8, val_per_class=4, size=16)
+    cfg = rw.TrainConfig(model="mlp", width=0.25, dataset="imagefolder", data_dir=str(tmp_path / "img"),
+                         image_size=16, epochs=1, batch_size=8, out=str(tmp_path / "run"))
+    rw.train(cfg, progress=False)
+    model, config = rw.load(tmp_path / "run")
+    rw.evaluate(model, config)                                        # the same folder: fine
+    shutil.copytree(tmp_path / "img", tmp_path / "renamed")
+    for split in ("train", "val"):
+        (tmp_path / "renamed" / split / "class0").rename(tmp_path / "renamed" / split / "zebra")
+    with pytest.raises(rw.UserError, match="trained on the classes class0, class1, class2; this data has class1"):
+        rw.evaluate(model, config, data_dir=str(tmp_path / "renamed"))
+    shutil.copytree(tmp_path / "img", tmp_path / "grown")
+    shutil.copy(tmp_path / "img" / "train" / "class1" / "0000.png", tmp_path / "grown" / "train" / "class1" / "x.png")
+    code, _, err = run_main(capsys, "sweep", str(tmp_path / "run"), "--data-dir", str(tmp_path / "grown"),
+                            "--distortion", "sign", "--trials", "1", "--out", str(tmp_path / "s"))
+    assert code == 2 and "trained on 24 training images; this data has 25" in one_error_line(err)

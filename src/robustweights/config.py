@@ -130,6 +130,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise UserError(f"{name} must be zero or positive, not {v!r}")
+        if self.lr_end is not None and self.schedule != "exp":
+            raise UserError(f"lr_end is the end of the exp schedule; schedule {self.schedule} does not use it")
+        if self.lr_end is not None and self.lr_end > self.lr:
+            raise UserError(f"lr_end {self.lr_end:g} is above lr {self.lr:g}: the exp schedule decays")
         if not 0 <= self.seed < 2 ** 63:
             raise UserError(f"seed must be an integer in [0, 2**63), not {self.seed!r}")
         if self.clip not in ("glorot", "none"):

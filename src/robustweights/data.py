@@ -242,6 +242,8 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
     vals = {}
     for part in rest.split(","):
         k, _, v = part.partition("=")
+        if k.strip() in vals:
+            raise UserError(usage + f"; {k.strip()} given twice")
         try:
             vals[k.strip()] = [float(x) for x in v.split("/")]
         except ValueError:
@@ -250,8 +252,8 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
         unknown = sorted(set(vals) - {"mean", "std"})
         raise UserError(usage + (f"; unknown key {', '.join(map(repr, unknown))}" if unknown else
                                  "; it needs both mean and std"))
-    if not all(math.isfinite(x) for v in vals.values() for x in v) or not all(x > 0 for x in vals["std"]):
-        raise UserError(usage + "; every mean must be finite and every std positive")
+    if not all(math.isfinite(x) for v in vals.values() for x in v) or not all(x >= 1e-6 for x in vals["std"]):
+        raise UserError(usage + "; every mean must be finite and every std positive (at least 1e-6)")
     return name, vals["mean"], vals["std"]
 
 
@@ -479,3 +481,27 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
         tensors[2], val = held[:len(tensors[3])], TensorSplit(held[len(tensors[3]):], val[1])
     return Data(name, description, len(classes), tuple(tensors[0].shape[1:]), list(classes),
                 TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]), preprocessing, val)
+
+
+def make_image_folders(root: Path, classes: int = 4, train_per_class: int = 40, val_per_class: int = 10,
+                       size: int = 40, seed: int = 0) -> Path:
+    """Write a small learnable class-per-folder dataset (``train/`` and ``val/``) of PNGs under ``root``.
+
+    Class ``k`` is a noisy image whose colour and stripe orientation depend on
+    ``k``: enough to learn, nothing like ImageNet.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for k in range(classes):
+            d = root / split / f"class{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            angle = math.pi * k / classes
+            stripes = np.sin(2 * math.pi * 4 * (xx * math.cos(angle) + yy * math.sin(angle)))
+            colour = np.array([(k % 3 == c) for c in range(3)], dtype=float) * 0.5 + 0.25
+            for i in range(n):
+                img = 0.5 + 0.25 * stripes[..., None] * colour + 0.15 * rng.standard_normal((size, size, 3))
+                Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
+    return root

@@ -141,7 +141,8 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
             for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
                 if i >= batches:
                     break
-                model(x)
+                if len(x) > 1:   # (batch norm cannot take one example)
+                    model(x)
     finally:
         restore_modes(modes)
         for m, mom in zip(bns, momenta):

@@ -42,6 +42,26 @@ DEMO_ASSET = "fashion-mnist-small.npz"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
+def _eight_bit(im, path):
+    """An image of 16-bit or float pixels as 8-bit grey ("L"): PIL's own convert("RGB") clips them (16-bit
+    images came out white, float ones in [0, 1] black). 16-bit and 32-bit integers are read as 16-bit values;
+    floats must lie in [0, 1]."""
+    from PIL import Image
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise UserError(f"{path}: float pixels must lie in [0, 1] (found {a.min():.4g} to {a.max():.4g})")
+        a = a * 255
+    else:
+        if a.min() < 0 or a.max() > 65535:
+            raise UserError(f"{path}: integer pixels must lie in 0..65535 (found {a.min():.0f} to {a.max():.0f})")
+        a = a / 257
+    return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+
+
 def read_image(path: str, size: int) -> Tensor:
     """Decode to RGB, resize the shorter side to ``size`` (bilinear, antialiased by PIL),
     crop the centre ``size x size``; returns float32 ``(3, size, size)`` in [0, 1]."""
@@ -49,7 +69,7 @@ def read_image(path: str, size: int) -> Tensor:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _eight_bit(im, path).convert("RGB")
             w, h = im.size
             # torchvision's Resize(int) rule: shorter side exactly `size`, the other truncated
             nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)

@@ -40,7 +40,7 @@ from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
 from .config import SweepConfig
-from .training import derive_seed, load, load_config_data
+from .training import check_trained_data, derive_seed, load, load_config_data
 
 
 
@@ -233,6 +233,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
         tc = dataclasses.replace(tc, test_subset=config.test_subset)
         data = data or load_config_data(tc, config.data_dir)
+        check_trained_data(model.__dict__.get("_rw_trained_on", (None, None))[1], data, config.checkpoint)
         kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
         label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
         info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": sha256(_ckpt_path(config.checkpoint)),

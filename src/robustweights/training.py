@@ -40,10 +40,11 @@ from . import data as data_mod
 from . import models, projected
 from .config import TrainConfig
 from .distributed import agree, process_group, resolve_device
-from .evaluation import (bn_layers, calibrate_bn, evaluate_split, needs_calibration, reestimated_bn,
-                         training_coverage, weights_label)
+from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, first_forward, needs_calibration,
+                         reestimated_bn, training_coverage, weights_label)
 from .errors import Diverged, UserError
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
+from .selection import shorten
 from .steps import EXCLUSIVE, GraphedStep, lr_at, make_step, set_lr
 
 __all__ = ["TrainConfig", "TrainResult", "train", "load", "evaluate", "build_model", "load_config_data",
@@ -123,7 +124,22 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
                         f"model_factory={config.model!r} (--model-factory) to allow importing it")
     model = build_model(config, state["num_classes"], state["in_shape"])
     models.load_weights(model, state["model"], f"{path} (model {config.model!r} width {config.width})")
+    model.__dict__["_rw_trained_on"] = (str(path), state.get("data"))   # for check_trained_data
     return model.to(resolve_device(device)).eval(), config
+
+
+def check_trained_data(saved, data: data_mod.Data, where) -> None:
+    """One line when ``data`` is not what a run trained on, as far as its checkpoint recorded (classes in order,
+    training images): an image folder with a class renamed or images added loads fine, but its labels or its
+    standardization statistics would silently differ (a 0% network tested at 100% or 67% error)."""
+    if not isinstance(saved, dict):
+        return
+    if isinstance(saved.get("classes"), list) and saved["classes"] != list(data.classes):
+        raise UserError(f"{where} was trained on the classes {shorten(saved['classes'])}; this data has "
+                        f"{shorten(data.classes)}: its labels would mean other things")
+    if isinstance(saved.get("train_size"), int) and saved["train_size"] != len(data.train):
+        raise UserError(f"{where} was trained on {saved['train_size']} training images; this data has "
+                        f"{len(data.train)}: other data (and other preprocessing statistics)")
 
 
 def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_dir: str | None = None, *,
@@ -137,6 +153,8 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
     if split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {split!r}")
     data = data or load_config_data(config, data_dir)
+    where, saved = model.__dict__.get("_rw_trained_on", (None, None))
+    check_trained_data(saved, data, where)
     with projected.use_weights(model, weights):
         out = evaluate_split(model, getattr(data, split), loss=config.loss,
                              batch_size=batch_size or config.eval_batch_size, amp=config.amp,
@@ -165,6 +183,24 @@ def _own_start(p: Path) -> bool:
             return False
         return isinstance(d, dict) and {"model", "projection", "coverage"} <= d.keys()
     return p.name.startswith((".config.json.", ".metrics.jsonl.", ".checkpoint.pt.", ".best.pt."))   # atomic writes
+
+
+@torch.no_grad()
+def _check_trainable(model: nn.Module, data, device) -> None:
+    """One line before training for a model that cannot train on this data: nothing trainable, or fewer outputs
+    than the data has classes (before: a traceback at the first parameter step, or at the batch holding a label
+    past the outputs)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("the model has nothing to train: every parameter has requires_grad=False")
+    x, y = next(iter(data.train.batches(2, device=device)))
+    was = model.training
+    try:
+        out = as_logits(first_forward(model.eval(), x), y)
+    finally:
+        model.train(was)
+    if out.shape[1] < data.num_classes:
+        raise UserError(f"the model gives {out.shape[1]} outputs per example, but the data has {data.num_classes} "
+                        f"classes")
 
 
 def _check_out(config: TrainConfig, resume: bool) -> dict | None:
@@ -268,6 +304,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         model = build_model(config, data.num_classes, data.in_shape, generator=gen, model_factory=model_factory)
         model.to(device)
         cov = training_coverage(model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})")
+        _check_trainable(model, data, device)
     if progress:
         print(cov["summary"])
     if config.channels_last:
@@ -304,17 +341,21 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         for group in opt.param_groups if config.cuda_graph else []:   # a checkpoint keeps lr as a number
             group.update(lr=torch.tensor(float(group["lr"]), device=device), capturable=True)
         history, start = list(state["history"]), state["epoch"]
-        if state.get("train_bn"):   # continue from the statistics training had, not the calibrated ones
-            model.load_state_dict({**model.state_dict(), **state["train_bn"]})
+        if state.get("train_bn") and start < config.epochs:   # continue from training's statistics, not the
+            model.load_state_dict({**model.state_dict(), **state["train_bn"]})   # calibrated ones
     out = Path(config.out) if config.out and rank == 0 else None
     if out is not None:
         write_text(out / "config.json", json.dumps({**dataclasses.asdict(config), "coverage": cov}, indent=2) + "\n")
-    data_info = {"name": data.name, "description": data.description}
+    data_info = {"name": data.name, "description": data.description, "classes": list(data.classes),
+                 "train_size": len(data.train)}
+    if state is not None:
+        check_trained_data(state.get("data"), data, config.out)
 
     t0 = time.perf_counter()
     local_batch = config.batch_size // world
     steps = math.ceil((len(train_split) // world) / local_batch)
     check_every = 50 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
+    single_bad = bool(bn_layers(model))
     step_fn = make_step(model, net, opt, config.loss, amp=config.amp, channels_last=config.channels_last,
                         device=device, graphed=config.cuda_graph)
     if config.cuda_graph:
@@ -332,6 +373,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         batches = train_split.batches(local_batch, shuffle=True, generator=data_gen,
                                       augment=config.augment, device=device, shard=(rank, world))
         for step, (x, y) in enumerate(batches):
+            if len(y) < 2 and single_bad:   # batch norm cannot train on one example: the epoch's last one is left
+                continue
             set_lr(opt, lr_at(config, epoch, step, steps))
             loss, wrong_now = step_fn(x, y, check=step == 0 and epoch == start)
             loss_sum += loss.double() * len(y)
@@ -392,7 +435,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
         if callback is not None:
             callback(epoch + 1, row)
-    if start < config.epochs and config.bn_calibrate > 0 and needs_calibration(model):
+    calibrated = state is not None and start == config.epochs and bool(state.get("train_bn"))
+    if not calibrated and config.bn_calibrate > 0 and needs_calibration(model) and history:
+        # (also a run stopped after its last checkpoint but before this calibration: before, --resume skipped it)
         train_bn = _calibrate_at_end(model, config, history, train_split, test_split, device, progress)
         if out is not None:
             save_checkpoint(out / CHECKPOINT, model=model, optimizer=opt, epoch=config.epochs, config=config,

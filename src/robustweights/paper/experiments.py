@@ -46,12 +46,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import claims
 from .claims import COLUMNS, PARAM, REFERENCE
 from .. import grid
+from ..data import make_image_folders
 from ..distributed import run_together
 from ..errors import UserError
 from ..results import claims_markdown
@@ -287,6 +287,8 @@ def column_spec(preset: dict, col: str) -> str:
 def row_config(preset: dict, row: str, out: Path | None, experiment: str) -> TrainConfig:
     """The training configuration of one row."""
     base = {k: preset[k] for k in _TRAIN_KEYS}
+    if base["schedule"] != "exp":
+        base["lr_end"] = None   # the presets' lr_end is the exp schedule's end; another schedule has none
     if experiment == "imagenet":
         base.update(model=preset["imagenet_model"], dataset="imagefolder",
                     image_size=preset["imagenet_image_size"], preprocess="standardize",
@@ -303,34 +305,6 @@ def row_config(preset: dict, row: str, out: Path | None, experiment: str) -> Tra
     }[row]
     return TrainConfig(**base, projection=projection, mode=mode, clip=str(clip),
                        out=None if out is None else str(out / "train" / row)).validate()
-
-
-# ---------------------------------------------------------------------------
-# Generated image folders (the imagenet experiment's path, on machines without ImageNet)
-# ---------------------------------------------------------------------------
-
-def make_image_folders(root: Path, classes: int = 4, train_per_class: int = 40, val_per_class: int = 10,
-                       size: int = 40, seed: int = 0) -> Path:
-    """Write a small learnable class-per-folder dataset (``train/`` and ``val/``) of PNGs under ``root``.
-
-    Class ``k`` is a noisy image whose colour and stripe orientation depend on
-    ``k``: enough to learn, nothing like ImageNet.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for k in range(classes):
-            d = root / split / f"class{k}"
-            d.mkdir(parents=True, exist_ok=True)
-            angle = math.pi * k / classes
-            stripes = np.sin(2 * math.pi * 4 * (xx * math.cos(angle) + yy * math.sin(angle)))
-            colour = np.array([(k % 3 == c) for c in range(3)], dtype=float) * 0.5 + 0.25
-            for i in range(n):
-                img = 0.5 + 0.25 * stripes[..., None] * colour + 0.15 * rng.standard_normal((size, size, 3))
-                Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
-    return root
 
 
 # ---------------------------------------------------------------------------
