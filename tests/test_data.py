@@ -219,6 +219,9 @@ def test_batches_order_and_reproducibility():
     assert [len(y) for _, y in plain] == [5, 5, 5, 5, 3]
     assert torch.equal(torch.cat([y for _, y in plain]), torch.arange(23))
     assert [len(y) for _, y in split.batches(5, drop_last=True)] == [5, 5, 5, 5]
+    assert list(split.batches(30, drop_last=True)) == []          # before: one empty batch (a NaN loss)
+    with pytest.raises(UserError, match="shard must be"):
+        list(split.batches(5, shard=(2, 2)))
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)

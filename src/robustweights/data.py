@@ -114,11 +114,13 @@ class Split:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         rank, world = shard
+        if not (isinstance(world, int) and isinstance(rank, int) and 0 <= rank < world):
+            raise UserError(f"shard must be (rank, world) with 0 <= rank < world, not {shard!r}")
         if world > 1:
             order = order[:n - n % world][rank::world]
             n = len(order)
         stop = n - n % batch_size if drop_last else n
-        for x, y in self._fetch(list(order[:stop].split(batch_size))):
+        for x, y in self._fetch([c for c in order[:stop].split(batch_size) if len(c)]):   # (none empty)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             yield augment_batch(x, generator, augment), y
 
