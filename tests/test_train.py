@@ -437,3 +437,12 @@ def test_a_run_refuses_image_folders_other_than_the_ones_it_trained_on(tmp_path,
     code, _, err = run_main(capsys, "sweep", str(tmp_path / "run"), "--data-dir", str(tmp_path / "grown"),
                             "--distortion", "sign", "--trials", "1", "--out", str(tmp_path / "s"))
     assert code == 2 and "trained on 24 training images; this data has 25" in one_error_line(err)
+
+
+def test_data_given_to_train_must_be_what_the_configuration_names():
+    """Data with pixels in [0, 1] given to a run configured to standardize trained silently (24% error), and the
+    saved run then tested on standardized inputs (38%)."""
+    raw = rw.data.load_data("demo", preprocess="none", train_subset=200, test_subset=100)
+    with pytest.raises(rw.UserError, match=r"the data given \(demo; inputs none \(pixels in \[0, 1\]\)\) is not"):
+        rw.train(tiny(), data=raw, progress=False)
+    rw.train(tiny(preprocess="none", train_subset=200, test_subset=100, epochs=1), data=raw, progress=False)

@@ -259,17 +259,23 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
     return name, vals["mean"], vals["std"]
 
 
+def describe_preprocess(spec: str) -> str:
+    """The words a :class:`Data` prepared with preprocessing ``spec`` carries (its ``preprocessing``)."""
+    kind, mean, std = parse_preprocess(spec)
+    return {"standardize": STANDARDIZED, "gcn-zca": "GCN + ZCA whitening (fitted on the training split)",
+            "none": "none (pixels in [0, 1])"}.get(kind) or \
+        f"normalized with mean {'/'.join(map(str, mean))}, std {'/'.join(map(str, std))} (pixels in [0, 1])"
+
+
 def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
     """Apply preprocessing ``spec`` in place (fitted on ``train`` where it fits anything); its description."""
     kind, mean, std = parse_preprocess(spec)
     if kind == "standardize":
         _standardize(train, test)
-        return STANDARDIZED
-    if kind == "gcn-zca":
+    elif kind == "gcn-zca":
         _gcn_zca(train, test)
-        return "GCN + ZCA whitening (fitted on the training split)"
-    if kind == "none":
-        return "none (pixels in [0, 1])"
+    if kind != "normalize":
+        return describe_preprocess(spec)
     c = train.shape[1]
     if len(mean) not in (1, c) or len(std) not in (1, c):
         raise UserError(f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std")
@@ -277,7 +283,7 @@ def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
     sd = torch.tensor(std).view(1, -1, 1, 1)
     for x in (train, test):
         x.sub_(m).div_(sd)
-    return f"normalized with mean {'/'.join(map(str, mean))}, std {'/'.join(map(str, std))} (pixels in [0, 1])"
+    return describe_preprocess(spec)
 
 
 def _standardize(train: Tensor, test: Tensor) -> None:

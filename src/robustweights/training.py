@@ -295,6 +295,11 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     try:
         state = _check_out(config, resume) if rank == 0 else None
         models.check_model(config.model, config.width)  # a misspelt name fails before the data loads
+        if data is not None and (data.name, data.preprocessing) != (config.dataset,
+                                                                      data_mod.describe_preprocess(config.preprocess)):
+            raise UserError(f"the data given ({data.name}; inputs {data.preprocessing}) is not what the configuration "
+                            f"names ({config.dataset}; preprocess {config.preprocess}): load it with "
+                            f"load_config_data(config)")
         data = data or load_config_data(config)
     except UserError as e:
         error = e
