@@ -52,13 +52,8 @@ def test_sign_cnn_learns_fashion_mnist_subset_and_checkpoint_round_trips(tmp_pat
 def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
     kw = dict(projection="stoch-sign", epochs=3, augment="flip-crop")
     full = rw.train(tiny(tmp_path, "full", **kw), progress=False)
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        rw.train(tiny(tmp_path, "cut", **kw), progress=False, callback=stop_after_first)
+        rw.train(tiny(tmp_path, "cut", **kw), progress=False, callback=interrupt_after(1))
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     resumed = rw.train(tiny(tmp_path, "cut", **kw), resume=True, progress=False)
     assert same_state(resumed.model.state_dict(), full.model.state_dict())
@@ -206,15 +201,25 @@ def test_a_stoch_mult_network_works_as_saved(tmp_path):
     assert "bn_calibrated_batches" not in sign.history[-1]
 
 
-def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp_path):
-    def config(epochs, out):
-        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
-                              projection="stoch-sign", epochs=epochs, batch_size=50, lr=3e-3, schedule="constant",
-                              bn_calibrate=5, out=str(tmp_path / out))
+def calibrated_mlp(tmp_path, out, epochs=2):
+    """A stoch-sign MLP whose training ends with a batch-norm calibration (5 batches)."""
+    return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
+                          projection="stoch-sign", epochs=epochs, batch_size=50, lr=3e-3, schedule="constant",
+                          bn_calibrate=5, out=str(tmp_path / out))
 
-    whole = rw.train(config(2, "whole"), progress=False)
-    rw.train(config(1, "cut"), progress=False)                           # ends calibrated
-    resumed = rw.train(config(2, "cut"), resume=True, progress=False)
+
+def interrupt_after(n):
+    """A training callback standing in for Ctrl-C just after epoch ``n`` (its checkpoint written)."""
+    def callback(epoch, row):
+        if epoch == n:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp_path):
+    whole = rw.train(calibrated_mlp(tmp_path, "whole"), progress=False)
+    rw.train(calibrated_mlp(tmp_path, "cut", epochs=1), progress=False)          # ends calibrated
+    resumed = rw.train(calibrated_mlp(tmp_path, "cut"), resume=True, progress=False)
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
 
@@ -223,18 +228,11 @@ def test_a_run_stopped_before_its_final_calibration_is_calibrated_when_resumed(t
     """Ctrl-C after the last epoch's checkpoint, before the batch-norm calibration: before, --resume found nothing
     to do and kept the uncalibrated network (exit 0; 90% test error against 71% for a stoch-sign CNN)."""
     def config(out):
-        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
-                              projection="stoch-sign", epochs=2, batch_size=50, lr=3e-3, schedule="constant",
-                              bn_calibrate=5, out=str(tmp_path / out))
+        return calibrated_mlp(tmp_path, out)
 
     whole = rw.train(config("whole"), progress=False)
-
-    def stop(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        rw.train(config("cut"), progress=False, callback=stop)
+        rw.train(config("cut"), progress=False, callback=interrupt_after(2))
     assert not train_mod.read_checkpoint(tmp_path / "cut")["train_bn"]          # stopped before calibrating
     resumed = rw.train(config("cut"), resume=True, progress=False)
     assert resumed.test_error == whole.test_error
@@ -318,13 +316,8 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
                               schedule="constant", checkpoint_every=2, out=str(tmp_path / out), **kw)
 
     whole = rw.train(config("whole"), progress=False)
-
-    def stop_after_3(epoch, row):
-        if epoch == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        rw.train(config("cut"), progress=False, callback=stop_after_3)
+        rw.train(config("cut"), progress=False, callback=interrupt_after(3))
     assert train_mod.read_checkpoint(tmp_path / "cut", last=True)["epoch"] == 2          # written at 2, not 3
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3      # metrics every epoch
     resumed = rw.train(config("cut"), resume=True, progress=False)
@@ -335,7 +328,7 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
     # and metrics.jsonl only; before, train refused it ('already holds a run') and --resume too ('nothing to
     # resume'), so reproduce could never finish that row. Now --resume starts over, as an uninterrupted run.
     with pytest.raises(KeyboardInterrupt):
-        rw.train(config("early"), progress=False, callback=lambda epoch, row: epoch == 1 and stop_after_3(3, row))
+        rw.train(config("early"), progress=False, callback=interrupt_after(1))
     assert sorted(p.name for p in (tmp_path / "early").iterdir()) == ["config.json", "metrics.jsonl"]
     again = rw.train(config("early"), resume=True, progress=False)
     assert again.test_error == whole.test_error and same_state(again.model.state_dict(), whole.model.state_dict())

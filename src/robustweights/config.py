@@ -112,8 +112,8 @@ class TrainConfig:
             if not ok or (kind == "list[str]" and not all(isinstance(x, str) for x in v)):
                 raise UserError(f"{f.name} must be {_KIND_WORDS[kind]}, not {v!r}")
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"{f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
+            if choices and v not in choices:
+                raise UserError(f"{f.name} {v!r} is not one of: {', '.join(choices)}")
         transform(self.projection)
         data_mod.parse_preprocess(self.preprocess)
         positive = {"width": self.width, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
@@ -162,30 +162,25 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _sopt(help: str, **kw):
-    return field(metadata={"help": help}, **kw)
-
-
 @dataclass
 class SweepConfig:
     """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the same."""
 
     checkpoint: str | None = field(default=None, metadata={
         "help": "checkpoint.pt (or its run folder) from `robustweights train`", "positional": True})
-    model_factory: str | None = _sopt("your own model: package.module:function that builds it", default=None)
-    state_dict: str | None = _sopt("with --model-factory: a file holding the model's state_dict", default=None)
-    dataset: str | None = _sopt("with --model-factory: dataset to test on", default=None)
-    data_dir: str | None = _sopt("dataset folder if not where training found it", default=None)
-    preprocess: str = _sopt("with --model-factory: the input preprocessing your model was trained with: "
+    model_factory: str | None = _opt("your own model: package.module:function that builds it", default=None)
+    state_dict: str | None = _opt("with --model-factory: a file holding the model's state_dict", default=None)
+    dataset: str | None = _opt("with --model-factory: dataset to test on", default=None)
+    data_dir: str | None = _opt("dataset folder if not where training found it", default=None)
+    preprocess: str = _opt("with --model-factory: the input preprocessing your model was trained with: "
                            "standardize, gcn-zca, none (pixels in [0, 1]) or normalize:mean=M,std=S "
                            "(per channel M1/M2/M3)", default="standardize")
     distortions: list[str] = field(default_factory=lambda: list(DEFAULT_DISTORTIONS), metadata={
         "flag": "--distortion", "help": "a distortion grid, repeatable: add-gauss:sigma=0,0.5,1 or "
         "power:beta=0:1:0.1 (range, stop included) or quant:bits=1..8 (default: " + " and ".join(DEFAULT_DISTORTIONS) + ")"})
-    trials: int = _sopt("independent draws per strength of a random distortion", default=5)
-    seed: int = _sopt("sweep seed; each cell's seed derives from it and the cell", default=0)
-    on: str = field(default="hidden", metadata={"help": "distort the hidden weights or the projected ones",
-                                                "choices": ("hidden", "projected")})
+    trials: int = _opt("independent draws per strength of a random distortion", default=5)
+    seed: int = _opt("sweep seed; each cell's seed derives from it and the cell", default=0)
+    on: str = _opt("distort the hidden weights or the projected ones", ("hidden", "projected"), default="hidden")
     keep: list[str] = field(default_factory=list, metadata={
         "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"})
     include: list[str] = selection_field(
@@ -194,17 +189,17 @@ class SweepConfig:
     exclude: list[str] = selection_field("exclude", "distort", "undistorted")
     types: list[str] = selection_field("types", "distort", "undistorted")
     exclude_types: list[str] = selection_field("exclude_types", "distort", "undistorted")
-    bn_reestimate: int = _sopt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
-    bn_calibrate: int = _sopt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
+    bn_reestimate: int = _opt("re-estimate batch-norm statistics on N training batches per cell (0: off)", default=0)
+    bn_calibrate: int = _opt("before the sweep, re-estimate batch-norm statistics once, with the undistorted "
                              "evaluation weights, on N training batches (0: off; the baseline is then measured "
                              "with them too)", default=0)
-    split: str = field(default="test", metadata={"help": "split to test on", "choices": ("test", "train")})
-    test_subset: int | None = _sopt("test on a seeded subset of this many examples", default=None)
-    batch_size: int = _sopt("evaluation batch size", default=1000)
-    target_error: float | None = _sopt("target for the effective-bits summary (default: undistorted + 1 point)",
+    split: str = _opt("split to test on", ("test", "train"), default="test")
+    test_subset: int | None = _opt("test on a seeded subset of this many examples", default=None)
+    batch_size: int = _opt("evaluation batch size", default=1000)
+    target_error: float | None = _opt("target for the effective-bits summary (default: undistorted + 1 point)",
                                       default=None)
-    device: str = _sopt("auto, cpu, cuda or cuda:N", default="auto")
-    out: str = _sopt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    out: str = _opt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")
 
     # Fields that a restarted sweep may change without changing any number.
     RESUMABLE = ("data_dir", "device", "out", "target_error", "batch_size", "checkpoint", "state_dict")

@@ -274,15 +274,14 @@ def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
         _standardize(train, test)
     elif kind == "gcn-zca":
         _gcn_zca(train, test)
-    if kind != "normalize":
-        return describe_preprocess(spec)
-    c = train.shape[1]
-    if len(mean) not in (1, c) or len(std) not in (1, c):
-        raise UserError(f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std")
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    sd = torch.tensor(std).view(1, -1, 1, 1)
-    for x in (train, test):
-        x.sub_(m).div_(sd)
+    elif kind == "normalize":
+        c = train.shape[1]
+        if len(mean) not in (1, c) or len(std) not in (1, c):
+            raise UserError(f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std")
+        m = torch.tensor(mean).view(1, -1, 1, 1)
+        sd = torch.tensor(std).view(1, -1, 1, 1)
+        for x in (train, test):
+            x.sub_(m).div_(sd)
     return describe_preprocess(spec)
 
 

@@ -13,6 +13,12 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def short_repr(v, limit: int = 60) -> str:
+    """``repr(v)``, cut to ``limit`` characters: a value quoted in a one-line error."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class UserError(ValueError):
     """A mistake in what the user asked for; the message is one line."""
 

@@ -20,11 +20,11 @@ from torch import nn
 from . import data as data_mod
 from . import projected
 from .errors import UserError, one_line
-from .selection import aliases, name_matches, shorten
+from .selection import aliases, matches_any, shorten
 
 __all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers",
            "calibrate_bn", "reestimated_bn", "needs_calibration", "sweep_coverage", "training_coverage",
-           "unreached", "resolve_keep"]
+           "unreached", "UNREAD", "UNREACHED", "resolve_keep", "train_modes", "restore_modes"]
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -231,6 +231,11 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
     return _coverage_without(model, missed, verb)
 
 
+# The reasons :func:`unreached` gives: a weight the distortions cannot reach (a sweep warns of them).
+UNREAD = "never read by the forward pass (unused, or read through a cached reference)"
+UNREACHED = "its value never reaches the output (read, but computed with a cached copy or view)"
+
+
 @torch.no_grad()
 def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward=None) -> dict[str, str]:
     """Projected parameters whose value never reaches the output of one evaluation batch, with the reason.
@@ -248,8 +253,7 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
         else:
             x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
             clean = first_forward(model, x)
-    out = {s.name: "never read by the forward pass (unused, or read through a cached reference)"
-           for s in ss if s.reads == 0 and s.name not in skip}
+    out = {s.name: UNREAD for s in ss if s.reads == 0 and s.name not in skip}
     for s in ss if forward is None else []:
         if s.name in out or s.name in skip:
             continue
@@ -260,7 +264,7 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
         finally:
             s.pinned = before
         if _same_output(poisoned, clean):
-            out[s.name] = "its value never reaches the output (read, but computed with a cached copy or view)"
+            out[s.name] = UNREACHED
     return out
 
 
@@ -287,7 +291,7 @@ def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types
     out = {}
     for k in keep:
         hits = [names[0]] if k == "first" else [names[-1]] if k == "last" else \
-            [n for n in names if any(name_matches(k, a, a.rpartition(".")[0]) for a in also.get(n, [n]))]
+            [n for n in names if matches_any(k, also.get(n, [n]))]
         if not hits:
             raise UserError(f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
                             f"{shorten(names)}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["holders_of", "own_class", "name_matches", "aliases", "select", "shorten", "selection_field"]
+__all__ = ["holders_of", "own_class", "name_matches", "matches_any", "aliases", "select", "shorten", "selection_field"]
 
 
 def holders_of(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
@@ -44,6 +44,11 @@ def name_matches(pattern: str, name: str, module_name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_name, pattern)
 
 
+def matches_any(pattern: str, names) -> bool:
+    """Whether ``pattern`` matches one of ``names`` (full parameter names) or its module's name."""
+    return any(name_matches(pattern, n, n.rpartition(".")[0]) for n in names)
+
+
 def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_types=(),
            float_first: bool = False, float_last: bool = False):
     """Which parameters a projection or distortion covers: ``(chosen, left_out)``.
@@ -68,8 +73,10 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
         hold = holders[id(p)]
         classes = [own_class(m).__name__ for _, m, _ in hold]
 
+        names = [n for n, _, _ in hold]
+
         def matches(pat):
-            return any(name_matches(pat, n, n.rpartition(".")[0]) for n, _, _ in hold)
+            return matches_any(pat, names)
 
         if p.is_complex():
             leave(name, p, "complex")
@@ -90,7 +97,7 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
     names = [n for n, _ in params]
     every = [n for hold in holders.values() for n, _, _ in hold]
     for pat in include + exclude:
-        if pat != "*" and not any(name_matches(pat, n, n.rpartition(".")[0]) for n in every):
+        if pat != "*" and not matches_any(pat, every):
             raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
     present = {own_class(m).__name__ for m in model.modules()}
     for t in types + exclude_types:

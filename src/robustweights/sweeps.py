@@ -34,13 +34,13 @@ from . import data as data_mod
 from . import projected
 from .distributed import agree, process_group, resolve_device
 from .errors import UserError
-from .evaluation import (bn_layers, calibrate_bn, evaluate_split, reestimated_bn, restore_modes, sweep_coverage,
-                         train_modes, weights_label)
+from .evaluation import (UNREACHED, UNREAD, bn_layers, calibrate_bn, evaluate_split, reestimated_bn, restore_modes,
+                         sweep_coverage, train_modes, weights_label)
 from .grid import cell_seed, cells
 from .results import COLUMNS, better_when_higher, complete_row, lowest_bits, write_rows
 from .runs import check_writable, git_commit, kept, now, safe_load, sha256, write_text
 from .config import SweepConfig
-from .training import check_trained_data, derive_seed, load, load_config_data
+from .training import check_loaded_data, derive_seed, load, load_config_data
 
 
 
@@ -142,7 +142,7 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
             print(cov["summary"])
         if not cov["covered"]:   # every cell would show the clean network: 'perfectly robust', and untrue
             raise UserError(f"nothing to distort: {cov['summary']}")
-        missed = [n for n, why in untouched.items() if why.startswith(("never read", "its value never"))]
+        missed = [n for n, why in untouched.items() if why in (UNREAD, UNREACHED)]
         if missed and not progress:
             warnings.warn(f"the sweep leaves weights out that its distortions could not reach: {cov['summary']}",
                           stacklevel=3)
@@ -233,7 +233,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
         tc = dataclasses.replace(tc, test_subset=config.test_subset)
         data = data or load_config_data(tc, config.data_dir)
-        check_trained_data(model.__dict__.get("_rw_trained_on", (None, None))[1], data, config.checkpoint)
+        check_loaded_data(model, data)
         kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
         label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
         info = {"checkpoint": str(config.checkpoint), "checkpoint_sha256": sha256(_ckpt_path(config.checkpoint)),

@@ -124,8 +124,14 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
                         f"model_factory={config.model!r} (--model-factory) to allow importing it")
     model = build_model(config, state["num_classes"], state["in_shape"])
     models.load_weights(model, state["model"], f"{path} (model {config.model!r} width {config.width})")
-    model.__dict__["_rw_trained_on"] = (str(path), state.get("data"))   # for check_trained_data
+    model.__dict__["_rw_trained_on"] = (str(path), state.get("data"))   # for check_loaded_data
     return model.to(resolve_device(device)).eval(), config
+
+
+def check_loaded_data(model: nn.Module, data: data_mod.Data) -> None:
+    """:func:`check_trained_data` for a network :func:`load` returned (any other model: nothing to check)."""
+    where, saved = model.__dict__.get("_rw_trained_on", (None, None))
+    check_trained_data(saved, data, where)
 
 
 def check_trained_data(saved, data: data_mod.Data, where) -> None:
@@ -153,8 +159,7 @@ def evaluate(model: nn.Module, config: TrainConfig, split: str = "test", data_di
     if split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {split!r}")
     data = data or load_config_data(config, data_dir)
-    where, saved = model.__dict__.get("_rw_trained_on", (None, None))
-    check_trained_data(saved, data, where)
+    check_loaded_data(model, data)
     with projected.use_weights(model, weights):
         out = evaluate_split(model, getattr(data, split), loss=config.loss,
                              batch_size=batch_size or config.eval_batch_size, amp=config.amp,
@@ -224,7 +229,7 @@ def _check_out(config: TrainConfig, resume: bool) -> dict | None:
         return None
     if not ckpt.exists():
         if out.is_dir() and all(_own_start(p) or p.name == "metrics.jsonl" for p in out.iterdir()):
-            return None   # a run stopped before its first checkpoint (or an empty folder): nothing lost by starting over
+            return None   # stopped before its first checkpoint (or an empty folder): starting over loses nothing
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = read_checkpoint(ckpt)
     saved = config_of(state, ckpt)
@@ -360,7 +365,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     local_batch = config.batch_size // world
     steps = math.ceil((len(train_split) // world) / local_batch)
     check_every = 50 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
-    single_bad = bool(bn_layers(model))
+    needs_two = bool(bn_layers(model))   # batch norm trains only on batches of two or more
     step_fn = make_step(model, net, opt, config.loss, amp=config.amp, channels_last=config.channels_last,
                         device=device, graphed=config.cuda_graph)
     if config.cuda_graph:
@@ -378,7 +383,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         batches = train_split.batches(local_batch, shuffle=True, generator=data_gen,
                                       augment=config.augment, device=device, shard=(rank, world))
         for step, (x, y) in enumerate(batches):
-            if len(y) < 2 and single_bad:   # batch norm cannot train on one example: the epoch's last one is left
+            if len(y) < 2 and needs_two:   # the epoch's last batch, of one example, is left
                 continue
             set_lr(opt, lr_at(config, epoch, step, steps))
             loss, wrong_now = step_fn(x, y, check=step == 0 and epoch == start)

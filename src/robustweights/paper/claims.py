@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, short_repr
 from ..results import lowest_bits, mean_score
 
 __all__ = ["CLAIMS", "VERDICTS", "NEEDS", "COLUMNS", "REFERENCE", "judge", "read_claims", "paper_scale"]
@@ -227,8 +227,8 @@ def judge_claim_2(sweeps: dict, preset: dict) -> dict:
 def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict:
     """Claim 4, the ImageNet half, by :data:`RULE_4`: the sign network degrades far more slowly than the float one
     under noise relative to each layer's range, and not more quickly relative to std(W)."""
-    cols = [c for c in NOISE if c in rises(sweeps["identity"], NOISE)]
-    rf, rs = rises(sweeps["identity"], cols), rises(sweeps["sign"], cols)
+    rf, rs = rises(sweeps["identity"], NOISE), rises(sweeps["sign"], NOISE)
+    cols = list(rf)   # the noise columns the run swept
     parts = [f"{_ref_name(c)}: float {_pts(rf[c])}, sign {_pts(rs[c])}" for c in cols if c in rs]
     figures = (f"{preset['imagenet_model']} undistorted: float {sweeps['identity']['baseline_error']:.2%}, sign "
                f"{sweeps['sign']['baseline_error']:.2%}; error rise in points, " + "; ".join(parts))
@@ -237,7 +237,8 @@ def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict
         return {**out, "measured": f"path only, on generated image folders (no ImageNet on this machine): {figures}",
                 "verdict": "not run at this scale",
                 "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)"}
-    ok = ("add-gauss-max" in rs and "add-gauss-max" in rf and slower(rs["add-gauss-max"], rf["add-gauss-max"]) == "slower"
+    ok = ("add-gauss-max" in rs and "add-gauss-max" in rf
+          and slower(rs["add-gauss-max"], rf["add-gauss-max"]) == "slower"
           and all(slower(rs[c], rf[c]) != "not slower" for c in cols if c in rs))
     return {**out, "measured": f"{imagenet_data}: {figures}", "verdict": "reproduced" if ok else "not reproduced",
             "note": "the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`"}
@@ -294,18 +295,14 @@ def read_claims(path: "str | Path") -> list[dict]:
     if not (isinstance(claims, list) and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)):
         raise UserError(f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})")
 
-    def short(v) -> str:
-        text = repr(v)
-        return text if len(text) <= 60 else text[:57] + "..."
-
     for i, c in enumerate(claims):   # the values too: the report writes them as text (a number is no verdict)
         where = f"{p}: entry {i + 1}"
         if not (isinstance(c["claim"], int) and not isinstance(c["claim"], bool)):
-            raise UserError(f"{where}: 'claim' must be a whole number, not {short(c['claim'])}")
+            raise UserError(f"{where}: 'claim' must be a whole number, not {short_repr(c['claim'])}")
         for k in ("statement", "paper", "measured", "setting"):
             if not isinstance(c[k], str):
-                raise UserError(f"{where} (claim {c['claim']}): {k!r} must be a string, not {short(c[k])}")
+                raise UserError(f"{where} (claim {c['claim']}): {k!r} must be a string, not {short_repr(c[k])}")
         if c["verdict"] not in VERDICTS:
             raise UserError(f"{where} (claim {c['claim']}): 'verdict' must be one of "
-                            f"{', '.join(map(repr, VERDICTS))}, not {short(c['verdict'])}")
+                            f"{', '.join(map(repr, VERDICTS))}, not {short_repr(c['verdict'])}")
     return claims

@@ -65,8 +65,8 @@ def _check_epochs(epochs) -> int:
 def _prepare(out: Path, epochs: int) -> None:
     """Use ``out`` if it is new or holds an earlier demo, finished or interrupted (which is replaced); never touch
     anything else. Call it only once every setting is checked: it deletes the earlier demo's outputs. The marker
-    is written first, marked unfinished, so that a demo interrupted from here on can be rerun on ``out``."""
-    check_writable(out)
+    is written first, marked unfinished, so that a demo interrupted from here on can be rerun on ``out``
+    (:func:`run_demo` has checked that ``out`` can be written)."""
     try:
         if out.exists() and any(out.iterdir()) and not _is_demo(out):
             raise UserError(f"{out} exists and is not a demo folder; pass --out with a new folder")

@@ -69,10 +69,8 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
             raise UserError(f"{f} is given twice; give each sweep result folder once")
         seen.add(f.resolve())
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    old_files = _check_out(out)   # (a file, or a folder of anything but an earlier report: refused)
     check_writable(out)   # before any work: one line for a folder that cannot be written
-    old_files = _check_out(out)
     sources = [Source(f, *load_results(f)) for f in folders]
     _name_sources(sources)
     keys = list(dict.fromkeys(k for s in sources for k in s.curves))   # first appearance: the sweep's order

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, short_repr
 from ..results import complete_row
 from ..transforms import entry
 from .figures import Curve, Key
@@ -74,22 +74,17 @@ def _field_problem(prov: dict) -> str | None:
     """What is wrong with the types of the optional fields of a sweep.json, or None."""
     for k in TEXT_FIELDS:
         if prov.get(k) is not None and not isinstance(prov[k], str):
-            return f"{k} must be a string or null, not {_short(prov[k])}"
+            return f"{k} must be a string or null, not {short_repr(prov[k])}"
     coverage = prov.get("coverage")
     if coverage is not None:
         if not isinstance(coverage, dict):
-            return f"coverage must be an object (with a 'summary') or null, not {_short(coverage)}"
+            return f"coverage must be an object (with a 'summary') or null, not {short_repr(coverage)}"
         if coverage.get("summary") is not None and not isinstance(coverage["summary"], str):
-            return f"coverage.summary must be a string or null, not {_short(coverage['summary'])}"
+            return f"coverage.summary must be a string or null, not {short_repr(coverage['summary'])}"
     config = prov.get("config")
     if isinstance(config, dict) and config.get("keep") is not None and not isinstance(config["keep"], list):
-        return f"config.keep must be a list of names or null, not {_short(config['keep'])}"
+        return f"config.keep must be a list of names or null, not {short_repr(config['keep'])}"
     return None
-
-
-def _short(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _read_json(folder: Path, name: str):
