@@ -470,3 +470,16 @@ def test_a_binary_metrics_file_counts_as_unreadable_not_a_crash(tmp_path):
     assert rp._finished(cfg) is False                        # binary
     (Path(cfg.out) / "metrics.jsonl").write_text("{}\n" * cfg.epochs)
     assert rp._finished(cfg) is True
+
+
+def test_gpu_tip_points_a_gpu_run_to_the_fast_path_and_stays_quiet_otherwise():
+    paper = rp.resolve_preset("paper")
+    tip = rp.gpu_tip(paper, 4, cuda=True)
+    assert "cuda_graph=true" in tip and "rows_at_once=4" in tip
+    assert "rows_at_once" not in rp.gpu_tip(paper, 1, cuda=True)
+    assert rp.gpu_tip(paper, 4, cuda=False) is None                       # the CPU: nothing to say
+    graphed = rp.resolve_preset("paper", ["cuda_graph=true"])
+    assert "rows_at_once=4" in rp.gpu_tip(graphed, 4, cuda=True)
+    assert rp.gpu_tip(rp.resolve_preset("paper", ["cuda_graph=true", "rows_at_once=4"]), 4, cuda=True) is None
+    assert rp.gpu_tip(graphed, 1, cuda=True) is None
+    assert rp.gpu_tip(rp.resolve_preset("paper", ["optimizer=sgd"]), 4, cuda=True) is None   # the graph needs Adam
