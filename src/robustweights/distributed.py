@@ -136,7 +136,13 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
         if interrupted.is_set():
             raise Stopped("interrupted")
 
-    def worker():
+    def worker(done: threading.Event):
+        try:
+            work()
+        finally:
+            done.set()
+
+    def work():
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         while True:
             with lock:
@@ -155,18 +161,21 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
                     errors.append(e)
                 return
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(at_once, len(jobs))))]
+    # Each thread says it is done through an event, not Thread.join/is_alive: a join interrupted by Ctrl-C can
+    # leave is_alive() False while the thread still runs (CPython before 3.13), and the interrupt was raised
+    # before the running jobs had stopped.
+    done = []   # one event a started thread
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():   # in short waits: a signal that reaches another thread still wakes this one
-                t.join(0.2)
+        for _ in range(max(1, min(at_once, len(jobs)))):
+            done.append(threading.Event())   # before start: an interrupt inside start() comes after the thread is
+            threading.Thread(target=worker, args=(done[-1],), daemon=True).start()   # made, which sets it
+        for d in done:
+            while not d.wait(0.2):   # in short waits: a signal that reaches another thread still wakes this one
+                pass
     except KeyboardInterrupt:
         interrupted.set()
-        for t in threads:
-            if t.is_alive():
-                t.join()
+        for d in done:
+            d.wait()
         raise
     if errors:
         raise errors[0]
