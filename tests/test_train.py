@@ -1,5 +1,6 @@
 """Training end to end on real data, checkpoints, resume, divergence, load and evaluate."""
 
+import dataclasses
 import json
 import math
 
@@ -430,6 +431,10 @@ def test_a_run_refuses_image_folders_other_than_the_ones_it_trained_on(tmp_path,
     code, _, err = run_main(capsys, "sweep", str(tmp_path / "run"), "--data-dir", str(tmp_path / "grown"),
                             "--distortion", "sign", "--trials", "1", "--out", str(tmp_path / "s"))
     assert code == 2 and "trained on 24 training images; this data has 25" in one_error_line(err)
+    before = (tmp_path / "run" / "config.json").read_bytes()   # resuming on other data: refused, folder as it was
+    with pytest.raises(rw.UserError, match="trained on 24 training images; this data has 25"):
+        rw.train(dataclasses.replace(cfg, epochs=2, data_dir=str(tmp_path / "grown")), resume=True, progress=False)
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
 
 
 def test_data_given_to_train_must_be_what_the_configuration_names():

@@ -353,13 +353,13 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         history, start = list(state["history"]), state["epoch"]
         if state.get("train_bn") and start < config.epochs:   # continue from training's statistics, not the
             model.load_state_dict({**model.state_dict(), **state["train_bn"]})   # calibrated ones
+    if state is not None:   # (before config.json is rewritten: a refused resume leaves the folder as it was)
+        check_trained_data(state.get("data"), data, config.out)
     out = Path(config.out) if config.out and rank == 0 else None
     if out is not None:
         write_text(out / "config.json", json.dumps({**dataclasses.asdict(config), "coverage": cov}, indent=2) + "\n")
     data_info = {"name": data.name, "description": data.description, "classes": list(data.classes),
                  "train_size": len(data.train)}
-    if state is not None:
-        check_trained_data(state.get("data"), data, config.out)
 
     t0 = time.perf_counter()
     local_batch = config.batch_size // world
