@@ -120,12 +120,14 @@ second)
     fi
     ATTEMPTS+=("eager 1")
     [ -n "${CPU:-}" ] && [ "$NROWS" -gt 1 ] && ATTEMPTS=("eager $NROWS" "${ATTEMPTS[@]}")   # smoke test: threads
-    # Epochs that fit: 45,000 images at the benchmark's rate plus a tenth, 0.4 s of evaluation an epoch, 50 s
-    # kept for start, data and ZCA and 10 s a row for its sweep. With NROWS rows at once, a row's rate is the
-    # rate times the gain call 1 measured for 2 or 4 graphed networks at once, over NROWS; in turn, the rate over
-    # NROWS. Measured: eager 7.5 s an epoch at a benchmark rate of 5,921 img/s (first lease); graph 2.0 s at 27,875.
+    # Epochs that fit: 45,000 images at the benchmark's rate plus 5%, 0.4 s of evaluation an epoch, 50 s kept
+    # for start, data and ZCA and 5 s a row for its sweep. With NROWS rows at once, a row's rate is the rate times
+    # the gain call 1 measured for 2 or 4 graphed networks at once, over NROWS; in turn, the rate over NROWS.
+    # Measured (H200): eager 7.5 s an epoch at a benchmark rate of 5,921 img/s (first lease); graph 2.0 s at
+    # 27,875 (second); 4 graphed rows at once 4.07 s an epoch at 29,234 x 1.45 / 4, sweeps and set-up 69 s in all
+    # (third: its margin of a tenth and 10 s a row left 106 of 545 s unused).
     epochs_for() { "$PY" -c "r = $2 * ${3:-1} / $NROWS
-print(max(1, min(500, int(($1 - 50 - 10 * $NROWS) / (45000 / r * 1.1 + 0.4)))))"; }
+print(max(1, min(500, int(($1 - 50 - 5 * $NROWS) / (45000 / r * 1.05 + 0.4)))))"; }
     run() {  # run SECONDS FOLDER EPOCHS [--set ...]
         echo "$(date -u): $3 epochs of $ROW in at most $1 s, ${*:4}" | tee -a "$OUT/log.txt"
         timeout --signal=INT "$1" "$PY" -m robustweights reproduce all --scale paper --out "$2" --quiet \
