@@ -483,3 +483,24 @@ def test_gpu_tip_points_a_gpu_run_to_the_fast_path_and_stays_quiet_otherwise():
     assert rp.gpu_tip(rp.resolve_preset("paper", ["cuda_graph=true", "rows_at_once=4"]), 4, cuda=True) is None
     assert rp.gpu_tip(graphed, 1, cuda=True) is None
     assert rp.gpu_tip(rp.resolve_preset("paper", ["optimizer=sgd"]), 4, cuda=True) is None   # the graph needs Adam
+
+
+def test_claims_give_the_measured_bits_beside_each_noise_rise():
+    """method.md 4: never the nominal strength alone. Sigma 0.8 of max|W| was 0.68 bits for the H200's sign
+    network and 0.02 bits for its float one (docs/results/reproduce-gpu/91-epochs-4-rows), and claim 1 printed
+    only 'sigma=0.8 of max|W|' beside both rises."""
+    preset = rp.resolve_preset("tiny")
+
+    def sweep(base, rise_max, bits_max):
+        s = _sweep(base, {"add-gauss": 0.05, "add-gauss-max": rise_max})
+        for r in s["rows"]:
+            r["effective_bits"] = bits_max if r["scale"] == "max" else 0.68
+        return s
+    sweeps = {"identity": sweep(0.15, 0.754, 0.02), "sign": sweep(0.14, 0.152, 0.68),
+              "stoch-sign": sweep(0.13, 0.06, float("nan"))}
+    measured = rp.judge("matrix", preset, sweeps, {}, "s")[0]["measured"]
+    assert ("add-gauss sigma=0.8 of max|W|: float +75.4 at 0.02 bits, sign +15.2 at 0.68 bits, stoch-sign +6.0"
+            in measured and "stoch-sign +6.0 at" not in measured)   # a NaN figure is left out
+    assert "of std(W): float +5.0 at 0.68 bits" in measured
+    c4 = rp.judge("imagenet", preset, sweeps, {}, "s", imagenet_data="/data/imagenet")[3]["measured"]
+    assert "of max|W|: float +75.4 at 0.02 bits, sign +15.2 at 0.68 bits" in c4

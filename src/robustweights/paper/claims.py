@@ -73,6 +73,15 @@ def rises(sweep: dict, columns) -> dict[str, float]:
     return out
 
 
+def _bits(sweep: dict, col: str) -> str:
+    """`` at B bits``: the measured effective bits of a noise column at its reference strength (method.md 4: the
+    same nominal sigma of max|W| is far fewer bits for a float tensor than for a binary one), else ``''``."""
+    bits = [r.get("effective_bits") for r in sweep["rows"] if col in NOISE and in_column(r, col)
+            and r["value"] == REFERENCE[col]]
+    bits = [b for b in bits if isinstance(b, (int, float)) and b == b]
+    return f" at {sum(bits) / len(bits):.2f} bits" if bits else ""
+
+
 def _ref_name(col: str) -> str:
     ref = REFERENCE[col]
     param = PARAM.get(col)
@@ -91,7 +100,7 @@ RULE_1 = ("headline convention: additive noise relative to each layer's range (a
           "degrade far more slowly than the float network: under that noise each one's error rise is at most half "
           "the float network's, and in no other column (noise relative to std(W), mult-gauss, power, sign, quant, "
           "each at its reference strength) is either 'not slower' (a column where both rise under 2 points shows "
-          "nothing and is skipped). Every rise is reported")
+          "nothing and is skipped). Every rise is reported, a noise column's with the effective bits it measured")
 RULE_2 = ("the lowest effective bits per weight (measured, docs/method.md section 4) at which a network trained "
           "with binarized weights (sign, stoch-sign or sign-fwd) keeps its mean test error at or below the target, "
           "at that strength and every weaker one of the same distortion; reproduced at the paper's setting when it "
@@ -182,9 +191,9 @@ def judge_claim_1(sweeps: dict, cols) -> dict:
         if col == "add-gauss-max":
             ok &= all(o == "slower" for o in outcome.values())
         ok &= "not slower" not in outcome.values()
-        parts.append(f"{_ref_name(col)}: float {_pts(rf[col])}, "
-                     + ", ".join(f"{n} {_pts(nets[n][col])}" + ("" if o == "slower" else f" ({o})")
-                                 for n, o in outcome.items()))
+        parts.append(f"{_ref_name(col)}: float {_pts(rf[col])}{_bits(sweeps['identity'], col)}, "
+                     + ", ".join(f"{n} {_pts(nets[n][col])}{_bits(sweeps[n], col)}"
+                                 + ("" if o == "slower" else f" ({o})") for n, o in outcome.items()))
     base = ", ".join(f"{label} {sweeps[n]['baseline_error']:.2%}"
                      for n, label in (("identity", "float"), ("sign", "sign"), ("stoch-sign", "stoch-sign")))
     return {"measured": f"undistorted: {base}; error rise in points, " + "; ".join(parts),
@@ -229,7 +238,8 @@ def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict
     under noise relative to each layer's range, and not more quickly relative to std(W)."""
     rf, rs = rises(sweeps["identity"], NOISE), rises(sweeps["sign"], NOISE)
     cols = list(rf)   # the noise columns the run swept
-    parts = [f"{_ref_name(c)}: float {_pts(rf[c])}, sign {_pts(rs[c])}" for c in cols if c in rs]
+    parts = [f"{_ref_name(c)}: float {_pts(rf[c])}{_bits(sweeps['identity'], c)}, sign {_pts(rs[c])}"
+             f"{_bits(sweeps['sign'], c)}" for c in cols if c in rs]
     figures = (f"{preset['imagenet_model']} undistorted: float {sweeps['identity']['baseline_error']:.2%}, sign "
                f"{sweeps['sign']['baseline_error']:.2%}; error rise in points, " + "; ".join(parts))
     out = {"rule": RULE_4, "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8"}
