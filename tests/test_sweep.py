@@ -566,6 +566,15 @@ def test_lowest_bits_needs_the_error_to_stay_within_the_target_along_its_curve()
     # a bits figure that is not a number never wins (before: a NaN listed first was kept, as nothing is below it)
     assert lowest_bits([row(1.0, float("nan"), 0.0)] + curve, 0.11)["spec"] == "add-gauss:sigma=0.4"
     assert curve_of(row(0.8, 0.68, 0.1, "max")) == "add-gauss:scale=max"
+    # strengths without a bits figure still end the curve (before: left out first, so a power curve that failed
+    # at beta 0.5 counted again at beta 0, "1 bit" at 40% error against a baseline of 30%)
+    power = [{"spec": f"power:beta={b}", "distortion": "power", "param": "beta", "value": b, "effective_bits": bits,
+              "error": e} for b, bits, e in ((1.0, None, 0.30), (0.5, None, 0.90), (0.0, 1.0, 0.30))]
+    assert lowest_bits(power, 0.31) is None
+    assert lowest_bits(power, 0.95)["spec"] == "power:beta=0.0"
+    quant = [{"spec": f"quant:bits={k}", "distortion": "quant", "param": "bits", "value": k, "effective_bits": k,
+              "error": e} for k, e in ((8, 0.1), (2, 0.3), (1, 0.1))]   # fewer bits is stronger
+    assert lowest_bits(quant, 0.2)["spec"] == "quant:bits=8"
 
 
 # ---------------------------------------------------------------------------
@@ -666,3 +675,14 @@ def test_weights_holding_nan_or_inf_are_refused_and_the_model_comes_back():
     assert not rw.sites(net) and all(torch.equal(v, before[k], ) or torch.isnan(v).any()
                                      for k, v in net.state_dict().items())
     assert torch.isnan(net[1].weight[0, 0]) and torch.equal(net[1].weight[1:], before["1.weight"][1:])
+
+
+def test_a_metrics_direction_is_read_from_the_words_of_its_name():
+    """By substring, top1_error, top5_err, error2, cauchy_loss and accuracy_drop counted as better when higher:
+    the lowest-bits summary then picked the cell with 80% error."""
+    from robustweights.results import better_when_higher
+    for lower in ("error", "top1_error", "top5_err", "error2", "cauchy_loss", "accuracy_drop", "perplexity", "nll"):
+        assert not better_when_higher(lower), lower
+    for higher in ("accuracy", "top1", "top5", "val_acc", "acc@1", "f1", "BLEU", "r2", "auc"):
+        assert better_when_higher(higher), higher
+    assert not better_when_higher("mystery")   # no word says: lower (higher_is_better= makes it sure)

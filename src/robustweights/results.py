@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 from .runs import write_text
@@ -23,9 +24,21 @@ COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "ef
            "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
 
 
+_LOWER = {"error", "err", "errors", "loss", "nll", "cost", "drop", "ppl", "perplexity", "mse", "mae", "rmse", "cer",
+          "wer", "distance", "risk"}
+_HIGHER = {"acc", "accuracy", "top1", "top5", "f1", "auc", "auroc", "bleu", "r2", "score", "precision", "recall",
+           "map", "iou", "dice", "correct"}
+
+
 def better_when_higher(metric: str) -> bool:
-    """The default direction of a metric by its name: accuracies and scores up, errors and losses down."""
-    return any(w in metric.lower() for w in ("acc", "top1", "top5", "f1", "auc", "bleu", "r2", "score"))
+    """The default direction of a metric by the words of its name: errors and losses down (``top1_error``,
+    ``accuracy_drop``), accuracies and scores up (``top1``, ``val_acc``); down when no word says (give
+    ``higher_is_better`` to be sure)."""
+    words = {w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w}
+    words |= {w.rstrip("0123456789") for w in words}   # error2, top1 -> top
+    if words & _LOWER:
+        return False
+    return bool(words & _HIGHER)
 
 
 def complete_row(r: dict) -> dict:
@@ -57,23 +70,46 @@ def curve_of(r: dict) -> str:
     return name + (":" + ",".join(rest) if rest else "")
 
 
+def _weaker_first(r: dict):
+    """Sort key that puts a curve's weaker strengths first (the registry says which way a parameter is
+    stronger); None for a parameter the registry does not know."""
+    from .errors import UserError
+    from .transforms import entry
+    if r.get("param") is None or not isinstance(r.get("value"), (int, float)):
+        return lambda r: 0
+    try:
+        p = entry(r["distortion"]).param(r["param"])
+    except UserError:
+        return None
+    if p is None:
+        return None
+    return (lambda r: r["value"]) if p.stronger == "up" else (lambda r: -r["value"])
+
+
 def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
     """The distortion strength with the lowest effective bits at which the mean score *stays* within
     ``target`` (at or below it; at or above it for a metric where higher is better): it meets the target
-    there and at every strength of the same curve that leaves more bits (docs/method.md section 4). Rows
-    without a finite bits figure are left out."""
-    points: dict[str, list[tuple[float, float, str, list[dict]]]] = {}
-    for spec, rs in by_spec(r for r in rows if r.get("effective_bits") is not None
-                            and math.isfinite(r["effective_bits"])).items():
+    there and at every weaker strength of the same curve (docs/method.md section 4). A strength without a
+    finite bits figure (most of a power curve) is no candidate, but still ends the curve where it misses the
+    target. Curves of a transform this session does not know are ordered by their bits."""
+    points: dict[str, list[tuple[float | None, float, str, list[dict]]]] = {}
+    for spec, rs in by_spec(rows).items():
         mean = sum(r["score"] for r in rs) / len(rs)
-        bits = sum(r["effective_bits"] for r in rs) / len(rs)
+        bits = [r.get("effective_bits") for r in rs]
+        bits = (sum(bits) / len(bits)) if all(isinstance(b, (int, float)) and math.isfinite(b) for b in bits) \
+            else None
         points.setdefault(curve_of(rs[0]), []).append((bits, mean, spec, rs))
     best = None
     for curve in points.values():
-        for bits, mean, spec, rs in sorted(curve, key=lambda p: -p[0]):   # from the most bits down
+        order = _weaker_first(curve[0][3][0])
+        if order is None:   # unknown direction: the most bits first, as the bits say
+            curve = sorted((p for p in curve if p[0] is not None), key=lambda p: -p[0])
+        else:
+            curve = sorted(curve, key=lambda p: order(p[3][0]))
+        for bits, mean, spec, rs in curve:
             if not (mean >= target if higher_is_better else mean <= target):
-                break   # the error left the target here: lower strengths on this curve do not count
-            if best is None or bits < best["effective_bits"]:
+                break   # the score left the target here: stronger strengths on this curve do not count
+            if bits is not None and (best is None or bits < best["effective_bits"]):
                 best = {"spec": spec, "effective_bits": bits, "mean_error": mean, "mean_score": mean,
                         "metric": rs[0]["metric"], "trials": len(rs)}
     return best
