@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_single_input_has_no_matrix_and_names_its_dataset(tmp_path):
     assert "<title>Sign net</title>" in page and "Data: CIFAR-10 (JPEG copy)." in page
     # Headline: undistorted error, then the strongest setting of each distortion (beta=0, bits=1: the sign end).
     assert "undistorted error 12.0% (projected weights)" in page
-    assert "add-gauss sigma=1: 33.0% (min 30.0, max 36.0 over 3 trials)" in page
+    assert "add-gauss sigma=1: 33.0% (min 30.0%, max 36.0% over 3 trials)" in page
     assert "power beta=0: 12.0%" in page and "quant bits=1: 12.0%" in page
 
 
@@ -429,3 +430,42 @@ def test_out_in_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
         assert not (ro / "rep").exists()
     finally:
         ro.chmod(0o755)
+
+
+def test_strangers_names_render_as_text_and_metrics_keep_their_digits(tmp_path):
+    """A label with '$' was read as maths ('$x^$' failed the report with a traceback; 'cost $5 vs $10' lost its
+    dollars); Markdown let '<script>' through as raw HTML; an accuracy of 0.8739 showed as 0.9."""
+    a = make_sweep(tmp_path / "a", "sign", label="net $x^$ <script>alert(1)</script>")
+    b = make_sweep(tmp_path / "b", "identity", label="cost $5 vs $10 | model\r\nsecond line")
+    r = report([a, b], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "<script>" not in md and "&lt;script&gt;" in md and "net $x^$" in md
+    assert "cost $5 vs $10 \\| model second line" in md and "\r" not in md
+    assert "<script>" not in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert r is not None
+    # a metric other than the error: four significant digits in the table and the spread
+    for folder in (a, b):
+        rows = json.loads((folder / "results.json").read_text())
+        for row in rows:
+            row.update(metric="accuracy", score=round(1 - row["error"] + 0.0039, 4))
+        (folder / "results.json").write_text(json.dumps(rows))
+        prov = json.loads((folder / "sweep.json").read_text())
+        prov.update(metric="accuracy", higher_is_better=True, baseline_score=1 - prov["baseline_error"] + 0.0039)
+        (folder / "sweep.json").write_text(json.dumps(prov))
+    report([a, b], tmp_path / "acc")
+    md = (tmp_path / "acc" / "report.md").read_text(encoding="utf-8")
+    assert "| 0.8339 | 0.8829 |" in md   # sign at sigma 0.5 and beta 0.5: 1 - (0.17, 0.121) + 0.0039 (was 0.8, 0.9)
+    assert "(min 0.6439, max 0.7039 over 3 trials)" in md                # sign at sigma 1: 1 - (0.36, 0.30) + .0039
+
+
+def test_a_report_is_written_in_utf_8_whatever_the_locale(two, tmp_path):
+    """Under an ASCII locale the report failed with UnicodeEncodeError after writing report.json and the
+    figures, leaving a half-written folder."""
+    root, _ = two
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+           "PYTHONPATH": str(Path(rw.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-X", "utf8=0", "-m", "robustweights", "report",
+                           str(root / "sweep-sign"), str(root / "sweep-float"), "--out", str(tmp_path / "c")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "–" in (tmp_path / "c" / "report.html").read_text(encoding="utf-8")

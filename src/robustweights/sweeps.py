@@ -324,7 +324,7 @@ def _partial_rows(out: Path) -> list[dict]:
     """Rows that ranks of an interrupted distributed sweep finished (``results.rankN.jsonl``)."""
     rows = []
     for f in sorted(out.glob("results.rank*.jsonl")):
-        for line in f.read_text(errors="replace").splitlines():
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -341,7 +341,7 @@ def _previous_sweep(out: Path) -> dict | None:
         return None
     if (out / "sweep.json").exists():
         try:
-            previous = json.loads((out / "sweep.json").read_text())
+            previous = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
         if not (isinstance(previous, dict) and isinstance(previous.get("config", {}), dict)):
@@ -364,7 +364,7 @@ def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict
         raise UserError(f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
                         "choose another --out")
     try:
-        old_rows = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
+        old_rows = json.loads((out / "results.json").read_text(encoding="utf-8")) if (out / "results.json").exists() else []
     except (UnicodeDecodeError, json.JSONDecodeError):
         old_rows = []  # written atomically, so only a hand-edited file gets here: recompute
     if not isinstance(old_rows, list):

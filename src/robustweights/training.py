@@ -183,7 +183,7 @@ def _own_start(p: Path) -> bool:
     """A file a run writes before its first checkpoint (its config.json), or a temporary file of an atomic write."""
     if p.name == "config.json" and p.is_file():
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return False
         return isinstance(d, dict) and {"model", "projection", "coverage"} <= d.keys()

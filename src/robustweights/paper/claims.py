@@ -296,7 +296,7 @@ def read_claims(path: "str | Path") -> list[dict]:
     measured, setting`` (strings) and ``verdict`` (one of :data:`VERDICTS`)."""
     p = Path(path)
     try:
-        claims = json.loads(p.read_text())
+        claims = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"no claims file at {p}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

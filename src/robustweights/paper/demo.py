@@ -47,7 +47,7 @@ _OUTPUTS = tuple(n for n, *_ in NETWORKS) + tuple(f"sweep-{n}" for n, *_ in NETW
 def _is_demo(out: Path) -> bool:
     """Whether ``out/demo.json`` is a demo's marker: an unfinished demo's (written first) or a finished one's."""
     try:
-        marker = json.loads((out / MARKER).read_text())
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):     # missing, unreadable, not UTF-8, not JSON: not ours
         return False
     return isinstance(marker, dict) and (marker.get("kind") == KIND or isinstance(marker.get("networks"), dict))

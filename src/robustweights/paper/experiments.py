@@ -324,7 +324,7 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
     if not out.exists() or not any(out.iterdir()):
         return None
     try:
-        prev = json.loads((out / MARKER).read_text())
+        prev = json.loads((out / MARKER).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{out} exists and is not a reproduce folder; choose another --out") from None
     except (OSError, ValueError):     # unreadable, not UTF-8, not JSON
@@ -499,7 +499,7 @@ def summary(result: dict) -> str:
 def _finished(cfg: TrainConfig) -> bool:
     m = Path(cfg.out) / "metrics.jsonl"
     try:
-        return len(m.read_text().splitlines()) >= cfg.epochs
+        return len(m.read_text(encoding="utf-8").splitlines()) >= cfg.epochs
     except (OSError, UnicodeDecodeError):   # missing or unreadable: not known to be finished (train decides)
         return False
 

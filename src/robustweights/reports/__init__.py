@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..runs import check_writable, now, write_bytes, write_text
 from .document import Document, mean_at, table_columns
-from .figures import fig_bits, fig_matrix, fig_strength, make_panels, palette, to_png
+from .figures import fig_bits, fig_matrix, fig_strength, make_panels, palette, plain_text, to_png
 from .sources import Key, Source, dataset_caption, load_results, short_description
 
 __all__ = ["report", "load_results", "short_description", "MARKER"]
@@ -83,11 +83,12 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     colors = palette(len(sources))
     caption = dataset_caption(sources)
     ylabel = _error_label(sources)
-    figures = {"error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
-               "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel)}
-    if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2:
-        figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
-    pngs = {name: to_png(fig) for name, fig in figures.items() if fig is not None}
+    with plain_text():   # names from files and flags are text: a '$' is no maths
+        figures = {"error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
+                   "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel)}
+        if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2:
+            figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
+        pngs = {name: to_png(fig) for name, fig in figures.items() if fig is not None}
     table = [{"label": s.label, **{label: mean_at(s, key, value) for label, key, value in columns}}
              for s in sources]
     doc = Document(title or "Robustness to test-time weight distortions", caption, sources, keys, names,
@@ -125,7 +126,7 @@ def _check_out(out: Path) -> list[str]:
     except OSError as e:
         raise UserError(f"{out} cannot be read ({e.strerror}); choose another --out") from None
     try:
-        previous = json.loads((out / "report.json").read_text())
+        previous = json.loads((out / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):   # missing, unreadable or not JSON: not ours
         previous = None
     if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
@@ -135,8 +136,9 @@ def _check_out(out: Path) -> list[str]:
 
 def _name_sources(sources: list[Source]) -> None:
     """Make legend labels unique: a repeated label gets its folder's name (then its position) added."""
-    for make in (lambda s, i: f"{s.prov['label']} [{s.folder.name}]",
-                 lambda s, i: f"{s.prov['label']} [{s.folder.name} #{i + 1}]"):
+    base = {id(s): s.label for s in sources}
+    for make in (lambda s, i: f"{base[id(s)]} [{s.folder.name}]",
+                 lambda s, i: f"{base[id(s)]} [{s.folder.name} #{i + 1}]"):
         counts: dict[str, int] = {}
         for s in sources:
             counts[s.label] = counts.get(s.label, 0) + 1

@@ -79,8 +79,9 @@ def mean_at(s: Source, key: Key, value: float | None) -> float | None:
     return c.mean[c.x.index(value)] if value in c.x else None
 
 
-def _cell(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+def _cell(v: float | None, metric: str = "error") -> str:
+    """A table cell: the error in % to a tenth, any other metric to four significant digits."""
+    return "–" if v is None else f"{v:.1f}" if metric == "error" else f"{v:.4g}"
 
 
 def _strongest(key: Key, curve: Curve) -> int:
@@ -100,7 +101,8 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
             continue
         i = _strongest(k, c)
         where = f"{names[k]} {k.param}={_fmt(c.x[i])}" if k.param else names[k]
-        spread = f" (min {c.lo[i]:.1f}, max {c.hi[i]:.1f} over {c.trials[i]} trials)" if c.hi[i] > c.lo[i] else ""
+        spread = (f" (min {score_text(s, c.lo[i])}, max {score_text(s, c.hi[i])} over {c.trials[i]} trials)"
+                  if c.hi[i] > c.lo[i] else "")
         parts.append(f"{where}: {score_text(s, c.mean[i])}{spread}")
     text = (f"undistorted {s.metric} {score_text(s, s.baseline)}{weights}; at the strongest setting: "
             f"{'; '.join(parts)}.")
@@ -212,6 +214,10 @@ class Document:
     error_label: str        # "test error (%)", or the split the sweeps measured
     claims: list[dict] = field(default_factory=list)   # `robustweights reproduce`'s verdicts, if any
 
+    @property
+    def metric(self) -> str:   # one for all sources (a report refuses to mix metrics)
+        return self.sources[0].metric if self.sources else "error"
+
     def html(self) -> str:
         e = html.escape
         out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(self.title)}</title>",
@@ -232,7 +238,8 @@ class Document:
         out.append("<table><tr><th>network</th>" + "".join(f"<th>{e(c)}</th>" for c in self.columns) + "</tr>")
         for row in self.table:
             out.append(f"<tr><td>{e(row['label'])}</td>"
-                       + "".join(f"<td class=\"num\">{_cell(row[c])}</td>" for c in self.columns) + "</tr>")
+                       + "".join(f"<td class=\"num\">{_cell(row[c], self.metric)}</td>" for c in self.columns)
+                       + "</tr>")
         out.append(f"</table><p>{e(self._table_note())}</p>")
         out.append(f"<h2>How to read</h2><p>{e(HOW_TO_READ)}</p><h2>Provenance</h2><div class=\"prov-grid\">")
         for s in self.sources:
@@ -243,18 +250,18 @@ class Document:
         return "\n".join(out)
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", "", f"Data: {self.caption}. Written {now()} by robustweights.", "",
+        out = [f"# {_md(self.title)}", "", f"Data: {_md(self.caption)}. Written {now()} by robustweights.", "",
                *self._claims_md(), "## Headlines", ""]
         out += [f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources]
         out += ["", "## Figures", ""]
         for name in self.pngs:
-            out += [f"![{name}]({name})", "", f"{FIGURE_CAPTIONS[name]} Data: {self.caption}.", ""]
+            out += [f"![{name}]({name})", "", f"{FIGURE_CAPTIONS[name]} Data: {_md(self.caption)}.", ""]
         if self.no_bits_note():
             out += [self.no_bits_note(), ""]
         out += [f"## Mean {self.error_label} at chosen strengths", "",
                 "| network | " + " | ".join(_md(c) for c in self.columns) + " |",
                 "|---|" + "---:|" * len(self.columns)]
-        out += ["| " + _md(row["label"]) + " | " + " | ".join(_cell(row[c]) for c in self.columns) + " |"
+        out += ["| " + _md(row["label"]) + " | " + " | ".join(_cell(row[c], self.metric) for c in self.columns) + " |"
                 for row in self.table]
         out += ["", self._table_note(), "", "## How to read", "", HOW_TO_READ, "", "## Provenance", ""]
         for s in self.sources:
@@ -294,10 +301,13 @@ class Document:
                 "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits.")
 
     def _table_note(self) -> str:
-        return ("Mean over trials; – where a network was not tested at that strength. Strengths are the "
-                "ones asked for (--at), else the grid value nearest to the middle of each distortion's grid.")
+        return ("Mean over trials; – where a network was not tested at that strength. Each column names the "
+                "strength it shows: the grid value nearest to the one asked for (--at), else to the middle of "
+                "each distortion's grid.")
 
 
 def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text safe in Markdown, a table cell included: names from strangers' files or flags render as text
+    (``<``, ``>`` and ``&`` as entities, no raw HTML; ``|`` escaped; line breaks as spaces)."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")

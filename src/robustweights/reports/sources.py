@@ -136,7 +136,7 @@ class Source:
     curves: dict[Key, Curve] = field(init=False)
 
     def __post_init__(self):
-        self.label = self.prov["label"]
+        self.label = " ".join(str(self.prov["label"]).split())   # one line: no breaks or tabs in a legend
         self.metric = self.prov.get("metric", "error")
         self.unit = 100.0 if self.metric == "error" else 1.0    # the error is shown in %, other metrics as they are
         self.baseline = self.unit * self.prov["baseline_score"]
