@@ -469,3 +469,9 @@ def test_a_report_is_written_in_utf_8_whatever_the_locale(two, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "–" in (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
+
+
+def test_every_network_gets_its_own_colour():
+    from robustweights.reports.figures import palette
+    for n in (1, 10, 11, 20, 21, 45):
+        assert len(palette(n)) == n and len(set(map(tuple, palette(n)))) == n, n   # before: net20 = net0

@@ -239,6 +239,12 @@ def test_measured_bits_against_a_hand_computation():
     # range-relative noise on weights that do not fill their range carries fewer bits than its nominal figure
     assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits("add-gauss:sigma=0.8")
     assert measured_bits("quant:bits=3", [a], [None]) == 3.0 and measured_bits("add-gauss:sigma=0", [a], [1]) is None
+    # a tiny sigma is a huge but finite figure (before: ZeroDivisionError at 1e-170; 'Infinity' written into
+    # results.json at 1e-160, which the report then refused)
+    for sigma in (1e-160, 1e-170, 1e-300):
+        nominal = capacity_bits(f"mult-gauss:sigma={sigma}")
+        assert nominal == pytest.approx(-math.log2(sigma)) and capacity_bits(f"add-gauss:sigma={sigma}") == nominal
+        assert math.isfinite(measured_bits(f"add-gauss:sigma={sigma}", [z], [None]))
 
 
 def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):

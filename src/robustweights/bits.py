@@ -26,13 +26,12 @@ the distorted tensors (layers left undistorted are not counted):
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .transforms import Transform, magnitude, transform
+from .transforms import Transform, capacity, magnitude, transform
 
 def is_discrete(t: "str | Transform") -> bool:
     """Whether a distortion's outputs take few values (their entropy is measured): registry metadata."""
@@ -65,7 +64,7 @@ def measured_bits(t: "str | Transform", tensors: list[Tensor], clips: list[float
         signal = float(np.square(w.float().cpu().numpy(), dtype=np.float64).mean())
         if noise <= 0:
             return None   # a tensor of zeros gets no noise: no finite figure
-        total += 0.5 * math.log2(1 + signal / noise ** 2) * w.numel()
+        total += capacity(signal, noise) * w.numel()
         n += w.numel()
     return total / n
 

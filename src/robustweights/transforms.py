@@ -288,9 +288,19 @@ def stoch_mult(w, g, H, gamma, flip):
     return _pm(up, 1, w.dtype).mul_(w.abs()).mul_(u)
 
 
+def capacity(signal: float, noise: float) -> float:
+    """``0.5 log2(1 + signal / noise^2)`` bits (a Gaussian channel), computed in logarithms: finite for any
+    ``noise > 0``, however small (``1 / noise^2`` itself overflows below about 1e-154)."""
+    if signal <= 0:
+        return 0.0
+    if noise ** 2 > 0 and signal / noise ** 2 < 1e300:   # the plain formula, to the last digit as always
+        return 0.5 * math.log2(1 + signal / noise ** 2)
+    return 0.5 * (math.log2(signal) - 2 * math.log2(noise))   # log2(1 + x) = log2(x) to double precision here
+
+
 def _gauss_bits(p: dict) -> float | None:
     """``0.5 log2(1 + 1/s^2)``: the nominal capacity of noise ``s`` times the signal's own spread."""
-    return 0.5 * math.log2(1 + 1 / p["sigma"] ** 2) if p["sigma"] > 0 else None
+    return capacity(1.0, p["sigma"]) if p["sigma"] > 0 else None
 
 
 @register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0",

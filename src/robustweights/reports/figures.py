@@ -78,8 +78,10 @@ def plain_text():
 
 
 def palette(n: int) -> list:
-    palette = matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors
-    return [palette[i % len(palette)] for i in range(n)]
+    """A colour per network, all different (beyond 20, spread over a continuous colour map)."""
+    if n > 20:
+        return [matplotlib.colormaps["turbo"](0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+    return list(matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors[:n])
 
 
 def set_y(ax, sources: list, at_least: float = 0) -> None:
