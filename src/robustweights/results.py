@@ -93,7 +93,7 @@ def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False)
     finite bits figure (most of a power curve) is no candidate, but still ends the curve where it misses the
     target. Curves of a transform this session does not know are ordered by their bits."""
     points: dict[str, list[tuple[float | None, float, str, list[dict]]]] = {}
-    for spec, rs in by_spec(rows).items():
+    for spec, rs in by_spec(r for r in rows if r.get("spec")).items():   # (a row without one is on no curve)
         mean = sum(r["score"] for r in rs) / len(rs)
         bits = [r.get("effective_bits") for r in rs]
         bits = (sum(bits) / len(bits)) if all(isinstance(b, (int, float)) and math.isfinite(b) for b in bits) \
