@@ -686,3 +686,25 @@ def test_a_metrics_direction_is_read_from_the_words_of_its_name():
     for higher in ("accuracy", "top1", "top5", "val_acc", "acc@1", "f1", "BLEU", "r2", "auc"):
         assert better_when_higher(higher), higher
     assert not better_when_higher("mystery")   # no word says: lower (higher_is_better= makes it sure)
+
+
+def test_a_sweep_tests_a_checkpoint_on_its_own_test_subset_unless_told(trained, tmp_path, capsys):
+    """`evaluate` tested a run trained with --test-subset 300 on its 300 examples, `sweep` on all 1000 (another
+    undistorted error for the same network, and minutes instead of seconds on CIFAR-10)."""
+    code, _, err = run_main(capsys, "sweep", str(trained.ckpt), "--distortion", "sign", "--out", str(tmp_path / "a"),
+                            "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert rows[0]["n_examples"] == 300
+    code, _, err = run_main(capsys, "sweep", str(trained.ckpt), "--distortion", "sign", "--test-subset", "1000",
+                            "--out", str(tmp_path / "b"), "--quiet")
+    assert code == 0 and json.loads((tmp_path / "b" / "results.json").read_text())[0]["n_examples"] == 1000
+
+
+def test_a_sweep_with_nothing_to_distort_leaves_its_out_folder_free(trained, tmp_path, capsys):
+    """It stopped with one line but left a sweep.json with end null, so --out then refused any other checkpoint
+    ('holds a sweep of another checkpoint')."""
+    code, _, err = run_main(capsys, "sweep", str(trained.ckpt), "--distortion", "sign", "--keep", "*",
+                            "--out", str(tmp_path / "s"))
+    assert code == 2 and "nothing to distort" in one_error_line(err)
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())

@@ -194,7 +194,8 @@ class SweepConfig:
                              "evaluation weights, on N training batches (0: off; the baseline is then measured "
                              "with them too)", default=0)
     split: str = _opt("split to test on", ("test", "train"), default="test")
-    test_subset: int | None = _opt("test on a seeded subset of this many examples", default=None)
+    test_subset: int | None = _opt("test on a seeded subset of this many examples (default: a checkpoint's own "
+                                   "test subset, as evaluate uses; else the whole split)", default=None)
     batch_size: int = _opt("evaluation batch size", default=1000)
     target_error: float | None = _opt("target for the effective-bits summary (default: undistorted + 1 point)",
                                       default=None)

@@ -217,7 +217,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
     """The model, data, loss, description and label a sweep config names.
 
     ``data`` may pass the dataset already loaded (as the checkpoint's training
-    configuration, with the sweep's ``test_subset``, would load it).
+    configuration would load it: with the sweep's ``test_subset``, else the run's own).
     """
     from . import models
     from .models import create_model
@@ -231,7 +231,8 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
             raise UserError(f"{', '.join(ignored)} go with --model-factory and no checkpoint; a checkpoint is tested "
                             f"on the data and preprocessing it trained with (--data-dir: where that data is)")
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
-        tc = dataclasses.replace(tc, test_subset=config.test_subset)
+        if config.test_subset is not None:   # else the run's own test examples, as `evaluate` tests it
+            tc = dataclasses.replace(tc, test_subset=config.test_subset)
         data = data or load_config_data(tc, config.data_dir)
         check_loaded_data(model, data)
         kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
@@ -400,6 +401,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         # a bad --keep fails here, before sweep.json is written; the answer serves the provenance and the cells
         covered = sweep_coverage(model, getattr(data, config.split), config.keep, config.batch_size,
                                  **_selection(config))
+        if not covered[1]["covered"]:   # (here, not in the sweep: a stub sweep.json would claim --out)
+            raise UserError(f"nothing to distort: {covered[1]['summary']}")
         todo = cells(config.distortions, config.trials, default_scale(model))
         cfg = dataclasses.asdict(config)
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
