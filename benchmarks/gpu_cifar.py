@@ -150,7 +150,9 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] in ("--pack", "--unpack"):
         (pack if sys.argv[1] == "--pack" else unpack)(Path(sys.argv[2]), Path(sys.argv[3]))
         return
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Also: --pack SRC_DIR DEST_DIR "
+                                 "(CIFAR-10's batch files into DEST/a and DEST/b, parts under 64 MiB to carry to a "
+                                 "lent GPU) and --unpack SRC_DIR DEST_DIR (back, byte for byte).")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))

@@ -91,10 +91,10 @@ def build(steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, c
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--corpus", type=Path, default=CORPUS)
-    p.add_argument("--out", default="runs/char-lm")
+    p.add_argument("--steps", type=int, default=600, help="training steps of the language model (default: 600)")
+    p.add_argument("--trials", type=int, default=3, help="random draws per noise strength (default: 3)")
+    p.add_argument("--corpus", type=Path, default=CORPUS, help="text file to learn (default: %(default)s)")
+    p.add_argument("--out", default="runs/char-lm", help="sweep result folder (default: runs/char-lm)")
     args = p.parse_args(argv)
     model, evaluate = build(args.steps, corpus=args.corpus)
     base = evaluate(model)["perplexity"]

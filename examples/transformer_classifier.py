@@ -53,9 +53,10 @@ def train(data, epochs: int = 3, seed: int = 0) -> nn.Module:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--out", default="runs/transformer-classifier")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    p.add_argument("--trials", type=int, default=3, help="random draws per noise strength (default: 3)")
+    p.add_argument("--out", default="runs/transformer-classifier",
+                   help="sweep result folder (default: runs/transformer-classifier)")
     args = p.parse_args(argv)
     data = load_data("demo", preprocess="none")          # the raw pixels the model is trained on
     model = train(data, args.epochs)

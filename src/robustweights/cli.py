@@ -53,7 +53,8 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help = f"{f.metadata.get('help', '')} (default: {default})"
+        help = f.metadata.get("help", "")   # a text that names its own default keeps it, once
+        help = help if "default" in help else f"{help} (default: {default})"
         if f.metadata.get("positional"):
             p.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=f.metadata["help"])
         elif str(f.type).startswith("list"):
@@ -88,7 +89,7 @@ def cmd_train(args) -> int:
         return 0  # under torchrun, rank 0 reports
     h = result.history[-1] if result.history else {}
     print(f"test error: {result.test_error:.2%} ({h.get('test_weights', '?')} weights) after {config.epochs} "
-          f"epochs, {result.seconds:.0f} s; model {config.model} width {config.width}, projection "
+          f"epoch{'s' * (config.epochs != 1)}, {result.seconds:.0f} s; model {config.model} width {config.width}, projection "
           f"{config.projection} ({config.mode}), data {config.dataset}")
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
@@ -228,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Test error and loss of a trained checkpoint on its own dataset and preprocessing.")
     e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
     e.add_argument("--weights", choices=WEIGHTS, default="auto",
-                   help="auto: the training projection if deterministic, else hidden (docs/method.md section 3)")
+                   help="which weights the network is tested with: auto (the default) applies the training "
+                        "projection when it is deterministic (sign, quant...) and uses the hidden weights when it "
+                        "is random (stoch-sign, noise), as docs/method.md section 3 says; hidden: the hidden float "
+                        "weights as they are; projected: the training projection applied")
     e.add_argument("--split", choices=("test", "train"), default="test", help="split to test on (default: test)")
     e.add_argument("--data-dir", default=None, help="where the dataset is, if not where training found it")
     e.add_argument("--model-factory", default=None, help="allow importing this package.module:function model")
@@ -239,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train float and binarized networks on shipped data and compare them",
                        description="The main job on embedded data (a Fashion-MNIST subset shipped in the package): "
                        "no download, no dataset to install, a few minutes on 2 CPU cores.")
-    d.add_argument("--out", default="runs/demo", help="folder for the two runs (default: runs/demo)")
+    d.add_argument("--out", default="runs/demo", help="folder for the three runs, their sweeps and the report (default: runs/demo)")
     d.add_argument("--epochs", type=int, default=None, help="epochs per network (default: the demo's own)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

@@ -228,7 +228,8 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
         ignored = [flag for flag, given in (("--state-dict", config.state_dict), ("--dataset", config.dataset),
                                             ("--preprocess", config.preprocess != "standardize")) if given]
         if ignored:   # a checkpoint names its own weights, data and preprocessing
-            raise UserError(f"{', '.join(ignored)} go with --model-factory and no checkpoint; a checkpoint is tested "
+            raise UserError(f"{', '.join(ignored)} {'go' if len(ignored) > 1 else 'goes'} with --model-factory and no "
+                            f"checkpoint; a checkpoint is tested "
                             f"on the data and preprocessing it trained with (--data-dir: where that data is)")
         model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
         if config.test_subset is not None:   # else the run's own test examples, as `evaluate` tests it

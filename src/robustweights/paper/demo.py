@@ -165,7 +165,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool =
 
 def _print(summary, sweeps, description, epochs, html, out_path) -> None:
     nets, rises, findings = summary["networks"], summary["rises"], summary["findings"]
-    print(f"\nrobustweights demo: small CNN on the {description}, {epochs} epochs each, "
+    print(f"\nrobustweights demo: small CNN on the {description}, {epochs} epoch{'s' * (epochs != 1)} each, "
           f"{summary['seconds']:.0f} s\n")
     print(f"{'network':<24}{'as it runs':>18}{'hidden float weights':>24}{'binarized':>12}")
     for name, r in nets.items():
