@@ -54,7 +54,7 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help = f.metadata.get("help", "")   # a text that names its own default keeps it, once
-        help = help if "default" in help else f"{help} (default: {default})"
+        help = help if "default" in help else f"{help} (default: {'none' if default is None else default})"
         if f.metadata.get("positional"):
             p.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=f.metadata["help"])
         elif str(f.type).startswith("list"):
