@@ -160,8 +160,8 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path, capsys, a_run):
     (["--distortion", "add-gauss:sigma=0:inf:0.5"], "needs finite numbers"),
     (["--distortion", "add-gauss:sigma=0:1:1e-8"], "strengths in one grid (at most 10,000)"),
     (["--target-error", "5"], "target error must be a fraction in [0, 1]"),
-    (["--dataset", "mnist"], "--dataset go with --model-factory"),
-    (["--state-dict", "x.pt"], "--state-dict go with --model-factory"),
+    (["--dataset", "mnist"], "--dataset goes with --model-factory"),
+    (["--state-dict", "x.pt"], "--state-dict goes with --model-factory"),
 ])
 def test_sweep_mistakes_that_crashed_or_were_ignored_are_one_line(tmp_path, capsys, a_run, argv, words):
     code, _, err = run_main(capsys, "sweep", str(a_run), *argv, "--trials", "1", "--out", str(tmp_path / "s"))
