@@ -218,3 +218,25 @@ def test_usage_md_documents_every_option_as_the_parser_has_it():
     assert mod.section() in usage, "docs/usage.md is behind the parser: run python scripts/options_md.py --write"
     for flag in ("--loss", "--train-subset", "--split", "--title", "--claims", "--json", "--set", "--keep"):
         assert f"`{flag}" in usage, flag
+
+
+def test_resuming_a_strangers_run_never_imports_the_model_it_names(tmp_path, capsys, monkeypatch):
+    """`train --resume --out RUN` built its configuration from the checkpoint and imported and called the
+    `package.module:function` model it named (a stranger's run folder with a module beside it ran its code);
+    `load` already refused that without --model-factory."""
+    import torch
+    code, _, err = run_main(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    (tmp_path / "evil_rw_factory.py").write_text(
+        "from pathlib import Path\n"
+        "def build(**kw):\n"
+        f"    Path({str(tmp_path / 'RAN')!r}).write_text('ran')\n"
+        "    raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["model"] = "evil_rw_factory:build"
+    torch.save(state, ckpt)
+    code, _, err = run_main(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet")
+    assert code == 2 and "give --model evil_rw_factory:build to allow that" in one_error_line(err)
+    assert not (tmp_path / "RAN").exists()

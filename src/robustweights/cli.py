@@ -81,6 +81,11 @@ def cmd_train(args) -> int:
         if "out" not in given:
             raise UserError("--resume needs --out, the run folder to continue")
         saved = read_checkpoint(Path(given["out"]))["config"]
+        model = saved.get("model") if isinstance(saved, dict) else None
+        if isinstance(model, str) and ":" in model and given.get("model") != model:
+            # as load() does: a checkpoint from a stranger must not choose what code runs
+            raise UserError(f"{given['out']} was trained with model factory {model!r}; resuming imports and runs "
+                            f"it: give --model {model} to allow that")
         config = TrainConfig.from_dict({**saved, **given})
     else:
         config = TrainConfig(**given)
