@@ -444,3 +444,40 @@ def test_data_given_to_train_must_be_what_the_configuration_names():
     with pytest.raises(rw.UserError, match=r"the data given \(demo; inputs none \(pixels in \[0, 1\]\)\) is not"):
         rw.train(tiny(), data=raw, progress=False)
     rw.train(tiny(preprocess="none", train_subset=200, test_subset=100, epochs=1), data=raw, progress=False)
+
+
+def test_a_checkpoints_shapes_are_checked_before_its_model_is_built(tmp_path):
+    """A 1.5 MB checkpoint claiming num_classes 10**12 (or a huge in_shape) made load() build the model first:
+    a 512 TB allocation failed with a traceback (3,000,000 classes: 1.9 GB before the 'does not fit' line)."""
+    cfg = tiny(epochs=1, out=str(tmp_path / "run"))
+    rw.train(cfg, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for change in ({"num_classes": 10 ** 12}, {"num_classes": 3_000_000}, {"in_shape": [1, 10 ** 6, 10 ** 6]}):
+        torch.save({**state, **change}, tmp_path / "odd.pt")
+        with pytest.raises(rw.UserError, match="does not fit the model"):
+            rw.load(tmp_path / "odd.pt")
+    model, _ = rw.load(tmp_path / "run")   # an honest one loads as before
+    assert torch.equal(model.state_dict()[next(iter(state["model"]))], next(iter(state["model"].values())))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda s: s.update(optimizer=None), "damaged optimizer state"),
+    (lambda s: s.update(optimizer={"state": 3, "param_groups": "x"}), "damaged optimizer state"),
+    (lambda s: s["model"].update({k: torch.zeros(3) for k in list(s["model"])[:1]}), "does not fit the model"),
+    (lambda s: s.update(train_bn={"no.such.key": torch.zeros(1)}), "batch-norm statistics"),
+])
+def test_resuming_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, damage, words):
+    """An optimizer state of None or junk, a wrong-shaped weight, or stray batch-norm keys in checkpoint.pt gave
+    AttributeError, TypeError or PyTorch's many-line RuntimeError tracebacks on --resume."""
+    cfg = tiny(epochs=1, out=str(tmp_path / "run"), model="cnn")
+    rw.train(cfg, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    damage(state)
+    if "train_bn" in words:
+        state["epoch"] = 0   # (training's statistics are read back only while epochs remain)
+    torch.save(state, ckpt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(rw.UserError, match=words):
+        rw.train(dataclasses.replace(cfg, epochs=2), resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before

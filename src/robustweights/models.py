@@ -137,7 +137,17 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     ``torch.compile`` (``_orig_mod.``) adds are read without it when that makes
     them fit.
     """
-    own = model.state_dict()
+    state_dict = check_fits(model.state_dict(), state_dict, source)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}") from None
+
+
+def check_fits(own: dict, state_dict: dict, source: str) -> dict:
+    """``state_dict`` (unwrapped, see :func:`load_weights`) if its keys and shapes are those of ``own`` (a
+    model's state dict, possibly of a model built on the meta device), else one line naming what does not fit."""
     state_dict = _unwrapped(state_dict, own.keys())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -149,11 +159,7 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
             parts.append(f"{what}: {', '.join(items[:3])}" + (f" (+{len(items) - 3} more)" if len(items) > 3 else ""))
     if parts:
         raise UserError(f"{source} does not fit the model ({len(own)} keys): " + "; ".join(parts))
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise UserError(f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}") from None
+    return state_dict
 
 
 def _unwrapped(state_dict: dict, own) -> dict:

@@ -264,8 +264,9 @@ def attach(
         H = glorot_bound(p) if clip == "glorot" else clip
         # H rounded to float32 (as BinaryConnect's np.float32 H) so the clamp bound is exactly H.
         first = holders[id(p)][0]
-        site = Site(name, first[1], first[2], t, mode, None if H is None else float(torch.tensor(H, dtype=torch.float32)),
-                    generator, holders=[(m, a) for _, m, a in holders[id(p)]])
+        H = None if H is None else float(torch.tensor(H, dtype=torch.float32, device="cpu"))   # (cpu: even when
+        site = Site(name, first[1], first[2], t, mode, H, generator,    # the model is built on the meta device)
+                    holders=[(m, a) for _, m, a in holders[id(p)]])
         for _, m, a in holders[id(p)]:
             per_module.setdefault(id(m), (m, {}))[1][a] = site
     for m, table in per_module.values():

@@ -42,7 +42,7 @@ from .config import TrainConfig
 from .distributed import agree, process_group, resolve_device
 from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, first_forward, needs_calibration,
                          reestimated_bn, training_coverage, weights_label)
-from .errors import Diverged, UserError
+from .errors import Diverged, UserError, one_line
 from .runs import BEST, CHECKPOINT, check_writable, read_checkpoint, save_checkpoint, write_text
 from .selection import shorten
 from .steps import EXCLUSIVE, GraphedStep, lr_at, make_step, set_lr
@@ -122,8 +122,15 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
     if ":" in config.model and model_factory != config.model:
         raise UserError(f"{path} was trained with model factory {config.model!r}; pass "
                         f"model_factory={config.model!r} (--model-factory) to allow importing it")
+    where = f"{path} (model {config.model!r} width {config.width})"
+    try:   # shapes first, on the meta device: a stranger's num_classes or in_shape could ask for terabytes
+        with torch.device("meta"):
+            models.check_fits(build_model(config, state["num_classes"], state["in_shape"]).state_dict(),
+                              state["model"], where)
+    except (NotImplementedError, RuntimeError):   # a model that cannot be built without memory: checked below
+        pass
     model = build_model(config, state["num_classes"], state["in_shape"])
-    models.load_weights(model, state["model"], f"{path} (model {config.model!r} width {config.width})")
+    models.load_weights(model, state["model"], where)
     model.__dict__["_rw_trained_on"] = (str(path), state.get("data"))   # for check_loaded_data
     return model.to(resolve_device(device)).eval(), config
 
@@ -345,14 +352,21 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
 
     history: list[dict] = []
     start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    if state is not None:   # (a damaged file: one line, the folder as it was)
+        models.load_weights(model, state["model"], f"{config.out}'s checkpoint")
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+            raise UserError(f"{config.out}'s checkpoint holds a damaged optimizer state ({one_line(e)[:200]}); "
+                            f"start the run over in another folder") from None
         for group in opt.param_groups if config.cuda_graph else []:   # a checkpoint keeps lr as a number
             group.update(lr=torch.tensor(float(group["lr"]), device=device), capturable=True)
         history, start = list(state["history"]), state["epoch"]
+        if state.get("train_bn") and not isinstance(state["train_bn"], dict):
+            raise UserError(f"{config.out}'s checkpoint is damaged: train_bn is not a dict of tensors")
         if state.get("train_bn") and start < config.epochs:   # continue from training's statistics, not the
-            model.load_state_dict({**model.state_dict(), **state["train_bn"]})   # calibrated ones
+            models.load_weights(model, {**model.state_dict(), **state["train_bn"]},   # calibrated ones
+                                f"{config.out}'s checkpoint (its training batch-norm statistics)")
     if state is not None:   # (before config.json is rewritten: a refused resume leaves the folder as it was)
         check_trained_data(state.get("data"), data, config.out)
     out = Path(config.out) if config.out and rank == 0 else None
