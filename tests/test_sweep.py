@@ -708,3 +708,10 @@ def test_a_sweep_with_nothing_to_distort_leaves_its_out_folder_free(trained, tmp
                             "--out", str(tmp_path / "s"))
     assert code == 2 and "nothing to distort" in one_error_line(err)
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_a_state_dict_with_keys_that_are_not_names_is_one_line(tmp_path):
+    """{0: tensor} passed the check of values and raised TypeError in the key matching."""
+    torch.save({0: torch.zeros(2), "fc.weight": torch.zeros(2, 2)}, tmp_path / "sd.pt")
+    with pytest.raises(rw.UserError, match="does not hold a state_dict"):
+        sweep_mod._load_state_dict(str(tmp_path / "sd.pt"))

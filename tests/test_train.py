@@ -481,3 +481,24 @@ def test_resuming_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path,
     with pytest.raises(rw.UserError, match=words):
         rw.train(dataclasses.replace(cfg, epochs=2), resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_checkpoints_torch_save_never_wrote_are_refused_before_reading(tmp_path):
+    """A checkpoint rezipped with a deflated data.pkl padded to 0.5 GiB (1.85 MB on disk) was inflated whole by
+    torch.load (1.3 GB) and loaded; complex weights loaded with their imaginary parts silently dropped."""
+    import zipfile
+    cfg = tiny(epochs=1, out=str(tmp_path / "run"))
+    rw.train(cfg, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with zipfile.ZipFile(ckpt) as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w") as dst:
+        for m in src.infolist():
+            dst.writestr(m.filename, src.read(m), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(rw.UserError, match="compressed members"):
+        rw.load(tmp_path / "deflated.pt")
+    state = torch.load(ckpt, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("weight"))
+    state["model"][key] = state["model"][key].to(torch.complex64)
+    torch.save(state, tmp_path / "complex.pt")
+    with pytest.raises(rw.UserError, match="complex, the model's real"):
+        rw.load(tmp_path / "complex.pt")
+    rw.load(ckpt)   # torch.save's own file: as before

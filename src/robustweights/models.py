@@ -20,6 +20,7 @@ import inspect
 import math
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from robustweights.errors import UserError, one_line
@@ -153,6 +154,8 @@ def check_fits(own: dict, state_dict: dict, source: str) -> dict:
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes += [f"{k} complex, the model's real (its imaginary part would be dropped)" for k, v in own.items()
+               if isinstance(state_dict.get(k), torch.Tensor) and state_dict[k].is_complex() and not v.is_complex()]
     parts = []
     for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
         if items:

@@ -90,6 +90,7 @@ def safe_load(p: Path, what: str):
     a file that needs more (a pickled whole ``nn.Module``, any other Python
     object) is refused rather than loaded, whatever PyTorch's own message suggests.
     """
+    _check_zip_members(p, what)
     try:
         with warnings.catch_warnings():   # torch's own warnings about odd files: our one line says it
             warnings.simplefilter("ignore")
@@ -111,6 +112,20 @@ def safe_load(p: Path, what: str):
                         f"({type(e).__name__})") from None
     except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
         raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
+
+
+def _check_zip_members(p: Path, what: str) -> None:
+    """torch.save writes its zip members stored, not compressed: a compressed one (a 1.8 MB file that inflates
+    to gigabytes) is refused before torch.load reads it. Files that are not zips are left to torch.load."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    size = p.stat().st_size
+    if any(m.compress_type != zipfile.ZIP_STORED or m.file_size > size for m in members):
+        raise UserError(f"{p} is not a {what} torch.save wrote: it holds compressed members (torch.save stores "
+                        f"them as they are), which robustweights refuses to inflate")
 
 
 def _pickles_modules(p: Path) -> bool:

@@ -208,7 +208,7 @@ def _load_state_dict(path: str) -> dict:
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise UserError(f"{p} does not hold a state_dict (a dict of tensors)")
     return sd
 
