@@ -147,6 +147,47 @@ def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted
     assert untimed("cut") == untimed("straight") and len(untimed("cut")) == 2
 
 
+def test_a_resumed_run_with_a_validation_split_ends_on_every_rank(tmp_path):
+    """Rank 1 never reads the run folder, so when no epoch of the resumed session was the best it had no
+    best.pt network and raised 'the network of the best validation epoch was not kept' (rank 0 then died on a
+    closed connection). Each rank also chose its best epoch from its own validation errors."""
+    base = dict(model="cnn", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
+                val_size=100, projection="sign", batch_size=50, lr=3e-3, seed=0, epochs=2)
+    two = [dict(base, out=str(tmp_path / "run")), dict(base, out=str(tmp_path / "elsewhere"))]
+    assert _spawn_train(tmp_path, two) == [None, None]
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    assert _spawn_train(tmp_path, two, resume=True) == [None, None]   # finished: nothing to train, best.pt kept
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+
+
+def _cli_worker(rank, world, port, argvs, result_file):
+    """``robustweights ARGV`` as torchrun starts it on rank ``rank`` (the command line joins the group)."""
+    from robustweights.cli import main
+    faulthandler.enable()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    code = main(argvs[rank])
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump({"code": code}, f)
+
+
+def test_train_resume_on_the_command_line_needs_the_run_folder_on_rank_0_only(tmp_path, capsys):
+    """`train --resume --out RUN` read RUN's checkpoint on every rank before joining the group: on a machine
+    without RUN that rank stopped with 'no checkpoint', and the others waited for it (usage.md promises that
+    resuming works without shared storage; its test went through rw.train, not the command line)."""
+    tiny = ["--device", "cpu", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
+            "--test-subset", "200", "--batch-size", "50", "--projection", "sign", "--quiet"]
+    code, _, err = run_main(capsys, "train", *tiny, "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    argvs = [["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet"],
+             ["train", "--resume", "--out", str(tmp_path / "elsewhere"), "--epochs", "2", "--quiet"]]
+    mp.spawn(_cli_worker, args=(2, _free_port(), argvs, str(tmp_path / "code")), nprocs=2, join=True)
+    assert [json.loads(open(f"{tmp_path / 'code'}.{i}").read())["code"] for i in range(2)] == [0, 0]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
     base = dict(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200, epochs=1,
                 batch_size=50, seed=0, out=str(tmp_path / "run"))

@@ -715,3 +715,14 @@ def test_a_state_dict_with_keys_that_are_not_names_is_one_line(tmp_path):
     torch.save({0: torch.zeros(2), "fc.weight": torch.zeros(2, 2)}, tmp_path / "sd.pt")
     with pytest.raises(rw.UserError, match="does not hold a state_dict"):
         sweep_mod._load_state_dict(str(tmp_path / "sd.pt"))
+
+
+def test_a_resume_at_another_batch_size_is_refused_when_batch_norm_is_re_estimated(trained, tmp_path):
+    """The batch size sets the batches batch-norm statistics are re-estimated on: a sweep resumed at another one
+    mixed rows of two sweeps under one sweep.json. Without re-estimation it changes no number and may change."""
+    kw = dict(distortions=["add-gauss:sigma=0.5"], trials=1)
+    run_sweep(sweep_config(trained, tmp_path / "bn", bn_reestimate=2, batch_size=100, **kw), progress=False)
+    with pytest.raises(rw.UserError, match="batch_size differ"):
+        run_sweep(sweep_config(trained, tmp_path / "bn", bn_reestimate=2, batch_size=50, **kw), progress=False)
+    run_sweep(sweep_config(trained, tmp_path / "plain", batch_size=100, **kw), progress=False)
+    run_sweep(sweep_config(trained, tmp_path / "plain", batch_size=50, **kw), progress=False)

@@ -502,3 +502,10 @@ def test_checkpoints_torch_save_never_wrote_are_refused_before_reading(tmp_path)
     with pytest.raises(rw.UserError, match="complex, the model's real"):
         rw.load(tmp_path / "complex.pt")
     rw.load(ckpt)   # torch.save's own file: as before
+
+
+def test_batch_norm_with_batches_of_one_is_refused_in_one_line():
+    """Every batch of one example is skipped under batch norm, so an epoch saw nothing and the error rate
+    divided by zero (ZeroDivisionError; under torchrun, --batch-size 2 on 2 processes did the same)."""
+    with pytest.raises(rw.UserError, match="batch norm needs batches of 2 or more examples, and --batch-size 1"):
+        rw.train(tiny(model="cnn", batch_size=1, train_subset=20, epochs=1), progress=False)

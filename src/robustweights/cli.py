@@ -72,24 +72,28 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .distributed import distributed_env
-    from .runs import read_checkpoint
+    from .distributed import agree, distributed_env, process_group
     from .training import TrainConfig, train
 
     given = _given(args, TrainConfig)
-    if args.resume:
+    if not args.resume:
+        config = TrainConfig(**given)
+        result = train(config, progress=not args.quiet)
+    else:
         if "out" not in given:
             raise UserError("--resume needs --out, the run folder to continue")
-        saved = read_checkpoint(Path(given["out"]))["config"]
-        model = saved.get("model") if isinstance(saved, dict) else None
-        if isinstance(model, str) and ":" in model and given.get("model") != model:
-            # as load() does: a checkpoint from a stranger must not choose what code runs
-            raise UserError(f"{given['out']} was trained with model factory {model!r}; resuming imports and runs "
-                            f"it: give --model {model} to allow that")
-        config = TrainConfig.from_dict({**saved, **given})
-    else:
-        config = TrainConfig(**given)
-    result = train(config, resume=args.resume, progress=not args.quiet)
+        # Under torchrun rank 0 alone reads the run folder (the other machines need not see it) and hands the
+        # others its configuration; a resumed run there uses --device, else auto.
+        if distributed_env()[1] > 1:
+            given.setdefault("device", "auto")
+        with process_group(given.get("device", "auto")) as (rank, world, _):
+            saved, error = None, None
+            try:
+                saved = _saved_config(given) if rank == 0 else None
+            except UserError as e:
+                error = e
+            config = TrainConfig.from_dict({**agree(error, saved, rank, world), **given})
+            result = train(config, resume=True, progress=not args.quiet)
     if distributed_env()[0] != 0:
         return 0  # under torchrun, rank 0 reports
     h = result.history[-1] if result.history else {}
@@ -99,6 +103,19 @@ def cmd_train(args) -> int:
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _saved_config(given: dict) -> dict:
+    """The configuration of the run ``--out`` holds, for ``train --resume``."""
+    from .runs import read_checkpoint
+
+    saved = read_checkpoint(Path(given["out"]))["config"]
+    model = saved.get("model")
+    if isinstance(model, str) and ":" in model and given.get("model") != model:
+        # as load() does: a checkpoint from a stranger must not choose what code runs
+        raise UserError(f"{given['out']} was trained with model factory {model!r}; resuming imports and runs "
+                        f"it: give --model {model} to allow that")
+    return saved
 
 
 def cmd_evaluate(args) -> int:

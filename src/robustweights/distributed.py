@@ -88,6 +88,17 @@ def agree(error: UserError | None, state, rank: int, world: int):
     return box[0]
 
 
+def from_rank0(obj, world: int):
+    """Rank 0's ``obj`` on every rank (under torchrun; ``obj`` itself in one process)."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def leave_distributed(ours: bool, ok: bool) -> None:
     """Destroy the process group we created: after a barrier when this rank succeeded (no rank tears
     down its connections while another still uses them), at once after an error (no waiting on a

@@ -212,7 +212,9 @@ def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
                   isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()),
               "epoch": _count(state.get("epoch")), "num_classes": _count(state.get("num_classes")),
               "in_shape": isinstance(shape, list | tuple) and len(shape) > 0 and all(_count(n) for n in shape),
-              "history": isinstance(state.get("history", []), list)}
+              "history": isinstance(state.get("history", []), list),
+              "train_bn": state.get("train_bn") is None or isinstance(state["train_bn"], dict),
+              "optimizer": state.get("optimizer") is None or isinstance(state["optimizer"], dict)}
     bad = [k for k, ok in checks.items() if not ok]
     if bad:   # a stranger's or damaged file: one line, not a KeyError further on
         raise UserError(f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong type")

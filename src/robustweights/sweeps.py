@@ -304,7 +304,11 @@ def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: flo
 
 
 def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in SweepConfig.RESUMABLE}
+    """The settings a resumed sweep must share with the one it continues. The batch size is one of them when
+    batch-norm statistics are re-estimated or calibrated: it sets their batches (a resume at another batch size
+    mixed rows of two sweeps under one sweep.json)."""
+    bn = bool(cfg.get("bn_reestimate") or cfg.get("bn_calibrate"))
+    return {k: v for k, v in cfg.items() if k not in SweepConfig.RESUMABLE or (k == "batch_size" and bn)}
 
 
 def run_sweep(config: SweepConfig, progress: bool = True, data: data_mod.Data | None = None) -> dict:
@@ -439,6 +443,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     rows_so_far = [done[c.key()] for c in todo if c.key() in done]
     if progress and done:
         print(f"resuming {out}: {len(rows_so_far)} of {len(todo)} cells already done")
+    if rank == 0 and world > 1 and rows_so_far:   # the rows found in rank files, kept before those are rewritten
+        write_rows(out, rows_so_far)                # (a second interrupt lost them: the cells were redone)
 
     order = {c.key(): i for i, c in enumerate(todo)}
     mine = [c.key() for c in todo if c.key() not in done][rank::world]

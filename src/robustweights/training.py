@@ -39,7 +39,7 @@ from torch import nn
 from . import data as data_mod
 from . import models, projected
 from .config import TrainConfig
-from .distributed import agree, process_group, resolve_device
+from .distributed import agree, from_rank0, process_group, resolve_device
 from .evaluation import (as_logits, bn_layers, calibrate_bn, evaluate_split, first_forward, needs_calibration,
                          reestimated_bn, training_coverage, weights_label)
 from .errors import Diverged, UserError, one_line
@@ -362,8 +362,6 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
         for group in opt.param_groups if config.cuda_graph else []:   # a checkpoint keeps lr as a number
             group.update(lr=torch.tensor(float(group["lr"]), device=device), capturable=True)
         history, start = list(state["history"]), state["epoch"]
-        if state.get("train_bn") and not isinstance(state["train_bn"], dict):
-            raise UserError(f"{config.out}'s checkpoint is damaged: train_bn is not a dict of tensors")
         if state.get("train_bn") and start < config.epochs:   # continue from training's statistics, not the
             models.load_weights(model, {**model.state_dict(), **state["train_bn"]},   # calibrated ones
                                 f"{config.out}'s checkpoint (its training batch-norm statistics)")
@@ -380,6 +378,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     steps = math.ceil((len(train_split) // world) / local_batch)
     check_every = 50 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
     needs_two = bool(bn_layers(model))   # batch norm trains only on batches of two or more
+    if needs_two and local_batch < 2:   # (every batch would be skipped)
+        raise UserError(f"batch norm needs batches of 2 or more examples{' per process' * (world > 1)}, and "
+                        f"--batch-size {config.batch_size} gives {local_batch}: raise it")
     step_fn = make_step(model, net, opt, config.loss, amp=config.amp, channels_last=config.channels_last,
                         device=device, graphed=config.cuda_graph)
     if config.cuda_graph:
@@ -435,7 +436,8 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
             with reestimated_bn(model, train_split, again, config.batch_size, device, derive_seed(config.seed, "calibrate")):
                 row["val_error"] = evaluate_split(model, val_split, loss=config.loss, batch_size=config.eval_batch_size,
                                                   amp=config.amp, channels_last=config.channels_last)["error"]
-        history.append(row)
+        row = from_rank0(row, world)   # each rank evaluated with its own batch-norm statistics: rank 0's figures
+        history.append(row)        # for all, so that every rank selects the best epoch rank 0 keeps
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
                        f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
@@ -471,7 +473,9 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     best_epoch = None
     if val_split is not None and history:
         model, best_epoch = _select_best(model, config, history, best_state, train_split, test_split, device,
-                                         progress, out, data, data_info)
+                                         progress, out, data, data_info, world)
+    if history:
+        history[-1] = from_rank0(history[-1], world)
     seconds = time.perf_counter() - t0
     test_error = history[-1]["test_error"] if history else float("nan")
     if best_epoch is not None:
@@ -482,7 +486,7 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
 
 
 def _select_best(model, config, history, best_state, train_split, test_split, device, progress, out, data,
-                 data_info):
+                 data_info, world=1):
     """The network of the best validation epoch (the latest of ties), its batch-norm statistics
     re-estimated like the last one's if it needs it; its test error goes in the last metrics row."""
     best = max((h for h in history if h["val_error"] == min(r["val_error"] for r in history)),
@@ -491,6 +495,8 @@ def _select_best(model, config, history, best_state, train_split, test_split, de
     if best_state is None:   # a resumed run: the best epoch's network is in best.pt
         saved = read_checkpoint(out / BEST) if out is not None and (out / BEST).is_file() else {}
         best_state, kept = saved.get("model"), saved.get("history") or [{}]
+    # Under torchrun only rank 0 reads the run folder (a resumed rank 1 had no best.pt to read and stopped)
+    best_state, kept = from_rank0((best_state, kept), world)
     if best_state is None:
         raise RuntimeError("the network of the best validation epoch was not kept")
     model.load_state_dict(best_state)
