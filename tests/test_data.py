@@ -625,3 +625,18 @@ def test_sixteen_bit_and_float_images_read_as_their_values(tmp_path):
     Image.fromarray((ramp * 3).astype(np.float32), mode="F").save(tmp_path / "big.tif")
     with pytest.raises(UserError, match=r"float pixels must lie in \[0, 1\]"):
         read_image(str(tmp_path / "big.tif"), 8)
+
+
+def test_reading_an_image_folder_leaves_the_global_random_state_alone(tmp_path):
+    """Each pass built a DataLoader that drew its base seed from the global random state: a row trained at once
+    with another (rows_at_once) could take that draw while the other seeded and initialised its model, so the
+    other's starting weights depended on timing."""
+    import torch
+    from robustweights.data import load_data, make_image_folders
+    make_image_folders(tmp_path / "img", classes=2, train_per_class=4, val_per_class=2, size=8)
+    data = load_data("imagefolder", data_dir=str(tmp_path / "img"), image_size=8)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for _ in data.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        pass
+    assert torch.equal(torch.get_rng_state(), before)

@@ -141,8 +141,11 @@ class TensorSplit(Split):
         return self.y.shape[0]
 
     def _fetch(self, index_batches):
+        index_batches = list(index_batches)
+        if self.x.device.type != "cpu" and index_batches:   # one copy to the GPU a pass, not a blocking one a batch
+            whole = torch.cat(index_batches).to(self.x.device)
+            index_batches = whole.split([len(i) for i in index_batches])
         for idx in index_batches:
-            idx = idx.to(self.x.device)
             yield self.x[idx], self.y[idx]
 
 
@@ -212,7 +215,10 @@ class FolderSplit(Split):
 
     def _fetch(self, index_batches):
         batches = [idx.tolist() for idx in index_batches]
-        loader = torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=self.num_workers)
+        # its own generator: iterating a DataLoader draws a base seed from the global random state otherwise,
+        # which another row trained at once (rows_at_once) may be seeding for its initialisation
+        loader = torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=self.num_workers,
+                                             generator=torch.Generator())
         for idx, (x, y) in zip(batches, loader):
             bad = (y < 0).nonzero().flatten().tolist()
             if bad:

@@ -140,6 +140,7 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
     stop and raises KeyboardInterrupt once they have.
     """
     device = resolve_device(str(device))
+    caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
     results, errors, pending = [None] * len(jobs), [], list(enumerate(jobs))
     lock, interrupted = threading.Lock(), threading.Event()
 
@@ -155,6 +156,8 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
 
     def work():
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if stream is not None:   # after what the caller issued before the call (data it made on the GPU)
+            stream.wait_stream(caller)
         while True:
             with lock:
                 if not pending or errors or interrupted.is_set():

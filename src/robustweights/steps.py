@@ -118,6 +118,17 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, save
 EXCLUSIVE = threading.Lock()
 
 
+_THREAD = threading.local()
+
+
+def _capture_streams() -> tuple:
+    """This thread's two streams for warming up and recording graphs, made once: torch.cuda.Stream() deals out
+    a pool of 32 in turn, so new ones for every capture would in time be another thread's live stream."""
+    if getattr(_THREAD, "streams", None) is None or _THREAD.streams[0].device.index != torch.cuda.current_device():
+        _THREAD.streams = (torch.cuda.Stream(), torch.cuda.Stream())
+    return _THREAD.streams
+
+
 class GraphedStep:
     """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its first full
     batch and replayed for every batch of that size; see the module docstring."""
@@ -156,7 +167,7 @@ class GraphedStep:
     def _capture_now(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x.clone(), y.clone()
         saved = snapshot(self.model, self.opt, self.generators)
-        side = torch.cuda.Stream()
+        side, capture = _capture_streams()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):            # warm-up, as capture needs (cuBLAS handles, autograd state)
             for _ in range(self.warmup):
@@ -169,5 +180,5 @@ class GraphedStep:
             if g.device.type == "cuda":
                 self.graph.register_generator_state(g)
         # its own capture stream (torch.cuda.graph's default one is shared by every graph of the process)
-        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, stream=capture, capture_error_mode="thread_local"):
             self.out = self.step(self.x, self.y)
