@@ -474,12 +474,12 @@ def _train(config, resume, progress, callback, model_factory, data, rank, world,
     if val_split is not None and history:
         model, best_epoch = _select_best(model, config, history, best_state, train_split, test_split, device,
                                          progress, out, data, data_info, world)
-    if history:
-        history[-1] = from_rank0(history[-1], world)
+    history[-1:] = [from_rank0(h, world) for h in history[-1:]]   # (the figures after selection: rank 0's)
+    with EXCLUSIVE:   # a CUDA graph is freed while no other row (rows_at_once) captures one
+        step_fn = None
     seconds = time.perf_counter() - t0
-    test_error = history[-1]["test_error"] if history else float("nan")
-    if best_epoch is not None:
-        test_error = history[-1]["best_test_error"]
+    test_error = (history[-1]["test_error"] if best_epoch is None else history[-1]["best_test_error"]) if history \
+        else float("nan")
     kept_path = (out / (BEST if best_epoch is not None else CHECKPOINT)) if out is not None else None
     return TrainResult(model.eval(), config, history, test_error, str(kept_path) if kept_path else None, seconds,
                        best_epoch)
