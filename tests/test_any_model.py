@@ -627,3 +627,52 @@ def test_sweep_with_a_users_evaluation_takes_any_batch_format():
 
     rows = rw.sweep(model, loader, ["add-gauss:sigma=0,2"], evaluate=mse, metric="mse", trials=1)
     assert rows[0]["score"] == mse(model)["mse"] < rows[1]["score"]
+
+
+def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_buffers_back():
+    """Three cases the probe compared the whole output for: an output object with a .logits field (every weight
+    'never reaches the output', so the sweep stopped); a weight feeding only an auxiliary output (counted as
+    covered: 98.6% of the weights 'perfectly robust' to sigma 5); and a forward that updates a buffer in eval mode
+    (a QAT observer kept the probe's NaN for good)."""
+    from dataclasses import dataclass as dc
+
+    @dc
+    class Out:
+        logits: torch.Tensor
+
+    class Fielded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return Out(self.l(x.flatten(1)))
+
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.dec = nn.Linear(784, 10), nn.Linear(784, 784)
+
+        def forward(self, x):
+            return self.cls(x.flatten(1)), self.dec(x.flatten(1))
+
+    class Observed(nn.Module):   # tracks the largest weight it has run with, in eval mode too (as an observer)
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(784, 10)
+            self.register_buffer("seen", torch.zeros(()))
+
+        def forward(self, x):
+            self.seen.copy_(torch.maximum(self.seen, self.l.weight.abs().max()))
+            return self.l(x.flatten(1))
+
+    data = rw.data.load_data("demo", train_subset=200, test_subset=100)
+    rows = rw.sweep(Fielded(), data, ["sign"], trials=1, progress=False)
+    assert rows and rows[0]["error"] is not None
+    with pytest.warns(UserWarning, match=r"dec.weight \(its value never reaches the output"):
+        rw.sweep(Aux(), data, ["add-gauss:sigma=5"], trials=1, progress=False)
+    with pytest.raises(rw.UserError, match="nothing to distort"):
+        rw.sweep(Aux(), data, ["add-gauss:sigma=5"], trials=1, progress=False, include=["dec*"])
+    m = Observed().eval()
+    rw.sweep(m, data, ["sign"], trials=1, progress=False)
+    assert torch.isfinite(m.seen)

@@ -233,7 +233,8 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
 
 # The reasons :func:`unreached` gives: a weight the distortions cannot reach (a sweep warns of them).
 UNREAD = "never read by the forward pass (unused, or read through a cached reference)"
-UNREACHED = "its value never reaches the output (read, but computed with a cached copy or view)"
+UNREACHED = ("its value never reaches the output (read, but computed with a cached copy or view, or only into an "
+             "output other than the logits the error is computed from)")
 
 
 @torch.no_grad()
@@ -247,25 +248,39 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
     at all; and (on a batch of ``split``) the output changes when the parameter
     reads as NaN. With ``forward`` (a user's evaluation) only the first.
     """
-    with projected.reading(model) as ss:
-        if forward is not None:
-            forward()
-        else:
-            x, _ = next(iter(split.batches(min(batch_size, 8), device=device)))
-            clean = first_forward(model, x)
-    out = {s.name: UNREAD for s in ss if s.reads == 0 and s.name not in skip}
-    for s in ss if forward is None else []:
-        if s.name in out or s.name in skip:
-            continue
-        before = s.pinned
-        s.pinned = torch.full_like(s.hidden, float("nan"))
-        try:
-            poisoned = model(x)
-        finally:
-            s.pinned = before
-        if _same_output(poisoned, clean):
-            out[s.name] = UNREACHED
-    return out
+    buffers = [(b, b.clone()) for b in model.buffers()]   # a forward may update them (a QAT observer would
+    try:                                                    # keep the NaN of the probe for good)
+        with projected.reading(model) as ss:
+            if forward is not None:
+                forward()
+            else:
+                x, y = next(iter(split.batches(min(batch_size, 8), device=device)))
+                clean = _scored(first_forward(model, x), y)
+        out = {s.name: UNREAD for s in ss if s.reads == 0 and s.name not in skip}
+        for s in ss if forward is None else []:
+            if s.name in out or s.name in skip:
+                continue
+            before = s.pinned
+            s.pinned = torch.full_like(s.hidden, float("nan"))
+            try:
+                poisoned = _scored(model(x), y)
+            finally:
+                s.pinned = before
+            if _same_output(poisoned, clean):
+                out[s.name] = UNREACHED
+        return out
+    finally:
+        for b, saved in buffers:
+            b.copy_(saved)
+
+
+def _scored(out, y):
+    """What of a model's output is scored: its logits (:func:`as_logits`: a weight that only moves an auxiliary
+    output, or another field, changes no error), else the whole output."""
+    try:
+        return as_logits(out, y)
+    except UserError:
+        return out
 
 
 def _same_output(a, b) -> bool:
