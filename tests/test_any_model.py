@@ -676,3 +676,14 @@ def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_bu
     m = Observed().eval()
     rw.sweep(m, data, ["sign"], trials=1, progress=False)
     assert torch.isfinite(m.seen)
+
+
+def test_attention_bias_k_and_bias_v_are_biases_not_weights():
+    """nn.MultiheadAttention(add_bias_kv=True) holds bias_k and bias_v of shape (1, 1, E): they passed the
+    'two or more dimensions' rule and were distorted and counted as weight tensors."""
+    m = nn.MultiheadAttention(16, 2, add_bias_kv=True)
+    rw.attach(m, "sign")
+    names = [s.name for s in rw.projected.sites(m)]
+    assert "bias_k" not in names and "bias_v" not in names and "in_proj_weight" in names
+    summary = rw.projected.coverage(m)["summary"]
+    assert summary.startswith("projected 2 of 2 weight tensors") and "4 biases/normalization" in summary, summary

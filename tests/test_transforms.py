@@ -306,3 +306,15 @@ def test_stoch_sign_is_the_textbook_rule_on_the_same_draws_bit_for_bit():
         textbook = torch.where((2 * u - 1) * H < w, torch.tensor(H), torch.tensor(-H))
         got = transform(f"stoch-sign:scale={H}")(w, torch.Generator().manual_seed(4))
         assert torch.equal(got, textbook)
+
+
+def test_prune_keeps_to_row_major_positions_whatever_the_strides():
+    """prune wrote through out.view(-1), which a channels-last conv weight or a transposed parameter does not
+    have (RuntimeError: view size is not compatible)."""
+    w = torch.randn(8, 3, 3, 3)
+    want = rw.transform("prune:frac=0.5")(w)
+    cl = w.to(memory_format=torch.channels_last)
+    assert torch.equal(rw.transform("prune:frac=0.5")(cl), want)
+    t = torch.randn(784, 10).t()
+    assert torch.equal(rw.transform("prune:frac=0.3")(t), rw.transform("prune:frac=0.3")(t.contiguous()))
+    assert (rw.transform("prune:frac=0.3")(t) == 0).sum() == int(0.3 * t.numel())

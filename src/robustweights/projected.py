@@ -330,7 +330,7 @@ def coverage(model: nn.Module, exclude=(), *, verb: str = "projected", extra_lef
     left_out = list(model.__dict__.get("_rw_left_out", [])) + kept
     total = sum(d["count"] for d in covered + left_out)
     n_cov = sum(d["count"] for d in covered)
-    tensors = [d for d in left_out if len(d["shape"]) >= 2]
+    tensors = [d for d in left_out if len(d["shape"]) >= 2 and not d["reason"].startswith("bias or normalization")]
     summary = (f"{verb} {len(covered)} of {len(covered) + len(tensors)} weight tensors, "
                f"{100 * n_cov / max(total, 1):.1f}% of the weights")
     if tensors:

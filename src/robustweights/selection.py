@@ -82,8 +82,8 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
             leave(name, p, "complex")
         elif not p.is_floating_point():
             leave(name, p, "not floating point")
-        elif p.dim() < 2:
-            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions)")
+        elif p.dim() < 2 or name.rsplit(".", 1)[-1].startswith("bias"):   # (MHA's bias_k is (1, 1, E))
+            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions, or named bias)")
         elif not any(matches(pat) for pat in include):
             leave(name, p, f"not matched by include {', '.join(include)}")
         elif any(matches(pat) for pat in exclude):

@@ -336,11 +336,12 @@ def clip(w, g, H):
 def prune(w, g, H, frac):
     """Zero the ``floor(frac * n)`` smallest-magnitude weights of the tensor (ties by position)."""
     k = int(math.floor(frac * w.numel()))
-    out = w.clone()
-    if k > 0:
-        idx = w.detach().abs().flatten().argsort(stable=True)[:k]
-        out.view(-1)[idx] = 0
-    return out
+    if k == 0:
+        return w.clone()
+    idx = w.detach().abs().flatten().argsort(stable=True)[:k]   # positions in row-major order, whatever the strides
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    mask[idx] = True
+    return w.masked_fill(mask.view(w.shape), 0)   # (a channels-last or transposed weight has no flat view)
 
 
 @register("bitflip", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1",
