@@ -248,8 +248,8 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
     at all; and (on a batch of ``split``) the output changes when the parameter
     reads as NaN. With ``forward`` (a user's evaluation) only the first.
     """
-    buffers = [(b, b.clone()) for b in model.buffers()]   # a forward may update them (a QAT observer would
-    try:                                                    # keep the NaN of the probe for good)
+    buffers = projected.saved_buffers(model)   # a forward may update them (a QAT observer would keep the NaN
+    try:                                         # of the probe for good)
         with projected.reading(model) as ss:
             if forward is not None:
                 forward()
@@ -270,8 +270,7 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
                 out[s.name] = UNREACHED
         return out
     finally:
-        for b, saved in buffers:
-            b.copy_(saved)
+        projected.put_back(buffers)
 
 
 def _scored(out, y):

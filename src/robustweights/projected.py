@@ -432,7 +432,7 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
     if plain:   # a model never attached: its weights for the block (before: nothing was distorted, silently)
         attach(model, "identity", mode="none", clip=None)
     ss = [s for s in sites(model) if s.name not in exclude]
-    before = [s.pinned for s in ss]
+    before, buffers = [s.pinned for s in ss], saved_buffers(model)
     try:
         with torch.no_grad():
             for s in ss:
@@ -443,5 +443,20 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
     finally:
         for s, p in zip(ss, before):
             s.pinned = p
+        put_back(buffers)   # a forward that updates buffers (a QAT observer's range) leaves the next cell as before
         if plain:
             detach(model)
+
+
+def saved_buffers(model: nn.Module) -> list:
+    """Copies of every buffer of ``model``, for :func:`put_back`."""
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+@torch.no_grad()
+def put_back(saved: list) -> None:
+    """Every buffer as :func:`saved_buffers` found it, in place (resized back if a forward resized it)."""
+    for b, old in saved:
+        if b.shape != old.shape:
+            b.resize_(old.shape)
+        b.copy_(old)
