@@ -712,3 +712,15 @@ def test_a_forward_that_updates_buffers_leaves_every_cell_and_the_model_as_befor
     with rw.distort(m, "add-gauss:sigma=20", torch.Generator().manual_seed(0)):
         m(torch.zeros(1, 1, 28, 28))
     assert float(m.seen) == 1.0
+
+
+def test_the_older_hook_based_weight_norm_and_spectral_norm_are_named_in_the_coverage_line():
+    """torch.nn.utils.weight_norm / spectral_norm (forward pre-hooks, not parametrize): weight_g, weight_v and
+    weight_orig were distorted with no word that the weight the layer computes is not what is acted on."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # both are deprecated in favour of torch.nn.utils.parametrizations
+        m = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(8, 4)), torch.nn.utils.spectral_norm(nn.Linear(4, 2)))
+    rw.attach(m, "identity", mode="none", clip=None)
+    summary = rw.projected.coverage(m)["summary"]
+    assert "0.weight from weight_g, weight_v" in summary and "1.weight from weight_orig" in summary, summary

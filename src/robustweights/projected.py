@@ -354,11 +354,19 @@ _STORED = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original\d*$")
 def _parametrized(model: nn.Module, names: set[str]) -> dict[str, list[str]]:
     """The tensors ``torch.nn.utils.parametrize`` computes (``weight_norm``, ``spectral_norm``, ...) from
     stored parameters among ``names``: ``{"0.weight": ["0.parametrizations.weight.original0", ...]}``."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
     out: dict[str, list[str]] = {}
     for s in sites(model):
         m = _STORED.match(s.name)
         if s.name in names and m and isinstance(s.module, parametrize.ParametrizationList):
             out.setdefault(f"{m[1]}.{m[2]}" if m[1] else m[2], []).append(s.name)
+        for hook in s.module._forward_pre_hooks.values() if s.name in names else []:   # the older, hook-based ones
+            stored = ((f"{hook.name}_g", f"{hook.name}_v") if isinstance(hook, WeightNorm) else
+                      (f"{hook.name}_orig",) if isinstance(hook, SpectralNorm) else ())
+            if s.attr in stored:
+                prefix = s.name.rpartition(".")[0]
+                out.setdefault(f"{prefix}.{hook.name}" if prefix else hook.name, []).append(s.name)
     return out
 
 
