@@ -475,3 +475,14 @@ def test_every_network_gets_its_own_colour():
     from robustweights.reports.figures import palette
     for n in (1, 10, 11, 20, 21, 45):
         assert len(palette(n)) == n and len(set(map(tuple, palette(n)))) == n, n   # before: net20 = net0
+
+
+def test_the_matrix_figure_is_left_out_beyond_its_rows_and_the_report_says_so(tmp_path):
+    """A report of 320 sweeps drew a matrix.png 80,809 pixels tall (and took minutes)."""
+    from robustweights.reports.document import MATRIX_MAX_ROWS
+    n = MATRIX_MAX_ROWS + 1
+    folders = [make_sweep(tmp_path / f"s{i}", "sign" if i % 2 else "identity", label=f"net{i}") for i in range(n)]
+    report(folders, tmp_path / "out")
+    assert not (tmp_path / "out" / "matrix.png").exists()
+    assert f"at most {MATRIX_MAX_ROWS} networks; these results hold {n}" in (tmp_path / "out" / "report.md").read_text()
+    check_png(tmp_path / "out" / "error_vs_strength.png")

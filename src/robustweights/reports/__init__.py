@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs import check_writable, now, write_bytes, write_text
-from .document import Document, mean_at, table_columns
+from .document import MATRIX_MAX_ROWS, Document, mean_at, table_columns
 from .figures import fig_bits, fig_matrix, fig_strength, make_panels, palette, plain_text, to_png
 from .sources import Key, Source, dataset_caption, load_results, short_description
 
@@ -86,7 +86,8 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     with plain_text():   # names from files and flags are text: a '$' is no maths
         figures = {"error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
                    "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel)}
-        if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2:
+        if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2 \
+                and len(sources) <= MATRIX_MAX_ROWS:   # (320 networks drew a figure 80,000 pixels tall)
             figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
         pngs = {name: to_png(fig) for name, fig in figures.items() if fig is not None}
     table = [{"label": s.label, **{label: mean_at(s, key, value) for label, key, value in columns}}

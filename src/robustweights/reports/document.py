@@ -185,6 +185,9 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
 
+MATRIX_MAX_ROWS = 24   # networks in the matrix figure (one row of panels each)
+
+
 FIGURE_CAPTIONS = {
     "error_vs_strength.png": "Test error (or the sweep's metric) against the strength of each test-time "
                              "distortion, one line per network: mean over trials, band from the lowest "
@@ -232,8 +235,8 @@ class Document:
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
             out.append(f"<figure><img src=\"{uri}\" alt=\"{e(name)}\"><figcaption>{e(FIGURE_CAPTIONS[name])} "
                        f"Data: {e(self.caption)}.</figcaption></figure>")
-        if self.no_bits_note():
-            out.append(f"<p>{e(self.no_bits_note())}</p>")
+        for note in filter(None, (self.no_bits_note(), self.matrix_note())):
+            out.append(f"<p>{e(note)}</p>")
         out.append(f"<h2>Mean {e(self.error_label)} at chosen strengths</h2>")
         out.append("<table><tr><th>network</th>" + "".join(f"<th>{e(c)}</th>" for c in self.columns) + "</tr>")
         for row in self.table:
@@ -256,8 +259,8 @@ class Document:
         out += ["", "## Figures", ""]
         for name in self.pngs:
             out += [f"![{name}]({name})", "", f"{FIGURE_CAPTIONS[name]} Data: {_md(self.caption)}.", ""]
-        if self.no_bits_note():
-            out += [self.no_bits_note(), ""]
+        for note in filter(None, (self.no_bits_note(), self.matrix_note())):
+            out += [note, ""]
         out += [f"## Mean {self.error_label} at chosen strengths", "",
                 "| network | " + " | ".join(_md(c) for c in self.columns) + " |",
                 "|---|" + "---:|" * len(self.columns)]
@@ -293,6 +296,12 @@ class Document:
         out += ["A verdict comes only from numbers measured in this run; *not run at this scale* where the "
                 "claim needs a setting this run did not have.", ""]
         return out
+
+    def matrix_note(self) -> str:
+        if len(self.sources) <= MATRIX_MAX_ROWS or "matrix.png" in self.pngs:
+            return ""
+        return (f"The matrix figure is drawn for at most {MATRIX_MAX_ROWS} networks; these results hold "
+                f"{len(self.sources)}, all in the figures above and the table below.")
 
     def no_bits_note(self) -> str:
         if "error_vs_bits.png" in self.pngs:
