@@ -504,3 +504,13 @@ def test_claims_give_the_measured_bits_beside_each_noise_rise():
     assert "of std(W): float +5.0 at 0.68 bits" in measured
     c4 = rp.judge("imagenet", preset, sweeps, {}, "s", imagenet_data="/data/imagenet")[3]["measured"]
     assert "of max|W|: float +75.4 at 0.02 bits, sign +15.2 at 0.68 bits" in c4
+
+
+def test_a_misspelt_model_is_refused_before_the_folder_is_claimed(tmp_path, capsys):
+    """reproduce.json was written before the model was built, so after the one-line error the corrected command
+    on the same --out was refused ('model differ')."""
+    from conftest import one_error_line, run_main
+    code, _, err = run_main(capsys, "reproduce", "matrix", "--scale", "tiny", "--set", "model=foo",
+                            "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "foo" in one_error_line(err)
+    assert not (tmp_path / "r" / "reproduce.json").exists()

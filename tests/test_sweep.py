@@ -726,3 +726,19 @@ def test_a_resume_at_another_batch_size_is_refused_when_batch_norm_is_re_estimat
         run_sweep(sweep_config(trained, tmp_path / "bn", bn_reestimate=2, batch_size=50, **kw), progress=False)
     run_sweep(sweep_config(trained, tmp_path / "plain", batch_size=100, **kw), progress=False)
     run_sweep(sweep_config(trained, tmp_path / "plain", batch_size=50, **kw), progress=False)
+
+
+def test_a_sweep_resumed_on_other_data_is_refused(tmp_path):
+    """data_dir may change on a resume (the data moved), so a resume on other image folders of the same classes
+    and size kept every cell measured on the old data beside a baseline measured on the new (float +57.5 became
+    +52.5 in a reproduce folder, and claim 4 got a verdict)."""
+    from robustweights.data import make_image_folders
+    make_image_folders(tmp_path / "a", classes=3, train_per_class=8, val_per_class=4, size=16)
+    make_image_folders(tmp_path / "b", classes=3, train_per_class=8, val_per_class=4, size=16, seed=5)
+    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="imagefolder", data_dir=str(tmp_path / "a"),
+                            image_size=16, epochs=1, batch_size=8, out=str(tmp_path / "run")), progress=False)
+    kw = dict(checkpoint=str(tmp_path / "run"), distortions=["sign"], trials=1, out=str(tmp_path / "s"))
+    run_sweep(SweepConfig(**kw, data_dir=str(tmp_path / "a")), progress=False)
+    run_sweep(SweepConfig(**kw, data_dir=str(tmp_path / "a")), progress=False)        # the same data: resumes
+    with pytest.raises(rw.UserError, match="holds cells measured on other data"):
+        run_sweep(SweepConfig(**kw, data_dir=str(tmp_path / "b")), progress=False)

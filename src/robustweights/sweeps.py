@@ -303,6 +303,16 @@ def save_sweep(out: "str | Path", rows: list[dict], *, label: str, baseline: flo
     return prov
 
 
+def data_fingerprint(data: data_mod.Data, split: str) -> str:
+    """The split a sweep tests on, in a few words a resumed sweep must match: its size, classes and the mean
+    and spread of its first inputs to 3 digits (so the same data on another machine's arithmetic still
+    matches, while other images at the same place do not)."""
+    x, _ = next(iter(getattr(data, split).batches(8)))
+    x = x.detach().double().cpu()
+    return (f"{len(getattr(data, split))} examples, {len(data.classes)} classes, first inputs mean "
+            f"{float(x.mean()):.3g} std {float(x.std()):.3g}")
+
+
 def _comparable(cfg: dict) -> dict:
     """The settings a resumed sweep must share with the one it continues. The batch size is one of them when
     batch-norm statistics are re-estimated or calibrated: it sets their batches (a resume at another batch size
@@ -365,6 +375,9 @@ def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict
     if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
         raise UserError(f"{out} holds a sweep of another checkpoint ({previous.get('checkpoint')}); "
                         "choose another --out")
+    if previous.get("data_fingerprint") not in (None, info["data_fingerprint"]):   # (another --data-dir)
+        raise UserError(f"{out} holds cells measured on other data ({previous['data_fingerprint']}, here "
+                        f"{info['data_fingerprint']}); a resumed sweep must test on the same data: choose another --out")
     if _comparable(previous.get("config", {})) != _comparable(cfg):
         diff = [k for k, v in _comparable(cfg).items() if previous.get("config", {}).get(k) != v]
         raise UserError(f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
@@ -410,6 +423,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
             raise UserError(f"nothing to distort: {covered[1]['summary']}")
         todo = cells(config.distortions, config.trials, default_scale(model))
         cfg = dataclasses.asdict(config)
+        info = {**info, "data_fingerprint": data_fingerprint(data, config.split)}
         done = _done_cells(out, previous, info, cfg) if rank == 0 else None
     except UserError as e:
         error = e

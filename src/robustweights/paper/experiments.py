@@ -52,6 +52,7 @@ from . import claims
 from .claims import COLUMNS, PARAM, REFERENCE
 from .. import grid
 from ..data import make_image_folders
+from ..models import check_model
 from ..distributed import run_together
 from ..errors import UserError
 from ..results import claims_markdown
@@ -185,7 +186,8 @@ PRESETS = {
 PRESETS["paper"] = dataclasses.replace(PRESETS["gpu"], epochs=500, val_size=5000, checkpoint_every=25,
                                        rows="stoch-sign,sign,stoch-mult,identity")
 # Keys whose change alters no number: a rerun may change them.
-_RESUMABLE = ("device", "data_dir", "eval_batch_size", "checkpoint_every", "rows_at_once")
+_RESUMABLE = ("device", "data_dir", "checkpoint_every", "rows_at_once")   # (not eval_batch_size: it is the
+# sweeps' batch size, which sets the batches batch-norm statistics are calibrated on)
 
 
 # ---------------------------------------------------------------------------
@@ -398,6 +400,8 @@ def reproduce(experiment: str, scale: str = "tiny", out: "str | Path" = "runs/re
             imagenet_data = f"image folder {preset['data_dir']}"
 
     configs = {row: row_config(preset, row, out, experiment) for row in rows}   # bad settings fail here
+    for c in {(c.model, c.width) for c in configs.values()}:   # (a misspelt model too, before reproduce.json)
+        check_model(*c)
     started = now()
     sessions = list((prev or {}).get("sessions", []))
     record = {"experiment": experiment, "scale": scale, "preset": preset,
