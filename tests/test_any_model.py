@@ -629,6 +629,20 @@ def test_sweep_with_a_users_evaluation_takes_any_batch_format():
     assert rows[0]["score"] == mse(model)["mse"] < rows[1]["score"]
 
 
+class Observed(nn.Module):
+    """Tracks the largest weight it has run with, in eval mode too, and scales its output by it (as a QAT
+    observer's range)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(784, 10)
+        self.register_buffer("seen", torch.ones(()))
+
+    def forward(self, x):
+        self.seen.copy_(torch.maximum(self.seen, self.l.weight.abs().max()))
+        return self.l(x.flatten(1)) / self.seen
+
+
 def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_buffers_back():
     """Three cases the probe compared the whole output for: an output object with a .logits field (every weight
     'never reaches the output', so the sweep stopped); a weight feeding only an auxiliary output (counted as
@@ -656,16 +670,6 @@ def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_bu
         def forward(self, x):
             return self.cls(x.flatten(1)), self.dec(x.flatten(1))
 
-    class Observed(nn.Module):   # tracks the largest weight it has run with, in eval mode too (as an observer)
-        def __init__(self):
-            super().__init__()
-            self.l = nn.Linear(784, 10)
-            self.register_buffer("seen", torch.zeros(()))
-
-        def forward(self, x):
-            self.seen.copy_(torch.maximum(self.seen, self.l.weight.abs().max()))
-            return self.l(x.flatten(1))
-
     data = rw.data.load_data("demo", train_subset=200, test_subset=100)
     rows = rw.sweep(Fielded(), data, ["sign"], trials=1, progress=False)
     assert rows and rows[0]["error"] is not None
@@ -692,16 +696,6 @@ def test_attention_bias_k_and_bias_v_are_biases_not_weights():
 def test_a_forward_that_updates_buffers_leaves_every_cell_and_the_model_as_before():
     """A QAT observer's range moved with every cell's distorted weights: the same cell and seed gave loss 2.34640
     alone and 2.35328 after a cell of sigma 20, and the model came back changed (rw.distort too)."""
-    class Observed(nn.Module):   # scales its output by the largest weight it has run with (as an observer's range)
-        def __init__(self):
-            super().__init__()
-            self.l = nn.Linear(784, 10)
-            self.register_buffer("seen", torch.ones(()))
-
-        def forward(self, x):
-            self.seen.copy_(torch.maximum(self.seen, self.l.weight.abs().max()))
-            return self.l(x.flatten(1)) / self.seen
-
     data = rw.data.load_data("demo", train_subset=200, test_subset=100)
     torch.manual_seed(0)
     m = Observed().eval()

@@ -107,14 +107,12 @@ def cmd_train(args) -> int:
 
 def _saved_config(given: dict) -> dict:
     """The configuration of the run ``--out`` holds, for ``train --resume``."""
+    from .models import check_factory_allowed
     from .runs import read_checkpoint
 
     saved = read_checkpoint(Path(given["out"]))["config"]
-    model = saved.get("model")
-    if isinstance(model, str) and ":" in model and given.get("model") != model:
-        # as load() does: a checkpoint from a stranger must not choose what code runs
-        raise UserError(f"{given['out']} was trained with model factory {model!r}; resuming imports and runs "
-                        f"it: give --model {model} to allow that")
+    check_factory_allowed(saved.get("model"), given.get("model"), given["out"],
+                          f"resuming imports and runs it: give --model {saved.get('model')} to allow that")
     return saved
 
 

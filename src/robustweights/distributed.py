@@ -83,9 +83,7 @@ def agree(error: UserError | None, state, rank: int, world: int):
     for r, message in enumerate(errors):
         if message is not None:
             raise UserError(f"(on rank {r}) {message}")
-    box = [state]
-    dist.broadcast_object_list(box, src=0)  # the checkpoint rank 0 read with weights_only=True
-    return box[0]
+    return from_rank0(state, world)  # the checkpoint rank 0 read with weights_only=True
 
 
 def from_rank0(obj, world: int):

@@ -213,7 +213,7 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
     global random state are as before."""
     gens = {id(s.generator): s.generator for s in projected.sites(model) if s.generator is not None}
     states = {k: g.get_state() for k, g in gens.items()}
-    buffers = [(b, b.clone()) for b in model.buffers()]
+    buffers = projected.saved_buffers(model)
     modes = train_modes(model)
     try:
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
@@ -224,8 +224,7 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
                     model(x)   # a weight of mode fwd read by code other than its layer's forward raises here
     finally:
         restore_modes(modes)
-        for b, saved in buffers:
-            b.copy_(saved)
+        projected.put_back(buffers)
         for k, g in gens.items():
             g.set_state(states[k])
     return _coverage_without(model, missed, verb)

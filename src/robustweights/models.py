@@ -129,6 +129,13 @@ def create_model(name: str, *, num_classes: int = 10, in_shape: tuple[int, int, 
     return model
 
 
+def check_factory_allowed(model, allowed, where, how: str) -> None:
+    """A run's model named as ``package.module:function`` is imported (its code run) only when the user named it
+    again (``allowed``): a checkpoint from a stranger must not choose what code runs. ``how`` says how to."""
+    if isinstance(model, str) and ":" in model and allowed != model:
+        raise UserError(f"{where} was trained with model factory {model!r}; {how}")
+
+
 def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     """``model.load_state_dict(state_dict)``, or one line naming what does not fit.
 

@@ -15,7 +15,9 @@ import math
 import re
 from pathlib import Path
 
+from .errors import UserError
 from .runs import write_text
+from .transforms import entry
 
 __all__ = ["COLUMNS", "complete_row", "better_when_higher", "mean_score", "by_spec", "curve_of", "lowest_bits",
            "write_rows", "spec_lines", "claims_markdown"]
@@ -73,8 +75,6 @@ def curve_of(r: dict) -> str:
 def _weaker_first(r: dict):
     """Sort key that puts a curve's weaker strengths first (the registry says which way a parameter is
     stronger); None for a parameter the registry does not know."""
-    from .errors import UserError
-    from .transforms import entry
     if r.get("param") is None or not isinstance(r.get("value"), (int, float)):
         return lambda r: 0
     try:

@@ -140,8 +140,7 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
             exclude_types=exclude_types, forward=None if evaluate is None else lambda: _score(measure(model), metric))
         if progress:
             print(cov["summary"])
-        if not cov["covered"]:   # every cell would show the clean network: 'perfectly robust', and untrue
-            raise UserError(f"nothing to distort: {cov['summary']}")
+        _check_covered(cov)
         missed = [n for n, why in untouched.items() if why in (UNREAD, UNREACHED)]
         if missed and not progress:
             warnings.warn(f"the sweep leaves weights out that its distortions could not reach: {cov['summary']}",
@@ -187,6 +186,13 @@ def _sweep(model, data, distortions, *, trials, seed, on, evaluate=None, metric=
             projected.detach(model)
         restore_modes(modes)
     return rows
+
+
+def _check_covered(cov: dict) -> None:
+    """One line when a sweep has no weight to distort: every cell would show the clean network, 'perfectly
+    robust', and untrue."""
+    if not cov["covered"]:
+        raise UserError(f"nothing to distort: {cov['summary']}")
 
 
 def _score(result, metric: str) -> float:
@@ -419,8 +425,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         # a bad --keep fails here, before sweep.json is written; the answer serves the provenance and the cells
         covered = sweep_coverage(model, getattr(data, config.split), config.keep, config.batch_size,
                                  **_selection(config))
-        if not covered[1]["covered"]:   # (here, not in the sweep: a stub sweep.json would claim --out)
-            raise UserError(f"nothing to distort: {covered[1]['summary']}")
+        _check_covered(covered[1])   # (here too, before sweep.json: a stub would claim --out)
         todo = cells(config.distortions, config.trials, default_scale(model))
         cfg = dataclasses.asdict(config)
         info = {**info, "data_fingerprint": data_fingerprint(data, config.split)}

@@ -119,9 +119,8 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
     """
     state = read_checkpoint(path)
     config = config_of(state, path)
-    if ":" in config.model and model_factory != config.model:
-        raise UserError(f"{path} was trained with model factory {config.model!r}; pass "
-                        f"model_factory={config.model!r} (--model-factory) to allow importing it")
+    models.check_factory_allowed(config.model, model_factory, path, f"pass model_factory={config.model!r} "
+                                 "(--model-factory) to allow importing it")
     where = f"{path} (model {config.model!r} width {config.width})"
     try:   # shapes first, on the meta device: a stranger's num_classes or in_shape could ask for terabytes
         with torch.device("meta"):
