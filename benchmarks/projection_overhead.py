@@ -44,13 +44,28 @@ import robustweights as rw  # noqa: E402
 from robustweights.distributed import run_together  # noqa: E402
 from robustweights.projected import clip_  # noqa: E402
 
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # cold compile times
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-")
+)  # cold compile times
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "bc-vgg": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
-def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=False, compile=False,
-              compile_mode=None, fused=False, sync=True, seed=0, cuda_graph=False):
+def make_step(
+    model_name,
+    width,
+    projection,
+    batch,
+    device,
+    mode="fwd+bwd",
+    amp=False,
+    compile=False,
+    compile_mode=None,
+    fused=False,
+    sync=True,
+    seed=0,
+    cuda_graph=False,
+):
     torch.manual_seed(seed)
     shape = SHAPES[model_name]
     model = rw.create_model(model_name, num_classes=10, in_shape=shape, width=width).to(device)
@@ -60,12 +75,25 @@ def make_step(model_name, width, projection, batch, device, mode="fwd+bwd", amp=
     rw.attach(model, projection, mode=mode, generator=gen)
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
-    if cuda_graph:  # the whole step (forward, backward, Adam, clip) as one CUDA graph: train --cuda-graph
+    if (
+        cuda_graph
+    ):  # the whole step (forward, backward, Adam, clip) as one CUDA graph: train --cuda-graph
         from robustweights.steps import GraphedStep, make_step as train_step
-        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True, capturable=True)
-        net = torch.compile(model, mode=compile_mode) if compile else model   # inductor's kernels, then captured
-        graphed = GraphedStep(train_step(model, net, opt, "ce", amp=amp, channels_last=amp, device=device,
-                                         graphed=True), model, opt, [gen])
+
+        opt = torch.optim.Adam(
+            model.parameters(), lr=torch.tensor(1e-3, device=device), fused=True, capturable=True
+        )
+        net = (
+            torch.compile(model, mode=compile_mode) if compile else model
+        )  # inductor's kernels, then captured
+        graphed = GraphedStep(
+            train_step(
+                model, net, opt, "ce", amp=amp, channels_last=amp, device=device, graphed=True
+            ),
+            model,
+            opt,
+            [gen],
+        )
 
         def step():
             graphed(x, y)
@@ -108,22 +136,46 @@ def timed_rounds(steps: dict, rounds: int, per_round: int) -> dict:
     return times
 
 
-def bench(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile_mode=None,
-          fused=False):
-    steps = {p: make_step(model_name, width, p, batch, device, amp=amp, fused=fused)
-             for p in ["identity", *projections]}
+def bench(
+    model_name,
+    width,
+    projections,
+    batch,
+    rounds,
+    per_round,
+    device,
+    amp=False,
+    compile_mode=None,
+    fused=False,
+):
+    steps = {
+        p: make_step(model_name, width, p, batch, device, amp=amp, fused=fused)
+        for p in ["identity", *projections]
+    }
     times = timed_rounds(steps, rounds, per_round)
     base = statistics.median(times["identity"])
-    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-          f"float step {base * 1e3:.1f} ms = {batch / base:.0f} img/s (median of {rounds} rounds)")
+    print(
+        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+        f"float step {base * 1e3:.1f} ms = {batch / base:.0f} img/s (median of {rounds} rounds)"
+    )
     for p in projections:
         m = statistics.median(times[p])
         print(f"  {p:<28} {m * 1e3:8.1f} ms = {batch / m:7.0f} img/s   ratio {m / base:.3f}")
     return {p: statistics.median(times[p]) / base for p in projections}
 
 
-def bench_compile(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile_mode=None,
-                  fused=False):
+def bench_compile(
+    model_name,
+    width,
+    projections,
+    batch,
+    rounds,
+    per_round,
+    device,
+    amp=False,
+    compile_mode=None,
+    fused=False,
+):
     variants = ["identity", *projections]
     first, times = {}, {}
     for p in variants:
@@ -131,60 +183,109 @@ def bench_compile(model_name, width, projections, batch, rounds, per_round, devi
         # variants would otherwise count against the recompile limit of this one's frames.
         torch._dynamo.reset()
         eager = make_step(model_name, width, p, batch, device, amp=amp, fused=fused)
-        compiled = make_step(model_name, width, p, batch, device, amp=amp, compile=True, compile_mode=compile_mode,
-                             fused=fused)
+        compiled = make_step(
+            model_name,
+            width,
+            p,
+            batch,
+            device,
+            amp=amp,
+            compile=True,
+            compile_mode=compile_mode,
+            fused=fused,
+        )
         t = time.perf_counter()
         compiled()  # compiles forward and backward
         first[p] = time.perf_counter() - t
         times.update(timed_rounds({(p, False): eager, (p, True): compiled}, rounds, per_round))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-          f"eager against torch.compile mode={compile_mode or 'default'}{', fused Adam' if fused else ''} (median of {rounds} rounds of {per_round} steps)")
-    print(f"  {'projection':<24} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6} {'compile s':>10} "
-          f"{'pays back after':>16}")
+    print(
+        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+        f"eager against torch.compile mode={compile_mode or 'default'}{', fused Adam' if fused else ''} (median of {rounds} rounds of {per_round} steps)"
+    )
+    print(
+        f"  {'projection':<24} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6} {'compile s':>10} "
+        f"{'pays back after':>16}"
+    )
     out = {}
     for p in variants:
         e, c = med[(p, False)], med[(p, True)]
         payback = f"{first[p] / (e - c):.0f} steps" if c < e else "never"
-        print(f"  {p:<24} {e * 1e3:9.1f} {c * 1e3:12.1f} {c / e:6.3f} {first[p]:10.1f} {payback:>16}")
+        print(
+            f"  {p:<24} {e * 1e3:9.1f} {c * 1e3:12.1f} {c / e:6.3f} {first[p]:10.1f} {payback:>16}"
+        )
         out[p] = {"eager_s": e, "compiled_s": c, "compile_s": first[p]}
     base = med[("identity", True)]
-    print("  compiled projection overhead: " + ", ".join(f"{p} {med[(p, True)] / base:.3f}" for p in projections))
+    print(
+        "  compiled projection overhead: "
+        + ", ".join(f"{p} {med[(p, True)] / base:.3f}" for p in projections)
+    )
     return out
 
 
-def bench_graph(model_name, width, projections, batch, rounds, per_round, device, amp=False, compile=False,
-                compile_mode=None, **_):
+def bench_graph(
+    model_name,
+    width,
+    projections,
+    batch,
+    rounds,
+    per_round,
+    device,
+    amp=False,
+    compile=False,
+    compile_mode=None,
+    **_,
+):
     """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph (with
     ``compile``: the model's forward and backward through torch.compile first, then captured)."""
     times = {}
     for p in ["identity", *projections]:
         torch._dynamo.reset()
         eager = make_step(model_name, width, p, batch, device, amp=amp, fused=True)
-        graphed = make_step(model_name, width, p, batch, device, amp=amp, cuda_graph=True, compile=compile,
-                            compile_mode=compile_mode)
+        graphed = make_step(
+            model_name,
+            width,
+            p,
+            batch,
+            device,
+            amp=amp,
+            cuda_graph=True,
+            compile=compile,
+            compile_mode=compile_mode,
+        )
         t = time.perf_counter()
         graphed()  # warm-up and capture
         capture = time.perf_counter() - t
-        med = {k: statistics.median(v) for k, v in timed_rounds({"eager": eager, "graph": graphed}, rounds,
-                                                               per_round).items()}
+        med = {
+            k: statistics.median(v)
+            for k, v in timed_rounds({"eager": eager, "graph": graphed}, rounds, per_round).items()
+        }
         times[p] = (med["eager"], med["graph"], capture)
-    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-          f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph"
-          f"{', the model through torch.compile first' if compile else ''}"
-          f"{', cudnn.benchmark' if torch.backends.cudnn.benchmark else ''}), "
-          f"median of {rounds} rounds of {per_round} steps")
-    print(f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} {'graph img/s':>12} "
-          f"{'capture s':>10}")
+    print(
+        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+        f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph"
+        f"{', the model through torch.compile first' if compile else ''}"
+        f"{', cudnn.benchmark' if torch.backends.cudnn.benchmark else ''}), "
+        f"median of {rounds} rounds of {per_round} steps"
+    )
+    print(
+        f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} {'graph img/s':>12} "
+        f"{'capture s':>10}"
+    )
     for p, (e, g, c) in times.items():
-        print(f"  {p:<24} {e * 1e3:9.2f} {batch / e:12.0f} {g * 1e3:9.2f} {batch / g:12.0f} {c:10.1f}")
+        print(
+            f"  {p:<24} {e * 1e3:9.2f} {batch / e:12.0f} {g * 1e3:9.2f} {batch / g:12.0f} {c:10.1f}"
+        )
     return times
 
 
-def bench_profile(model_name, width, projections, batch, device, amp=False, fused=False, steps=20, top=12):
+def bench_profile(
+    model_name, width, projections, batch, device, amp=False, fused=False, steps=20, top=12
+):
     """Where an eager step's time goes: torch.profiler over ``steps`` steps, the kernels (or CPU ops) that take
     the most time, and the device time a step against its wall time (launch-bound when much smaller)."""
     from torch.profiler import ProfilerActivity, profile
+
     cuda = device.type == "cuda"
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     for p in ["identity", *projections]:
@@ -194,23 +295,43 @@ def bench_profile(model_name, width, projections, batch, device, amp=False, fuse
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        ) as prof:
             for _ in range(steps):
                 step()
             if cuda:
                 torch.cuda.synchronize()
         wall = (time.perf_counter() - t) / steps
         events = prof.key_averages()
-        if cuda and events and hasattr(events[0], "self_device_time_total"):   # the name in newer torch
+        if (
+            cuda and events and hasattr(events[0], "self_device_time_total")
+        ):  # the name in newer torch
             key = "self_device_time_total"
         own = [getattr(e, key) for e in events]
-        print(f"\n{model_name} width {width}, batch {batch}, {p}: {sum(own) / steps / 1e3:.2f} ms of "
-              f"{'kernels' if cuda else 'CPU ops'} a step, {wall * 1e3:.2f} ms a step with the profiler")
+        print(
+            f"\n{model_name} width {width}, batch {batch}, {p}: {sum(own) / steps / 1e3:.2f} ms of "
+            f"{'kernels' if cuda else 'CPU ops'} a step, {wall * 1e3:.2f} ms a step with the profiler"
+        )
         print(events.table(sort_by=key, row_limit=top, max_name_column_width=60))
 
 
-def bench_concurrent(model_name, width, projections, batch, rounds, per_round, device, copies, amp=False,
-                     compile=False, compile_mode=None, fused=False, cuda_graph=False, threads=False):
+def bench_concurrent(
+    model_name,
+    width,
+    projections,
+    batch,
+    rounds,
+    per_round,
+    device,
+    copies,
+    amp=False,
+    compile=False,
+    compile_mode=None,
+    fused=False,
+    cuda_graph=False,
+    threads=False,
+):
     """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
     process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves the GPU
     idle enough that several rows at once pay (part 8). On a CPU the copies simply take turns."""
@@ -218,14 +339,35 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
     out = {}
     for p in ["identity", *projections]:
         torch._dynamo.reset()
-        steps = [make_step(model_name, width, p, batch, device, amp=amp, compile=compile, compile_mode=compile_mode,
-                           fused=fused, sync=False, seed=i, cuda_graph=cuda_graph) for i in range(copies)]
+        steps = [
+            make_step(
+                model_name,
+                width,
+                p,
+                batch,
+                device,
+                amp=amp,
+                compile=compile,
+                compile_mode=compile_mode,
+                fused=fused,
+                sync=False,
+                seed=i,
+                cuda_graph=cuda_graph,
+            )
+            for i in range(copies)
+        ]
         # (with threads, run_together gives each its stream)
-        streams = [torch.cuda.Stream(device) for _ in steps] if cuda and not threads else [None] * copies
+        streams = (
+            [torch.cuda.Stream(device) for _ in steps] if cuda and not threads else [None] * copies
+        )
 
         def together(n=copies):
-            if threads:   # as reproduce's rows_at_once trains them: a thread and a CUDA stream each
-                run_together([lambda stop, s=s: [s() for _ in range(per_round)] for s in steps[:n]], n, device)
+            if threads:  # as reproduce's rows_at_once trains them: a thread and a CUDA stream each
+                run_together(
+                    [lambda stop, s=s: [s() for _ in range(per_round)] for s in steps[:n]],
+                    n,
+                    device,
+                )
                 return
             for st, s in zip(streams[:n], steps[:n]):
                 if cuda:
@@ -240,19 +382,30 @@ def bench_concurrent(model_name, width, projections, batch, rounds, per_round, d
                 torch.cuda.synchronize(device)
 
         # with threads each call of `together` makes per_round steps of every copy (timed as one)
-        times = timed_rounds({"one": lambda: together(1), "all": together}, rounds, 1 if threads else per_round)
+        times = timed_rounds(
+            {"one": lambda: together(1), "all": together}, rounds, 1 if threads else per_round
+        )
         if threads:
             times = {k: [t / per_round for t in v] for k, v in times.items()}
         one, both = statistics.median(times["one"]), statistics.median(times["all"])
         out[p] = {"one_img_s": batch / one, "all_img_s": copies * batch / both}
-    how = (" in threads (run_together)" if threads else "") + (", each step one CUDA graph" if cuda_graph else
-           f", torch.compile mode={compile_mode or 'default'}" if compile else ", eager")
-    print(f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
-          f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
-          f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), median of {rounds} rounds")
+    how = (" in threads (run_together)" if threads else "") + (
+        ", each step one CUDA graph"
+        if cuda_graph
+        else f", torch.compile mode={compile_mode or 'default'}"
+        if compile
+        else ", eager"
+    )
+    print(
+        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
+        f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
+        f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), median of {rounds} rounds"
+    )
     print(f"  {'projection':<24} {'one img/s':>10} {f'{copies} together img/s':>20} {'gain':>6}")
     for p, r in out.items():
-        print(f"  {p:<24} {r['one_img_s']:10.0f} {r['all_img_s']:20.0f} {r['all_img_s'] / r['one_img_s']:6.2f}")
+        print(
+            f"  {p:<24} {r['one_img_s']:10.0f} {r['all_img_s']:20.0f} {r['all_img_s'] / r['one_img_s']:6.2f}"
+        )
     return out
 
 
@@ -261,56 +414,132 @@ def main():
     faulthandler.register(signal.SIGTERM, chain=True)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
-    ap.add_argument("--projections", nargs="+", default=["sign", "stoch-sign", "stoch-mult:gamma=0.5"])
+    ap.add_argument(
+        "--projections", nargs="+", default=["sign", "stoch-sign", "stoch-mult:gamma=0.5"]
+    )
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--per-round", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--width", type=float, default=None, help="override the model's benchmark width")
-    ap.add_argument("--batch", type=int, default=None, help="override the model's benchmark batch size")
+    ap.add_argument(
+        "--width", type=float, default=None, help="override the model's benchmark width"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=None, help="override the model's benchmark batch size"
+    )
     ap.add_argument("--amp", action="store_true", help="bf16 autocast and channels-last (CUDA)")
-    ap.add_argument("--compile", action="store_true",
-                    help="time each variant eager and through torch.compile, with its compile time")
-    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
-                                                              "max-autotune-no-cudagraphs"],
-                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
-    ap.add_argument("--fused", action="store_true", help="fused Adam (one kernel for the whole update)")
-    ap.add_argument("--cuda-graph", action="store_true",
-                    help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)")
-    ap.add_argument("--concurrent", type=int, default=0, metavar="N",
-                    help="images/s of N networks stepped together (one CUDA stream each) against one alone")
-    ap.add_argument("--profile", action="store_true",
-                    help="where an eager step's time goes (torch.profiler: the top kernels, device time a step)")
-    ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each conv shape)")
-    ap.add_argument("--threads", action="store_true",
-                    help="with --concurrent: each network in its own thread, as reproduce's rows_at_once trains rows")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="time each variant eager and through torch.compile, with its compile time",
+    )
+    ap.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
+    )
+    ap.add_argument(
+        "--fused", action="store_true", help="fused Adam (one kernel for the whole update)"
+    )
+    ap.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)",
+    )
+    ap.add_argument(
+        "--concurrent",
+        type=int,
+        default=0,
+        metavar="N",
+        help="images/s of N networks stepped together (one CUDA stream each) against one alone",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="where an eager step's time goes (torch.profiler: the top kernels, device time a step)",
+    )
+    ap.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each conv shape)",
+    )
+    ap.add_argument(
+        "--threads",
+        action="store_true",
+        help="with --concurrent: each network in its own thread, as reproduce's rows_at_once trains rows",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.cuda_graph and device.type != "cuda":
         sys.exit("--cuda-graph needs a CUDA device (a CUDA graph is a GPU's)")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
     for m in args.models:
         width, batch = configs[m]
         if args.concurrent:
-            bench_concurrent(m, args.width or width, args.projections, args.batch or batch, args.rounds,
-                             args.per_round, device, args.concurrent, amp=args.amp, compile=args.compile,
-                             compile_mode=args.compile_mode, fused=args.fused, cuda_graph=args.cuda_graph,
-                             threads=args.threads)
+            bench_concurrent(
+                m,
+                args.width or width,
+                args.projections,
+                args.batch or batch,
+                args.rounds,
+                args.per_round,
+                device,
+                args.concurrent,
+                amp=args.amp,
+                compile=args.compile,
+                compile_mode=args.compile_mode,
+                fused=args.fused,
+                cuda_graph=args.cuda_graph,
+                threads=args.threads,
+            )
             continue
         if args.profile:
-            bench_profile(m, args.width or width, args.projections, args.batch or batch, device, amp=args.amp,
-                          fused=args.fused)
+            bench_profile(
+                m,
+                args.width or width,
+                args.projections,
+                args.batch or batch,
+                device,
+                amp=args.amp,
+                fused=args.fused,
+            )
             continue
         if args.cuda_graph:
-            bench_graph(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round,
-                        device, amp=args.amp, compile=args.compile, compile_mode=args.compile_mode)
+            bench_graph(
+                m,
+                args.width or width,
+                args.projections,
+                args.batch or batch,
+                args.rounds,
+                args.per_round,
+                device,
+                amp=args.amp,
+                compile=args.compile,
+                compile_mode=args.compile_mode,
+            )
             continue
         run = bench_compile if args.compile else bench
-        run(m, args.width or width, args.projections, args.batch or batch, args.rounds, args.per_round, device,
-            amp=args.amp, compile_mode=args.compile_mode, fused=args.fused)
+        run(
+            m,
+            args.width or width,
+            args.projections,
+            args.batch or batch,
+            args.rounds,
+            args.per_round,
+            device,
+            amp=args.amp,
+            compile_mode=args.compile_mode,
+            fused=args.fused,
+        )
 
 
 if __name__ == "__main__":

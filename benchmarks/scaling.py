@@ -28,9 +28,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(procs: int, args, out: Path) -> dict:
     threads = max(1, (os.cpu_count() or 1) // procs)
-    cmd = ["-m", "robustweights", "train", "--model", args.model, "--dataset", args.dataset,
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-           "--projection", args.projection, "--out", str(out), "--quiet"]
+    cmd = [
+        "-m",
+        "robustweights",
+        "train",
+        "--model",
+        args.model,
+        "--dataset",
+        args.dataset,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--projection",
+        args.projection,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), *cmd]
     else:
@@ -38,8 +55,12 @@ def run(procs: int, args, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"procs": procs, "threads_each": threads, "images_per_second": rows[-1]["images_per_second"],
-            "test_error": rows[-1]["test_error"]}
+    return {
+        "procs": procs,
+        "threads_each": threads,
+        "images_per_second": rows[-1]["images_per_second"],
+        "test_error": rows[-1]["test_error"],
+    }
 
 
 def main():
@@ -52,16 +73,22 @@ def main():
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=2e-3)
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, GPU: "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; torch {torch.__version__}")
-    print(f"{args.model} on {args.dataset}, {args.projection}, {args.epochs} epoch(s), global batch {args.batch_size}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, GPU: "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; torch {torch.__version__}"
+    )
+    print(
+        f"{args.model} on {args.dataset}, {args.projection}, {args.epochs} epoch(s), global batch {args.batch_size}"
+    )
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.procs:
             r = run(n, args, Path(tmp) / f"p{n}")
             base = base or r["images_per_second"]
-            print(f"  {n} process(es) x {r['threads_each']} thread(s): {r['images_per_second']:8.0f} img/s "
-                  f"(x{r['images_per_second'] / base:.2f}), test error after the last epoch {r['test_error']:.2%}")
+            print(
+                f"  {n} process(es) x {r['threads_each']} thread(s): {r['images_per_second']:8.0f} img/s "
+                f"(x{r['images_per_second'] / base:.2f}), test error after the last epoch {r['test_error']:.2%}"
+            )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def main():
     model = rw.create_model(args.model, num_classes=10, in_shape=shape, width=args.width)
     rw.attach(model, "identity", mode="none", clip=None)
     model.to(device).eval()
-    split = TensorSplit(torch.randn(args.n, *shape, device=device), torch.randint(0, 10, (args.n,), device=device))
+    split = TensorSplit(
+        torch.randn(args.n, *shape, device=device), torch.randint(0, 10, (args.n,), device=device)
+    )
     g = torch.Generator(device=device)
 
     def plain():
@@ -65,11 +67,17 @@ def main():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t)
     p, c = statistics.median(times["plain"]), statistics.median(times["cell"])
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    where = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    )
     print(f"machine: {where}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{args.model} width {args.width}, {args.n} inputs, batch {args.batch_size}, {args.distortion}")
-    print(f"plain inference {p:.3f} s ({args.n / p:.0f} img/s); sweep cell {c:.3f} s ({args.n / c:.0f} img/s); "
-          f"ratio {c / p:.3f} (median of {args.rounds} rounds)")
+    print(
+        f"{args.model} width {args.width}, {args.n} inputs, batch {args.batch_size}, {args.distortion}"
+    )
+    print(
+        f"plain inference {p:.3f} s ({args.n / p:.0f} img/s); sweep cell {c:.3f} s ({args.n / c:.0f} img/s); "
+        f"ratio {c / p:.3f} (median of {args.rounds} rounds)"
+    )
 
 
 if __name__ == "__main__":

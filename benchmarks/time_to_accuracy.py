@@ -31,9 +31,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import robustweights as rw  # noqa: E402
 
-FMNIST = dict(model="cnn", dataset="fashion-mnist", epochs=6, batch_size=100, lr=2e-3, schedule="cosine")
-CIFAR = dict(model="bc-vgg", width=0.25, dataset="cifar10", epochs=20, batch_size=50, lr=3e-3,
-             schedule="exp", lr_end=3e-5, preprocess="gcn-zca")
+FMNIST = dict(
+    model="cnn", dataset="fashion-mnist", epochs=6, batch_size=100, lr=2e-3, schedule="cosine"
+)
+CIFAR = dict(
+    model="bc-vgg",
+    width=0.25,
+    dataset="cifar10",
+    epochs=20,
+    batch_size=50,
+    lr=3e-3,
+    schedule="exp",
+    lr_end=3e-5,
+    preprocess="gcn-zca",
+)
 PRESETS = {
     "fmnist-float": (dict(FMNIST, projection="identity"), 0.92),
     "fmnist-sign": (dict(FMNIST, projection="sign"), 0.90),
@@ -47,7 +58,11 @@ def machine() -> str:
         return f"{torch.cuda.get_device_name()} ({os.cpu_count()} CPUs)"
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor()
     return f"{cpu}, {os.cpu_count()} CPU cores, no GPU"
@@ -55,8 +70,15 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -70,7 +92,9 @@ def run(name: str, out: Path | None, overrides: dict) -> dict:
     def on_epoch(epoch, m):
         nonlocal train_seconds
         acc = 1 - m["test_error"]
-        train_seconds += m["seconds"]   # training time of the epoch (data loading and test passes excluded)
+        train_seconds += m[
+            "seconds"
+        ]  # training time of the epoch (data loading and test passes excluded)
         wall = train_seconds
         print(f"{name}: epoch {epoch}: test accuracy {acc:.2%} at {wall:.0f} s", flush=True)
         if acc >= target and not reached:
@@ -80,21 +104,36 @@ def run(name: str, out: Path | None, overrides: dict) -> dict:
     result = rw.train(config, progress=False, callback=on_epoch)
     wall = time.perf_counter() - t0
     report = {
-        "preset": name, "target_accuracy": target, "reached": reached or None,
-        "final_test_accuracy": 1 - result.test_error, "train_seconds": result.seconds,
+        "preset": name,
+        "target_accuracy": target,
+        "reached": reached or None,
+        "final_test_accuracy": 1 - result.test_error,
+        "train_seconds": result.seconds,
         "wall_seconds": wall,  # the whole call: data loading, test passes and any compilation included
-        "config": dataclasses.asdict(config), "history": result.history,
-        "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(config),
+        "history": result.history,
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:]),
     }
-    verdict = (f"reached {target:.0%} at epoch {reached['epoch']} after {reached['seconds']:.0f} s"
-               if reached else f"did not reach {target:.0%}")
-    print(f"{name}: final test accuracy {1 - result.test_error:.2%} after {result.seconds:.0f} s of training "
-          f"({config.epochs} epochs, {wall:.0f} s in all); {verdict}; machine: {report['machine']}", flush=True)
+    verdict = (
+        f"reached {target:.0%} at epoch {reached['epoch']} after {reached['seconds']:.0f} s"
+        if reached
+        else f"did not reach {target:.0%}"
+    )
+    print(
+        f"{name}: final test accuracy {1 - result.test_error:.2%} after {result.seconds:.0f} s of training "
+        f"({config.epochs} epochs, {wall:.0f} s in all); {verdict}; machine: {report['machine']}",
+        flush=True,
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}{'-compiled' if config.compile else ''}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / f"{name}{'-compiled' if config.compile else ''}.json").write_text(
+            json.dumps(report, indent=2) + "\n"
+        )
     return report
 
 
@@ -108,7 +147,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training steps")
     args = ap.parse_args()
-    overrides = {k: v for k, v in dict(epochs=args.epochs, device=args.device).items() if v is not None}
+    overrides = {
+        k: v for k, v in dict(epochs=args.epochs, device=args.device).items() if v is not None
+    }
     if args.amp:
         overrides["amp"] = True
     if args.channels_last:

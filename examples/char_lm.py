@@ -37,15 +37,19 @@ def read_corpus(folder: Path = CORPUS) -> str:
 
 
 class CharLM(nn.Module):
-    def __init__(self, vocab: int, dim: int = 64, layers: int = 2, heads: int = 4, context: int = 64):
+    def __init__(
+        self, vocab: int, dim: int = 64, layers: int = 2, heads: int = 4, context: int = 64
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(1, context, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.embed.weight          # tied: one matrix, read by two modules
+        self.head.weight = self.embed.weight  # tied: one matrix, read by two modules
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
@@ -56,10 +60,12 @@ class CharLM(nn.Module):
 
 def windows(ids: torch.Tensor, context: int, n: int, generator: torch.Generator) -> torch.Tensor:
     start = torch.randint(0, len(ids) - context - 1, (n,), generator=generator)
-    return torch.stack([ids[s:s + context + 1] for s in start.tolist()])
+    return torch.stack([ids[s : s + context + 1] for s in start.tolist()])
 
 
-def build(steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, corpus: Path = CORPUS):
+def build(
+    steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, corpus: Path = CORPUS
+):
     """Train the model; returns ``(model, evaluate)`` where ``evaluate(model)`` gives validation perplexity."""
     text = read_corpus(corpus)
     chars = sorted(set(text))
@@ -76,13 +82,17 @@ def build(steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, c
         opt.zero_grad()
         loss.backward()
         opt.step()
-    val = windows(val_ids, context, 256, torch.Generator().manual_seed(1))   # fixed validation windows
+    val = windows(
+        val_ids, context, 256, torch.Generator().manual_seed(1)
+    )  # fixed validation windows
 
     @torch.no_grad()
     def evaluate(m: nn.Module) -> dict:
         m.eval()
-        ce = sum(F.cross_entropy(m(v[:, :-1]).flatten(0, 1), v[:, 1:].flatten(), reduction="sum").item()
-                 for v in val.split(64))
+        ce = sum(
+            F.cross_entropy(m(v[:, :-1]).flatten(0, 1), v[:, 1:].flatten(), reduction="sum").item()
+            for v in val.split(64)
+        )
         ce /= val[:, 1:].numel()
         return {"perplexity": math.exp(ce), "loss": ce}
 
@@ -91,18 +101,39 @@ def build(steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, c
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=600, help="training steps of the language model (default: 600)")
-    p.add_argument("--trials", type=int, default=3, help="random draws per noise strength (default: 3)")
-    p.add_argument("--corpus", type=Path, default=CORPUS, help="text file to learn (default: %(default)s)")
-    p.add_argument("--out", default="runs/char-lm", help="sweep result folder (default: runs/char-lm)")
+    p.add_argument(
+        "--steps", type=int, default=600, help="training steps of the language model (default: 600)"
+    )
+    p.add_argument(
+        "--trials", type=int, default=3, help="random draws per noise strength (default: 3)"
+    )
+    p.add_argument(
+        "--corpus", type=Path, default=CORPUS, help="text file to learn (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out", default="runs/char-lm", help="sweep result folder (default: runs/char-lm)"
+    )
     args = p.parse_args(argv)
     model, evaluate = build(args.steps, corpus=args.corpus)
     base = evaluate(model)["perplexity"]
     print(f"validation perplexity {base:.2f} (characters; {args.steps} training steps)")
-    rows = rw.sweep(model, None, ["add-gauss:sigma=0.25,0.5,1", "quant:bits=2..6", "sign"], evaluate=evaluate,
-                    metric="perplexity", trials=args.trials, progress=True)
-    rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="char-level transformer LM", baseline=base,
-                         description=f"licence texts of {args.corpus}, last 10% held out", model="CharLM")
+    rows = rw.sweep(
+        model,
+        None,
+        ["add-gauss:sigma=0.25,0.5,1", "quant:bits=2..6", "sign"],
+        evaluate=evaluate,
+        metric="perplexity",
+        trials=args.trials,
+        progress=True,
+    )
+    rw.sweeps.save_sweep(
+        f"{args.out}/sweep",
+        rows,
+        label="char-level transformer LM",
+        baseline=base,
+        description=f"licence texts of {args.corpus}, last 10% held out",
+        model="CharLM",
+    )
     print("\n".join(spec_lines(rows, width=32)))
     rw.report([f"{args.out}/sweep"], f"{args.out}/report")
     print(f"report: {args.out}/report/report.html")

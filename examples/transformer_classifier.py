@@ -54,18 +54,34 @@ def train(data, epochs: int = 3, seed: int = 0) -> nn.Module:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    p.add_argument("--trials", type=int, default=3, help="random draws per noise strength (default: 3)")
-    p.add_argument("--out", default="runs/transformer-classifier",
-                   help="sweep result folder (default: runs/transformer-classifier)")
+    p.add_argument(
+        "--trials", type=int, default=3, help="random draws per noise strength (default: 3)"
+    )
+    p.add_argument(
+        "--out",
+        default="runs/transformer-classifier",
+        help="sweep result folder (default: runs/transformer-classifier)",
+    )
     args = p.parse_args(argv)
-    data = load_data("demo", preprocess="none")          # the raw pixels the model is trained on
+    data = load_data("demo", preprocess="none")  # the raw pixels the model is trained on
     model = train(data, args.epochs)
     base = rw.evaluation.evaluate_split(model, data.test)["error"]
     print(f"test error {base:.2%} ({data.description}; inputs {data.preprocessing})")
-    rows = rw.sweep(model, data, ["add-gauss:sigma=0.25,0.5,1", "quant:bits=1..6"], trials=args.trials,
-                    progress=True)
-    rw.sweeps.save_sweep(f"{args.out}/sweep", rows, label="row transformer", baseline=base,
-                         description=data.description, model="RowTransformer")
+    rows = rw.sweep(
+        model,
+        data,
+        ["add-gauss:sigma=0.25,0.5,1", "quant:bits=1..6"],
+        trials=args.trials,
+        progress=True,
+    )
+    rw.sweeps.save_sweep(
+        f"{args.out}/sweep",
+        rows,
+        label="row transformer",
+        baseline=base,
+        description=data.description,
+        model="RowTransformer",
+    )
     print("\n".join(spec_lines(rows, width=28)))
     rw.report([f"{args.out}/sweep"], f"{args.out}/report")
     print(f"report: {args.out}/report/report.html")

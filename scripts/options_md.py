@@ -26,15 +26,31 @@ def _cell(text: str) -> str:
 def section() -> str:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    lines = [BEGIN, "", "## Every option", "",
-             "Each command's options, as `robustweights COMMAND --help` gives them. Every command also takes",
-             "`--debug` (the traceback of an error, instead of its one line).", ""]
+    lines = [
+        BEGIN,
+        "",
+        "## Every option",
+        "",
+        "Each command's options, as `robustweights COMMAND --help` gives them. Every command also takes",
+        "`--debug` (the traceback of an error, instead of its one line).",
+        "",
+    ]
     for name, p in sub.choices.items():
         fmt = p._get_formatter()
-        lines += [f"### `robustweights {name}`", "", _cell(p.description or ""), "",
-                  "| option | what it does |", "|---|---|"]
+        lines += [
+            f"### `robustweights {name}`",
+            "",
+            _cell(p.description or ""),
+            "",
+            "| option | what it does |",
+            "|---|---|",
+        ]
         for a in p._actions:
-            if a.help == argparse.SUPPRESS or "--debug" in a.option_strings or "-h" in a.option_strings:
+            if (
+                a.help == argparse.SUPPRESS
+                or "--debug" in a.option_strings
+                or "-h" in a.option_strings
+            ):
                 continue
             flag = ", ".join(a.option_strings) or a.dest.upper()
             if a.choices and not isinstance(a, argparse._SubParsersAction):

@@ -1,9 +1,9 @@
 """Helpers shared by the test files, and the device the device tests run on.
 
-    pytest                                  # everything on the CPU, also on a machine with a GPU
-    pytest --device cuda                    # tests/test_device.py on the GPU, and "auto" picks it elsewhere
-    RW_TEST_DEVICE=cuda pytest              # the same
-    pytest tests/test_device.py --device cuda   # only what makes sense on a GPU (benchmarks/gpu_tests.sh)
+pytest                                  # everything on the CPU, also on a machine with a GPU
+pytest --device cuda                    # tests/test_device.py on the GPU, and "auto" picks it elsewhere
+RW_TEST_DEVICE=cuda pytest              # the same
+pytest tests/test_device.py --device cuda   # only what makes sense on a GPU (benchmarks/gpu_tests.sh)
 """
 
 import os
@@ -17,9 +17,11 @@ from robustweights.data import default_data_dir
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default=os.environ.get("RW_TEST_DEVICE", "cpu"),
-                     help="device for tests/test_device.py: cpu (default), cuda or cuda:N "
-                          "(also RW_TEST_DEVICE)")
+    parser.addoption(
+        "--device",
+        default=os.environ.get("RW_TEST_DEVICE", "cpu"),
+        help="device for tests/test_device.py: cpu (default), cuda or cuda:N (also RW_TEST_DEVICE)",
+    )
 
 
 def pytest_configure(config):
@@ -35,7 +37,10 @@ def device(request) -> torch.device:
     name = request.config.getoption("--device")
     d = torch.device(name)
     if d.type == "cuda" and not torch.cuda.is_available():
-        pytest.fail(f"--device {name} asked for, but torch {torch.__version__} sees no CUDA GPU", pytrace=False)
+        pytest.fail(
+            f"--device {name} asked for, but torch {torch.__version__} sees no CUDA GPU",
+            pytrace=False,
+        )
     return d
 
 
@@ -69,4 +74,7 @@ def need_fashion_mnist() -> None:
     """For the tests that train the ``tiny`` reproduce preset (Fashion-MNIST from Debian's package): a GPU
     machine, for one, has no datasets."""
     found = default_data_dir("fashion-mnist")
-    need(Path(found or "/usr/share/datasets/fashion-mnist"), "Fashion-MNIST (Debian dataset-fashion-mnist)")
+    need(
+        Path(found or "/usr/share/datasets/fashion-mnist"),
+        "Fashion-MNIST (Debian dataset-fashion-mnist)",
+    )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "robustweights"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-MAX_LINES = 520   # "no module over about 500 lines"
+MAX_LINES = 520  # "no module over about 500 lines"
 
 
 def _name(path: Path) -> str:
@@ -19,28 +19,41 @@ def _name(path: Path) -> str:
 def _resolve(path: Path, node: ast.ImportFrom) -> list[str]:
     """The package modules one relative ``from ... import`` names (``from . import x`` names ``x``)."""
     package = _name(path).split(".") if path.name == "__init__.py" else _name(path).split(".")[:-1]
-    base = [p for p in package[:len(package) - (node.level - 1)] if p]
+    base = [p for p in package[: len(package) - (node.level - 1)] if p]
     if node.module:
         return [".".join(base + node.module.split("."))]
     return [".".join(base + [a.name]) for a in node.names]
 
 
 def _is_module(name: str) -> bool:
-    return (PACKAGE / (name.replace(".", "/") + ".py")).exists() or (PACKAGE / name.replace(".", "/")).is_dir()
+    return (PACKAGE / (name.replace(".", "/") + ".py")).exists() or (
+        PACKAGE / name.replace(".", "/")
+    ).is_dir()
 
 
 def test_no_module_imports_another_modules_underscore_names():
     found = []
     for path in MODULES:
         tree = ast.parse(path.read_text(), filename=str(path))
-        modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                   and node.level >= 1 and node.module is None for a in node.names}
+        modules = {
+            a.asname or a.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module is None
+            for a in node.names
+        }
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level >= 1:   # from ..sweeps import _x
-                found += [f"{_name(path)}: from {'.' * node.level}{node.module or ''} import {a.name}"
-                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                    and node.value.id in modules and node.attr.startswith("_"):   # sweeps._x after from . import
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:  # from ..sweeps import _x
+                found += [
+                    f"{_name(path)}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+            ):  # sweeps._x after from . import
                 found.append(f"{_name(path)}: {node.value.id}.{node.attr}")
     assert found == []
 
@@ -51,7 +64,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
             for name in _resolve(path, node):
-                while name and not _is_module(name):   # from .sources import Key: the module is .sources
+                while name and not _is_module(
+                    name
+                ):  # from .sources import Key: the module is .sources
                     name = name.rpartition(".")[0]
                 out.add(name)
     return out - {_name(path), ""}
@@ -63,7 +78,9 @@ def _graph() -> dict[str, set[str]]:
 
 def test_the_import_resolver_sees_relative_imports_in_subpackages():
     g = _graph()
-    assert {"runs", "errors", "reports.figures", "reports.sources", "reports.document"} <= g["reports"]
+    assert {"runs", "errors", "reports.figures", "reports.sources", "reports.document"} <= g[
+        "reports"
+    ]
     assert {"paper.claims", "sweeps", "training"} <= g["paper.experiments"]
     assert "evaluation" in g["sweeps"] and "draws" in g["transforms"]
 
@@ -72,7 +89,10 @@ def test_no_import_cycle():
     graph = _graph()
 
     def reaches(start, goal, seen=()):
-        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in graph.get(start, ()))
+        return any(
+            n == goal or (n not in seen and reaches(n, goal, seen + (n,)))
+            for n in graph.get(start, ())
+        )
 
     cycles = sorted(m for m in graph if reaches(m, m))
     assert cycles == []
@@ -81,8 +101,11 @@ def test_no_import_cycle():
 def test_the_core_never_imports_the_paper_or_the_reports():
     """Layers: the core (transforms .. sweeps) sits below reports/ and paper/; only cli and the lazy
     helpers of the package's __init__ reach up."""
-    upward = {m: sorted(n for n in deps if n.split(".")[0] in ("paper", "reports"))
-              for m, deps in _graph().items() if m.split(".")[0] not in ("paper", "reports", "cli")}
+    upward = {
+        m: sorted(n for n in deps if n.split(".")[0] in ("paper", "reports"))
+        for m, deps in _graph().items()
+        if m.split(".")[0] not in ("paper", "reports", "cli")
+    }
     assert {m: d for m, d in upward.items() if d} == {}
 
 
@@ -100,6 +123,9 @@ def test_no_module_is_over_about_500_lines():
 def test_docs_architecture_names_every_module():
     """docs/architecture.md is how a newcomer finds a concept: a module it does not name is a module lost."""
     text = (PACKAGE.parent.parent / "docs" / "architecture.md").read_text()
-    missing = [str(p.relative_to(PACKAGE)) for p in MODULES
-               if p.name not in ("__init__.py", "__main__.py") and p.name not in text]
+    missing = [
+        str(p.relative_to(PACKAGE))
+        for p in MODULES
+        if p.name not in ("__init__.py", "__main__.py") and p.name not in text
+    ]
     assert missing == []

@@ -17,8 +17,17 @@ import pytest
 import torch
 from PIL import Image
 
-from robustweights.data import (AUGMENT, DATASETS, PREPROCESS, Data, FolderSplit, TensorSplit, augment_batch,
-                                default_data_dir, load_data)
+from robustweights.data import (
+    AUGMENT,
+    DATASETS,
+    PREPROCESS,
+    Data,
+    FolderSplit,
+    TensorSplit,
+    augment_batch,
+    default_data_dir,
+    load_data,
+)
 from robustweights.readers import read_idx
 from robustweights.errors import UserError
 from conftest import need
@@ -29,8 +38,13 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 # --------------------------------------------------------------------------- writers
 
+
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
-    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    raw = (
+        bytes([0, 0, 8, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
     path = path.with_name(path.name + ".gz") if gz else path
     path.write_bytes(gzip.compress(raw) if gz else raw)
     return path
@@ -38,9 +52,18 @@ def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
 
 def write_mnist(folder: Path, n_train=50, n_test=20, gz=True, seed=0):
     rng = np.random.default_rng(seed)
-    arrays = [rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
-              rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)]
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    arrays = [
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train, dtype=np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_test, dtype=np.uint8),
+    ]
+    names = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_idx(folder / n, a, gz) for n, a in zip(names, arrays)]
     return arrays, paths
@@ -53,14 +76,26 @@ def write_cifar(folder: Path, n=6, seed=0):
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        data[:, 1024:2048] //= 2   # channels with different statistics
+        data[:, 1024:2048] //= 2  # channels with different statistics
         labels = rng.integers(0, 10, n).tolist()
         batches[name] = (data, labels)
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * n,
+                },
+                f,
+                protocol=2,
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072},
+            f,
+            protocol=2,
+        )
     return batches
 
 
@@ -72,6 +107,7 @@ def unstandardize(x: torch.Tensor, train_pixels: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- IDX
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip(tmp_path, gz):
@@ -112,8 +148,9 @@ def test_broken_idx_names_the_file(tmp_path, damage):
 def test_gzipped_idx_is_decompressed_only_as_far_as_its_header_promises(tmp_path):
     """A 0.5 MB .gz reached 1.3 GB: the whole stream was decompressed before the header was read."""
     import tracemalloc
+
     bomb = tmp_path / "train-images-idx3-ubyte.gz"
-    with gzip.open(bomb, "wb", compresslevel=1) as f:       # promises 1,000 bytes, holds 32 MB of zeros
+    with gzip.open(bomb, "wb", compresslevel=1) as f:  # promises 1,000 bytes, holds 32 MB of zeros
         f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 10, 10, 10))
         for _ in range(32):
             f.write(bytes(1 << 20))
@@ -124,9 +161,9 @@ def test_gzipped_idx_is_decompressed_only_as_far_as_its_header_promises(tmp_path
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 8 << 20, f"{peak:,} bytes"                 # before: 32 MB, and copies
+    assert peak < 8 << 20, f"{peak:,} bytes"  # before: 32 MB, and copies
     assert "holds more than 1000 data bytes" in str(err.value)
-    big = tmp_path / "big"                                    # a header beyond any IDX file, no data
+    big = tmp_path / "big"  # a header beyond any IDX file, no data
     big.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 60000, 28))
     with pytest.raises(UserError, match="promises 100,800,000,000 data bytes .* more than"):
         read_idx(big, 3)
@@ -135,8 +172,12 @@ def test_gzipped_idx_is_decompressed_only_as_far_as_its_header_promises(tmp_path
 def test_idx_dimensions_whose_product_wraps_are_refused(tmp_path):
     """np.prod wrapped (31267408, 218641, 26983373) to 784 at 2**64: 784 bytes passed, then reshape raised."""
     path = tmp_path / "wrap"
-    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 31267408, 218641, 26983373) + bytes(784))
-    with pytest.raises(UserError, match="wrap: its header promises 184,467,440,737,095,516,944 data bytes"):
+    path.write_bytes(
+        bytes([0, 0, 8, 3]) + struct.pack(">3I", 31267408, 218641, 26983373) + bytes(784)
+    )
+    with pytest.raises(
+        UserError, match="wrap: its header promises 184,467,440,737,095,516,944 data bytes"
+    ):
         read_idx(path, 3)
 
 
@@ -154,6 +195,7 @@ def test_an_empty_mnist_split_is_refused_where_it_is_read(tmp_path, shape):
 
 # --------------------------------------------------------------------------- CIFAR-10
 
+
 class Evil:
     def __init__(self, func, arg):
         self.func, self.arg = func, arg
@@ -168,25 +210,34 @@ def test_malicious_cifar_pickle_is_refused(tmp_path, how):
     write_cifar(folder)
     marker = tmp_path / "marker"
     command = f"touch {marker}"
-    evil = Evil(os.system, command) if how == "os.system" else \
-        Evil(builtins.eval, f"__import__('os').system({command!r})")
+    evil = (
+        Evil(os.system, command)
+        if how == "os.system"
+        else Evil(builtins.eval, f"__import__('os').system({command!r})")
+    )
     with open(folder / "data_batch_2", "wb") as f:
         pickle.dump({b"data": evil, b"labels": [0]}, f, protocol=2)
-    with pytest.raises(UserError, match=r"data_batch_2: refuses to load global (posix\.system|__builtin__\.eval)"):
+    with pytest.raises(
+        UserError, match=r"data_batch_2: refuses to load global (posix\.system|__builtin__\.eval)"
+    ):
         load_data("cifar10", str(tmp_path))
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong-shape", "wrong-dtype", "no-labels", "label-range"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "wrong-shape", "wrong-dtype", "no-labels", "label-range"]
+)
 def test_broken_cifar_batch_names_the_file(tmp_path, damage):
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)
     victim = folder / "test_batch"
     good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
-    bad = {"wrong-shape": {**good, b"data": np.zeros((2, 3000), np.uint8)},
-           "wrong-dtype": {**good, b"data": np.zeros((2, 3072), np.float32)},
-           "no-labels": {b"data": good[b"data"]},
-           "label-range": {**good, b"labels": [0, 10]}}.get(damage)
+    bad = {
+        "wrong-shape": {**good, b"data": np.zeros((2, 3000), np.uint8)},
+        "wrong-dtype": {**good, b"data": np.zeros((2, 3072), np.float32)},
+        "no-labels": {b"data": good[b"data"]},
+        "label-range": {**good, b"labels": [0, 10]},
+    }.get(damage)
     if bad is None:
         victim.write_bytes(victim.read_bytes()[:5000])
     else:
@@ -218,12 +269,15 @@ def test_fake_cifar_folder_and_archive_load_exact_pixels(tmp_path):
     (tmp_path / "elsewhere" / archive.name).write_bytes(archive.read_bytes())
     for where in (archive, tmp_path / "elsewhere"):
         from_tar = load_data("cifar10", str(where))
-        assert torch.equal(from_tar.train.x, data.train.x) and torch.equal(from_tar.test.y, data.test.y)
+        assert torch.equal(from_tar.train.x, data.train.x) and torch.equal(
+            from_tar.test.y, data.test.y
+        )
         assert from_tar.classes == data.classes
 
 
 class Call:
     """Pickles as ``func(*args)``: a hostile batch calling an admitted global its own way."""
+
     def __init__(self, func, *args):
         self.func, self.args = func, args
 
@@ -233,31 +287,61 @@ class Call:
 
 def py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
     """A batch as Python 2's cPickle wrote the official files: byte strings, numpy 1's module names."""
+
     def s(b):
         return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<I", len(b)) + b
-    return (b"\x80\x02}(" + s(b"data") + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
-            + s(b"b") + b"\x87R(K\x01J" + struct.pack("<i", len(data)) + b"M\x00\x0c\x86cnumpy\ndtype\n" + s(b"u1")
-            + b"K\x00K\x01\x87R(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
-            + s(data.tobytes()) + b"tb" + s(b"labels") + b"](" + b"".join(b"K" + bytes([y]) for y in labels) + b"eu.")
+
+    return (
+        b"\x80\x02}("
+        + s(b"data")
+        + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + s(b"b")
+        + b"\x87R(K\x01J"
+        + struct.pack("<i", len(data))
+        + b"M\x00\x0c\x86cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + s(data.tobytes())
+        + b"tb"
+        + s(b"labels")
+        + b"]("
+        + b"".join(b"K" + bytes([y]) for y in labels)
+        + b"eu."
+    )
 
 
 # A V8 dtype, an array of 4 built on it, then BUILD rewriting the dtype's size to 1 MB under the array.
-DTYPE_REWRITE = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00V8\x89\x88\x87Rq\x01"
-                 b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x04\x85h\x01\x87Rq\x020"
-                 b"h\x01(K\x03X\x01\x00\x00\x00|NNNJ\x00\x00\x10\x00K\x01K\x00tb0"
-                 b"}X\x04\x00\x00\x00datah\x02s.")
+DTYPE_REWRITE = (
+    b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00V8\x89\x88\x87Rq\x01"
+    b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x04\x85h\x01\x87Rq\x020"
+    b"h\x01(K\x03X\x01\x00\x00\x00|NNNJ\x00\x00\x10\x00K\x01K\x00tb0"
+    b"}X\x04\x00\x00\x00datah\x02s."
+)
 
 
-@pytest.mark.parametrize("attack", ["ndarray-zero-strides", "reconstruct-no-data", "dtype-rewrite", "hex-encode"])
+@pytest.mark.parametrize(
+    "attack", ["ndarray-zero-strides", "reconstruct-no-data", "dtype-rewrite", "hex-encode"]
+)
 def test_a_cifar_pickle_cannot_claim_more_than_its_own_bytes(tmp_path, attack):
     """A 227-byte pickle called numpy.ndarray((N, 3072), 'u1', b'\\0', 0, (0, 0)): gigabytes once copied; the
     admitted globals now build nothing larger than the file, and the official format still loads."""
     import tracemalloc
     from robustweights.readers import _reconstruct, _unpickle
-    payload = {"ndarray-zero-strides": Call(np.ndarray, (10 ** 6, 3072), np.dtype("u1"), b"\0", 0, (0, 0)),
-               "reconstruct-no-data": Call(_reconstruct, np.ndarray, (30000, 3072), b"B"),   # 92 MB, no BUILD
-               "hex-encode": Call(codecs.encode, b"\0" * 64, "hex")}.get(attack)             # doubles, nested
-    raw = DTYPE_REWRITE if payload is None else pickle.dumps({b"data": payload, b"labels": []}, protocol=2)
+
+    payload = {
+        "ndarray-zero-strides": Call(np.ndarray, (10**6, 3072), np.dtype("u1"), b"\0", 0, (0, 0)),
+        "reconstruct-no-data": Call(
+            _reconstruct, np.ndarray, (30000, 3072), b"B"
+        ),  # 92 MB, no BUILD
+        "hex-encode": Call(codecs.encode, b"\0" * 64, "hex"),
+    }.get(attack)  # doubles, nested
+    raw = (
+        DTYPE_REWRITE
+        if payload is None
+        else pickle.dumps({b"data": payload, b"labels": []}, protocol=2)
+    )
     tracemalloc.start()
     try:
         with pytest.raises(UserError, match="batch_9: .*(malicious|truncated or corrupt)") as err:
@@ -267,16 +351,24 @@ def test_a_cifar_pickle_cannot_claim_more_than_its_own_bytes(tmp_path, attack):
         tracemalloc.stop()
     assert len(raw) < 300 and peak < 1 << 20 and "\n" not in str(err.value)
     rows = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
-    for honest in (py2_batch(rows, [1, 2, 3]), pickle.dumps({b"data": rows, b"labels": [1, 2, 3]}, protocol=2),
-                   pickle.dumps({b"data": rows, b"labels": [1, 2, 3]}, protocol=4)):
+    for honest in (
+        py2_batch(rows, [1, 2, 3]),
+        pickle.dumps({b"data": rows, b"labels": [1, 2, 3]}, protocol=2),
+        pickle.dumps({b"data": rows, b"labels": [1, 2, 3]}, protocol=4),
+    ):
         batch = _unpickle(honest, "honest")
-        assert type(batch["data"]) is np.ndarray and batch["data"].dtype == np.uint8 and batch["labels"] == [1, 2, 3]
+        assert (
+            type(batch["data"]) is np.ndarray
+            and batch["data"].dtype == np.uint8
+            and batch["labels"] == [1, 2, 3]
+        )
         np.testing.assert_array_equal(batch["data"], rows)
 
 
 def test_a_cifar_archive_member_too_large_for_a_batch_is_refused_unread(tmp_path):
     """A 0.5 MB cifar-10-python.tar.gz reached 814 MB: each member was decompressed whole, whatever its size."""
     import tracemalloc
+
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)
     archive = tmp_path / "cifar-10-python.tar.gz"
@@ -296,7 +388,7 @@ def test_a_cifar_archive_member_too_large_for_a_batch_is_refused_unread(tmp_path
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 16 << 20, f"{peak:,} bytes"                # before: the 65 MB member, read
+    assert peak < 16 << 20, f"{peak:,} bytes"  # before: the 65 MB member, read
     assert "test_batch claims 68,157,440 bytes, more than a CIFAR-10 batch" in str(err.value)
 
 
@@ -305,7 +397,9 @@ def test_cifar_archive_takes_each_batch_once_from_the_official_folder(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     batches = write_cifar(folder)
     impostor = tmp_path / "impostor"
-    impostor.write_bytes(pickle.dumps({b"data": np.zeros((6, 3072), np.uint8), b"labels": [3] * 6}, protocol=2))
+    impostor.write_bytes(
+        pickle.dumps({b"data": np.zeros((6, 3072), np.uint8), b"labels": [3] * 6}, protocol=2)
+    )
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
@@ -314,7 +408,9 @@ def test_cifar_archive_takes_each_batch_once_from_the_official_folder(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
         tar.add(impostor, arcname="cifar-10-batches-py/test_batch")
-    with pytest.raises(UserError, match="cifar-10-python.tar.gz: holds cifar-10-batches-py/test_batch twice"):
+    with pytest.raises(
+        UserError, match="cifar-10-python.tar.gz: holds cifar-10-batches-py/test_batch twice"
+    ):
         load_data("cifar10", str(archive))
 
 
@@ -322,14 +418,22 @@ def test_cifar_names_not_in_utf8_and_empty_splits(tmp_path):
     """A key or a label name not in UTF-8 raised UnicodeDecodeError; a test batch of 0 images loaded."""
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"\xff\xfe"] + [b"x"] * 9}, protocol=2))
-    (folder / "data_batch_1").write_bytes(pickle.dumps(
-        {b"\xff": 1, b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [b"\xff\xfe"] + [b"x"] * 9}, protocol=2)
+    )
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps(
+            {b"\xff": 1, b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2
+        )
+    )
     data = load_data("cifar10", str(folder))
     assert data.classes[:2] == ["\ufffd\ufffd", "x"] and len(data.train) == 26
-    (folder / "test_batch").write_bytes(pickle.dumps(
-        {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=4))
-    with pytest.raises(UserError, match=r"batches-py/test_batch: holds no images \(b'data' has shape \(0, 3072\)"):
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=4)
+    )
+    with pytest.raises(
+        UserError, match=r"batches-py/test_batch: holds no images \(b'data' has shape \(0, 3072\)"
+    ):
         load_data("cifar10", str(folder))
 
 
@@ -342,11 +446,13 @@ def test_standardize_gives_zero_mean_unit_std_on_train(tmp_path):
 
 def pylearn2_gcn_zca(train: np.ndarray, test: np.ndarray):
     """Reference: pylearn2 global_contrast_normalize(scale=55) then ZCA(filter_bias=0.1)."""
+
     def gcn(x):
         x = x - x.mean(axis=1, keepdims=True)
-        norm = np.sqrt((x ** 2).sum(axis=1, keepdims=True)) / 55.0
+        norm = np.sqrt((x**2).sum(axis=1, keepdims=True)) / 55.0
         norm[norm < 1e-8] = 1.0
         return x / norm
+
     train, test = gcn(train), gcn(test)
     mean = train.mean(axis=0)
     eigs, eigv = np.linalg.eigh(np.dot((train - mean).T, train - mean) / train.shape[0])
@@ -357,18 +463,21 @@ def pylearn2_gcn_zca(train: np.ndarray, test: np.ndarray):
 def test_gcn_zca_whitens_train_and_matches_pylearn2(tmp_path):
     arrays, _ = write_mnist(tmp_path, n_train=4000, n_test=300, gz=False)
     data = load_data("mnist", str(tmp_path), preprocess="gcn-zca")
-    x = data.train.x.reshape(4000, -1).double()                               # (N, 784)
+    x = data.train.x.reshape(4000, -1).double()  # (N, 784)
     assert x.mean(0).abs().max() < 1e-4
     eig = torch.linalg.eigvalsh(x.T @ x / len(x))
     # GCN removes the constant direction (each image has mean 0); every other direction
     # has variance e / (e + 0.1) with e ~ 55^2 / 784 per direction: close to 1.
     assert eig[0] < 1e-6 and eig[1:].min() > 0.9 and eig.max() < 1.0
-    ref_train, ref_test = pylearn2_gcn_zca(arrays[0].reshape(4000, -1) / 255.0, arrays[2].reshape(300, -1) / 255.0)
+    ref_train, ref_test = pylearn2_gcn_zca(
+        arrays[0].reshape(4000, -1) / 255.0, arrays[2].reshape(300, -1) / 255.0
+    )
     np.testing.assert_allclose(x.numpy(), ref_train, atol=1e-4)
     np.testing.assert_allclose(data.test.x.reshape(300, -1).numpy(), ref_test, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- batches
+
 
 def test_batches_order_and_reproducibility():
     split = TensorSplit(torch.randn(23, 3, 8, 8), torch.arange(23))
@@ -376,19 +485,20 @@ def test_batches_order_and_reproducibility():
     assert [len(y) for _, y in plain] == [5, 5, 5, 5, 3]
     assert torch.equal(torch.cat([y for _, y in plain]), torch.arange(23))
     assert [len(y) for _, y in split.batches(5, drop_last=True)] == [5, 5, 5, 5]
-    assert list(split.batches(30, drop_last=True)) == []          # before: one empty batch (a NaN loss)
+    assert list(split.batches(30, drop_last=True)) == []  # before: one empty batch (a NaN loss)
     with pytest.raises(UserError, match="shard must be"):
         list(split.batches(5, shard=(2, 2)))
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         return list(split.batches(5, shuffle=True, generator=g, augment="flip-crop"))
+
     a, b, c = run(7), run(7), run(8)
     assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
     assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in c]))
-    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(23))   # each example once
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(23))  # each example once
     for x, y in split.batches(23, shuffle=True, generator=torch.Generator().manual_seed(1)):
-        assert torch.equal(x, split.x[y])                                    # labels follow images
+        assert torch.equal(x, split.x[y])  # labels follow images
 
 
 def test_augment_batch_is_a_flip_and_crop_of_each_example():
@@ -399,7 +509,12 @@ def test_augment_batch_is_a_flip_and_crop_of_each_example():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     flips = 0
     for b in range(32):
-        candidates = [(f, padded[b, :, i:i + 8, j:j + 8]) for i in range(5) for j in range(5) for f in (0, 1)]
+        candidates = [
+            (f, padded[b, :, i : i + 8, j : j + 8])
+            for i in range(5)
+            for j in range(5)
+            for f in (0, 1)
+        ]
         matches = [f for f, crop in candidates if torch.equal(out[b], crop.flip(-1) if f else crop)]
         assert matches, f"example {b} is no flip/crop of its input"
         flips += matches[0]
@@ -411,6 +526,7 @@ def test_augment_batch_is_a_flip_and_crop_of_each_example():
 
 # --------------------------------------------------------------------------- image folders
 
+
 def write_folder(root: Path):
     rng = np.random.default_rng(0)
     sizes = [(20, 30), (40, 16), (33, 33)]
@@ -419,18 +535,28 @@ def write_folder(root: Path):
             (root / split / name).mkdir(parents=True)
             for i in range(count):
                 w, h = sizes[(i + c) % 3]
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png"
+                )
     Image.new("RGB", (50, 20), (200, 100, 50)).save(root / "val" / "emu" / "solid.png")
 
 
 def test_imagefolder_loads_classes_and_shapes(tmp_path):
     write_folder(tmp_path)
     data = load_data("imagefolder", str(tmp_path), image_size=16)
-    assert data.classes == ["cat", "dog", "emu"] and data.num_classes == 3 and data.in_shape == (3, 16, 16)
+    assert (
+        data.classes == ["cat", "dog", "emu"]
+        and data.num_classes == 3
+        and data.in_shape == (3, 16, 16)
+    )
     assert (len(data.train), len(data.test)) == (9, 7) and isinstance(data.train, FolderSplit)
     ys = []
-    for x, y in data.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0), augment="flip-crop"):
-        assert x.shape == (len(y), 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    for x, y in data.train.batches(
+        4, shuffle=True, generator=torch.Generator().manual_seed(0), augment="flip-crop"
+    ):
+        assert (
+            x.shape == (len(y), 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+        )
         ys += y.tolist()
     assert sorted(ys) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     x, y = next(iter(data.test.batches(7)))
@@ -450,7 +576,7 @@ def test_imagefolder_corrupt_image_names_the_file(tmp_path, num_workers):
     assert "\n" not in str(err.value)
     (tmp_path / "train" / "cat" / "bad.jpg").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.jpg"):
-        load_data("imagefolder", str(tmp_path), image_size=8)   # read while estimating mean/std
+        load_data("imagefolder", str(tmp_path), image_size=8)  # read while estimating mean/std
 
 
 def test_imagefolder_layout_errors(tmp_path):
@@ -471,25 +597,40 @@ def test_a_very_wide_or_tall_image_is_resized_only_where_the_crop_needs_it(tmp_p
     """An 85-byte 5000x1 PNG took 1.3 GB (resized whole to 1,120,000x224 before the crop); a 40000x1 one
     raised MemoryError. Ordinary images keep the resize-then-crop result exactly."""
     from robustweights.readers import read_image
+
     real_resize, resized = Image.Image.resize, []
 
-    def reference(path, size):       # torchvision's Resize(size) then CenterCrop(size), as read_image did
+    def reference(
+        path, size
+    ):  # torchvision's Resize(size) then CenterCrop(size), as read_image did
         with Image.open(path) as im:
             w, h = im.size
             nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
             im = real_resize(im.convert("RGB"), (max(nw, size), max(nh, size)), Image.BILINEAR)
         left, top = (im.width - size) // 2, (im.height - size) // 2
-        return torch.from_numpy(np.array(im.crop((left, top, left + size, top + size)))).permute(2, 0, 1) / 255
+        return (
+            torch.from_numpy(np.array(im.crop((left, top, left + size, top + size)))).permute(
+                2, 0, 1
+            )
+            / 255
+        )
 
-    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: resized.append(size) or
-                        real_resize(im, size, *a, **k))
+    monkeypatch.setattr(
+        Image.Image,
+        "resize",
+        lambda im, size, *a, **k: resized.append(size) or real_resize(im, size, *a, **k),
+    )
     rng = np.random.default_rng(0)
     for w, h in ((5000, 1), (1, 3000), (37, 23), (20, 300)):
         path = tmp_path / f"{w}x{h}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         resized.clear()
         got = read_image(str(path), 8)
-        assert max(a * b for a, b in resized) <= 16 * 8 * 8, (w, h, resized)   # before: 40000x8 for 5000x1
+        assert max(a * b for a, b in resized) <= 16 * 8 * 8, (
+            w,
+            h,
+            resized,
+        )  # before: 40000x8 for 5000x1
         if max(w, h) <= 16 * min(w, h):
             assert torch.equal(got, reference(path, 8)), (w, h)
         else:
@@ -502,13 +643,19 @@ def test_a_symlink_loop_in_an_image_folder_is_one_line(tmp_path, loop):
     write_folder(tmp_path)
     where = tmp_path / "train" / ("cat" if loop == "loop.png" else "") / loop
     os.symlink(loop, where)
-    with pytest.raises(UserError, match=re.escape(f"{where}: cannot read this entry of the image folder "
-                                                  "(Too many levels of symbolic links)")) as err:
+    with pytest.raises(
+        UserError,
+        match=re.escape(
+            f"{where}: cannot read this entry of the image folder "
+            "(Too many levels of symbolic links)"
+        ),
+    ) as err:
         load_data("imagefolder", str(tmp_path))
     assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- names and folders
+
 
 def test_user_errors_list_choices_and_name_folders(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="fashion-mnist, mnist, cifar10, imagefolder, demo"):
@@ -516,7 +663,11 @@ def test_user_errors_list_choices_and_name_folders(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="standardize, gcn-zca"):
         load_data("demo", preprocess="pca")
     with pytest.raises(UserError, match="none, flip-crop"):
-        next(TensorSplit(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)).batches(1, augment="mixup"))
+        next(
+            TensorSplit(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)).batches(
+                1, augment="mixup"
+            )
+        )
     with pytest.raises(UserError, match="no such folder .*nowhere"):
         load_data("mnist", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="1..5000"):
@@ -530,10 +681,14 @@ def test_user_errors_list_choices_and_name_folders(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- real data
 
+
 def test_demo_is_balanced_fashion_mnist():
     data = load_data("demo")
-    assert isinstance(data, Data) and data.description == \
-        "Fashion-MNIST subset shipped with robustweights (5000 train / 1000 test)"
+    assert (
+        isinstance(data, Data)
+        and data.description
+        == "Fashion-MNIST subset shipped with robustweights (5000 train / 1000 test)"
+    )
     assert (len(data.train), len(data.test), data.in_shape) == (5000, 1000, (1, 28, 28))
     assert torch.bincount(data.train.y).tolist() == [500] * 10
     assert torch.bincount(data.test.y).tolist() == [100] * 10
@@ -548,17 +703,32 @@ def test_shared_cifar_copy_is_labelled_jpeg(monkeypatch, tmp_path):
     data = load_data("cifar10", str(SHARED_CIFAR), train_subset=200, test_subset=50)
     assert "CIFAR-10 (JPEG copy)" in data.description
     assert (len(data.train), len(data.test), data.in_shape) == (200, 50, (3, 32, 32))
-    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck"]
+    assert data.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     monkeypatch.delenv("ROBUSTWEIGHTS_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)   # found beside the checkout, whatever the working directory
+    monkeypatch.chdir(tmp_path)  # found beside the checkout, whatever the working directory
     assert default_data_dir("cifar10") == str(SHARED_CIFAR)
 
 
 def test_debian_fashion_mnist_loads_in_full():
     need(DEBIAN_FASHION, "Debian dataset-fashion-mnist")
     data = load_data("fashion-mnist", str(DEBIAN_FASHION))
-    assert (len(data.train), len(data.test), data.in_shape, data.num_classes) == (60000, 10000, (1, 28, 28), 10)
+    assert (len(data.train), len(data.test), data.in_shape, data.num_classes) == (
+        60000,
+        10000,
+        (1, 28, 28),
+        10,
+    )
     assert torch.bincount(data.train.y).tolist() == [6000] * 10
     assert data.description == f"Fashion-MNIST from {DEBIAN_FASHION}"
 
@@ -570,7 +740,7 @@ def test_a_validation_split_is_the_last_training_images_and_fits_nothing():
     d = load("demo", val_size=500)
     assert (len(d.train), len(d.val), len(d.test)) == (4500, 500, 1000)
     assert torch.equal(d.val.y, raw.train.y[4500:]) and torch.equal(d.train.y, raw.train.y[:4500])
-    mean = raw.train.x[:4500].mean()                          # standardization fitted on the 4,500 alone
+    mean = raw.train.x[:4500].mean()  # standardization fitted on the 4,500 alone
     std = raw.train.x[:4500].std(correction=0)
     assert torch.allclose(d.val.x, (raw.train.x[4500:] - mean) / std, atol=1e-5)
     assert "validation: the last 500 training images" in d.description
@@ -583,22 +753,37 @@ def test_the_gpu_pack_of_cifar_batches_unpacks_byte_for_byte(tmp_path):
     and other files as xz, in two parts; unpacked files must equal the originals (the loader checks the JPEG
     copy's sha256)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("gpu_cifar", Path(__file__).parents[1] / "benchmarks/gpu_cifar.py")
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_cifar", Path(__file__).parents[1] / "benchmarks/gpu_cifar.py"
+    )
     gpu_cifar = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_cifar)
     src = tmp_path / "src"
     src.mkdir()
-    rng = np.random.default_rng(0)                # smooth pictures, each shifted (fast to encode); 100 of noise
+    rng = np.random.default_rng(0)  # smooth pictures, each shifted (fast to encode); 100 of noise
     base = (np.arange(3072) // 32 * 3 % 256).astype(np.uint8)
     pixels = base[None, :] + rng.integers(0, 256, (10000, 1), dtype=np.uint8)
     pixels[:100] = rng.integers(0, 256, (100, 3072), dtype=np.uint8)
-    with open(src / "data_batch_1", "wb") as f:     # protocol 4 keeps the pixels contiguous, as the real files do
-        pickle.dump({b"batch_label": b"b1", b"labels": [i % 10 for i in range(10000)],
-                     b"data": pixels.reshape(10000, 3072), b"filenames": [b"x.png"] * 10000}, f, protocol=4)
+    with open(
+        src / "data_batch_1", "wb"
+    ) as f:  # protocol 4 keeps the pixels contiguous, as the real files do
+        pickle.dump(
+            {
+                b"batch_label": b"b1",
+                b"labels": [i % 10 for i in range(10000)],
+                b"data": pixels.reshape(10000, 3072),
+                b"filenames": [b"x.png"] * 10000,
+            },
+            f,
+            protocol=4,
+        )
     with open(src / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"a"] * 10}, f, protocol=2)
     gpu_cifar.pack(src, tmp_path / "pack")
-    assert (tmp_path / "pack" / "b" / "data_batch_1.webp").exists()   # the pixel path, not the xz fallback
+    assert (
+        tmp_path / "pack" / "b" / "data_batch_1.webp"
+    ).exists()  # the pixel path, not the xz fallback
     together = tmp_path / "together"
     together.mkdir()
     for part in ("a", "b"):
@@ -614,6 +799,7 @@ def test_sixteen_bit_and_float_images_read_as_their_values(tmp_path):
     from PIL import Image
 
     from robustweights.readers import read_image
+
     ramp = np.linspace(0, 1, 64).reshape(8, 8)
     Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "u16.png")
     Image.fromarray((ramp * 255).astype(np.uint8)).save(tmp_path / "u8.png")
@@ -621,7 +807,7 @@ def test_sixteen_bit_and_float_images_read_as_their_values(tmp_path):
     eight = read_image(str(tmp_path / "u8.png"), 8)
     for name in ("u16.png", "f.tif"):
         got = read_image(str(tmp_path / name), 8)
-        assert (got - eight).abs().max() <= 1 / 255 + 1e-6, name      # before: 99.6% white / black
+        assert (got - eight).abs().max() <= 1 / 255 + 1e-6, name  # before: 99.6% white / black
     Image.fromarray((ramp * 3).astype(np.float32), mode="F").save(tmp_path / "big.tif")
     with pytest.raises(UserError, match=r"float pixels must lie in \[0, 1\]"):
         read_image(str(tmp_path / "big.tif"), 8)
@@ -633,6 +819,7 @@ def test_reading_an_image_folder_leaves_the_global_random_state_alone(tmp_path):
     other's starting weights depended on timing."""
     import torch
     from robustweights.data import load_data, make_image_folders
+
     make_image_folders(tmp_path / "img", classes=2, train_per_class=4, val_per_class=2, size=8)
     data = load_data("imagefolder", data_dir=str(tmp_path / "img"), image_size=8)
     torch.manual_seed(0)

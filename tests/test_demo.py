@@ -17,20 +17,28 @@ def test_demo_tells_the_story_and_writes_its_folder(tmp_path, capsys):
     assert set(summary["networks"]) == {"float", "sign", "stoch-sign"}
     nets = summary["networks"]
     assert nets["sign"]["weights"] == "projected" and nets["stoch-sign"]["weights"] == "hidden"
-    assert nets["float"]["error"] < 0.5 and nets["sign"]["error"] < 0.5          # learnt something in one epoch
+    assert (
+        nets["float"]["error"] < 0.5 and nets["sign"]["error"] < 0.5
+    )  # learnt something in one epoch
     # the sign network's hidden weights are explained, and re-estimated statistics make them work
     assert nets["sign"]["hidden_error_bn_reestimated"] < nets["sign"]["hidden_error"]
     assert "statistics belong to another network" in text
     for scale in ("max", "std"):
-        assert all(len(r) == 3 for r in summary["rises"][scale].values())       # three trials each
+        assert all(len(r) == 3 for r in summary["rises"][scale].values())  # three trials each
     assert "Headline (the paper's most likely convention)" in text and "Beside it" in text
-    assert (out / "report" / "report.html").is_file() and (out / "sweep-stoch-sign" / "results.csv").is_file()
+    assert (out / "report" / "report.html").is_file() and (
+        out / "sweep-stoch-sign" / "results.csv"
+    ).is_file()
     # a folder that is not a demo's is refused, one line, untouched
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
     code, _, err = run_main(capsys, "demo", "--out", str(other), "--epochs", "1", "--quiet")
-    assert code == 2 and "not a demo folder" in one_error_line(err) and (other / "notes.txt").read_text() == "keep"
+    assert (
+        code == 2
+        and "not a demo folder" in one_error_line(err)
+        and (other / "notes.txt").read_text() == "keep"
+    )
 
 
 def _earlier_demo(folder):
@@ -39,7 +47,9 @@ def _earlier_demo(folder):
     (folder / "float" / "checkpoint.pt").write_bytes(b"weights")
     (folder / "report").mkdir()
     (folder / "report" / "report.html").write_text("<html></html>")
-    (folder / "demo.json").write_text(json.dumps({"epochs": 1, "networks": {"float": {"error": 0.2}}}))
+    (folder / "demo.json").write_text(
+        json.dumps({"epochs": 1, "networks": {"float": {"error": 0.2}}})
+    )
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
@@ -48,13 +58,17 @@ def _no_training(*args, **kwargs):
 
 
 @pytest.mark.parametrize("epochs", ["-1", "0"])
-def test_bad_epochs_are_refused_before_an_earlier_demo_is_touched(tmp_path, capsys, monkeypatch, epochs):
+def test_bad_epochs_are_refused_before_an_earlier_demo_is_touched(
+    tmp_path, capsys, monkeypatch, epochs
+):
     """D1: a bad value deleted the whole earlier demo, then reported the error; D7: 0 trained the default 8."""
     monkeypatch.setattr(demo, "train", _no_training)
     out = tmp_path / "demo"
     before = _earlier_demo(out)
     code, _, err = run_main(capsys, "demo", "--out", str(out), "--epochs", epochs, "--quiet")
-    assert code == 2 and f"epochs must be a positive whole number, not {epochs}" in one_error_line(err)
+    assert code == 2 and f"epochs must be a positive whole number, not {epochs}" in one_error_line(
+        err
+    )
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -75,22 +89,29 @@ def test_an_interrupted_demo_can_be_rerun_on_its_folder(tmp_path, capsys, monkey
     refused."""
     calls = []
 
-    def interrupted(config, **kwargs):   # Ctrl-C while the first network trains, after it wrote a file
+    def interrupted(
+        config, **kwargs
+    ):  # Ctrl-C while the first network trains, after it wrote a file
         calls.append(config.out)
-        assert not Path(config.out).exists()          # the earlier (or interrupted) demo's outputs were cleared
+        assert not Path(
+            config.out
+        ).exists()  # the earlier (or interrupted) demo's outputs were cleared
         Path(config.out).mkdir(parents=True)
         (Path(config.out) / "checkpoint.pt").write_bytes(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(demo, "train", interrupted)
-    for out in (tmp_path / "new", tmp_path / "finished"):   # a new folder, and an earlier finished demo rerun
+    for out in (
+        tmp_path / "new",
+        tmp_path / "finished",
+    ):  # a new folder, and an earlier finished demo rerun
         if out.name == "finished":
             _earlier_demo(out)
         code, _, err = run_main(capsys, "demo", "--out", str(out), "--epochs", "1", "--quiet")
         assert code == 130 and "interrupted" in err
         marker = json.loads((out / "demo.json").read_text())
         assert marker["kind"] == demo.KIND and marker["finished"] is False
-        assert not (out / "report").exists()          # the earlier demo's outputs were replaced
+        assert not (out / "report").exists()  # the earlier demo's outputs were replaced
         # the rerun is accepted: it clears the interrupted outputs and trains again (interrupted again here)
         assert (out / "float" / "checkpoint.pt").exists()
         n = len(calls)

@@ -19,19 +19,47 @@ from robustweights import list_transforms, projected, transform
 from robustweights.data import TensorSplit, load_data
 from robustweights.sweeps import calibrate_bn
 
-SPECS = {"identity": "identity", "sign": "sign", "stoch-sign": "stoch-sign", "ternary": "ternary:delta=0.3",
-         "quant": "quant:bits=2", "power": "power:beta=0.5", "stoch-mult": "stoch-mult:gamma=0.5,flip=true",
-         "add-gauss": "add-gauss:sigma=0.5", "mult-gauss": "mult-gauss:sigma=0.3", "clip": "clip",
-         "prune": "prune:frac=0.5", "bitflip": "bitflip:p=0.1"}
-PROJECTIONS = ["identity", "sign", "stoch-sign", "ternary:delta=0.05", "quant:bits=2", "power:beta=0.5",
-               "stoch-mult:gamma=0.5", "stoch-mult:gamma=0.5,flip=true", "add-gauss:sigma=0.5",
-               "mult-gauss:sigma=0.3", "clip"]
+SPECS = {
+    "identity": "identity",
+    "sign": "sign",
+    "stoch-sign": "stoch-sign",
+    "ternary": "ternary:delta=0.3",
+    "quant": "quant:bits=2",
+    "power": "power:beta=0.5",
+    "stoch-mult": "stoch-mult:gamma=0.5,flip=true",
+    "add-gauss": "add-gauss:sigma=0.5",
+    "mult-gauss": "mult-gauss:sigma=0.3",
+    "clip": "clip",
+    "prune": "prune:frac=0.5",
+    "bitflip": "bitflip:p=0.1",
+}
+PROJECTIONS = [
+    "identity",
+    "sign",
+    "stoch-sign",
+    "ternary:delta=0.05",
+    "quant:bits=2",
+    "power:beta=0.5",
+    "stoch-mult:gamma=0.5",
+    "stoch-mult:gamma=0.5,flip=true",
+    "add-gauss:sigma=0.5",
+    "mult-gauss:sigma=0.3",
+    "clip",
+]
 
 
 def net(device):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).to(device)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    ).to(device)
 
 
 def test_the_specs_cover_every_transform():
@@ -49,10 +77,13 @@ def test_every_transform_on_the_device(device, name):
     assert torch.equal(a, b) and torch.equal(w, before)
     if t.random:
         assert not torch.equal(a, t(w, torch.Generator(device=device).manual_seed(2)))
-    else:   # the CPU's numbers (exactly where only comparisons, +-H and exact arithmetic are involved)
+    else:  # the CPU's numbers (exactly where only comparisons, +-H and exact arithmetic are involved)
         cpu = t(w.cpu(), None).to(device)
-        assert torch.equal(a, cpu) if name in ("identity", "sign", "ternary", "quant", "clip") else \
-            torch.allclose(a, cpu, rtol=1e-6, atol=0)
+        assert (
+            torch.equal(a, cpu)
+            if name in ("identity", "sign", "ternary", "quant", "clip")
+            else torch.allclose(a, cpu, rtol=1e-6, atol=0)
+        )
 
 
 @pytest.mark.parametrize("mode", ["fwd+bwd", "fwd", "none"])
@@ -60,15 +91,17 @@ def test_every_transform_on_the_device(device, name):
 def test_a_training_step_of_every_projection_and_mode(device, projection, mode):
     model = net(device)
     g = torch.Generator(device=device).manual_seed(0)
-    rw.attach(model, projection, mode=mode, generator=g)          # a CUDA generator: the old crash
+    rw.attach(model, projection, mode=mode, generator=g)  # a CUDA generator: the old crash
     hidden = [s.hidden for s in rw.sites(model)]
     before = [h.detach().clone() for h in hidden]
-    opt = torch.optim.Adam(model.parameters(), lr=0.5)           # a big step: weights leave [-1, 1]
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)  # a big step: weights leave [-1, 1]
     x, y = torch.randn(8, 1, 8, 8, device=device), torch.randint(0, 3, (8,), device=device)
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad()
     loss.backward()
-    assert torch.isfinite(loss) and all(h.grad is not None and torch.isfinite(h.grad).all() for h in hidden)
+    assert torch.isfinite(loss) and all(
+        h.grad is not None and torch.isfinite(h.grad).all() for h in hidden
+    )
     opt.step()
     rw.clip_(model)
     assert all(not torch.equal(h, b) for h, b in zip(hidden, before))
@@ -79,7 +112,9 @@ def test_a_training_step_of_every_projection_and_mode(device, projection, mode):
     assert out.device.type == device.type and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("projection", ["stoch-sign", "stoch-mult:gamma=0.5", "add-gauss:sigma=0.5"])
+@pytest.mark.parametrize(
+    "projection", ["stoch-sign", "stoch-mult:gamma=0.5", "add-gauss:sigma=0.5"]
+)
 def test_compiled_random_projection_draws_what_eager_draws(device, projection):
     """Inductor on a GPU; dynamo with the eager backend on the CPU (inductor there: test_projected.py)."""
     torch.manual_seed(0)
@@ -108,9 +143,16 @@ def small_data():
 
 def on(device, data):
     """The data with both splits resident on the device."""
-    return type(data)(data.name, data.description, data.num_classes, data.in_shape, data.classes,
-                      TensorSplit(data.train.x.to(device), data.train.y.to(device)),
-                      TensorSplit(data.test.x.to(device), data.test.y.to(device)), data.preprocessing)
+    return type(data)(
+        data.name,
+        data.description,
+        data.num_classes,
+        data.in_shape,
+        data.classes,
+        TensorSplit(data.train.x.to(device), data.train.y.to(device)),
+        TensorSplit(data.test.x.to(device), data.test.y.to(device)),
+        data.preprocessing,
+    )
 
 
 def test_sweep_and_calibration_on_the_device(device, small_data):
@@ -127,16 +169,28 @@ def test_sweep_and_calibration_on_the_device(device, small_data):
     first = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     calibrate_bn(model, data.train, 3, 100, device, seed=5)
     again = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
-    assert first and all(torch.equal(x, y) and x.device.type == device.type for x, y in zip(first, again))
+    assert first and all(
+        torch.equal(x, y) and x.device.type == device.type for x, y in zip(first, again)
+    )
 
 
 @pytest.mark.parametrize("projection", ["stoch-sign", "sign"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(device, tmp_path, projection):
     def config(out, epochs):
-        return rw.TrainConfig(model="mlp", width=0.25, dataset="demo", train_subset=600, test_subset=300,
-                              projection=projection, epochs=epochs, batch_size=50, lr=3e-3, schedule="constant",
-                              device=str(device),
-                              out=str(out))
+        return rw.TrainConfig(
+            model="mlp",
+            width=0.25,
+            dataset="demo",
+            train_subset=600,
+            test_subset=300,
+            projection=projection,
+            epochs=epochs,
+            batch_size=50,
+            lr=3e-3,
+            schedule="constant",
+            device=str(device),
+            out=str(out),
+        )
 
     whole = rw.train(config(tmp_path / "whole", 2), progress=False)
     rw.train(config(tmp_path / "cut", 1), progress=False)
@@ -145,19 +199,25 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(device, tmp
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
     timing = ("seconds", "images_per_second")
-    assert [{k: v for k, v in h.items() if k not in timing} for h in whole.history[-1:]] == \
-        [{k: v for k, v in h.items() if k not in timing} for h in resumed.history[-1:]]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in whole.history[-1:]] == [
+        {k: v for k, v in h.items() if k not in timing} for h in resumed.history[-1:]
+    ]
     assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in resumed.history]
 
 
 def _graph_step(device, graphed):
     from robustweights.steps import GraphedStep, make_step
+
     model = net(device)
     g = torch.Generator(device=device).manual_seed(3)
     projected.attach(model, "stoch-sign", generator=g)
-    lr = torch.tensor(0.0, device=device) if graphed else 0.0   # the weights stay: the losses show the draws
+    lr = (
+        torch.tensor(0.0, device=device) if graphed else 0.0
+    )  # the weights stay: the losses show the draws
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=graphed)
-    step = make_step(model, model, opt, "ce", amp=False, channels_last=False, device=device, graphed=graphed)
+    step = make_step(
+        model, model, opt, "ce", amp=False, channels_last=False, device=device, graphed=graphed
+    )
     return (GraphedStep(step, model, opt, [g]) if graphed else step), g
 
 
@@ -171,55 +231,100 @@ def test_a_cuda_graph_step_draws_anew_at_every_launch_as_eager_steps_do(device):
     graphed, gg = _graph_step(device, True)
     a = [eager(x, y)[0].item() for _ in range(4)]
     b = [graphed(x, y)[0].item() for _ in range(4)]
-    assert len(set(a)) == 4                          # new draws at every step
+    assert len(set(a)) == 4  # new draws at every step
     assert b == pytest.approx(a, rel=1e-4)
     gg.manual_seed(3)
     assert [graphed(x, y)[0].item() for _ in range(2)] == pytest.approx(a[:2], rel=1e-4)
 
 
 @pytest.mark.parametrize("projection", ["stoch-sign", "sign"])
-def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(device, tmp_path, projection):
+def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(
+    device, tmp_path, projection
+):
     """A whole run with --cuda-graph (a partial last batch included, run eagerly) against the same run
     without it, and a graphed run cut after one epoch and resumed."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
 
     def config(out, epochs, graph):
-        return rw.TrainConfig(model="cnn", width=0.25, dataset="demo", train_subset=620, test_subset=300,
-                              projection=projection, epochs=epochs, batch_size=50, lr=3e-3, schedule="exp",
-                              device=str(device), cuda_graph=graph, bn_calibrate=5, out=str(out))
+        return rw.TrainConfig(
+            model="cnn",
+            width=0.25,
+            dataset="demo",
+            train_subset=620,
+            test_subset=300,
+            projection=projection,
+            epochs=epochs,
+            batch_size=50,
+            lr=3e-3,
+            schedule="exp",
+            device=str(device),
+            cuda_graph=graph,
+            bn_calibrate=5,
+            out=str(out),
+        )
 
     eager = rw.train(config(tmp_path / "eager", 2, False), progress=False)
     graphed = rw.train(config(tmp_path / "graphed", 2, True), progress=False)
     # Adam's capturable kernel computes its bias corrections on the GPU in float32, the eager one in Python:
     # the runs round apart and binary weights near 0 may flip, so they are compared as runs, not bit for bit.
     # A graph that reused its draws or its first learning rate would be far off.
-    assert [h["train_loss"] for h in graphed.history] == pytest.approx([h["train_loss"] for h in eager.history],
-                                                                        rel=2e-2)
+    assert [h["train_loss"] for h in graphed.history] == pytest.approx(
+        [h["train_loss"] for h in eager.history], rel=2e-2
+    )
     assert abs(graphed.test_error - eager.test_error) <= 0.03
     rw.train(config(tmp_path / "cut", 1, True), progress=False)
     resumed = rw.train(config(tmp_path / "cut", 2, True), resume=True, progress=False)
-    assert resumed.history[0]["train_loss"] == pytest.approx(graphed.history[0]["train_loss"], rel=1e-6)
-    assert resumed.history[1]["train_loss"] == pytest.approx(graphed.history[1]["train_loss"], rel=2e-2)
+    assert resumed.history[0]["train_loss"] == pytest.approx(
+        graphed.history[0]["train_loss"], rel=1e-6
+    )
+    assert resumed.history[1]["train_loss"] == pytest.approx(
+        graphed.history[1]["train_loss"], rel=2e-2
+    )
     assert abs(resumed.test_error - graphed.test_error) <= 0.03
 
 
 @pytest.mark.parametrize("graph", [False, True])
-def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one_by_one(device, graph):
+def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one_by_one(
+    device, graph
+):
     """run_together (reproduce's rows_at_once): trainings in threads, each on its own CUDA stream, with or
     without --cuda-graph (captures in thread_local mode, one at a time), end as the same trainings one by one."""
     from robustweights.distributed import run_together
+
     if graph and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
-    configs = [rw.TrainConfig(model="cnn", width=0.25, dataset="demo", train_subset=620, test_subset=300, seed=s,
-                              projection=p, epochs=2, batch_size=50, lr=3e-3, device=str(device), cuda_graph=graph)
-               for s, p in [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]]
+    configs = [
+        rw.TrainConfig(
+            model="cnn",
+            width=0.25,
+            dataset="demo",
+            train_subset=620,
+            test_subset=300,
+            seed=s,
+            projection=p,
+            epochs=2,
+            batch_size=50,
+            lr=3e-3,
+            device=str(device),
+            cuda_graph=graph,
+        )
+        for s, p in [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]
+    ]
     alone = [rw.train(c, progress=False) for c in configs]
-    together = run_together([lambda stop, c=c: rw.train(c, progress=False) for c in configs], 3, device)
-    cpu = device.type == "cpu"   # a GPU's atomics (pooling, cuDNN's backward) may round another way in any run
+    together = run_together(
+        [lambda stop, c=c: rw.train(c, progress=False) for c in configs], 3, device
+    )
+    cpu = (
+        device.type == "cpu"
+    )  # a GPU's atomics (pooling, cuDNN's backward) may round another way in any run
     for a, b in zip(alone, together):
-        assert [h["train_loss"] for h in b.history] == pytest.approx([h["train_loss"] for h in a.history],
-                                                                     rel=1e-6 if cpu else 2e-2)
+        assert [h["train_loss"] for h in b.history] == pytest.approx(
+            [h["train_loss"] for h in a.history], rel=1e-6 if cpu else 2e-2
+        )
         assert b.test_error == pytest.approx(a.test_error, abs=0 if cpu else 0.03)
-        if cpu:   # the same operations in the same order: bit for bit
-            assert all(torch.equal(v, w) for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+        if cpu:  # the same operations in the same order: bit for bit
+            assert all(
+                torch.equal(v, w)
+                for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values())
+            )

@@ -34,8 +34,13 @@ def _same_on_all_ranks(t: torch.Tensor) -> bool:
 
 def _worker(rank, world, port, out, result_file, projection):
     faulthandler.enable()  # a worker that aborts (SIGABRT) prints where it was
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo")  # ours, so train() leaves it open for the checks below
     checks = {"steps": 0, "mismatch": 0}
@@ -47,21 +52,45 @@ def _worker(rank, world, port, out, result_file, projection):
         checks["mismatch"] += not _same_on_all_ranks(_flat_params(params))
 
     handle = register_optimizer_step_pre_hook(before_step)
-    config = rw.TrainConfig(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
-                            projection=projection, epochs=2, batch_size=50, lr=3e-3, seed=0, out=out)
+    config = rw.TrainConfig(
+        model="mlp",
+        width=0.25,
+        dataset="demo",
+        device="cpu",
+        train_subset=400,
+        test_subset=200,
+        projection=projection,
+        epochs=2,
+        batch_size=50,
+        lr=3e-3,
+        seed=0,
+        out=out,
+    )
     result = rw.train(config, progress=False)
     handle.remove()
     final_same = _same_on_all_ranks(_flat_params(result.model.parameters()))
     clipped = all(s.hidden.abs().max().item() <= 1.0 for s in rw.sites(result.model))
     with open(f"{result_file}.{rank}", "w") as f:
-        json.dump({**checks, "final_same": final_same, "clipped": clipped, "checkpoint": result.checkpoint,
-                   "test_error": result.test_error}, f)
+        json.dump(
+            {
+                **checks,
+                "final_same": final_same,
+                "clipped": clipped,
+                "checkpoint": result.checkpoint,
+                "test_error": result.test_error,
+            },
+            f,
+        )
     dist.barrier()  # neither rank closes its connections while the other still uses them
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("projection", ["sign", "stoch-sign"])  # stoch-sign: per-rank random generators
-def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_step(tmp_path, projection):
+@pytest.mark.parametrize(
+    "projection", ["sign", "stoch-sign"]
+)  # stoch-sign: per-rank random generators
+def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_step(
+    tmp_path, projection
+):
     for attempt in (1, 2):
         # A gloo worker of this test has died about once in ten full-suite runs (twice seen as SIGABRT,
         # "terminate called without an active exception"; never in isolation). One more try in fresh folders:
@@ -70,15 +99,19 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
         out, result_file = str(run_dir / "run"), str(run_dir / "result")
         run_dir.mkdir()
         try:
-            mp.spawn(_worker, args=(2, _free_port(), out, result_file, projection), nprocs=2, join=True)
+            mp.spawn(
+                _worker, args=(2, _free_port(), out, result_file, projection), nprocs=2, join=True
+            )
             break
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
             if attempt == 2:
                 raise
-            warnings.warn(f"a gloo worker failed, trying once more: {' '.join(str(e).split())[:300]}")
+            warnings.warn(
+                f"a gloo worker failed, trying once more: {' '.join(str(e).split())[:300]}"
+            )
     tmp_path = run_dir
     r = [json.loads(open(f"{result_file}.{i}").read()) for i in range(2)]
-    steps = 2 * (400 // 2) // (50 // 2)        # 2 epochs, 200 examples per rank, 25 per rank and step
+    steps = 2 * (400 // 2) // (50 // 2)  # 2 epochs, 200 examples per rank, 25 per rank and step
     assert r[0]["steps"] == r[1]["steps"] == steps
     assert r[0]["mismatch"] == r[1]["mismatch"] == 0
     assert r[0]["final_same"] and r[1]["final_same"] and r[0]["clipped"]
@@ -88,8 +121,10 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
     assert [json.loads(x)["epoch"] for x in rows] == [1, 2]
     model, config = rw.load(tmp_path / "run")
     assert rw.evaluate(model, config)["error"] == pytest.approx(r[0]["test_error"])
-    if projection == "sign":   # (this tiny stoch-sign net learns nothing in 16 steps, in one process too)
-        assert r[0]["test_error"] < 0.6   # chance: 0.9
+    if (
+        projection == "sign"
+    ):  # (this tiny stoch-sign net learns nothing in 16 steps, in one process too)
+        assert r[0]["test_error"] < 0.6  # chance: 0.9
 
 
 class _Killed(Exception):
@@ -102,10 +137,18 @@ def _train_worker(rank, world, port, result_file, configs, resume, kill_after):
     import datetime
 
     faulthandler.enable()
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a rank left waiting fails, not hangs
+    dist.init_process_group(
+        "gloo", timeout=datetime.timedelta(seconds=60)
+    )  # a rank left waiting fails, not hangs
+
     def kill(epoch, metrics):
         if epoch == kill_after:
             raise _Killed
@@ -124,26 +167,48 @@ def _train_worker(rank, world, port, result_file, configs, resume, kill_after):
 
 def _spawn_train(tmp_path, configs, resume=False, kill_after=None):
     result_file = str(tmp_path / "result")
-    mp.spawn(_train_worker, args=(2, _free_port(), result_file, configs, resume, kill_after), nprocs=2, join=True)
+    mp.spawn(
+        _train_worker,
+        args=(2, _free_port(), result_file, configs, resume, kill_after),
+        nprocs=2,
+        join=True,
+    )
     return [json.loads(open(f"{result_file}.{i}").read())["error"] for i in range(2)]
 
 
 def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted_run(tmp_path):
-    base = dict(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200, projection="sign",
-                batch_size=50, lr=3e-3, seed=0)
+    base = dict(
+        model="mlp",
+        width=0.25,
+        dataset="demo",
+        device="cpu",
+        train_subset=400,
+        test_subset=200,
+        projection="sign",
+        batch_size=50,
+        lr=3e-3,
+        seed=0,
+    )
     # Rank 1 is on "another machine": its --out path does not exist there.
-    two = lambda out, epochs, i: [dict(base, epochs=epochs, out=str(tmp_path / out)),  # noqa: E731
-                                  dict(base, epochs=epochs, out=str(tmp_path / f"elsewhere{i}"))]
+    two = lambda out, epochs, i: [
+        dict(base, epochs=epochs, out=str(tmp_path / out)),  # noqa: E731
+        dict(base, epochs=epochs, out=str(tmp_path / f"elsewhere{i}")),
+    ]
     assert _spawn_train(tmp_path, two("straight", 2, 0)) == [None, None]
-    assert _spawn_train(tmp_path, two("cut", 2, 1), kill_after=1) == [None, None]   # killed after epoch 1
+    assert _spawn_train(tmp_path, two("cut", 2, 1), kill_after=1) == [
+        None,
+        None,
+    ]  # killed after epoch 1
     assert _spawn_train(tmp_path, two("cut", 2, 2), resume=True) == [None, None]
     assert not list(tmp_path.glob("elsewhere*"))
     straight, _ = rw.load(tmp_path / "straight")
     resumed, _ = rw.load(tmp_path / "cut")
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-    untimed = lambda run: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}  # noqa: E731
-                           for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    untimed = lambda run: [
+        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}  # noqa: E731
+        for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert untimed("cut") == untimed("straight") and len(untimed("cut")) == 2
 
 
@@ -151,21 +216,42 @@ def test_a_resumed_run_with_a_validation_split_ends_on_every_rank(tmp_path):
     """Rank 1 never reads the run folder, so when no epoch of the resumed session was the best it had no
     best.pt network and raised 'the network of the best validation epoch was not kept' (rank 0 then died on a
     closed connection). Each rank also chose its best epoch from its own validation errors."""
-    base = dict(model="cnn", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
-                val_size=100, projection="sign", batch_size=50, lr=3e-3, seed=0, epochs=2)
+    base = dict(
+        model="cnn",
+        width=0.25,
+        dataset="demo",
+        device="cpu",
+        train_subset=400,
+        test_subset=200,
+        val_size=100,
+        projection="sign",
+        batch_size=50,
+        lr=3e-3,
+        seed=0,
+        epochs=2,
+    )
     two = [dict(base, out=str(tmp_path / "run")), dict(base, out=str(tmp_path / "elsewhere"))]
     assert _spawn_train(tmp_path, two) == [None, None]
     before = (tmp_path / "run" / "best.pt").read_bytes()
-    assert _spawn_train(tmp_path, two, resume=True) == [None, None]   # finished: nothing to train, best.pt kept
+    assert _spawn_train(tmp_path, two, resume=True) == [
+        None,
+        None,
+    ]  # finished: nothing to train, best.pt kept
     assert (tmp_path / "run" / "best.pt").read_bytes() == before
 
 
 def _cli_worker(rank, world, port, argvs, result_file):
     """``robustweights ARGV`` as torchrun starts it on rank ``rank`` (the command line joins the group)."""
     from robustweights.cli import main
+
     faulthandler.enable()
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     code = main(argvs[rank])
     with open(f"{result_file}.{rank}", "w") as f:
@@ -176,23 +262,56 @@ def test_train_resume_on_the_command_line_needs_the_run_folder_on_rank_0_only(tm
     """`train --resume --out RUN` read RUN's checkpoint on every rank before joining the group: on a machine
     without RUN that rank stopped with 'no checkpoint', and the others waited for it (usage.md promises that
     resuming works without shared storage; its test went through rw.train, not the command line)."""
-    tiny = ["--device", "cpu", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
-            "--test-subset", "200", "--batch-size", "50", "--projection", "sign", "--quiet"]
+    tiny = [
+        "--device",
+        "cpu",
+        "--model",
+        "mlp",
+        "--width",
+        "0.25",
+        "--dataset",
+        "demo",
+        "--train-subset",
+        "400",
+        "--test-subset",
+        "200",
+        "--batch-size",
+        "50",
+        "--projection",
+        "sign",
+        "--quiet",
+    ]
     code, _, err = run_main(capsys, "train", *tiny, "--epochs", "1", "--out", str(tmp_path / "run"))
     assert code == 0, err
-    argvs = [["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet"],
-             ["train", "--resume", "--out", str(tmp_path / "elsewhere"), "--epochs", "2", "--quiet"]]
-    mp.spawn(_cli_worker, args=(2, _free_port(), argvs, str(tmp_path / "code")), nprocs=2, join=True)
+    argvs = [
+        ["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet"],
+        ["train", "--resume", "--out", str(tmp_path / "elsewhere"), "--epochs", "2", "--quiet"],
+    ]
+    mp.spawn(
+        _cli_worker, args=(2, _free_port(), argvs, str(tmp_path / "code")), nprocs=2, join=True
+    )
     assert [json.loads(open(f"{tmp_path / 'code'}.{i}").read())["code"] for i in range(2)] == [0, 0]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
-    base = dict(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200, epochs=1,
-                batch_size=50, seed=0, out=str(tmp_path / "run"))
+    base = dict(
+        model="mlp",
+        width=0.25,
+        dataset="demo",
+        device="cpu",
+        train_subset=400,
+        test_subset=200,
+        epochs=1,
+        batch_size=50,
+        seed=0,
+        out=str(tmp_path / "run"),
+    )
     missing = tmp_path / "no-such-folder"
-    errors = _spawn_train(tmp_path, [base, dict(base, dataset="fashion-mnist", data_dir=str(missing))])
+    errors = _spawn_train(
+        tmp_path, [base, dict(base, dataset="fashion-mnist", data_dir=str(missing))]
+    )
     assert errors[1] and str(missing) in errors[1]
     assert errors[0] == f"(on rank 1) {errors[1]}"
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -204,8 +323,21 @@ def test_a_mistake_on_one_rank_stops_every_rank_with_its_line(tmp_path):
 def _tiny_checkpoint(tmp_path):
     """A one-epoch MLP on the demo data, the checkpoint the sweep tests start from."""
     ckpt = tmp_path / "train"
-    rw.train(rw.TrainConfig(model="mlp", width=0.25, dataset="demo", device="cpu", train_subset=400, test_subset=200,
-                            epochs=1, batch_size=50, seed=0, out=str(ckpt)), progress=False)
+    rw.train(
+        rw.TrainConfig(
+            model="mlp",
+            width=0.25,
+            dataset="demo",
+            device="cpu",
+            train_subset=400,
+            test_subset=200,
+            epochs=1,
+            batch_size=50,
+            seed=0,
+            out=str(ckpt),
+        ),
+        progress=False,
+    )
     return ckpt
 
 
@@ -219,7 +351,7 @@ def _sweep_killed_after_3_cells(monkeypatch, config):
 
     def killed(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 4:   # the baseline, then 3 cells
+        if calls["n"] > 4:  # the baseline, then 3 cells
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -231,8 +363,13 @@ def _sweep_killed_after_3_cells(monkeypatch, config):
 
 def _sweep_worker(rank, world, port, config_dict):
     faulthandler.enable()
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     if isinstance(config_dict, list):  # one per rank: ranks on "other machines" see other paths
         config_dict = config_dict[rank]
@@ -242,35 +379,65 @@ def _sweep_worker(rank, world, port, config_dict):
 def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path, monkeypatch):
     ckpt = _tiny_checkpoint(tmp_path)
     grids = ["add-gauss:sigma=0.5,1", "power:beta=0,0.5", "bitflip:p=0.1"]
-    base = dict(checkpoint=str(ckpt), device="cpu", distortions=grids, trials=2, test_subset=200, seed=3)
+    base = dict(
+        checkpoint=str(ckpt), device="cpu", distortions=grids, trials=2, test_subset=200, seed=3
+    )
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
-    mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "two")}), nprocs=2, join=True)
+    mp.spawn(
+        _sweep_worker,
+        args=(2, _free_port(), {**base, "out": str(tmp_path / "two")}),
+        nprocs=2,
+        join=True,
+    )
     for name in ("results.json", "results.csv"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
     prov = json.loads((tmp_path / "two" / "sweep.json").read_text())
     assert prov["processes"] == 2
-    assert prov["cells_by_rank"] == [4, 4]   # 8 cells (2 x 2 noise, 2 power, 2 bitflip), divided
+    assert prov["cells_by_rank"] == [4, 4]  # 8 cells (2 x 2 noise, 2 power, 2 bitflip), divided
     assert not list((tmp_path / "two").glob("results.rank*"))
 
     # A single-process sweep killed after 3 cells, resumed by 2 processes: the same table again.
     _sweep_killed_after_3_cells(monkeypatch, rw.SweepConfig(**base, out=str(tmp_path / "cut")))
     assert len(json.loads((tmp_path / "cut" / "results.json").read_text())) == 3
-    mp.spawn(_sweep_worker, args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}), nprocs=2, join=True)
-    assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
-    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [3, 2]  # 5 left after 3
+    mp.spawn(
+        _sweep_worker,
+        args=(2, _free_port(), {**base, "out": str(tmp_path / "cut")}),
+        nprocs=2,
+        join=True,
+    )
+    assert (tmp_path / "cut" / "results.json").read_text() == (
+        tmp_path / "one" / "results.json"
+    ).read_text()
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [
+        3,
+        2,
+    ]  # 5 left after 3
 
 
 def test_two_process_sweep_resumes_when_only_rank_0_sees_the_out_folder(tmp_path, monkeypatch):
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(checkpoint=str(ckpt), device="cpu", distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
-                test_subset=200, seed=3)
+    base = dict(
+        checkpoint=str(ckpt),
+        device="cpu",
+        distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"],
+        trials=2,
+        test_subset=200,
+        seed=3,
+    )
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
     _sweep_killed_after_3_cells(monkeypatch, rw.SweepConfig(**base, out=str(tmp_path / "cut")))
     configs = [{**base, "out": str(tmp_path / "cut")}, {**base, "out": str(tmp_path / "elsewhere")}]
     mp.spawn(_sweep_worker, args=(2, _free_port(), configs), nprocs=2, join=True)
-    assert (tmp_path / "cut" / "results.json").read_text() == (tmp_path / "one" / "results.json").read_text()
-    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [2, 1]  # 3 of 6 left
-    assert not list(tmp_path.glob("*/results.rank*"))   # the partial rows, deleted on both "machines"
+    assert (tmp_path / "cut" / "results.json").read_text() == (
+        tmp_path / "one" / "results.json"
+    ).read_text()
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells_by_rank"] == [
+        2,
+        1,
+    ]  # 3 of 6 left
+    assert not list(
+        tmp_path.glob("*/results.rank*")
+    )  # the partial rows, deleted on both "machines"
 
 
 def _failing_sweep_worker(rank, world, port, configs, result_file):
@@ -285,10 +452,21 @@ def _failing_sweep_worker(rank, world, port, configs, result_file):
 
 def test_a_checkpoint_missing_on_one_rank_stops_the_sweep_on_every_rank(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(distortions=["add-gauss:sigma=0.5"], device="cpu", trials=1, test_subset=200, out=str(tmp_path / "sweep"))
-    configs = [{**base, "checkpoint": str(ckpt)}, {**base, "checkpoint": str(tmp_path / "not-copied-here")}]
+    base = dict(
+        distortions=["add-gauss:sigma=0.5"],
+        device="cpu",
+        trials=1,
+        test_subset=200,
+        out=str(tmp_path / "sweep"),
+    )
+    configs = [
+        {**base, "checkpoint": str(ckpt)},
+        {**base, "checkpoint": str(tmp_path / "not-copied-here")},
+    ]
     result_file = str(tmp_path / "result")
-    mp.spawn(_failing_sweep_worker, args=(2, _free_port(), configs, result_file), nprocs=2, join=True)
+    mp.spawn(
+        _failing_sweep_worker, args=(2, _free_port(), configs, result_file), nprocs=2, join=True
+    )
     errors = [json.loads(open(f"{result_file}.{i}").read())["error"] for i in range(2)]
     assert "not-copied-here" in errors[1] and errors[0] == f"(on rank 1) {errors[1]}"
     assert not (tmp_path / "sweep" / "results.json").exists()
@@ -301,8 +479,14 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
 
     sweeps = importlib.import_module("robustweights.sweeps")
     ckpt = _tiny_checkpoint(tmp_path)
-    base = dict(checkpoint=str(ckpt), device="cpu", distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"], trials=2,
-                test_subset=200, seed=3)
+    base = dict(
+        checkpoint=str(ckpt),
+        device="cpu",
+        distortions=["add-gauss:sigma=0.5,1", "power:beta=0,0.5"],
+        trials=2,
+        test_subset=200,
+        seed=3,
+    )
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "full")), progress=False)
     rows = json.loads((tmp_path / "full" / "results.json").read_text())
     # What two ranks would have left after finishing 2 and 1 of their cells (ranks take every other cell).
@@ -320,7 +504,7 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
 
     monkeypatch.setattr(sweeps, "evaluate_split", counting)
     rw.run_sweep(rw.SweepConfig(**base, out=str(killed)), progress=False)
-    assert calls["n"] == 1 + len(rows) - 3          # the baseline, then only the cells no rank finished
+    assert calls["n"] == 1 + len(rows) - 3  # the baseline, then only the cells no rank finished
     assert (killed / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
     assert not list(killed.glob("results.rank*"))
 
@@ -332,22 +516,47 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
     import subprocess
     import sys
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    cmd = [torchrun, "--nnodes", str(nodes), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test", "--local-addr", "127.0.0.1",
-           "-m", "robustweights", *argv]
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which(
+        "torchrun"
+    )
+    cmd = [
+        torchrun,
+        "--nnodes",
+        str(nodes),
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv-id",
+        "test",
+        "--local-addr",
+        "127.0.0.1",
+        "-m",
+        "robustweights",
+        *argv,
+    ]
     # Loopback only: by default torchrun and gloo find this machine by its hostname, which a sandbox (the GPU
     # machines lent to this project) may not resolve to a reachable address.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
-             for _ in range(nodes)]
+    procs = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(nodes)
+    ]
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    except subprocess.TimeoutExpired:   # (about 12 s here): a stuck rendezvous fails with what the launchers said
+    except (
+        subprocess.TimeoutExpired
+    ):  # (about 12 s here): a stuck rendezvous fails with what the launchers said
         for p in procs:
             p.kill()
         said = "\n---\n".join(p.communicate()[0][-3000:] for p in procs)
-        pytest.fail(f"torchrun launchers still running after {timeout} s (hostname {socket.gethostname()!r}):\n{said}")
+        pytest.fail(
+            f"torchrun launchers still running after {timeout} s (hostname {socket.gethostname()!r}):\n{said}"
+        )
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
     return outs
@@ -356,9 +565,30 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
 def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, capsys):
     """Two torchrun launchers meeting at a c10d rendezvous, as two machines would: the commands users type."""
 
-    train = ["train", "--device", "cpu", "--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "400",
-             "--test-subset", "200", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3", "--projection", "sign",
-             "--quiet"]
+    train = [
+        "train",
+        "--device",
+        "cpu",
+        "--model",
+        "mlp",
+        "--width",
+        "0.25",
+        "--dataset",
+        "demo",
+        "--train-subset",
+        "400",
+        "--test-subset",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--lr",
+        "3e-3",
+        "--projection",
+        "sign",
+        "--quiet",
+    ]
     _launchers(tmp_path, 2, [*train, "--out", "two"])
     rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -367,15 +597,32 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
     one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     # The same global batches, gradients averaged over the two halves: the same training up to rounding.
     assert abs(rows[-1]["test_error"] - one[-1]["test_error"]) <= 0.05
-    assert rows[-1]["test_error"] < 0.6   # chance: 0.9
+    assert rows[-1]["test_error"] < 0.6  # chance: 0.9
 
-    sweep = ["sweep", str(tmp_path / "one"), "--device", "cpu", "--distortion", "add-gauss:sigma=0.5,1", "--distortion",
-             "quant:bits=1..2", "--trials", "2", "--test-subset", "200", "--seed", "5", "--quiet"]
+    sweep = [
+        "sweep",
+        str(tmp_path / "one"),
+        "--device",
+        "cpu",
+        "--distortion",
+        "add-gauss:sigma=0.5,1",
+        "--distortion",
+        "quant:bits=1..2",
+        "--trials",
+        "2",
+        "--test-subset",
+        "200",
+        "--seed",
+        "5",
+        "--quiet",
+    ]
     _launchers(tmp_path, 2, [*sweep, "--out", str(tmp_path / "sweep-two")])
     code, _, _ = run_main(capsys, *sweep, "--out", str(tmp_path / "sweep-one"))
     assert code == 0
     for name in ("results.json", "results.csv"):
-        assert (tmp_path / "sweep-two" / name).read_text() == (tmp_path / "sweep-one" / name).read_text()
+        assert (tmp_path / "sweep-two" / name).read_text() == (
+            tmp_path / "sweep-one" / name
+        ).read_text()
     assert json.loads((tmp_path / "sweep-two" / "sweep.json").read_text())["processes"] == 2
 
 
@@ -387,7 +634,9 @@ def test_more_processes_than_gpus_on_a_machine_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    code, out, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1")
+    code, out, err = run_main(
+        capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1"
+    )
     assert code == 2 and "no GPU of its own" in one_error_line(err) and "--nproc-per-node 1" in err
 
 
@@ -399,7 +648,9 @@ def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c()
 
     from robustweights.distributed import Stopped, run_together
 
-    assert run_together([lambda stop, i=i: (time.sleep(0.01 * (3 - i)), i)[1] for i in range(4)], 3) == [0, 1, 2, 3]
+    assert run_together(
+        [lambda stop, i=i: (time.sleep(0.01 * (3 - i)), i)[1] for i in range(4)], 3
+    ) == [0, 1, 2, 3]
 
     started = []
 
@@ -410,11 +661,15 @@ def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c()
                 raise rw.UserError("row 1 went wrong")
             time.sleep(0.05)
             return i
+
         return run
 
     with pytest.raises(rw.UserError, match="row 1 went wrong"):
         run_together([job(i) for i in range(6)], 2)
-    assert sorted(started) == [0, 1, 2] or sorted(started) == [0, 1]   # no new job starts after a failure
+    assert sorted(started) == [0, 1, 2] or sorted(started) == [
+        0,
+        1,
+    ]  # no new job starts after a failure
 
     ended = []
 
@@ -422,7 +677,7 @@ def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c()
         def run(stop):
             if i == 0:
                 time.sleep(0.1)
-                _thread.interrupt_main()   # as Ctrl-C in the calling thread
+                _thread.interrupt_main()  # as Ctrl-C in the calling thread
             try:
                 while True:
                     time.sleep(0.01)
@@ -430,8 +685,12 @@ def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c()
             except Stopped:
                 ended.append(i)
                 raise
+
         return run
 
     with pytest.raises(KeyboardInterrupt):
         run_together([endless(i) for i in range(4)], 2)
-    assert sorted(ended) == [0, 1]   # both running jobs stopped at their next check; the queued ones never ran
+    assert sorted(ended) == [
+        0,
+        1,
+    ]  # both running jobs stopped at their next check; the queued ones never ran

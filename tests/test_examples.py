@@ -19,29 +19,46 @@ def example(name):
     return module
 
 
-@pytest.mark.skipif(not example("char_lm").CORPUS.is_dir(), reason="no /usr/share/common-licenses here")
+@pytest.mark.skipif(
+    not example("char_lm").CORPUS.is_dir(), reason="no /usr/share/common-licenses here"
+)
 def test_language_model_swept_for_perplexity(tmp_path):
     lm = example("char_lm")
     model, evaluate = lm.build(steps=60, context=32, batch=16)
     base = evaluate(model)["perplexity"]
-    assert 1 < base < 40                                   # learnt something: the alphabet has about 90 symbols
+    assert 1 < base < 40  # learnt something: the alphabet has about 90 symbols
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rows = rw.sweep(model, None, ["add-gauss:sigma=0,1", "quant:bits=8", "sign"], evaluate=evaluate,
-                    metric="perplexity", trials=2)
+    rows = rw.sweep(
+        model,
+        None,
+        ["add-gauss:sigma=0,1", "quant:bits=8", "sign"],
+        evaluate=evaluate,
+        metric="perplexity",
+        trials=2,
+    )
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     by = {(r["spec"], r["trial"]): r for r in rows}
     assert all(r["metric"] == "perplexity" and r["error"] is None for r in rows)
-    assert by[("add-gauss:sigma=0.0", 0)]["score"] == pytest.approx(base, rel=1e-5)   # no noise: as trained
+    assert by[("add-gauss:sigma=0.0", 0)]["score"] == pytest.approx(
+        base, rel=1e-5
+    )  # no noise: as trained
     assert by[("quant:bits=8,scale=max", 0)]["score"] == pytest.approx(base, rel=0.05)
-    assert by[("add-gauss:sigma=1.0", 0)]["score"] > 2 * base and by[("sign:scale=max", 0)]["score"] > 2 * base
+    assert (
+        by[("add-gauss:sigma=1.0", 0)]["score"] > 2 * base
+        and by[("sign:scale=max", 0)]["score"] > 2 * base
+    )
     # the user's tied embedding is one weight, distorted for both of its readers
     rw.attach(model, "identity", mode="none", clip=None)
     assert [s.name for s in rw.sites(model)][:2] == ["pos", "embed.weight"]
     assert len(rw.sites(model)[1].holders) == 2
     rw.detach(model)
-    prov = rw.sweeps.save_sweep(tmp_path / "sweep", rows, label="lm", baseline=base, description="licences")
+    prov = rw.sweeps.save_sweep(
+        tmp_path / "sweep", rows, label="lm", baseline=base, description="licences"
+    )
     assert prov["metric"] == "perplexity" and not prov["higher_is_better"]
-    assert prov["lowest_bits"]["spec"] == "quant:bits=8,scale=max"     # the only cell within 1% of the baseline?
+    assert (
+        prov["lowest_bits"]["spec"] == "quant:bits=8,scale=max"
+    )  # the only cell within 1% of the baseline?
     r = rw.report([tmp_path / "sweep"], tmp_path / "report")
     md = Path(r["md"]).read_text()
     assert "undistorted perplexity" in md and "Mean test perplexity at chosen strengths" in md
@@ -50,7 +67,9 @@ def test_language_model_swept_for_perplexity(tmp_path):
 
 def test_a_metric_missing_from_the_evaluation_is_one_clear_error():
     model = torch.nn.Linear(3, 2)
-    with pytest.raises(rw.UserError, match="the evaluation gave no 'perplexity' \\(it gave: mse\\)"):
+    with pytest.raises(
+        rw.UserError, match="the evaluation gave no 'perplexity' \\(it gave: mse\\)"
+    ):
         rw.sweep(model, None, ["sign"], evaluate=lambda m: {"mse": 1.0}, metric="perplexity")
     with pytest.raises(rw.UserError, match="give data to test on"):
         rw.sweep(model, None, ["sign"])
@@ -71,7 +90,9 @@ def test_a_regressor_swept_for_mse_through_a_dataloader():
 
     def mse(m):
         with torch.no_grad():
-            return {"mse": sum((m(a).squeeze(1) - b).square().sum().item() for a, b in loader) / len(x)}
+            return {
+                "mse": sum((m(a).squeeze(1) - b).square().sum().item() for a, b in loader) / len(x)
+            }
 
     rows = rw.sweep(model, loader, ["add-gauss:sigma=0,0.5"], evaluate=mse, metric="mse", trials=3)
     clean = [r["score"] for r in rows if r["value"] == 0]

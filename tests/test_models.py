@@ -145,6 +145,7 @@ def test_same_seed_same_weights():
     c = create_model("cnn", in_shape=(1, 28, 28)).state_dict()
     assert not torch.equal(a["0.weight"], c["0.weight"])
 
+
 # -----------------------------------------------------------------------------
 # user factories, referenced as f"{__name__}:function"
 
@@ -202,7 +203,8 @@ def test_factory_module_from_sys_path(tmp_path, monkeypatch):
         "import torch.nn as nn\n"
         "def tiny(num_classes, in_shape):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2],"
-        " num_classes))\n")
+        " num_classes))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = create_model("my_nets_for_rw_test:tiny", num_classes=3, in_shape=(2, 4, 4))
     assert model(torch.randn(5, 2, 4, 4)).shape == (5, 3)
@@ -222,31 +224,35 @@ def test_register_model_decorator(monkeypatch):
     with pytest.raises(UserError, match="a:b"):
         register_model("a:b")
 
+
 # -----------------------------------------------------------------------------
 # mistakes a user can make
 
 
-@pytest.mark.parametrize("name,kwargs,needle", [
-    ("vgg-nope", {}, "vgg-nope"),
-    ("mlp", {"width": 0}, "width 0"),
-    ("mlp", {"width": -1}, "width -1"),
-    ("cnn", {"width": 0.001}, "width 0.001"),
-    ("bc-vgg", {"width": 0.001}, "width 0.001"),
-    ("resnet18", {"width": float("nan")}, "width nan"),
-    ("cnn", {"num_classes": 1}, "num_classes 1"),
-    ("cnn", {"in_shape": (1, 30, 30)}, "(1, 30, 30)"),
-    ("cnn", {"in_shape": (1, 4, 4)}, "(1, 4, 4)"),
-    ("bc-vgg", {"in_shape": (3, 28, 28)}, "(3, 28, 28)"),
-    ("mlp", {"in_shape": (28, 28)}, "(28, 28)"),
-    ("mlp", {"hidden": (512, 0)}, "(512, 0)"),
-    ("mlp", {"hidden": (512, 2), "width": 0.2}, "0 of 2 channels"),  # the smallest layer counts
-    ("resnet18", {"stem": "tiny"}, "tiny"),
-    ("cnn", {"stem": "cifar"}, "stem"),  # an option the model does not take
-    ("no_such_module_rw:factory", {}, "no_such_module_rw"),
-    (f"{__name__}:no_such_factory", {}, "no_such_factory"),
-    (f"{__name__}:not_a_module", {}, "not_a_module"),
-    (":factory", {}, ":factory"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,needle",
+    [
+        ("vgg-nope", {}, "vgg-nope"),
+        ("mlp", {"width": 0}, "width 0"),
+        ("mlp", {"width": -1}, "width -1"),
+        ("cnn", {"width": 0.001}, "width 0.001"),
+        ("bc-vgg", {"width": 0.001}, "width 0.001"),
+        ("resnet18", {"width": float("nan")}, "width nan"),
+        ("cnn", {"num_classes": 1}, "num_classes 1"),
+        ("cnn", {"in_shape": (1, 30, 30)}, "(1, 30, 30)"),
+        ("cnn", {"in_shape": (1, 4, 4)}, "(1, 4, 4)"),
+        ("bc-vgg", {"in_shape": (3, 28, 28)}, "(3, 28, 28)"),
+        ("mlp", {"in_shape": (28, 28)}, "(28, 28)"),
+        ("mlp", {"hidden": (512, 0)}, "(512, 0)"),
+        ("mlp", {"hidden": (512, 2), "width": 0.2}, "0 of 2 channels"),  # the smallest layer counts
+        ("resnet18", {"stem": "tiny"}, "tiny"),
+        ("cnn", {"stem": "cifar"}, "stem"),  # an option the model does not take
+        ("no_such_module_rw:factory", {}, "no_such_module_rw"),
+        (f"{__name__}:no_such_factory", {}, "no_such_factory"),
+        (f"{__name__}:not_a_module", {}, "not_a_module"),
+        (":factory", {}, ":factory"),
+    ],
+)
 def test_user_errors(name, kwargs, needle):
     with pytest.raises(UserError) as info:
         create_model(name, **kwargs)

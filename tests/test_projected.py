@@ -13,8 +13,15 @@ from robustweights import UserError, attach, clip_, detach, distort, sites, tran
 
 def small_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 5 * 5, 6), nn.ReLU(), nn.Linear(6, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
 
 
 def test_attach_keeps_state_dict_keys_and_leaves_bias_and_bn_alone():
@@ -41,23 +48,34 @@ def test_fwd_bwd_output_and_weight_gradient_are_those_of_the_projected_weights()
     g = torch.randn_like(y)
     (gx, gw) = torch.autograd.grad(y, (x, hidden(layer)), g)
     (gx_ref, gwp) = torch.autograd.grad(y_ref, (x, wp), g)
-    assert torch.equal(gw, gwp)          # straight through: dL/dW := dL/dWp
-    assert torch.equal(gx, gx_ref)       # the error reaches the input through Wp
+    assert torch.equal(gw, gwp)  # straight through: dL/dW := dL/dWp
+    assert torch.equal(gx, gx_ref)  # the error reaches the input through Wp
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Linear(6, 4), lambda: nn.Conv2d(3, 4, 3, padding=1),
-                                  lambda: nn.Conv1d(3, 2, 3)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: nn.Linear(6, 4), lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: nn.Conv1d(3, 2, 3)],
+)
 def test_fwd_mode_output_is_projected_but_input_gradient_uses_hidden_weights(make):
     torch.manual_seed(1)
     layer = make()
     attach(layer, "power:beta=0.3", mode="fwd")
-    shape = (2, 6) if isinstance(layer, nn.Linear) else (2, 3, 5, 5) if isinstance(layer, nn.Conv2d) else (2, 3, 7)
+    shape = (
+        (2, 6)
+        if isinstance(layer, nn.Linear)
+        else (2, 3, 5, 5)
+        if isinstance(layer, nn.Conv2d)
+        else (2, 3, 7)
+    )
     x = torch.randn(shape, requires_grad=True)
     y = layer(x)
     w = hidden(layer)
     wp = transform("power:beta=0.3,scale=clip")(w.detach())
-    f = (lambda x, w: F.linear(x, w, layer.bias)) if isinstance(layer, nn.Linear) else \
-        (lambda x, w: layer._conv_forward(x, w, layer.bias))
+    f = (
+        (lambda x, w: F.linear(x, w, layer.bias))
+        if isinstance(layer, nn.Linear)
+        else (lambda x, w: layer._conv_forward(x, w, layer.bias))
+    )
     assert torch.allclose(y, f(x, wp), atol=1e-6)
     g = torch.randn_like(y)
     gx, gw = torch.autograd.grad(y, (x, w), g)
@@ -67,9 +85,9 @@ def test_fwd_mode_output_is_projected_but_input_gradient_uses_hidden_weights(mak
     wp2 = wp.clone().requires_grad_()
     _, gwp = torch.autograd.grad(f(x2, wp2), (x2, wp2), g)
     assert torch.allclose(gx, gx_hidden, atol=1e-6)
-    assert torch.allclose(gw, gwp, atol=1e-6)       # the same weight gradient as fwd+bwd
+    assert torch.allclose(gw, gwp, atol=1e-6)  # the same weight gradient as fwd+bwd
     gx_proj, _ = torch.autograd.grad(f(x2, wp2), (x2, wp2), g)
-    assert not torch.allclose(gx, gx_proj)         # and it really differs from fwd+bwd's
+    assert not torch.allclose(gx, gx_proj)  # and it really differs from fwd+bwd's
 
 
 def test_none_mode_is_plain_layer_with_clipping():
@@ -90,13 +108,20 @@ def test_clip_is_exactly_one_clamp_per_tensor_with_its_own_bound_and_skips_uncli
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 6))
     attach(net, "sign", clip="glorot")
-    next(s for s in sites(net) if s.name == "1.weight").H = None     # as a parameter never clipped
+    next(s for s in sites(net) if s.name == "1.weight").H = None  # as a parameter never clipped
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(4)
         sites(net)[0].hidden[0, 0] = float("nan")
-    expect = {s.name: (s.hidden.clamp(-s.H, s.H) if s.H is not None else s.hidden.clone()) for s in sites(net)}
-    assert {s.name: s.H is None for s in sites(net)} == {"0.weight": False, "1.weight": True, "2.weight": False}
+    expect = {
+        s.name: (s.hidden.clamp(-s.H, s.H) if s.H is not None else s.hidden.clone())
+        for s in sites(net)
+    }
+    assert {s.name: s.H is None for s in sites(net)} == {
+        "0.weight": False,
+        "1.weight": True,
+        "2.weight": False,
+    }
     clip_(net)
     for s in sites(net):
         assert torch.equal(s.hidden.isnan(), expect[s.name].isnan()), s.name
@@ -140,16 +165,16 @@ def test_evaluation_weights_follow_the_method():
     with torch.no_grad():
         binary = F.linear(x, torch.where(w >= 0, 1.0, -1.0), net.bias)
         hidden = F.linear(x, w, net.bias)
-        assert torch.equal(net(x), binary)               # auto: deterministic projection applied
+        assert torch.equal(net(x), binary)  # auto: deterministic projection applied
         with use_weights(net, "hidden"):
             assert torch.equal(net(x), hidden)
-        assert torch.equal(net(x), binary)               # restored after the block
+        assert torch.equal(net(x), binary)  # restored after the block
     stoch = nn.Linear(5, 2)
     attach(stoch, "stoch-sign", generator=torch.Generator().manual_seed(0))
     stoch.eval()
     with torch.no_grad():
         ref = F.linear(x, stoch.weight, stoch.bias)
-        assert torch.equal(stoch(x), ref)                # auto: random projection not applied
+        assert torch.equal(stoch(x), ref)  # auto: random projection not applied
         with use_weights(stoch, "projected"):
             assert not torch.equal(stoch(x), ref)
 
@@ -163,7 +188,7 @@ def test_distort_restores_hidden_weights_bit_for_bit_even_after_an_error():
     clean = net(x)
     with distort(net, "add-gauss:sigma=1.0", torch.Generator().manual_seed(0)):
         noisy = net(x)
-        assert torch.equal(net(x), noisy)                 # one draw per block, fixed
+        assert torch.equal(net(x), noisy)  # one draw per block, fixed
     assert not torch.equal(noisy, clean)
     with pytest.raises(RuntimeError):
         with distort(net, "sign"):
@@ -237,8 +262,15 @@ def test_stochastic_projection_in_training_draws_from_the_generator_each_pass():
     assert torch.equal(layer(x), a)
 
 
-@pytest.mark.parametrize("projection, budget", [("stoch-sign", 1.0), ("stoch-mult:gamma=0.5", 1.0),
-                                                ("add-gauss:sigma=0.5", 1.0), ("stoch-sign", 0.0)])
+@pytest.mark.parametrize(
+    "projection, budget",
+    [
+        ("stoch-sign", 1.0),
+        ("stoch-mult:gamma=0.5", 1.0),
+        ("add-gauss:sigma=0.5", 1.0),
+        ("stoch-sign", 0.0),
+    ],
+)
 def test_compiled_random_projection_draws_what_eager_draws(projection, budget):
     """torch.compile (inductor) of a random projection: the eager draws, in the backward pass too, and the
     generator left alike. Budget 0 makes the partitioner recompute every node of the forward pass in the
@@ -246,6 +278,7 @@ def test_compiled_random_projection_draws_what_eager_draws(projection, budget):
     gradient came from other weights than the forward's (on an H200, inductor's own choice gave the same
     signature: outputs equal, gradients not)."""
     import torch._functorch.config
+
     torch._dynamo.reset()
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))

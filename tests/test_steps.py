@@ -18,7 +18,9 @@ def _setup(seed=0):
     g = torch.Generator().manual_seed(7)
     projected.attach(model, "stoch-sign", generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    step = make_step(model, model, opt, "ce", amp=False, channels_last=False, device=torch.device("cpu"))
+    step = make_step(
+        model, model, opt, "ce", amp=False, channels_last=False, device=torch.device("cpu")
+    )
     return model, opt, g, step
 
 
@@ -36,10 +38,13 @@ def test_warm_up_steps_are_undone_exactly_and_in_place():
     assert not torch.equal(projected.hidden(model[0]), projected.hidden(fresh_model[0]))
     restore(model, opt, [g], saved)
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == ptrs
-    for _ in range(2):                       # then training goes on exactly as from the start
+    for _ in range(2):  # then training goes on exactly as from the start
         a, b = step(x, y), fresh_step(x, y)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert all(torch.equal(v, w) for v, w in zip(model.state_dict().values(), fresh_model.state_dict().values()))
+    assert all(
+        torch.equal(v, w)
+        for v, w in zip(model.state_dict().values(), fresh_model.state_dict().values())
+    )
     assert torch.equal(g.get_state(), fresh_g.get_state())
 
 
@@ -60,11 +65,14 @@ def test_graphed_step_needs_a_capturable_optimizer_with_a_tensor_lr():
         GraphedStep(step, model, opt, [g])
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--cuda-graph", "--compile"], "cuda_graph"),
-    (["--cuda-graph", "--optimizer", "sgd"], "cuda_graph"),
-    (["--cuda-graph", "--device", "cpu"], "cuda_graph"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--cuda-graph", "--compile"], "cuda_graph"),
+        (["--cuda-graph", "--optimizer", "sgd"], "cuda_graph"),
+        (["--cuda-graph", "--device", "cpu"], "cuda_graph"),
+    ],
+)
 def test_cuda_graph_mistakes_are_one_line(capsys, argv, words):
     code, _, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", *argv)
     assert code == 2 and words in one_error_line(err)
@@ -72,8 +80,24 @@ def test_cuda_graph_mistakes_are_one_line(capsys, argv, words):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_cuda_graph_on_a_machine_without_a_gpu_is_one_line_and_writes_nothing(capsys, tmp_path):
-    code, _, err = run_main(capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1", "--cuda-graph")
+    code, _, err = run_main(
+        capsys, "train", "--model", "mlp", "--dataset", "demo", "--epochs", "1", "--cuda-graph"
+    )
     assert code == 2 and "cuda_graph needs a GPU" in one_error_line(err)
-    code, _, err = run_main(capsys, "reproduce", "all", "--scale", "tiny", "--set", "cuda_graph=true", "--out",
-                            str(tmp_path / "r"), "--quiet")
-    assert code == 2 and "cuda_graph needs a GPU" in one_error_line(err) and not (tmp_path / "r").exists()
+    code, _, err = run_main(
+        capsys,
+        "reproduce",
+        "all",
+        "--scale",
+        "tiny",
+        "--set",
+        "cuda_graph=true",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+    )
+    assert (
+        code == 2
+        and "cuda_graph needs a GPU" in one_error_line(err)
+        and not (tmp_path / "r").exists()
+    )

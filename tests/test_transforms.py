@@ -10,9 +10,13 @@ from hypothesis import strategies as st
 import robustweights as rw
 from robustweights import UserError, list_transforms, projected, transform
 
-floats = st.floats(-3, 3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)  # (a subnormal
+floats = st.floats(
+    -3, 3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32
+)  # (a subnormal
 # weight times a factor below 1 underflows to 0: float arithmetic, not the transform)
-weights = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v, dtype=torch.float32))
+weights = st.lists(floats, min_size=1, max_size=64).map(
+    lambda v: torch.tensor(v, dtype=torch.float32)
+)
 scales = st.sampled_from(["max", "mean", "clip", "0.5", "2"])
 
 
@@ -34,7 +38,7 @@ def test_quant_one_bit_is_sign(w, scale):
 @given(weights, st.integers(1, 8))
 def test_quant_takes_at_most_2_to_the_k_values_inside_the_range(w, k):
     q = transform(f"quant:bits={k}")(w)
-    assert q.unique().numel() <= 2 ** k
+    assert q.unique().numel() <= 2**k
     H = w.abs().max().item() or 1.0
     assert q.abs().max().item() <= H * (1 + 1e-6)
 
@@ -68,20 +72,36 @@ def test_stoch_sign_is_unbiased():
 @given(weights, st.floats(0.05, 1.0))
 def test_stoch_mult_stays_within_gamma_and_its_inverse(w, gamma):
     out = transform(f"stoch-mult:gamma={gamma}")(w, torch.Generator().manual_seed(1))
-    ratio_ok = (out.abs() >= w.abs() * gamma * (1 - 1e-5)) & (out.abs() <= w.abs() / gamma * (1 + 1e-5))
+    ratio_ok = (out.abs() >= w.abs() * gamma * (1 - 1e-5)) & (
+        out.abs() <= w.abs() / gamma * (1 + 1e-5)
+    )
     assert bool(ratio_ok.all())
     assert same(torch.sign(out), torch.sign(w))
 
 
 def test_stoch_mult_flip_draws_signs_like_stoch_sign():
     w = torch.full((20000,), 0.5)
-    out = transform("stoch-mult:gamma=0.5,flip=true,scale=clip")(w, torch.Generator().manual_seed(2))
+    out = transform("stoch-mult:gamma=0.5,flip=true,scale=clip")(
+        w, torch.Generator().manual_seed(2)
+    )
     assert abs((out > 0).float().mean().item() - 0.75) < 0.02  # q = (0.5 + 1) / 2
     assert bool(((out.abs() >= 0.25 - 1e-6) & (out.abs() <= 1.0 + 1e-6)).all())
 
 
-@pytest.mark.parametrize("spec", [s for s in ["stoch-sign", "stoch-mult:gamma=0.5", "stoch-mult:gamma=0.3,flip=true",
-                                              "add-gauss:sigma=0.5", "mult-gauss:sigma=0.2", "bitflip:p=0.1"]])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        s
+        for s in [
+            "stoch-sign",
+            "stoch-mult:gamma=0.5",
+            "stoch-mult:gamma=0.3,flip=true",
+            "add-gauss:sigma=0.5",
+            "mult-gauss:sigma=0.2",
+            "bitflip:p=0.1",
+        ]
+    ],
+)
 def test_same_generator_seed_same_output_and_input_untouched(spec):
     t = transform(spec)
     assert t.random
@@ -107,7 +127,15 @@ def test_random_transforms_draw_only_from_the_generator_passed():
 @given(weights)
 def test_deterministic_transforms_never_change_their_input(w):
     before = w.clone()
-    for spec in ["identity", "sign", "ternary:delta=0.3", "quant:bits=4", "power:beta=0.5", "clip", "prune:frac=0.5"]:
+    for spec in [
+        "identity",
+        "sign",
+        "ternary:delta=0.3",
+        "quant:bits=4",
+        "power:beta=0.5",
+        "clip",
+        "prune:frac=0.5",
+    ]:
         transform(spec)(w)
     assert same(w, before)
 
@@ -122,7 +150,9 @@ def test_add_gauss_noise_has_the_asked_spread():
 def test_ternary_prune_bitflip_clip():
     w = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.9])
     assert transform("ternary:delta=0.25,scale=clip")(w).tolist() == [-1.0, 0.0, 0.0, 1.0, 1.0]
-    assert torch.equal(transform("prune:frac=0.4")(w), torch.tensor([-1.0, 0.0, 0.0, 0.3, 0.9]))  # the 2 smallest
+    assert torch.equal(
+        transform("prune:frac=0.4")(w), torch.tensor([-1.0, 0.0, 0.0, 0.3, 0.9])
+    )  # the 2 smallest
     assert same(transform("bitflip:p=1")(w, None), -w)
     assert same(transform("bitflip:p=0")(w, None), w)
     assert torch.equal(transform("clip:scale=0.5")(w), torch.tensor([-0.5, -0.2, 0.0, 0.3, 0.5]))
@@ -141,24 +171,27 @@ def test_spec_round_trips_and_scale_defaults():
     assert transform("sign:scale=mean").with_defaults(scale="clip").params["scale"] == "mean"
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("nope", "choose one of"),
-    ("gauss:sigma=1", "add-gauss"),
-    ("power", "missing parameter 'beta'"),
-    ("power:b=1", "unknown parameter"),
-    ("stoch-mult:gamma=2", "0 < gamma <= 1"),
-    ("stoch-mult:gamma=0", "0 < gamma <= 1"),
-    ("quant:bits=0", "1 <= bits <= 16"),
-    ("quant:bits=2.5", "not valid"),
-    ("add-gauss:sigma=-1", "sigma >= 0"),
-    ("add-gauss:sigma=nan", "sigma >= 0"),
-    ("sign:scale=huge", "max, clip, mean"),
-    ("sign:scale=-1", "max, clip, mean"),
-    ("stoch-mult:gamma=0.5,flip=maybe", "true or false"),
-    ("add-gauss:sigma=0,0.5", "sweeps"),
-    ("power:beta=1,beta=2", "twice"),
-    ("", "choose one of"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("nope", "choose one of"),
+        ("gauss:sigma=1", "add-gauss"),
+        ("power", "missing parameter 'beta'"),
+        ("power:b=1", "unknown parameter"),
+        ("stoch-mult:gamma=2", "0 < gamma <= 1"),
+        ("stoch-mult:gamma=0", "0 < gamma <= 1"),
+        ("quant:bits=0", "1 <= bits <= 16"),
+        ("quant:bits=2.5", "not valid"),
+        ("add-gauss:sigma=-1", "sigma >= 0"),
+        ("add-gauss:sigma=nan", "sigma >= 0"),
+        ("sign:scale=huge", "max, clip, mean"),
+        ("sign:scale=-1", "max, clip, mean"),
+        ("stoch-mult:gamma=0.5,flip=maybe", "true or false"),
+        ("add-gauss:sigma=0,0.5", "sweeps"),
+        ("power:beta=1,beta=2", "twice"),
+        ("", "choose one of"),
+    ],
+)
 def test_bad_specs_raise_value_error_naming_the_choices(spec, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(")) as e:
         transform(spec)
@@ -168,8 +201,20 @@ def test_bad_specs_raise_value_error_naming_the_choices(spec, words):
 
 def test_registry_holds_every_transform_of_the_method():
     names = set(list_transforms())
-    assert {"identity", "sign", "stoch-sign", "ternary", "quant", "power", "stoch-mult", "add-gauss",
-            "mult-gauss", "clip", "prune", "bitflip"} <= names
+    assert {
+        "identity",
+        "sign",
+        "stoch-sign",
+        "ternary",
+        "quant",
+        "power",
+        "stoch-mult",
+        "add-gauss",
+        "mult-gauss",
+        "clip",
+        "prune",
+        "bitflip",
+    } <= names
 
 
 @settings(max_examples=30)
@@ -186,7 +231,7 @@ def test_attach_takes_generators_that_refuse_weak_references():
     (a weak-value registry of generators). Draws need no registry now: attach keeps the generator as given."""
     import weakref
 
-    class NoWeakRefs:                       # a generator stand-in: a device, no __weakref__ slot
+    class NoWeakRefs:  # a generator stand-in: a device, no __weakref__ slot
         __slots__ = ("device",)
 
         def __init__(self):
@@ -200,16 +245,29 @@ def test_attach_takes_generators_that_refuse_weak_references():
     assert projected.sites(m)[0].generator is g
 
 
-@pytest.mark.parametrize("scale, reference", [
-    ("std", lambda w, H: w.std(correction=0)), ("max", lambda w, H: w.abs().max()),
-    ("clip", lambda w, H: H), ("mean", lambda w, H: w.abs().mean()), ("0.3", lambda w, H: 0.3)])
+@pytest.mark.parametrize(
+    "scale, reference",
+    [
+        ("std", lambda w, H: w.std(correction=0)),
+        ("max", lambda w, H: w.abs().max()),
+        ("clip", lambda w, H: H),
+        ("mean", lambda w, H: w.abs().mean()),
+        ("0.3", lambda w, H: 0.3),
+    ],
+)
 def test_add_gauss_reference_is_exact_against_the_hand_formula(scale, reference):
     w = torch.randn(50, 20) * 0.1 + 0.02
     t = transform(f"add-gauss:sigma=0.7,scale={scale}")
     n = torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(t(w, torch.Generator().manual_seed(4), clip=0.5), w + (0.7 * reference(w, 0.5)) * n)
-    assert t.spec == ("add-gauss:sigma=0.7" if scale == "std" else f"add-gauss:sigma=0.7,scale={scale}")
-    assert t.with_defaults(scale="clip").spec == t.spec      # a sweep's magnitude default never moves the noise
+    assert torch.equal(
+        t(w, torch.Generator().manual_seed(4), clip=0.5), w + (0.7 * reference(w, 0.5)) * n
+    )
+    assert t.spec == (
+        "add-gauss:sigma=0.7" if scale == "std" else f"add-gauss:sigma=0.7,scale={scale}"
+    )
+    assert (
+        t.with_defaults(scale="clip").spec == t.spec
+    )  # a sweep's magnitude default never moves the noise
 
 
 def test_add_gauss_clip_reference_on_a_never_clipped_tensor_is_its_range():
@@ -224,26 +282,41 @@ def test_add_gauss_clip_reference_on_a_never_clipped_tensor_is_its_range():
 def test_measured_bits_against_a_hand_computation():
     from robustweights.bits import capacity_bits, measured_bits
 
-    a = torch.randn(300) * 0.2 + 0.1        # not zero-mean
-    b = torch.rand(100) * 2 - 1             # fills [-1, 1]
+    a = torch.randn(300) * 0.2 + 0.1  # not zero-mean
+    b = torch.rand(100) * 2 - 1  # fills [-1, 1]
     for scale, ref in (("std", lambda w: w.std(correction=0)), ("max", lambda w: w.abs().max())):
         t = f"add-gauss:sigma=0.8,scale={scale}"
-        hand = sum(0.5 * math.log2(1 + float(w.square().mean()) / float(0.8 * ref(w)) ** 2) * w.numel()
-                   for w in (a, b)) / 400
+        hand = (
+            sum(
+                0.5 * math.log2(1 + float(w.square().mean()) / float(0.8 * ref(w)) ** 2) * w.numel()
+                for w in (a, b)
+            )
+            / 400
+        )
         assert measured_bits(t, [a, b], [1.0, 1.0]) == pytest.approx(hand, rel=1e-6)
     # with scale=std on zero-mean weights the measured figure is the nominal one: 0.68 bits at sigma 0.8
     z = torch.randn(1000)
     z -= z.mean()
-    assert measured_bits("add-gauss:sigma=0.8", [z], [None]) == pytest.approx(capacity_bits("add-gauss:sigma=0.8"))
+    assert measured_bits("add-gauss:sigma=0.8", [z], [None]) == pytest.approx(
+        capacity_bits("add-gauss:sigma=0.8")
+    )
     assert capacity_bits("add-gauss:sigma=0.8") == pytest.approx(0.678, abs=1e-3)
     # range-relative noise on weights that do not fill their range carries fewer bits than its nominal figure
-    assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits("add-gauss:sigma=0.8")
-    assert measured_bits("quant:bits=3", [a], [None]) == 3.0 and measured_bits("add-gauss:sigma=0", [a], [1]) is None
+    assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits(
+        "add-gauss:sigma=0.8"
+    )
+    assert (
+        measured_bits("quant:bits=3", [a], [None]) == 3.0
+        and measured_bits("add-gauss:sigma=0", [a], [1]) is None
+    )
     # a tiny sigma is a huge but finite figure (before: ZeroDivisionError at 1e-170; 'Infinity' written into
     # results.json at 1e-160, which the report then refused)
     for sigma in (1e-160, 1e-170, 1e-300):
         nominal = capacity_bits(f"mult-gauss:sigma={sigma}")
-        assert nominal == pytest.approx(-math.log2(sigma)) and capacity_bits(f"add-gauss:sigma={sigma}") == nominal
+        assert (
+            nominal == pytest.approx(-math.log2(sigma))
+            and capacity_bits(f"add-gauss:sigma={sigma}") == nominal
+        )
         assert math.isfinite(measured_bits(f"add-gauss:sigma={sigma}", [z], [None]))
 
 
@@ -254,11 +327,22 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
     from robustweights import transforms
     from robustweights.transforms import Param, uniform
 
-    monkeypatch.setattr(transforms, "_REGISTRY", dict(transforms._REGISTRY))   # other tests see the built-ins
+    monkeypatch.setattr(
+        transforms, "_REGISTRY", dict(transforms._REGISTRY)
+    )  # other tests see the built-ins
 
-    @rw.register_transform("stuck-zero", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1",
-                                               label="p (fraction stuck at 0)"),
-                           random=True, constant=lambda q: q["p"] in (0, 1))
+    @rw.register_transform(
+        "stuck-zero",
+        Param(
+            "p",
+            "float",
+            ok=lambda p: 0 <= p <= 1,
+            allowed="0 <= p <= 1",
+            label="p (fraction stuck at 0)",
+        ),
+        random=True,
+        constant=lambda q: q["p"] in (0, 1),
+    )
     def stuck_zero(w, g, H, p):
         """Each weight reads 0 with probability p (a memory cell stuck at zero)."""
         return w * (uniform(w, g) >= p)
@@ -276,6 +360,7 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
     assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0)]
     assert all(r["effective_bits"] is None for r in rows)
     from robustweights.reports.figures import Key, param_label
+
     assert param_label(Key("stuck-zero", "p", "")) == "p (fraction stuck at 0)"
     assert param_label(Key("quant", "bits", "")) == "bits (2^bits levels)"
     with pytest.raises(UserError, match="needs letters"):
@@ -287,12 +372,20 @@ def test_plus_minus_H_by_where_is_the_arithmetic_on_the_mask_bit_for_bit():
     H a number (rounded to float32 either way) or a 0-dim tensor (scale=max), which sign, stoch-sign and
     stoch-mult's flip rest on."""
     from robustweights.transforms import _pm
+
     mask = torch.rand(1000) < 0.5
     for H in (1, 0.0589, 1 / 3, 7.25e-5, torch.tensor(0.123456789), torch.rand(5).amax()):
-        by_where, by_arithmetic = _pm(mask, H, torch.float32, where=True), _pm(mask, H, torch.float32, where=False)
-        assert by_where.dtype == by_arithmetic.dtype == torch.float32 and torch.equal(by_where, by_arithmetic)
-    for dtype in (torch.float64, torch.bfloat16):   # not the default dtype: arithmetic in that dtype
-        assert torch.equal(_pm(mask, 1 / 3, dtype, where=True), _pm(mask, 1 / 3, dtype, where=False))
+        by_where, by_arithmetic = (
+            _pm(mask, H, torch.float32, where=True),
+            _pm(mask, H, torch.float32, where=False),
+        )
+        assert by_where.dtype == by_arithmetic.dtype == torch.float32 and torch.equal(
+            by_where, by_arithmetic
+        )
+    for dtype in (torch.float64, torch.bfloat16):  # not the default dtype: arithmetic in that dtype
+        assert torch.equal(
+            _pm(mask, 1 / 3, dtype, where=True), _pm(mask, 1 / 3, dtype, where=False)
+        )
         assert _pm(mask, 1 / 3, dtype, where=True).dtype == dtype
 
 
@@ -316,5 +409,7 @@ def test_prune_keeps_to_row_major_positions_whatever_the_strides():
     cl = w.to(memory_format=torch.channels_last)
     assert torch.equal(rw.transform("prune:frac=0.5")(cl), want)
     t = torch.randn(784, 10).t()
-    assert torch.equal(rw.transform("prune:frac=0.3")(t), rw.transform("prune:frac=0.3")(t.contiguous()))
+    assert torch.equal(
+        rw.transform("prune:frac=0.3")(t), rw.transform("prune:frac=0.3")(t.contiguous())
+    )
     assert (rw.transform("prune:frac=0.3")(t) == 0).sum() == int(0.3 * t.numel())

@@ -24,11 +24,32 @@ from .transforms import Transform, list_transforms, register_transform, transfor
 __version__ = "0.1.0"
 
 __all__ = [
-    "UserError", "Transform", "transform", "list_transforms", "register_transform",
-    "attach", "detach", "clip_", "coverage", "distort", "select", "sites", "use_weights",
-    "create_model", "list_models", "register_model",
-    "TrainConfig", "TrainResult", "train", "load", "evaluate",
-    "SweepConfig", "sweep", "run_sweep", "report", "reproduce",
+    "UserError",
+    "Transform",
+    "transform",
+    "list_transforms",
+    "register_transform",
+    "attach",
+    "detach",
+    "clip_",
+    "coverage",
+    "distort",
+    "select",
+    "sites",
+    "use_weights",
+    "create_model",
+    "list_models",
+    "register_model",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load",
+    "evaluate",
+    "SweepConfig",
+    "sweep",
+    "run_sweep",
+    "report",
+    "reproduce",
 ]
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .transforms import Transform, capacity, magnitude, transform
 
+
 def is_discrete(t: "str | Transform") -> bool:
     """Whether a distortion's outputs take few values (their entropy is measured): registry metadata."""
     t = transform(t)
@@ -45,7 +46,9 @@ def capacity_bits(t: "str | Transform") -> float | None:
     return t.entry.bits(t.params)
 
 
-def measured_bits(t: "str | Transform", tensors: list[Tensor], clips: list[float | None]) -> float | None:
+def measured_bits(
+    t: "str | Transform", tensors: list[Tensor], clips: list[float | None]
+) -> float | None:
     """``effective_bits`` of distortion ``t`` on ``tensors`` (the weights it is applied to, with their
     clip bounds): measured from each tensor's signal-to-noise ratio for ``add-gauss``, weight-count-weighted;
     :func:`capacity_bits` for any other distortion."""
@@ -58,12 +61,14 @@ def measured_bits(t: "str | Transform", tensors: list[Tensor], clips: list[float
     total, n = 0.0, 0
     for w, clip in zip(tensors, clips):
         w = w.detach()
-        noise = sigma * float(magnitude(w, t.params["scale"], clip))   # the reference the distortion itself used
+        noise = sigma * float(
+            magnitude(w, t.params["scale"], clip)
+        )  # the reference the distortion itself used
         # in float64 with numpy's pairwise sum: the same figure whatever the number of threads (torch's parallel
         # reductions split by thread count, so ranks of a distributed sweep would disagree in the last digits)
         signal = float(np.square(w.float().cpu().numpy(), dtype=np.float64).mean())
         if noise <= 0:
-            return None   # a tensor of zeros gets no noise: no finite figure
+            return None  # a tensor of zeros gets no noise: no finite figure
         total += capacity(signal, noise) * w.numel()
         n += w.numel()
     return total / n

@@ -32,18 +32,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UserError
-from .readers import (FASHION_CLASSES, MNIST_CLASSES, list_images, read_cifar, read_demo, read_image,
-                      read_mnist)
+from .readers import (
+    FASHION_CLASSES,
+    MNIST_CLASSES,
+    list_images,
+    read_cifar,
+    read_demo,
+    read_image,
+    read_mnist,
+)
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "demo")
 PREPROCESS = ("standardize", "gcn-zca", "none", "normalize:mean=M,std=S")
 AUGMENT = ("none", "flip-crop")
 
 DEMO_DESCRIPTION = "Fashion-MNIST subset shipped with robustweights (5000 train / 1000 test)"
-STATS_IMAGES = 500      # image-folder mean/std come from this many training images
-ZCA_FILTER_BIAS = 0.1   # BinaryConnect's pylearn2 ZCA setting
-GCN_SCALE = 55.0        # pylearn2 global_contrast_normalize(scale=55)
-CHUNK = 4096            # rows per float64 block in GCN/ZCA: bounds memory to ~100 MB
+STATS_IMAGES = 500  # image-folder mean/std come from this many training images
+ZCA_FILTER_BIAS = 0.1  # BinaryConnect's pylearn2 ZCA setting
+GCN_SCALE = 55.0  # pylearn2 global_contrast_normalize(scale=55)
+CHUNK = 4096  # rows per float64 block in GCN/ZCA: bounds memory to ~100 MB
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -53,8 +60,10 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 # --------------------------------------------------------------------------- batches
 
-def augment_batch(x: Tensor, generator: torch.Generator | None, kind: str = "flip-crop",
-                  pad: int = 4) -> Tensor:
+
+def augment_batch(
+    x: Tensor, generator: torch.Generator | None, kind: str = "flip-crop", pad: int = 4
+) -> Tensor:
     """Random horizontal flip (p = 1/2) and random crop after zero padding, per example.
 
     Example ``b`` becomes ``out[b, :, i, j] = xp[b, :, dy_b + i, dx_b + j']`` where ``xp``
@@ -67,17 +76,17 @@ def augment_batch(x: Tensor, generator: torch.Generator | None, kind: str = "fli
     _check_choice("augmentation", kind, AUGMENT)
     if kind == "none":
         return x
-    b, _, h, w = x.shape                                                       # (B, C, H, W)
-    flip = torch.rand(b, generator=generator) < 0.5                            # (B,)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)        # (B,) each
-    rows = dy[:, None] + torch.arange(h)                                       # (B, H)
+    b, _, h, w = x.shape  # (B, C, H, W)
+    flip = torch.rand(b, generator=generator) < 0.5  # (B,)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)  # (B,) each
+    rows = dy[:, None] + torch.arange(h)  # (B, H)
     cols = torch.arange(w).expand(b, w)
-    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)        # (B, W)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)  # (B, W)
     rows, cols = rows.to(x.device), cols.to(x.device)
-    xp = F.pad(x, (pad, pad, pad, pad))                                        # (B, C, H+2p, W+2p)
+    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]     # (B, C, H, W)
+    return xp[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 
 class Split:
@@ -95,11 +104,17 @@ class Split:
     def _fetch(self, index_batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         raise NotImplementedError
 
-    def batches(self, batch_size: int, *, shuffle: bool = False,
-                generator: torch.Generator | None = None, augment: str = "none",
-                device: str | torch.device = "cpu", drop_last: bool = False,
-                shard: tuple[int, int] = (0, 1),
-                ) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        augment: str = "none",
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``x`` float32 ``(B, C, H, W)`` and ``y`` int64 ``(B,)`` on ``device``.
 
         ``shuffle=False`` gives dataset order; ``drop_last`` drops a final short batch.
@@ -117,10 +132,12 @@ class Split:
         if not (isinstance(world, int) and isinstance(rank, int) and 0 <= rank < world):
             raise UserError(f"shard must be (rank, world) with 0 <= rank < world, not {shard!r}")
         if world > 1:
-            order = order[:n - n % world][rank::world]
+            order = order[: n - n % world][rank::world]
             n = len(order)
         stop = n - n % batch_size if drop_last else n
-        for x, y in self._fetch([c for c in order[:stop].split(batch_size) if len(c)]):   # (none empty)
+        for x, y in self._fetch(
+            [c for c in order[:stop].split(batch_size) if len(c)]
+        ):  # (none empty)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             yield augment_batch(x, generator, augment), y
 
@@ -134,7 +151,9 @@ class TensorSplit(Split):
 
     def __init__(self, x: Tensor, y: Tensor):
         if x.ndim != 4 or y.shape != (x.shape[0],):
-            raise ValueError(f"need x (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"need x (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         self.x, self.y = x, y
 
     def __len__(self) -> int:
@@ -142,7 +161,9 @@ class TensorSplit(Split):
 
     def _fetch(self, index_batches):
         index_batches = list(index_batches)
-        if self.x.device.type != "cpu" and index_batches:   # one copy to the GPU a pass, not a blocking one a batch
+        if (
+            self.x.device.type != "cpu" and index_batches
+        ):  # one copy to the GPU a pass, not a blocking one a batch
             whole = torch.cat(index_batches).to(self.x.device)
             index_batches = whole.split([len(i) for i in index_batches])
         for idx in index_batches:
@@ -166,9 +187,14 @@ class LoaderSplit:
         except (AttributeError, TypeError):
             return sum(len(y) for _, y in self.loader)
 
-    def batches(self, batch_size=None, shuffle=False, generator=None, augment="none", device=None, **_):
+    def batches(
+        self, batch_size=None, shuffle=False, generator=None, augment="none", device=None, **_
+    ):
         for x, y in self.loader:
-            yield x.to(device) if device is not None else x, y.to(device) if device is not None else y
+            yield (
+                x.to(device) if device is not None else x,
+                y.to(device) if device is not None else y,
+            )
 
 
 def as_split(data, split: str = "test"):
@@ -179,8 +205,10 @@ def as_split(data, split: str = "test"):
         return data
     if hasattr(data, "__iter__"):
         return LoaderSplit(data)
-    raise UserError(f"cannot test on {type(data).__name__}: give a robustweights Data or Split, or a DataLoader "
-                    f"of (inputs, targets) batches")
+    raise UserError(
+        f"cannot test on {type(data).__name__}: give a robustweights Data or Split, or a DataLoader "
+        f"of (inputs, targets) batches"
+    )
 
 
 class FolderSplit(Split):
@@ -192,10 +220,16 @@ class FolderSplit(Split):
     randomness is never used.
     """
 
-    def __init__(self, files: list[tuple[str, int]], image_size: int,
-                 mean: Tensor, std: Tensor, num_workers: int = 0):
+    def __init__(
+        self,
+        files: list[tuple[str, int]],
+        image_size: int,
+        mean: Tensor,
+        std: Tensor,
+        num_workers: int = 0,
+    ):
         self.files, self.image_size, self.num_workers = files, image_size, num_workers
-        self.mean, self.std = mean.float(), std.float()                        # (3,) each
+        self.mean, self.std = mean.float(), std.float()  # (3,) each
 
     def __len__(self) -> int:
         return len(self.files)
@@ -217,8 +251,9 @@ class FolderSplit(Split):
         batches = [idx.tolist() for idx in index_batches]
         # its own generator: iterating a DataLoader draws a base seed from the global random state otherwise,
         # which another row trained at once (rows_at_once) may be seeding for its initialisation
-        loader = torch.utils.data.DataLoader(self, batch_sampler=batches, num_workers=self.num_workers,
-                                             generator=torch.Generator())
+        loader = torch.utils.data.DataLoader(
+            self, batch_sampler=batches, num_workers=self.num_workers, generator=torch.Generator()
+        )
         for idx, (x, y) in zip(batches, loader):
             bad = (y < 0).nonzero().flatten().tolist()
             if bad:
@@ -243,8 +278,10 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
     if spec in ("standardize", "gcn-zca", "none"):
         return spec, None, None
     name, _, rest = str(spec).partition(":")
-    usage = (f"preprocessing {spec!r} is not one of: standardize, gcn-zca, none, "
-             "normalize:mean=M,std=S (per channel M1/M2/M3)")
+    usage = (
+        f"preprocessing {spec!r} is not one of: standardize, gcn-zca, none, "
+        "normalize:mean=M,std=S (per channel M1/M2/M3)"
+    )
     if name != "normalize":
         raise UserError(usage)
     vals = {}
@@ -258,19 +295,34 @@ def parse_preprocess(spec: str) -> tuple[str, list[float] | None, list[float] | 
             raise UserError(usage) from None
     if set(vals) != {"mean", "std"}:
         unknown = sorted(set(vals) - {"mean", "std"})
-        raise UserError(usage + (f"; unknown key {', '.join(map(repr, unknown))}" if unknown else
-                                 "; it needs both mean and std"))
-    if not all(math.isfinite(x) for v in vals.values() for x in v) or not all(x >= 1e-6 for x in vals["std"]):
-        raise UserError(usage + "; every mean must be finite and every std positive (at least 1e-6)")
+        raise UserError(
+            usage
+            + (
+                f"; unknown key {', '.join(map(repr, unknown))}"
+                if unknown
+                else "; it needs both mean and std"
+            )
+        )
+    if not all(math.isfinite(x) for v in vals.values() for x in v) or not all(
+        x >= 1e-6 for x in vals["std"]
+    ):
+        raise UserError(
+            usage + "; every mean must be finite and every std positive (at least 1e-6)"
+        )
     return name, vals["mean"], vals["std"]
 
 
 def describe_preprocess(spec: str) -> str:
     """The words a :class:`Data` prepared with preprocessing ``spec`` carries (its ``preprocessing``)."""
     kind, mean, std = parse_preprocess(spec)
-    return {"standardize": STANDARDIZED, "gcn-zca": "GCN + ZCA whitening (fitted on the training split)",
-            "none": "none (pixels in [0, 1])"}.get(kind) or \
-        f"normalized with mean {'/'.join(map(str, mean))}, std {'/'.join(map(str, std))} (pixels in [0, 1])"
+    return (
+        {
+            "standardize": STANDARDIZED,
+            "gcn-zca": "GCN + ZCA whitening (fitted on the training split)",
+            "none": "none (pixels in [0, 1])",
+        }.get(kind)
+        or f"normalized with mean {'/'.join(map(str, mean))}, std {'/'.join(map(str, std))} (pixels in [0, 1])"
+    )
 
 
 def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
@@ -283,7 +335,9 @@ def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
     elif kind == "normalize":
         c = train.shape[1]
         if len(mean) not in (1, c) or len(std) not in (1, c):
-            raise UserError(f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std")
+            raise UserError(
+                f"preprocessing {spec!r}: give one value or {c} (one per channel) for mean and std"
+            )
         m = torch.tensor(mean).view(1, -1, 1, 1)
         sd = torch.tensor(std).view(1, -1, 1, 1)
         for x in (train, test):
@@ -294,7 +348,7 @@ def _preprocess(spec: str, train: Tensor, test: Tensor) -> str:
 def _standardize(train: Tensor, test: Tensor) -> None:
     """In place: ``x <- (x - mean_c) / std_c``, per-channel mean and (population) std of
     the training pixels in [0, 1]. A constant channel keeps std 1 (no division by 0)."""
-    std, mean = torch.std_mean(train, dim=(0, 2, 3), keepdim=True, correction=0)   # (1, C, 1, 1)
+    std, mean = torch.std_mean(train, dim=(0, 2, 3), keepdim=True, correction=0)  # (1, C, 1, 1)
     std = torch.where(std > 0, std, torch.ones_like(std))
     for x in (train, test):
         x.sub_(mean).div_(std)
@@ -320,7 +374,7 @@ def _gcn_zca(train: Tensor, test: Tensor) -> None:
     one pass, ~100 MB at a time instead of 1.2 GB for CIFAR-10) and decomposed in float64;
     results are float32. CIFAR-10 (50000 x 3072) takes ~20 s on 2 CPU cores.
     """
-    rows = [x.view(len(x), -1) for x in (train, test)]                         # (N, D) views
+    rows = [x.view(len(x), -1) for x in (train, test)]  # (N, D) views
     d = rows[0].shape[1]
     total, gram = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
     for block in rows[0].split(CHUNK):
@@ -331,7 +385,7 @@ def _gcn_zca(train: Tensor, test: Tensor) -> None:
     for block in rows[1].split(CHUNK):
         block.copy_(_gcn(block.double()))
     n = len(rows[0])
-    mean = total / n                                                           # (D,)
+    mean = total / n  # (D,)
     eigval, eigvec = torch.linalg.eigh(gram / n - torch.outer(mean, mean))
     # clamp: rounding can leave the (rank-deficient) covariance tiny negative eigenvalues
     w = (eigvec * (eigval.clamp_min(0) + ZCA_FILTER_BIAS).rsqrt()) @ eigvec.T  # (D, D)
@@ -345,18 +399,20 @@ def _gcn_zca(train: Tensor, test: Tensor) -> None:
 
 # --------------------------------------------------------------------------- load_data
 
+
 @dataclass
 class Data:
     """A dataset ready for training; ``description`` says where it came from and any caveat."""
+
     name: str
     description: str
     num_classes: int
-    in_shape: tuple[int, int, int]   # (C, H, W)
+    in_shape: tuple[int, int, int]  # (C, H, W)
     classes: list[str]
     train: Split
     test: Split
-    preprocessing: str = ""          # what was done to the inputs, in words (printed beside results)
-    val: "Split | None" = None       # held out from the training set for model selection (val_size)
+    preprocessing: str = ""  # what was done to the inputs, in words (printed beside results)
+    val: "Split | None" = None  # held out from the training set for model selection (val_size)
 
 
 _SUBFOLDER = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10-batches-py"}
@@ -379,7 +435,7 @@ def default_data_dir(name: str) -> str | None:
         places += [base / sub] + ([base / "cifar-10-python.tar.gz"] if name == "cifar10" else [])
     if name == "cifar10":
         places += [Path("data") / sub, Path("../shared/datasets") / sub]
-        parents = Path(__file__).resolve().parents   # .../<checkout>/src/robustweights/data.py
+        parents = Path(__file__).resolve().parents  # .../<checkout>/src/robustweights/data.py
         if len(parents) > 3:
             places.append(parents[3] / "shared/datasets" / sub)
     else:
@@ -397,36 +453,68 @@ def _subset(k: int | None, n: int, seed: int, stream: int, what: str) -> np.ndar
     return np.sort(np.random.default_rng([seed, stream]).choice(n, k, replace=False))
 
 
-def _load_image_folder(root: Path, image_size: int | None, train_subset: int | None,
-                       test_subset: int | None, seed: int, num_workers: int) -> Data:
+def _load_image_folder(
+    root: Path,
+    image_size: int | None,
+    train_subset: int | None,
+    test_subset: int | None,
+    seed: int,
+    num_workers: int,
+) -> Data:
     train_files, classes = list_images(root / "train", None)
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     test_files, _ = list_images(test_dir, classes)
     size = 224 if image_size is None else image_size
     if not isinstance(size, int) or size < 1 or not isinstance(num_workers, int) or num_workers < 0:
-        raise UserError(f"need a positive image size and num_workers >= 0, got {image_size!r} and {num_workers!r}")
+        raise UserError(
+            f"need a positive image size and num_workers >= 0, got {image_size!r} and {num_workers!r}"
+        )
     files = []
-    for k, split, stream, what in ((train_subset, train_files, 0, "train"), (test_subset, test_files, 1, "test")):
+    for k, split, stream, what in (
+        (train_subset, train_files, 0, "train"),
+        (test_subset, test_files, 1, "test"),
+    ):
         idx = _subset(k, len(split), seed, stream, what)
         files.append(split if idx is None else [split[i] for i in idx])
     # mean/std from a seeded pick of up to 500 training images, as they are fed (resized, cropped)
-    pick = np.random.default_rng([seed, 2]).choice(len(files[0]), min(STATS_IMAGES, len(files[0])), replace=False)
-    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    pick = np.random.default_rng([seed, 2]).choice(
+        len(files[0]), min(STATS_IMAGES, len(files[0])), replace=False
+    )
+    total, total_sq, count = (
+        torch.zeros(3, dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+        0,
+    )
     for i in pick:
-        x = read_image(files[0][i][0], size).double().flatten(1)             # (3, S*S)
+        x = read_image(files[0][i][0], size).double().flatten(1)  # (3, S*S)
         total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))
     splits = [FolderSplit(f, size, mean, std, num_workers) for f in files]
-    return Data("imagefolder", f"image folder {root} ({len(classes)} classes)", len(classes),
-                (3, size, size), classes, *splits, preprocessing=STANDARDIZED)
+    return Data(
+        "imagefolder",
+        f"image folder {root} ({len(classes)} classes)",
+        len(classes),
+        (3, size, size),
+        classes,
+        *splits,
+        preprocessing=STANDARDIZED,
+    )
 
 
-def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "standardize",
-              train_subset: int | None = None, test_subset: int | None = None,
-              image_size: int | None = None, seed: int = 0, num_workers: int = 0,
-              val_size: int | None = None) -> Data:
+def load_data(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    preprocess: str = "standardize",
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    val_size: int | None = None,
+) -> Data:
     """Load dataset ``name`` (one of DATASETS) from ``data_dir`` or its default place.
 
     ``train_subset``/``test_subset`` keep a random subset (seeded by ``seed``) before the
@@ -442,10 +530,14 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
         if data_dir is None:
             data_dir = default_data_dir(name)
         if data_dir is None and name == "imagefolder":
-            raise UserError("imagefolder needs --data-dir: a folder holding train/<class>/ and val/<class>/")
+            raise UserError(
+                "imagefolder needs --data-dir: a folder holding train/<class>/ and val/<class>/"
+            )
         if data_dir is None:
-            raise UserError(f"no {name} data found in the default places; pass --data-dir "
-                            f"or set ROBUSTWEIGHTS_DATA to a folder holding {_SUBFOLDER[name]}/")
+            raise UserError(
+                f"no {name} data found in the default places; pass --data-dir "
+                f"or set ROBUSTWEIGHTS_DATA to a folder holding {_SUBFOLDER[name]}/"
+            )
         path = Path(data_dir).expanduser()
         if not path.exists():
             raise UserError(f"no such folder {path} (the data folder for {name})")
@@ -453,10 +545,14 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
             raise UserError(f"{path}: expected a folder, found a file")
     if name == "imagefolder":
         if preprocess != "standardize":
-            raise UserError(f"preprocessing {preprocess!r} needs every image in memory; "
-                            "imagefolder supports only 'standardize'")
+            raise UserError(
+                f"preprocessing {preprocess!r} needs every image in memory; "
+                "imagefolder supports only 'standardize'"
+            )
         if val_size:
-            raise UserError("a validation split (val_size) needs a dataset held in memory, not imagefolder")
+            raise UserError(
+                "a validation split (val_size) needs a dataset held in memory, not imagefolder"
+            )
         return _load_image_folder(path, image_size, train_subset, test_subset, seed, num_workers)
     if image_size is not None:
         raise UserError(f"image size applies only to imagefolder; {name} images keep their size")
@@ -472,32 +568,56 @@ def load_data(name: str, data_dir: str | None = None, *, preprocess: str = "stan
         description = f"{'Fashion-MNIST' if name == 'fashion-mnist' else 'MNIST'} from {path}"
 
     tensors = []
-    for k, (x, y), stream, what in ((train_subset, arrays[:2], 0, "train"), (test_subset, arrays[2:], 1, "test")):
+    for k, (x, y), stream, what in (
+        (train_subset, arrays[:2], 0, "train"),
+        (test_subset, arrays[2:], 1, "test"),
+    ):
         idx = _subset(k, len(y), seed, stream, what)
         if idx is not None:
             x, y = x[idx], y[idx]
             description += f"; {what} subset {k} of {len(arrays[2 * stream + 1])} (seed {seed})"
-        tensors += [torch.from_numpy(np.ascontiguousarray(x)).float().div_(255),   # (N, C, H, W)
-                    torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))]    # (N,)
+        tensors += [
+            torch.from_numpy(np.ascontiguousarray(x)).float().div_(255),  # (N, C, H, W)
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+        ]  # (N,)
     val = None
     if val_size:
         n = len(tensors[1])
         if not (isinstance(val_size, int) and 0 < val_size < n):
-            raise UserError(f"val_size must be an integer between 1 and {n - 1} (the training images), "
-                            f"not {val_size!r}")
-        val = (tensors[0][n - val_size:], tensors[1][n - val_size:])
-        tensors[0], tensors[1] = tensors[0][:n - val_size], tensors[1][:n - val_size]
+            raise UserError(
+                f"val_size must be an integer between 1 and {n - 1} (the training images), "
+                f"not {val_size!r}"
+            )
+        val = (tensors[0][n - val_size :], tensors[1][n - val_size :])
+        tensors[0], tensors[1] = tensors[0][: n - val_size], tensors[1][: n - val_size]
         description += f"; validation: the last {val_size} training images, training on the other {n - val_size}"
-    held = torch.cat([tensors[2], val[0]]) if val else tensors[2]   # preprocessed alike, fitted on train only
+    held = (
+        torch.cat([tensors[2], val[0]]) if val else tensors[2]
+    )  # preprocessed alike, fitted on train only
     preprocessing = _preprocess(preprocess, tensors[0], held)
     if val:
-        tensors[2], val = held[:len(tensors[3])], TensorSplit(held[len(tensors[3]):], val[1])
-    return Data(name, description, len(classes), tuple(tensors[0].shape[1:]), list(classes),
-                TensorSplit(tensors[0], tensors[1]), TensorSplit(tensors[2], tensors[3]), preprocessing, val)
+        tensors[2], val = held[: len(tensors[3])], TensorSplit(held[len(tensors[3]) :], val[1])
+    return Data(
+        name,
+        description,
+        len(classes),
+        tuple(tensors[0].shape[1:]),
+        list(classes),
+        TensorSplit(tensors[0], tensors[1]),
+        TensorSplit(tensors[2], tensors[3]),
+        preprocessing,
+        val,
+    )
 
 
-def make_image_folders(root: Path, classes: int = 4, train_per_class: int = 40, val_per_class: int = 10,
-                       size: int = 40, seed: int = 0) -> Path:
+def make_image_folders(
+    root: Path,
+    classes: int = 4,
+    train_per_class: int = 40,
+    val_per_class: int = 10,
+    size: int = 40,
+    seed: int = 0,
+) -> Path:
     """Write a small learnable class-per-folder dataset (``train/`` and ``val/``) of PNGs under ``root``.
 
     Class ``k`` is a noisy image whose colour and stripe orientation depend on
@@ -515,6 +635,10 @@ def make_image_folders(root: Path, classes: int = 4, train_per_class: int = 40, 
             stripes = np.sin(2 * math.pi * 4 * (xx * math.cos(angle) + yy * math.sin(angle)))
             colour = np.array([(k % 3 == c) for c in range(3)], dtype=float) * 0.5 + 0.25
             for i in range(n):
-                img = 0.5 + 0.25 * stripes[..., None] * colour + 0.15 * rng.standard_normal((size, size, 3))
+                img = (
+                    0.5
+                    + 0.25 * stripes[..., None] * colour
+                    + 0.15 * rng.standard_normal((size, size, 3))
+                )
                 Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
     return root

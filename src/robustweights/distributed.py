@@ -21,8 +21,16 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["resolve_device", "distributed_env", "init_distributed", "leave_distributed", "agree", "process_group",
-           "run_together", "Stopped"]
+__all__ = [
+    "resolve_device",
+    "distributed_env",
+    "init_distributed",
+    "leave_distributed",
+    "agree",
+    "process_group",
+    "run_together",
+    "Stopped",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,8 +40,14 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but this machine has no CUDA GPU")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise UserError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+        raise UserError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    return torch.device(
+        "cuda"
+        if name == "auto" and torch.cuda.is_available()
+        else ("cpu" if name == "auto" else name)
+    )
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -56,8 +70,10 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     gpus = torch.cuda.device_count() if cuda else 0
     if cuda and local >= gpus:  # two ranks on one GPU: nccl refuses, cuda:1 does not exist
-        raise UserError(f"process {local} on this machine has no GPU of its own ({gpus} GPU(s) here): start at "
-                        f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), or use --device cpu")
+        raise UserError(
+            f"process {local} on this machine has no GPU of its own ({gpus} GPU(s) here): start at "
+            f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), or use --device cpu"
+        )
     if cuda:
         torch.cuda.set_device(device)
     ours = not dist.is_initialized()
@@ -154,7 +170,9 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
 
     def work():
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        if stream is not None:   # after what the caller issued before the call (data it made on the GPU)
+        if (
+            stream is not None
+        ):  # after what the caller issued before the call (data it made on the GPU)
             stream.wait_stream(caller)
         while True:
             with lock:
@@ -168,7 +186,7 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
                     stream.synchronize()
             except Stopped:
                 return
-            except BaseException as e:   # noqa: B902 - handed to the calling thread
+            except BaseException as e:  # noqa: B902 - handed to the calling thread
                 with lock:
                     errors.append(e)
                 return
@@ -176,13 +194,19 @@ def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device
     # Each thread says it is done through an event, not Thread.join/is_alive: a join interrupted by Ctrl-C can
     # leave is_alive() False while the thread still runs (CPython before 3.13), and the interrupt was raised
     # before the running jobs had stopped.
-    done = []   # one event a started thread
+    done = []  # one event a started thread
     try:
         for _ in range(max(1, min(at_once, len(jobs)))):
-            done.append(threading.Event())   # before start: an interrupt inside start() comes after the thread is
-            threading.Thread(target=worker, args=(done[-1],), daemon=True).start()   # made, which sets it
+            done.append(
+                threading.Event()
+            )  # before start: an interrupt inside start() comes after the thread is
+            threading.Thread(
+                target=worker, args=(done[-1],), daemon=True
+            ).start()  # made, which sets it
         for d in done:
-            while not d.wait(0.2):   # in short waits: a signal that reaches another thread still wakes this one
+            while not d.wait(
+                0.2
+            ):  # in short waits: a signal that reaches another thread still wakes this one
                 pass
     except KeyboardInterrupt:
         interrupted.set()

@@ -39,4 +39,6 @@ def normal(w: Tensor, g: torch.Generator | None) -> Tensor:
 def _draw(shape, g: torch.Generator | None, normal: bool, dtype, device) -> Tensor:
     """Draw on ``g``'s device (``device`` without a generator), returned on ``device``; never traced."""
     f = torch.randn if normal else torch.rand
-    return f(shape, generator=g, device=g.device if g is not None else device, dtype=dtype).to(device)
+    return f(shape, generator=g, device=g.device if g is not None else device, dtype=dtype).to(
+        device
+    )

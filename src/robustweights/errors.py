@@ -16,7 +16,7 @@ def one_line(e: BaseException) -> str:
 def short_repr(v, limit: int = 60) -> str:
     """``repr(v)``, cut to ``limit`` characters: a value quoted in a one-line error."""
     text = repr(v)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class UserError(ValueError):

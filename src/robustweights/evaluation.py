@@ -22,9 +22,25 @@ from . import projected
 from .errors import UserError, one_line
 from .selection import aliases, matches_any, shorten
 
-__all__ = ["loss_fn", "as_logits", "first_forward", "evaluate_split", "weights_label", "bn_layers",
-           "calibrate_bn", "reestimated_bn", "needs_calibration", "sweep_coverage", "training_coverage",
-           "unreached", "UNREAD", "UNREACHED", "resolve_keep", "train_modes", "restore_modes"]
+__all__ = [
+    "loss_fn",
+    "as_logits",
+    "first_forward",
+    "evaluate_split",
+    "weights_label",
+    "bn_layers",
+    "calibrate_bn",
+    "reestimated_bn",
+    "needs_calibration",
+    "sweep_coverage",
+    "training_coverage",
+    "unreached",
+    "UNREAD",
+    "UNREACHED",
+    "resolve_keep",
+    "train_modes",
+    "restore_modes",
+]
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -50,13 +66,19 @@ def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
         elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
             out = out[0]
         else:
-            raise UserError(f"the model returned a {got}; it must return the logits (a tensor of batch x classes), "
-                            "or a tuple or list whose first item, or a dict or output whose 'logits', is them")
+            raise UserError(
+                f"the model returned a {got}; it must return the logits (a tensor of batch x classes), "
+                "or a tuple or list whose first item, or a dict or output whose 'logits', is them"
+            )
     if out.dim() != 2 or out.shape[0] != len(y):
-        raise UserError(f"the model's logits have shape {tuple(out.shape)} for a batch of {len(y)}; "
-                        f"expected ({len(y)}, classes)")
+        raise UserError(
+            f"the model's logits have shape {tuple(out.shape)} for a batch of {len(y)}; "
+            f"expected ({len(y)}, classes)"
+        )
     if check_labels and len(y) and int(y.max()) >= out.shape[1]:
-        raise UserError(f"the model gives {out.shape[1]} outputs per example, but the data has label {int(y.max())}")
+        raise UserError(
+            f"the model gives {out.shape[1]} outputs per example, but the data has label {int(y.max())}"
+        )
     return out
 
 
@@ -76,13 +98,23 @@ def first_forward(model: nn.Module, x: torch.Tensor):
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise UserError(f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) gives "
-                        f"{type(e).__name__}: {one_line(e)[:300]}") from e
+        raise UserError(
+            f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) gives "
+            f"{type(e).__name__}: {one_line(e)[:300]}"
+        ) from e
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce", batch_size: int = 1000,
-                   device=None, amp: bool = False, channels_last: bool = False) -> dict:
+def evaluate_split(
+    model: nn.Module,
+    split: data_mod.Split,
+    *,
+    loss: str = "ce",
+    batch_size: int = 1000,
+    device=None,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict:
     """Error and mean loss of ``model`` on ``split`` as the model stands (no change of weights)."""
     device = device or next(model.parameters()).device
     modes = train_modes(model)
@@ -95,7 +127,9 @@ def evaluate_split(model: nn.Module, split: data_mod.Split, *, loss: str = "ce",
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
-                logits = as_logits(first_forward(model, x) if n == 0 else model(x), y, check_labels=n == 0)
+                logits = as_logits(
+                    first_forward(model, x) if n == 0 else model(x), y, check_labels=n == 0
+                )
             total_loss += loss_fn(loss, logits.float(), y).double() * len(y)
             wrong += (logits.argmax(1) != y).sum()
             n += len(y)
@@ -113,11 +147,16 @@ def weights_label(model: nn.Module) -> str:
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
-def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_size: int, device,
-                 seed: int = 0) -> None:
+def calibrate_bn(
+    model: nn.Module, split: data_mod.Split, batches: int, batch_size: int, device, seed: int = 0
+) -> None:
     """Replace batch-norm statistics by their average over ``batches`` training batches, for good.
 
     A cumulative average (momentum ``None``) over fixed batches drawn from
@@ -131,17 +170,19 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
     momenta = [m.momentum for m in bns]
     modes = train_modes(model)
     try:
-        model.eval()   # also when called on a model in training mode (the end of training)
+        model.eval()  # also when called on a model in training mode (the end of training)
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
             m.train()  # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=g, device=device)):
+            for i, (x, _) in enumerate(
+                split.batches(batch_size, shuffle=True, generator=g, device=device)
+            ):
                 if i >= batches:
                     break
-                if len(x) > 1:   # (batch norm cannot take one example)
+                if len(x) > 1:  # (batch norm cannot take one example)
                     model(x)
     finally:
         restore_modes(modes)
@@ -150,8 +191,14 @@ def calibrate_bn(model: nn.Module, split: data_mod.Split, batches: int, batch_si
 
 
 @contextmanager
-def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int, batch_size: int, device,
-                   seed: int = 0):
+def reestimated_bn(
+    model: nn.Module,
+    split: data_mod.Split | None,
+    batches: int,
+    batch_size: int,
+    device,
+    seed: int = 0,
+):
     """Within the block, batch-norm statistics are re-estimated on ``batches`` training batches.
 
     As :func:`calibrate_bn`; the saved statistics and momenta are put back
@@ -161,7 +208,9 @@ def reestimated_bn(model: nn.Module, split: data_mod.Split | None, batches: int,
         yield
         return
     bns = bn_layers(model)
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    saved = [
+        (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns
+    ]
     try:
         calibrate_bn(model, split, batches, batch_size, device, seed)
         yield
@@ -182,28 +231,45 @@ def needs_calibration(model: nn.Module) -> bool:
     saved statistics gave 72.6% CIFAR-10 error against 14.5% after
     re-estimation (part 7's report).
     """
-    return bool(bn_layers(model)) and any(not s.plain and s.eval_uses_hidden() for s in projected.sites(model))
+    return bool(bn_layers(model)) and any(
+        not s.plain and s.eval_uses_hidden() for s in projected.sites(model)
+    )
 
 
 # ---------------------------------------------------------------------------
 # Which weights a forward pass reaches: what a sweep can distort
 # ---------------------------------------------------------------------------
 
-def sweep_coverage(model: nn.Module, split: data_mod.Split | None, keep=(), batch_size: int = 1000, device=None,
-                   forward: Callable[[], object] | None = None, **selection) -> tuple[dict, dict]:
+
+def sweep_coverage(
+    model: nn.Module,
+    split: data_mod.Split | None,
+    keep=(),
+    batch_size: int = 1000,
+    device=None,
+    forward: Callable[[], object] | None = None,
+    **selection,
+) -> tuple[dict, dict]:
     """``(untouched, coverage)``: the projected parameters a sweep leaves alone (``{name: reason}``:
     kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest.
     ``forward()`` runs the model once instead of a batch of ``split``."""
     untouched = resolve_keep(model, keep, **selection)
-    untouched.update(unreached(model, split, batch_size, device or next(model.parameters()).device, untouched,
-                               forward))
+    untouched.update(
+        unreached(
+            model, split, batch_size, device or next(model.parameters()).device, untouched, forward
+        )
+    )
     return untouched, _coverage_without(model, untouched, "distorting")
 
 
 def _coverage_without(model: nn.Module, untouched: dict[str, str], verb: str) -> dict:
     """:func:`robustweights.projected.coverage` with the parameters ``untouched`` (``{name: reason}``) left out."""
-    return projected.coverage(model, set(untouched), verb=verb,
-                              extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()])
+    return projected.coverage(
+        model,
+        set(untouched),
+        verb=verb,
+        extra_left_out=[{"name": n, "reason": r} for n, r in untouched.items()],
+    )
 
 
 def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
@@ -221,7 +287,9 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
             if any(s.mode == "fwd" and not s.plain for s in projected.sites(model)):
                 x, _ = next(iter(split.batches(8, device=device)))
                 with torch.enable_grad():
-                    model(x)   # a weight of mode fwd read by code other than its layer's forward raises here
+                    model(
+                        x
+                    )  # a weight of mode fwd read by code other than its layer's forward raises here
     finally:
         restore_modes(modes)
         projected.put_back(buffers)
@@ -232,12 +300,16 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
 
 # The reasons :func:`unreached` gives: a weight the distortions cannot reach (a sweep warns of them).
 UNREAD = "never read by the forward pass (unused, or read through a cached reference)"
-UNREACHED = ("its value never reaches the output (read, but computed with a cached copy or view, or only into an "
-             "output other than the logits the error is computed from)")
+UNREACHED = (
+    "its value never reaches the output (read, but computed with a cached copy or view, or only into an "
+    "output other than the logits the error is computed from)"
+)
 
 
 @torch.no_grad()
-def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward=None) -> dict[str, str]:
+def unreached(
+    model: nn.Module, split, batch_size: int, device, skip=(), forward=None
+) -> dict[str, str]:
     """Projected parameters whose value never reaches the output of one evaluation batch, with the reason.
 
     Distorting such a parameter would change nothing (it is unused by the
@@ -247,8 +319,10 @@ def unreached(model: nn.Module, split, batch_size: int, device, skip=(), forward
     at all; and (on a batch of ``split``) the output changes when the parameter
     reads as NaN. With ``forward`` (a user's evaluation) only the first.
     """
-    buffers = projected.saved_buffers(model)   # a forward may update them (a QAT observer would keep the NaN
-    try:                                         # of the probe for good)
+    buffers = projected.saved_buffers(
+        model
+    )  # a forward may update them (a QAT observer would keep the NaN
+    try:  # of the probe for good)
         with projected.reading(model) as ss:
             if forward is not None:
                 forward()
@@ -292,7 +366,9 @@ def _same_output(a, b) -> bool:
     return not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor)
 
 
-def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types=(), exclude_types=()) -> dict:
+def resolve_keep(
+    model: nn.Module, keep=(), *, include=("*",), exclude=(), types=(), exclude_types=()
+) -> dict:
     """Projected parameters a sweep leaves undistorted, with the reason: ``{name: reason}``.
 
     ``keep`` holds ``first``, ``last``, parameter or module names, or shell
@@ -300,19 +376,29 @@ def resolve_keep(model: nn.Module, keep=(), *, include=("*",), exclude=(), types
     :func:`robustweights.projected.select`.
     """
     names = [s.name for s in projected.sites(model)]
-    also = aliases(model)   # a tied weight answers to each of its names
+    also = aliases(model)  # a tied weight answers to each of its names
     out = {}
     for k in keep:
-        hits = [names[0]] if k == "first" else [names[-1]] if k == "last" else \
-            [n for n in names if matches_any(k, also.get(n, [n]))]
+        hits = (
+            [names[0]]
+            if k == "first"
+            else [names[-1]]
+            if k == "last"
+            else [n for n in names if matches_any(k, also.get(n, [n]))]
+        )
         if not hits:
-            raise UserError(f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
-                            f"{shorten(names)}")
+            raise UserError(
+                f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
+                f"{shorten(names)}"
+            )
         out.update({n: f"kept undistorted (keep {k})" for n in hits})
     if tuple(include or ("*",)) != ("*",) or exclude or types or exclude_types:
-        chosen, left = projected.select(model, include=include, exclude=exclude, types=types,
-                                        exclude_types=exclude_types)
+        chosen, left = projected.select(
+            model, include=include, exclude=exclude, types=types, exclude_types=exclude_types
+        )
         chosen = {n for n, _ in chosen}
-        out.update({d["name"]: d["reason"] for d in left if d["name"] in names and d["name"] not in out})
+        out.update(
+            {d["name"]: d["reason"] for d in left if d["name"] in names and d["name"] not in out}
+        )
         out.update({n: "not selected" for n in names if n not in chosen and n not in out})
     return out

@@ -22,12 +22,14 @@ from .transforms import Transform, parse_spec, transform
 __all__ = ["expand", "parse_grid", "swept_param", "Cell", "cells", "cell_seed"]
 
 
-MAX_VALUES = 10_000   # strengths in one grid: more is a typo (a step of 1e-8), not an experiment
+MAX_VALUES = 10_000  # strengths in one grid: more is a typo (a step of 1e-8), not an experiment
 
 
 def _check_count(n: int, where: str) -> None:
     if n > MAX_VALUES:
-        raise UserError(f"{where}: {n:,} strengths in one grid (at most {MAX_VALUES:,}); check the step or range")
+        raise UserError(
+            f"{where}: {n:,} strengths in one grid (at most {MAX_VALUES:,}); check the step or range"
+        )
 
 
 def expand(raw: list[str], where: str) -> list[str]:
@@ -44,7 +46,9 @@ def expand(raw: list[str], where: str) -> list[str]:
         try:
             a, b, s = (float(x) for x in raw[0].split(":"))
         except ValueError:
-            raise UserError(f"{where}: a range is start:stop:step with numbers, got {raw[0]!r}") from None
+            raise UserError(
+                f"{where}: a range is start:stop:step with numbers, got {raw[0]!r}"
+            ) from None
         if not all(math.isfinite(x) for x in (a, b, s)):
             raise UserError(f"{where}: range {raw[0]!r} needs finite numbers")
         if not s > 0 or b < a:
@@ -70,7 +74,7 @@ def parse_grid(spec: str, scale: str | None = None) -> list[Transform]:
     key = swept[0] if swept else None
     fixed = ",".join(f"{k}={v[0]}" for k, v in values.items() if k != key)
     out = []
-    for v in (values[key] if key else [None]):
+    for v in values[key] if key else [None]:
         parts = [p for p in (fixed, f"{key}={v}" if key else "") if p]
         t = transform(name + (":" + ",".join(parts) if parts else ""))
         out.append(t.with_defaults(scale=scale) if scale else t)
@@ -120,4 +124,4 @@ def cells(distortions: list[str], trials: int, scale: str | None = None) -> list
 
 
 def cell_seed(seed: int, c: Cell) -> int:
-    return derive_seed(seed, c.t.spec, c.trial) % (2 ** 62)
+    return derive_seed(seed, c.t.spec, c.trial) % (2**62)

@@ -40,10 +40,14 @@ def register_model(name: str):
     def decorator(factory):
         old = _MODELS.get(name)
         same = old is not None and (old.__module__, old.__qualname__) == (
-            factory.__module__, factory.__qualname__)  # a module reload: not a clash
+            factory.__module__,
+            factory.__qualname__,
+        )  # a module reload: not a clash
         if old is not None and not same:
-            raise UserError(f"model name {name!r} is already registered by "
-                            f"{old.__module__}.{old.__qualname__}; choose another name")
+            raise UserError(
+                f"model name {name!r} is already registered by "
+                f"{old.__module__}.{old.__qualname__}; choose another name"
+            )
         _MODELS[name] = factory
         return factory
 
@@ -58,25 +62,33 @@ def list_models(pattern: str = "*") -> list[str]:
 def _resolve(name: str) -> Callable[..., nn.Module]:
     """A registered factory, or the attribute named by ``package.module:function``."""
     if not isinstance(name, str):
-        raise UserError(f"model name {name!r} is not a string; use one of "
-                        f"{', '.join(list_models())}, or package.module:function")
+        raise UserError(
+            f"model name {name!r} is not a string; use one of "
+            f"{', '.join(list_models())}, or package.module:function"
+        )
     if name in _MODELS:
         return _MODELS[name]
     if ":" not in name:
-        raise UserError(f"unknown model {name!r}; use one of "
-                        f"{', '.join(list_models())}, or package.module:function")
+        raise UserError(
+            f"unknown model {name!r}; use one of "
+            f"{', '.join(list_models())}, or package.module:function"
+        )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise UserError(f"model {name!r} must have the form package.module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:  # other errors raised by the module are bugs: keep their traceback
-        raise UserError(f"cannot import module {module_name!r} for model {name!r} ({one_line(e)}); "
-                        f"check the name and that it is on PYTHONPATH") from None
+        raise UserError(
+            f"cannot import module {module_name!r} for model {name!r} ({one_line(e)}); "
+            f"check the name and that it is on PYTHONPATH"
+        ) from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise UserError(f"module {module_name!r} has no callable {attr!r} for model {name!r}; "
-                        f"name a function or nn.Module class in it")
+        raise UserError(
+            f"module {module_name!r} has no callable {attr!r} for model {name!r}; "
+            f"name a function or nn.Module class in it"
+        )
     return factory
 
 
@@ -99,8 +111,14 @@ def _accepted(factory, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def create_model(name: str, *, num_classes: int = 10, in_shape: tuple[int, int, int] = (3, 32, 32),
-                 width: float = 1.0, **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_shape: tuple[int, int, int] = (3, 32, 32),
+    width: float = 1.0,
+    **kwargs,
+) -> nn.Module:
     """Build model ``name`` (registered, or ``package.module:function``).
 
     Arguments whose value is None are dropped first, so that unset command-line
@@ -120,12 +138,16 @@ def create_model(name: str, *, num_classes: int = 10, in_shape: tuple[int, int, 
     extra = {k: v for k, v in kwargs.items() if v is not None}
     unknown = sorted(extra.keys() - _accepted(factory, extra).keys())
     if unknown:
-        raise UserError(f"model {name!r} takes no option {', '.join(unknown)}; it takes "
-                        f"{', '.join(_option_names(factory)) or 'no options'}")
+        raise UserError(
+            f"model {name!r} takes no option {', '.join(unknown)}; it takes "
+            f"{', '.join(_option_names(factory)) or 'no options'}"
+        )
     model = factory(**_accepted(factory, common), **extra)
     if not isinstance(model, nn.Module):
-        raise UserError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
-                        f"its factory must return an nn.Module")
+        raise UserError(
+            f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
+            f"its factory must return an nn.Module"
+        )
     return model
 
 
@@ -150,7 +172,9 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise UserError(f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}") from None
+        raise UserError(
+            f"{source} does not fit the model: {' '.join(lines[1:2] or lines[:1])[:300]}"
+        ) from None
 
 
 def check_fits(own: dict, state_dict: dict, source: str) -> dict:
@@ -159,14 +183,31 @@ def check_fits(own: dict, state_dict: dict, source: str) -> dict:
     state_dict = _unwrapped(state_dict, own.keys())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
-              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]
-    shapes += [f"{k} complex, the model's real (its imaginary part would be dropped)" for k, v in own.items()
-               if isinstance(state_dict.get(k), torch.Tensor) and state_dict[k].is_complex() and not v.is_complex()]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs the model's {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict
+        and hasattr(state_dict[k], "shape")
+        and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    shapes += [
+        f"{k} complex, the model's real (its imaginary part would be dropped)"
+        for k, v in own.items()
+        if isinstance(state_dict.get(k), torch.Tensor)
+        and state_dict[k].is_complex()
+        and not v.is_complex()
+    ]
     parts = []
-    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+    for what, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatch", shapes),
+    ):
         if items:
-            parts.append(f"{what}: {', '.join(items[:3])}" + (f" (+{len(items) - 3} more)" if len(items) > 3 else ""))
+            parts.append(
+                f"{what}: {', '.join(items[:3])}"
+                + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            )
     if parts:
         raise UserError(f"{source} does not fit the model ({len(own)} keys): " + "; ".join(parts))
     return state_dict
@@ -176,10 +217,12 @@ def _unwrapped(state_dict: dict, own) -> dict:
     """``state_dict`` without the wrapper prefixes on every key, if it then has exactly the keys ``own``."""
     own, sd = set(own), state_dict
     while set(sd) != own:
-        prefix = next((p for p in ("module.", "_orig_mod.") if sd and all(k.startswith(p) for k in sd)), None)
+        prefix = next(
+            (p for p in ("module.", "_orig_mod.") if sd and all(k.startswith(p) for k in sd)), None
+        )
         if prefix is None:
             return state_dict
-        sd = {k[len(prefix):]: v for k, v in sd.items()}
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -190,8 +233,12 @@ def _option_names(factory) -> list[str]:
     except (TypeError, ValueError):
         return []
     common = {"num_classes", "in_shape", "width"}
-    return [p.name for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in common]
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in common
+    ]
+
 
 # -----------------------------------------------------------------------------
 # argument checks (the built-in factories check too, so they are safe to call directly)
@@ -203,31 +250,42 @@ def _check_num_classes(num_classes) -> None:
 
 
 def _check_in_shape(in_shape) -> tuple[int, int, int]:
-    ok = (isinstance(in_shape, (tuple, list)) and len(in_shape) == 3
-          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in in_shape))
+    ok = (
+        isinstance(in_shape, (tuple, list))
+        and len(in_shape) == 3
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in in_shape)
+    )
     if not ok:
-        raise UserError(f"in_shape {in_shape!r} is not allowed; "
-                        f"use three positive integers (C, H, W)")
+        raise UserError(
+            f"in_shape {in_shape!r} is not allowed; use three positive integers (C, H, W)"
+        )
     return tuple(in_shape)
 
 
 def _check_width(width) -> None:
-    ok = (isinstance(width, (int, float)) and not isinstance(width, bool)
-          and math.isfinite(width) and width > 0)
+    ok = (
+        isinstance(width, (int, float))
+        and not isinstance(width, bool)
+        and math.isfinite(width)
+        and width > 0
+    )
     if not ok:
         raise UserError(f"width {width!r} is not allowed; use a finite number > 0")
 
 
-def _check_args(model: str, num_classes, in_shape, width,
-                multiple: int = 1, smallest: int = 1) -> tuple[int, int, int]:
+def _check_args(
+    model: str, num_classes, in_shape, width, multiple: int = 1, smallest: int = 1
+) -> tuple[int, int, int]:
     """Check the common arguments; H and W must be multiples of ``multiple`` (the total
     pooling, so that the flattened size is exact) and at least ``smallest``."""
     _check_num_classes(num_classes)
     _check_width(width)
     c, h, w = _check_in_shape(in_shape)
     if h % multiple or w % multiple or min(h, w) < smallest:
-        raise UserError(f"in_shape {(c, h, w)!r} does not fit {model}; H and W must be "
-                        f"multiples of {multiple} and at least {smallest}")
+        raise UserError(
+            f"in_shape {(c, h, w)!r} does not fit {model}; H and W must be "
+            f"multiples of {multiple} and at least {smallest}"
+        )
     return c, h, w
 
 
@@ -235,8 +293,10 @@ def _scaled(counts, width: float, model: str) -> list[int]:
     """``round(c * width)`` for each base channel/unit count, refusing a layer left with 0."""
     smallest = min(counts)
     if round(smallest * width) < 1:  # round(x) >= 1 exactly when x > 0.5
-        raise UserError(f"width {width!r} leaves 0 of {smallest} channels in a layer of {model}; "
-                        f"use width > {0.5 / smallest:g}")
+        raise UserError(
+            f"width {width!r} leaves 0 of {smallest} channels in a layer of {model}; "
+            f"use width > {0.5 / smallest:g}"
+        )
     return [round(c * width) for c in counts]
 
 
@@ -244,17 +304,24 @@ def _fc_out(c_in: int, c_out: int, out_bn: bool) -> list[nn.Module]:
     """Output Linear, with BinaryConnect's batch norm on the logits if ``out_bn``."""
     return [nn.Linear(c_in, c_out)] + ([nn.BatchNorm1d(c_out)] if out_bn else [])
 
+
 # -----------------------------------------------------------------------------
 # mlp, cnn, bc-vgg: plain stacks, so nn.Sequential reads top to bottom
 
 
 @register_model("mlp")
-def mlp(num_classes: int = 10, in_shape=(1, 28, 28), width: float = 1.0,
-        hidden: tuple[int, ...] = (512, 512), out_bn: bool = True) -> nn.Module:
+def mlp(
+    num_classes: int = 10,
+    in_shape=(1, 28, 28),
+    width: float = 1.0,
+    hidden: tuple[int, ...] = (512, 512),
+    out_bn: bool = True,
+) -> nn.Module:
     """Multi-layer perceptron: (Linear, BN, ReLU) per hidden layer, then Linear (+ BN)."""
     c, h, w = _check_args("mlp", num_classes, in_shape, width)
     if not isinstance(hidden, (tuple, list)) or not all(
-            isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in hidden):
+        isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in hidden
+    ):
         raise UserError(f"hidden {hidden!r} is not allowed; use a sequence of positive integers")
     layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) -> (B, C*H*W)
     n_in = c * h * w
@@ -270,8 +337,9 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model("cnn")
-def cnn(num_classes: int = 10, in_shape=(1, 28, 28), width: float = 1.0,
-        out_bn: bool = True) -> nn.Module:
+def cnn(
+    num_classes: int = 10, in_shape=(1, 28, 28), width: float = 1.0, out_bn: bool = True
+) -> nn.Module:
     """Small CNN for 28x28 grey images, cheap enough to train on a laptop CPU.
 
     About 4.6M multiply-adds per 1x28x28 image at width 1 (conv2 is 3.6M of it).
@@ -279,17 +347,22 @@ def cnn(num_classes: int = 10, in_shape=(1, 28, 28), width: float = 1.0,
     c, h, w = _check_args("cnn", num_classes, in_shape, width, multiple=4, smallest=8)
     c1, c2, f = _scaled((32, 64, 256), width, "cnn")
     return nn.Sequential(
-        *_conv_bn_relu(c, c1), nn.MaxPool2d(2),     # (B, c1, H/2, W/2)
-        *_conv_bn_relu(c1, c2), nn.MaxPool2d(2),    # (B, c2, H/4, W/4)
-        nn.Flatten(),                               # (B, c2*H/4*W/4)
-        nn.Linear(c2 * (h // 4) * (w // 4), f), nn.BatchNorm1d(f), nn.ReLU(),  # (B, f)
-        *_fc_out(f, num_classes, out_bn),           # (B, num_classes)
+        *_conv_bn_relu(c, c1),
+        nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
+        *_conv_bn_relu(c1, c2),
+        nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
+        nn.Flatten(),  # (B, c2*H/4*W/4)
+        nn.Linear(c2 * (h // 4) * (w // 4), f),
+        nn.BatchNorm1d(f),
+        nn.ReLU(),  # (B, f)
+        *_fc_out(f, num_classes, out_bn),  # (B, num_classes)
     )
 
 
 @register_model("bc-vgg")
-def bc_vgg(num_classes: int = 10, in_shape=(3, 32, 32), width: float = 1.0,
-           out_bn: bool = True) -> nn.Module:
+def bc_vgg(
+    num_classes: int = 10, in_shape=(3, 32, 32), width: float = 1.0, out_bn: bool = True
+) -> nn.Module:
     """BinaryConnect's CIFAR-10 net (Courbariaux et al. 2015), ~14.0M weights at width 1.
 
     (2x128C3)-MP2-(2x256C3)-MP2-(2x512C3)-MP2-(2x1024FC)-num_classes, with batch
@@ -298,14 +371,25 @@ def bc_vgg(num_classes: int = 10, in_shape=(3, 32, 32), width: float = 1.0,
     c, h, w = _check_args("bc-vgg", num_classes, in_shape, width, multiple=8, smallest=8)
     c1, c2, c3, f = _scaled((128, 256, 512, 1024), width, "bc-vgg")
     return nn.Sequential(
-        *_conv_bn_relu(c, c1), *_conv_bn_relu(c1, c1), nn.MaxPool2d(2),   # (B, c1, H/2, W/2)
-        *_conv_bn_relu(c1, c2), *_conv_bn_relu(c2, c2), nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
-        *_conv_bn_relu(c2, c3), *_conv_bn_relu(c3, c3), nn.MaxPool2d(2),  # (B, c3, H/8, W/8)
-        nn.Flatten(),                                                      # (B, c3*H/8*W/8)
-        nn.Linear(c3 * (h // 8) * (w // 8), f), nn.BatchNorm1d(f), nn.ReLU(),  # (B, f)
-        nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(),                     # (B, f)
-        *_fc_out(f, num_classes, out_bn),                                  # (B, num_classes)
+        *_conv_bn_relu(c, c1),
+        *_conv_bn_relu(c1, c1),
+        nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
+        *_conv_bn_relu(c1, c2),
+        *_conv_bn_relu(c2, c2),
+        nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
+        *_conv_bn_relu(c2, c3),
+        *_conv_bn_relu(c3, c3),
+        nn.MaxPool2d(2),  # (B, c3, H/8, W/8)
+        nn.Flatten(),  # (B, c3*H/8*W/8)
+        nn.Linear(c3 * (h // 8) * (w // 8), f),
+        nn.BatchNorm1d(f),
+        nn.ReLU(),  # (B, f)
+        nn.Linear(f, f),
+        nn.BatchNorm1d(f),
+        nn.ReLU(),  # (B, f)
+        *_fc_out(f, num_classes, out_bn),  # (B, num_classes)
     )
+
 
 # -----------------------------------------------------------------------------
 # resnet18
@@ -325,8 +409,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
         self.relu = nn.ReLU()
 
     def forward(self, x):  # (B, c_in, H, W)
@@ -346,12 +431,18 @@ class ResNet18(nn.Module):
         super().__init__()
         c = _scaled((64, 128, 256, 512), width, "resnet18")
         if stem == "cifar":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(c[0]), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c[0], 3, padding=1, bias=False),
+                nn.BatchNorm2d(c[0]),
+                nn.ReLU(),
+            )
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 7, 2, padding=3, bias=False),
-                                      nn.BatchNorm2d(c[0]), nn.ReLU(),
-                                      nn.MaxPool2d(3, stride=2, padding=1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c[0], 7, 2, padding=3, bias=False),
+                nn.BatchNorm2d(c[0]),
+                nn.ReLU(),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
         blocks, c_in = [], c[0]
         for i, c_out in enumerate(c):
             stride = 1 if i == 0 else 2  # each later stage halves H and W
@@ -369,8 +460,9 @@ class ResNet18(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(num_classes: int = 10, in_shape=(3, 32, 32), width: float = 1.0,
-             stem: str = "auto") -> nn.Module:
+def resnet18(
+    num_classes: int = 10, in_shape=(3, 32, 32), width: float = 1.0, stem: str = "auto"
+) -> nn.Module:
     """ResNet-18; ``stem="auto"`` picks the imagenet stem when H >= 64, else the cifar one."""
     c, h, w = _check_args("resnet18", num_classes, in_shape, width)
     if stem not in ("auto", "cifar", "imagenet"):

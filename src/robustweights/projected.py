@@ -64,8 +64,23 @@ from .errors import UserError
 from .selection import holders_of, select, shorten
 from .transforms import Transform, transform
 
-__all__ = ["MODES", "WEIGHTS", "Site", "attach", "detach", "hidden", "sites", "select", "coverage", "clip_",
-           "glorot_bound", "use_weights", "effective_weight", "distort", "reading"]
+__all__ = [
+    "MODES",
+    "WEIGHTS",
+    "Site",
+    "attach",
+    "detach",
+    "hidden",
+    "sites",
+    "select",
+    "coverage",
+    "clip_",
+    "glorot_bound",
+    "use_weights",
+    "effective_weight",
+    "distort",
+    "reading",
+]
 
 MODES = ("fwd+bwd", "fwd", "none")
 WEIGHTS = ("auto", "hidden", "projected")
@@ -76,17 +91,19 @@ _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class Site:
     """One projected parameter: what it needs, and where it lives (``module._parameters[attr]``)."""
 
-    name: str                          # full parameter name, as in model.named_parameters()
-    module: nn.Module                  # the (first) module holding it
-    attr: str                          # its attribute name there ("weight", "in_proj_weight", ...)
-    projection: Transform              # applied to the hidden weight (identity when mode is "none")
-    mode: str                          # one of MODES
-    H: float | None                    # clip bound for the hidden weights; None: never clipped
+    name: str  # full parameter name, as in model.named_parameters()
+    module: nn.Module  # the (first) module holding it
+    attr: str  # its attribute name there ("weight", "in_proj_weight", ...)
+    projection: Transform  # applied to the hidden weight (identity when mode is "none")
+    mode: str  # one of MODES
+    H: float | None  # clip bound for the hidden weights; None: never clipped
     generator: torch.Generator | None  # the only source of random draws for random projections
-    weights: str = "auto"              # which weights to use outside training, one of WEIGHTS
-    pinned: Tensor | None = None       # a fixed weight that replaces everything (sweeps)
-    holders: list = field(default_factory=list)   # every (module, attr) holding this parameter (tied weights)
-    reads: int = 0                     # attribute reads counted inside `reading()`
+    weights: str = "auto"  # which weights to use outside training, one of WEIGHTS
+    pinned: Tensor | None = None  # a fixed weight that replaces everything (sweeps)
+    holders: list = field(
+        default_factory=list
+    )  # every (module, attr) holding this parameter (tied weights)
+    reads: int = 0  # attribute reads counted inside `reading()`
 
     @property
     def hidden(self) -> Tensor:
@@ -127,9 +144,11 @@ class Site:
         if self.mode == "fwd" and training and torch.is_grad_enabled():
             # the layer's own forward (_fwd_forward) never reads the attribute: other code does, and would
             # send the input's gradient through the projected weight (fwd+bwd) while the run says fwd
-            raise UserError(f"mode fwd: {self.name} is read directly by code other than its layer's forward "
-                            f"(as nn.MultiheadAttention reads out_proj.weight), which would train it as fwd+bwd; "
-                            f"exclude it or use fwd+bwd")
+            raise UserError(
+                f"mode fwd: {self.name} is read directly by code other than its layer's forward "
+                f"(as nn.MultiheadAttention reads out_proj.weight), which would train it as fwd+bwd; "
+                f"exclude it or use fwd+bwd"
+            )
         if not torch.is_grad_enabled():
             return self.project(w)
         return _StraightThrough.apply(w, self)
@@ -147,7 +166,7 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-_COUNTING = False   # set by `reading()`; a constant for torch.compile otherwise
+_COUNTING = False  # set by `reading()`; a constant for torch.compile otherwise
 
 
 def _reader(attr: str) -> property:
@@ -158,20 +177,30 @@ def _reader(attr: str) -> property:
         return site.current(self.training)
 
     get.__name__ = attr
-    return property(get, doc=f"the {attr} this module uses now (robustweights: hidden weight in _parameters)")
+    return property(
+        get, doc=f"the {attr} this module uses now (robustweights: hidden weight in _parameters)"
+    )
 
 
 def _fwd_forward(self, x: Tensor) -> Tensor:
     """Forward of a linear/conv layer whose ``weight`` is projected; implements mode ``fwd``."""
     s = self._rw["weight"]
-    if s.mode != "fwd" or s.pinned is not None or not (self.training and torch.is_grad_enabled()) or s.plain:
+    if (
+        s.mode != "fwd"
+        or s.pinned is not None
+        or not (self.training and torch.is_grad_enabled())
+        or s.plain
+    ):
         return self._rw_class.forward(self, x)
     w = self._parameters["weight"]
-    f = (lambda w: F.linear(x, w, self.bias)) if isinstance(self, nn.Linear) else \
-        (lambda w: self._conv_forward(x, w, self.bias))
-    y = f(w)                              # carries the gradients (to x through W, to W)
+    f = (
+        (lambda w: F.linear(x, w, self.bias))
+        if isinstance(self, nn.Linear)
+        else (lambda w: self._conv_forward(x, w, self.bias))
+    )
+    y = f(w)  # carries the gradients (to x through W, to W)
     with torch.no_grad():
-        yp = f(s.project(w))              # the value the layer must output
+        yp = f(s.project(w))  # the value the layer must output
     return y + (yp - y.detach())
 
 
@@ -199,15 +228,22 @@ def glorot_bound(w: Tensor) -> float:
 # Attaching and detaching
 # ---------------------------------------------------------------------------
 
+
 def _check_clip(clip):
     if isinstance(clip, str) and clip not in ("glorot", "none"):
         try:
             clip = float(clip)
         except ValueError:
-            raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}") from None
+            raise UserError(
+                f"clip must be a positive number, 'glorot' or 'none', not {clip!r}"
+            ) from None
     if clip == "none":
         clip = None
-    if isinstance(clip, bool) or isinstance(clip, float | int) and not (clip > 0 and math.isfinite(clip)):
+    if (
+        isinstance(clip, bool)
+        or isinstance(clip, float | int)
+        and not (clip > 0 and math.isfinite(clip))
+    ):
         raise UserError(f"clip must be a positive number, 'glorot' or 'none', not {clip!r}")
     return clip
 
@@ -238,35 +274,67 @@ def attach(
     """
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    script = [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    script = [
+        n or type(model).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, torch.jit.ScriptModule)
+    ]
     if script:
-        raise UserError(f"{script[0]} is TorchScript (torch.jit.script or trace), whose weights Python cannot "
-                        f"intercept: give the eager model")
+        raise UserError(
+            f"{script[0]} is TorchScript (torch.jit.script or trace), whose weights Python cannot "
+            f"intercept: give the eager model"
+        )
     clip = _check_clip(clip)
     t = transform(projection).with_defaults(scale="clip")
     if mode == "none":
         t = transform("identity")
     detach(model)
-    chosen, left_out = select(model, include=include, exclude=tuple(exclude) + tuple(skip), types=types,
-                              exclude_types=exclude_types, float_first=float_first, float_last=float_last)
+    chosen, left_out = select(
+        model,
+        include=include,
+        exclude=tuple(exclude) + tuple(skip),
+        types=types,
+        exclude_types=exclude_types,
+        float_first=float_first,
+        float_last=float_last,
+    )
     if not chosen:
-        raise UserError(f"{type(model).__name__} has no weight parameter to project "
-                        f"(floating point, 2 or more dimensions) left by the selection")
+        raise UserError(
+            f"{type(model).__name__} has no weight parameter to project "
+            f"(floating point, 2 or more dimensions) left by the selection"
+        )
     holders = holders_of(model)
     if mode == "fwd":
-        bad = [n for n, p in chosen if any(not (isinstance(m, _LAYER_TYPES) and a == "weight")
-                                           for _, m, a in holders[id(p)])]
+        bad = [
+            n
+            for n, p in chosen
+            if any(
+                not (isinstance(m, _LAYER_TYPES) and a == "weight") for _, m, a in holders[id(p)]
+            )
+        ]
         if bad:
-            raise UserError(f"mode fwd needs a layer's own output function, so it applies to nn.Linear/nn.Conv "
-                            f"weights only; exclude {shorten(bad, 4)} or use fwd+bwd")
+            raise UserError(
+                f"mode fwd needs a layer's own output function, so it applies to nn.Linear/nn.Conv "
+                f"weights only; exclude {shorten(bad, 4)} or use fwd+bwd"
+            )
     per_module: dict[int, tuple[nn.Module, dict]] = {}
     for name, p in chosen:
         H = glorot_bound(p) if clip == "glorot" else clip
         # H rounded to float32 (as BinaryConnect's np.float32 H) so the clamp bound is exactly H.
         first = holders[id(p)][0]
-        H = None if H is None else float(torch.tensor(H, dtype=torch.float32, device="cpu"))   # (cpu: even when
-        site = Site(name, first[1], first[2], t, mode, H, generator,    # the model is built on the meta device)
-                    holders=[(m, a) for _, m, a in holders[id(p)]])
+        H = (
+            None if H is None else float(torch.tensor(H, dtype=torch.float32, device="cpu"))
+        )  # (cpu: even when
+        site = Site(
+            name,
+            first[1],
+            first[2],
+            t,
+            mode,
+            H,
+            generator,  # the model is built on the meta device)
+            holders=[(m, a) for _, m, a in holders[id(p)]],
+        )
         for _, m, a in holders[id(p)]:
             per_module.setdefault(id(m), (m, {}))[1][a] = site
     for m, table in per_module.values():
@@ -324,27 +392,41 @@ def coverage(model: nn.Module, exclude=(), *, verb: str = "projected", extra_lef
     for s in sites(model):
         entry = {"name": s.name, "shape": list(s.hidden.shape), "count": s.hidden.numel()}
         if s.name in exclude or s.name in extra:
-            kept.append({**entry, "reason": extra.get(s.name, {}).get("reason", "kept undistorted (keep)")})
+            kept.append(
+                {**entry, "reason": extra.get(s.name, {}).get("reason", "kept undistorted (keep)")}
+            )
         else:
             covered.append(entry)
     left_out = list(model.__dict__.get("_rw_left_out", [])) + kept
     total = sum(d["count"] for d in covered + left_out)
     n_cov = sum(d["count"] for d in covered)
-    tensors = [d for d in left_out if len(d["shape"]) >= 2 and not d["reason"].startswith("bias or normalization")]
-    summary = (f"{verb} {len(covered)} of {len(covered) + len(tensors)} weight tensors, "
-               f"{100 * n_cov / max(total, 1):.1f}% of the weights")
+    tensors = [
+        d
+        for d in left_out
+        if len(d["shape"]) >= 2 and not d["reason"].startswith("bias or normalization")
+    ]
+    summary = (
+        f"{verb} {len(covered)} of {len(covered) + len(tensors)} weight tensors, "
+        f"{100 * n_cov / max(total, 1):.1f}% of the weights"
+    )
     if tensors:
-        summary += f"; left out: {shorten([d['name'] + ' (' + d['reason'] + ')' for d in tensors], 3)}"
+        summary += (
+            f"; left out: {shorten([d['name'] + ' (' + d['reason'] + ')' for d in tensors], 3)}"
+        )
     small = len(left_out) - len(tensors)
     if small:
         summary += f"; {small} biases/normalization parameters left as they are"
     stored = _parametrized(model, {d["name"] for d in covered})
     if stored:
-        summary += ("; parametrized (weight_norm, spectral_norm, ...): "
-                    + ", ".join(f"{t} from {', '.join(n.rpartition('.')[2] for n in names)}"
-                                for t, names in stored.items())
-                    + ": the stored tensors are acted on, not the weight they compute "
-                      "(remove the parametrization to act on that)")
+        summary += (
+            "; parametrized (weight_norm, spectral_norm, ...): "
+            + ", ".join(
+                f"{t} from {', '.join(n.rpartition('.')[2] for n in names)}"
+                for t, names in stored.items()
+            )
+            + ": the stored tensors are acted on, not the weight they compute "
+            "(remove the parametrization to act on that)"
+        )
     return {"summary": summary, "covered": covered, "left_out": left_out, "parametrized": stored}
 
 
@@ -356,14 +438,22 @@ def _parametrized(model: nn.Module, names: set[str]) -> dict[str, list[str]]:
     stored parameters among ``names``: ``{"0.weight": ["0.parametrizations.weight.original0", ...]}``."""
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
+
     out: dict[str, list[str]] = {}
     for s in sites(model):
         m = _STORED.match(s.name)
         if s.name in names and m and isinstance(s.module, parametrize.ParametrizationList):
             out.setdefault(f"{m[1]}.{m[2]}" if m[1] else m[2], []).append(s.name)
-        for hook in s.module._forward_pre_hooks.values() if s.name in names else []:   # the older, hook-based ones
-            stored = ((f"{hook.name}_g", f"{hook.name}_v") if isinstance(hook, WeightNorm) else
-                      (f"{hook.name}_orig",) if isinstance(hook, SpectralNorm) else ())
+        for hook in (
+            s.module._forward_pre_hooks.values() if s.name in names else []
+        ):  # the older, hook-based ones
+            stored = (
+                (f"{hook.name}_g", f"{hook.name}_v")
+                if isinstance(hook, WeightNorm)
+                else (f"{hook.name}_orig",)
+                if isinstance(hook, SpectralNorm)
+                else ()
+            )
             if s.attr in stored:
                 prefix = s.name.rpartition(".")[0]
                 out.setdefault(f"{prefix}.{hook.name}" if prefix else hook.name, []).append(s.name)
@@ -390,7 +480,9 @@ def clip_(model: nn.Module) -> None:
 
     Two multi-tensor kernels (a batch-50 GPU step is launch-bound), the numbers of one ``clamp_`` per
     tensor; in module order, unsorted (:func:`sites` sorts, which costs more than the clamps on a GPU)."""
-    clipped = [s for s in _each_site(model) if s.H is not None and s.hidden.requires_grad]   # frozen: never written
+    clipped = [
+        s for s in _each_site(model) if s.H is not None and s.hidden.requires_grad
+    ]  # frozen: never written
     hidden, bound = [s.hidden for s in clipped], [s.H for s in clipped]
     if hidden:
         torch._foreach_clamp_min_(hidden, [-h for h in bound])
@@ -422,8 +514,14 @@ def effective_weight(site: Site) -> Tensor:
 
 
 @contextmanager
-def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator | None = None,
-            *, on: str = "hidden", exclude=()):
+def distort(
+    model: nn.Module,
+    t: "str | Transform",
+    generator: torch.Generator | None = None,
+    *,
+    on: str = "hidden",
+    exclude=(),
+):
     """Within the block every projected parameter reads as ``t(W)`` (one draw per tensor, fixed for the block).
 
     ``on="hidden"`` distorts the hidden weights, ``on="projected"`` the weights
@@ -437,7 +535,7 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
         raise UserError(f"distort on must be 'hidden' or 'projected', not {on!r}")
     t = transform(t)
     plain = not sites(model)
-    if plain:   # a model never attached: its weights for the block (before: nothing was distorted, silently)
+    if plain:  # a model never attached: its weights for the block (before: nothing was distorted, silently)
         attach(model, "identity", mode="none", clip=None)
     ss = [s for s in sites(model) if s.name not in exclude]
     before, buffers = [s.pinned for s in ss], saved_buffers(model)
@@ -446,12 +544,16 @@ def distort(model: nn.Module, t: "str | Transform", generator: torch.Generator |
             for s in ss:
                 base = s.hidden if on == "hidden" else effective_weight(s)
                 # requiring grad as the weight does: PyTorch picks the same kernels (attention's fast path)
-                s.pinned = t(base, generator, clip=s.test_bound).requires_grad_(s.hidden.requires_grad)
+                s.pinned = t(base, generator, clip=s.test_bound).requires_grad_(
+                    s.hidden.requires_grad
+                )
         yield model
     finally:
         for s, p in zip(ss, before):
             s.pinned = p
-        put_back(buffers)   # a forward that updates buffers (a QAT observer's range) leaves the next cell as before
+        put_back(
+            buffers
+        )  # a forward that updates buffers (a QAT observer's range) leaves the next cell as before
         if plain:
             detach(model)
 

@@ -19,17 +19,75 @@ from .errors import UserError
 from .runs import write_text
 from .transforms import entry
 
-__all__ = ["COLUMNS", "complete_row", "better_when_higher", "mean_score", "by_spec", "curve_of", "lowest_bits",
-           "write_rows", "spec_lines", "claims_markdown"]
+__all__ = [
+    "COLUMNS",
+    "complete_row",
+    "better_when_higher",
+    "mean_score",
+    "by_spec",
+    "curve_of",
+    "lowest_bits",
+    "write_rows",
+    "spec_lines",
+    "claims_markdown",
+]
 
-COLUMNS = ["distortion", "param", "value", "trial", "seed", "error", "loss", "effective_bits", "n_examples",
-           "entropy_bits", "spec", "on", "metric", "score", "nominal_bits", "scale"]
+COLUMNS = [
+    "distortion",
+    "param",
+    "value",
+    "trial",
+    "seed",
+    "error",
+    "loss",
+    "effective_bits",
+    "n_examples",
+    "entropy_bits",
+    "spec",
+    "on",
+    "metric",
+    "score",
+    "nominal_bits",
+    "scale",
+]
 
 
-_LOWER = {"error", "err", "errors", "loss", "nll", "cost", "drop", "ppl", "perplexity", "mse", "mae", "rmse", "cer",
-          "wer", "distance", "risk"}
-_HIGHER = {"acc", "accuracy", "top1", "top5", "f1", "auc", "auroc", "bleu", "r2", "score", "precision", "recall",
-           "map", "iou", "dice", "correct"}
+_LOWER = {
+    "error",
+    "err",
+    "errors",
+    "loss",
+    "nll",
+    "cost",
+    "drop",
+    "ppl",
+    "perplexity",
+    "mse",
+    "mae",
+    "rmse",
+    "cer",
+    "wer",
+    "distance",
+    "risk",
+}
+_HIGHER = {
+    "acc",
+    "accuracy",
+    "top1",
+    "top5",
+    "f1",
+    "auc",
+    "auroc",
+    "bleu",
+    "r2",
+    "score",
+    "precision",
+    "recall",
+    "map",
+    "iou",
+    "dice",
+    "correct",
+}
 
 
 def better_when_higher(metric: str) -> bool:
@@ -37,7 +95,7 @@ def better_when_higher(metric: str) -> bool:
     ``accuracy_drop``), accuracies and scores up (``top1``, ``val_acc``); down when no word says (give
     ``higher_is_better`` to be sure)."""
     words = {w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w}
-    words |= {w.rstrip("0123456789") for w in words}   # error2, top1 -> top
+    words |= {w.rstrip("0123456789") for w in words}  # error2, top1 -> top
     if words & _LOWER:
         return False
     return bool(words & _HIGHER)
@@ -93,25 +151,36 @@ def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False)
     finite bits figure (most of a power curve) is no candidate, but still ends the curve where it misses the
     target. Curves of a transform this session does not know are ordered by their bits."""
     points: dict[str, list[tuple[float | None, float, str, list[dict]]]] = {}
-    for spec, rs in by_spec(r for r in rows if r.get("spec")).items():   # (a row without one is on no curve)
+    for spec, rs in by_spec(
+        r for r in rows if r.get("spec")
+    ).items():  # (a row without one is on no curve)
         mean = sum(r["score"] for r in rs) / len(rs)
         bits = [r.get("effective_bits") for r in rs]
-        bits = (sum(bits) / len(bits)) if all(isinstance(b, (int, float)) and math.isfinite(b) for b in bits) \
+        bits = (
+            (sum(bits) / len(bits))
+            if all(isinstance(b, (int, float)) and math.isfinite(b) for b in bits)
             else None
+        )
         points.setdefault(curve_of(rs[0]), []).append((bits, mean, spec, rs))
     best = None
     for curve in points.values():
         order = _weaker_first(curve[0][3][0])
-        if order is None:   # unknown direction: the most bits first, as the bits say
+        if order is None:  # unknown direction: the most bits first, as the bits say
             curve = sorted((p for p in curve if p[0] is not None), key=lambda p: -p[0])
         else:
             curve = sorted(curve, key=lambda p: order(p[3][0]))
         for bits, mean, spec, rs in curve:
             if not (mean >= target if higher_is_better else mean <= target):
-                break   # the score left the target here: stronger strengths on this curve do not count
+                break  # the score left the target here: stronger strengths on this curve do not count
             if bits is not None and (best is None or bits < best["effective_bits"]):
-                best = {"spec": spec, "effective_bits": bits, "mean_error": mean, "mean_score": mean,
-                        "metric": rs[0]["metric"], "trials": len(rs)}
+                best = {
+                    "spec": spec,
+                    "effective_bits": bits,
+                    "mean_error": mean,
+                    "mean_score": mean,
+                    "metric": rs[0]["metric"],
+                    "trials": len(rs),
+                }
     return best
 
 
@@ -135,7 +204,11 @@ def spec_lines(rows: list[dict], width: int = 40) -> list[str]:
     for spec, rs in by_spec(rows).items():
         metric, values = rs[0]["metric"], [r["score"] for r in rs]
         show = (lambda v: f"{v:.2%}") if metric == "error" else (lambda v: f"{v:.4g}")
-        spread = f" (min {show(min(values))}, max {show(max(values))}, {len(values)} trials)" if len(values) > 1 else ""
+        spread = (
+            f" (min {show(min(values))}, max {show(max(values))}, {len(values)} trials)"
+            if len(values) > 1
+            else ""
+        )
         out.append(f"  {spec:<{width}} {metric} {show(sum(values) / len(values))}{spread}")
     return out
 
@@ -146,5 +219,7 @@ def claims_markdown(claims: list[dict], statements: bool = False) -> str:
     for c in claims:
         claim = f"{c['claim']}. {c['statement']}" if statements else str(c["claim"])
         cells = [claim, c["paper"], c["measured"], c["setting"], f"**{c['verdict']}**"]
-        lines.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
+        lines.append(
+            "| " + " | ".join(x.replace("|", "\\|").replace("\n", " ") for x in cells) + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -29,12 +29,26 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["CHECKPOINT", "BEST", "save_checkpoint", "read_checkpoint", "kept", "atomic_write", "write_text", "write_bytes", "check_writable", "safe_load", "git_commit", "machine",
-           "now", "sha256"]
+__all__ = [
+    "CHECKPOINT",
+    "BEST",
+    "save_checkpoint",
+    "read_checkpoint",
+    "kept",
+    "atomic_write",
+    "write_text",
+    "write_bytes",
+    "check_writable",
+    "safe_load",
+    "git_commit",
+    "machine",
+    "now",
+    "sha256",
+]
 
 
 CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"           # with a validation split: the network of the best validation epoch
+BEST = "best.pt"  # with a validation split: the network of the best validation epoch
 FORMAT = "robustweights-checkpoint"
 VERSION = 1
 
@@ -50,7 +64,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file follows the umask like any other
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp makes it 0600; a written file follows the umask like any other
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -92,26 +108,37 @@ def safe_load(p: Path, what: str):
     """
     _check_zip_members(p, what)
     try:
-        with warnings.catch_warnings():   # torch's own warnings about odd files: our one line says it
+        with (
+            warnings.catch_warnings()
+        ):  # torch's own warnings about odd files: our one line says it
             warnings.simplefilter("ignore")
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         name = found.group(1) if found else None
         if name is None and not _pickles_modules(p):
-            raise UserError(f"{p} is not a readable {what}: not a file torch.save wrote, or truncated or "
-                            f"corrupt") from None
+            raise UserError(
+                f"{p} is not a readable {what}: not a file torch.save wrote, or truncated or "
+                f"corrupt"
+            ) from None
         if name and name.startswith("torch.nn.modules") or _pickles_modules(p):
-            raise UserError(f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
-                            f"only tensors, never code: save model.state_dict() with torch.save instead") from None
-        raise UserError(f"{p} is not a {what}: it holds Python objects other than tensors"
-                        f"{f' ({name})' if name else ''}, which robustweights refuses to unpickle "
-                        f"(that could run code)") from None
+            raise UserError(
+                f"{p} holds a pickled whole model ({name}), not a {what}; robustweights reads "
+                f"only tensors, never code: save model.state_dict() with torch.save instead"
+            ) from None
+        raise UserError(
+            f"{p} is not a {what}: it holds Python objects other than tensors"
+            f"{f' ({name})' if name else ''}, which robustweights refuses to unpickle "
+            f"(that could run code)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{p} is not a readable {what}: truncated or corrupt "
-                        f"({type(e).__name__})") from None
+        raise UserError(
+            f"{p} is not a readable {what}: truncated or corrupt ({type(e).__name__})"
+        ) from None
     except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
-        raise UserError(f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})") from None
+        raise UserError(
+            f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})"
+        ) from None
 
 
 def _check_zip_members(p: Path, what: str) -> None:
@@ -124,8 +151,10 @@ def _check_zip_members(p: Path, what: str) -> None:
         return
     size = p.stat().st_size
     if any(m.compress_type != zipfile.ZIP_STORED or m.file_size > size for m in members):
-        raise UserError(f"{p} is not a {what} torch.save wrote: it holds compressed members (torch.save stores "
-                        f"them as they are), which robustweights refuses to inflate")
+        raise UserError(
+            f"{p} is not a {what} torch.save wrote: it holds compressed members (torch.save stores "
+            f"them as they are), which robustweights refuses to inflate"
+        )
 
 
 def _pickles_modules(p: Path) -> bool:
@@ -135,7 +164,7 @@ def _pickles_modules(p: Path) -> bool:
             blob = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
     except (zipfile.BadZipFile, OSError):
         try:
-            blob = p.read_bytes()[:1 << 24]
+            blob = p.read_bytes()[: 1 << 24]
         except OSError:
             return False
     return b"torch.nn.modules" in blob
@@ -151,8 +180,13 @@ def sha256(path: Path) -> str:
 
 def git_commit() -> str:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                           cwd=Path(__file__).resolve().parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return r.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -175,16 +209,34 @@ def machine() -> str:
 # Checkpoints
 # ---------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, *, model, optimizer, epoch, config, history, num_classes, in_shape, data,
-                    train_bn: dict | None = None, model_state: dict | None = None) -> None:
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model,
+    optimizer,
+    epoch,
+    config,
+    history,
+    num_classes,
+    in_shape,
+    data,
+    train_bn: dict | None = None,
+    model_state: dict | None = None,
+) -> None:
     state = {
-        "format": FORMAT, "version": VERSION, "epoch": epoch,
+        "format": FORMAT,
+        "version": VERSION,
+        "epoch": epoch,
         "model": model.state_dict() if model_state is None else model_state,
         "optimizer": optimizer.state_dict() if optimizer else None,
-        "config": dataclasses.asdict(config), "history": history,
-        "num_classes": num_classes, "in_shape": list(in_shape), "data": data,
+        "config": dataclasses.asdict(config),
+        "history": history,
+        "num_classes": num_classes,
+        "in_shape": list(in_shape),
+        "data": data,
         "torch": str(torch.__version__),
-        "train_bn": train_bn,   # batch-norm statistics of training, where "model" holds re-estimated ones
+        "train_bn": train_bn,  # batch-norm statistics of training, where "model" holds re-estimated ones
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -207,17 +259,26 @@ def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a robustweights checkpoint")
     shape = state.get("in_shape")
-    checks = {"config": isinstance(state.get("config"), dict),
-              "model": isinstance(state.get("model"), dict) and all(
-                  isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()),
-              "epoch": _count(state.get("epoch")), "num_classes": _count(state.get("num_classes")),
-              "in_shape": isinstance(shape, list | tuple) and len(shape) > 0 and all(_count(n) for n in shape),
-              "history": isinstance(state.get("history", []), list),
-              "train_bn": state.get("train_bn") is None or isinstance(state["train_bn"], dict),
-              "optimizer": state.get("optimizer") is None or isinstance(state["optimizer"], dict)}
+    checks = {
+        "config": isinstance(state.get("config"), dict),
+        "model": isinstance(state.get("model"), dict)
+        and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()
+        ),
+        "epoch": _count(state.get("epoch")),
+        "num_classes": _count(state.get("num_classes")),
+        "in_shape": isinstance(shape, list | tuple)
+        and len(shape) > 0
+        and all(_count(n) for n in shape),
+        "history": isinstance(state.get("history", []), list),
+        "train_bn": state.get("train_bn") is None or isinstance(state["train_bn"], dict),
+        "optimizer": state.get("optimizer") is None or isinstance(state["optimizer"], dict),
+    }
     bad = [k for k, ok in checks.items() if not ok]
-    if bad:   # a stranger's or damaged file: one line, not a KeyError further on
-        raise UserError(f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong type")
+    if bad:  # a stranger's or damaged file: one line, not a KeyError further on
+        raise UserError(
+            f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong type"
+        )
     return state
 
 

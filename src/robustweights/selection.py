@@ -17,7 +17,16 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["holders_of", "own_class", "name_matches", "matches_any", "aliases", "select", "shorten", "selection_field"]
+__all__ = [
+    "holders_of",
+    "own_class",
+    "name_matches",
+    "matches_any",
+    "aliases",
+    "select",
+    "shorten",
+    "selection_field",
+]
 
 
 def holders_of(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
@@ -49,8 +58,16 @@ def matches_any(pattern: str, names) -> bool:
     return any(name_matches(pattern, n, n.rpartition(".")[0]) for n in names)
 
 
-def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_types=(),
-           float_first: bool = False, float_last: bool = False):
+def select(
+    model: nn.Module,
+    *,
+    include=("*",),
+    exclude=(),
+    types=(),
+    exclude_types=(),
+    float_first: bool = False,
+    float_last: bool = False,
+):
     """Which parameters a projection or distortion covers: ``(chosen, left_out)``.
 
     ``chosen`` is a list of ``(name, param)`` in ``named_parameters`` order;
@@ -65,7 +82,9 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
     candidates, left_out = [], []
 
     def leave(name, p, reason):
-        left_out.append({"name": name, "shape": list(p.shape), "count": p.numel(), "reason": reason})
+        left_out.append(
+            {"name": name, "shape": list(p.shape), "count": p.numel(), "reason": reason}
+        )
 
     for name, p in params:
         # a tied parameter answers to each of its holders: their names (head.weight as well as embed.weight) and
@@ -82,16 +101,26 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
             leave(name, p, "complex")
         elif not p.is_floating_point():
             leave(name, p, "not floating point")
-        elif p.dim() < 2 or name.rsplit(".", 1)[-1].startswith("bias"):   # (MHA's bias_k is (1, 1, E))
-            leave(name, p, "bias or normalization parameter (fewer than 2 dimensions, or named bias)")
+        elif p.dim() < 2 or name.rsplit(".", 1)[-1].startswith(
+            "bias"
+        ):  # (MHA's bias_k is (1, 1, E))
+            leave(
+                name, p, "bias or normalization parameter (fewer than 2 dimensions, or named bias)"
+            )
         elif not any(matches(pat) for pat in include):
             leave(name, p, f"not matched by include {', '.join(include)}")
         elif any(matches(pat) for pat in exclude):
             leave(name, p, f"excluded ({next(pat for pat in exclude if matches(pat))})")
         elif types and not any(c in types for c in classes):
-            leave(name, p, f"held by {' and '.join(dict.fromkeys(classes))}, not one of the types {', '.join(types)}")
+            leave(
+                name,
+                p,
+                f"held by {' and '.join(dict.fromkeys(classes))}, not one of the types {', '.join(types)}",
+            )
         elif any(c in exclude_types for c in classes):
-            leave(name, p, f"held by {next(c for c in classes if c in exclude_types)} (excluded type)")
+            leave(
+                name, p, f"held by {next(c for c in classes if c in exclude_types)} (excluded type)"
+            )
         else:
             candidates.append((name, p))
     names = [n for n, _ in params]
@@ -102,7 +131,9 @@ def select(model: nn.Module, *, include=("*",), exclude=(), types=(), exclude_ty
     present = {own_class(m).__name__ for m in model.modules()}
     for t in types + exclude_types:
         if t not in present:
-            raise UserError(f"module type {t!r} is not in this model; types: {shorten(sorted(present))}")
+            raise UserError(
+                f"module type {t!r} is not in this model; types: {shorten(sorted(present))}"
+            )
     chosen = list(candidates)
     if float_first and chosen:
         leave(chosen[0][0], chosen[0][1], "first weight kept float (float_first)")
@@ -123,10 +154,12 @@ def shorten(names, k: int = 12) -> str:
 def selection_field(which: str, verb: str, left: str, default_help: str = ""):
     """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
     its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
-    text = {"include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
-                       + (f" (default: {default_help})" if default_help else ""),
-            "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
-            "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
-            "exclude_types": f"leave weights held by modules of this class {left}, repeatable"}[which]
+    text = {
+        "include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
+        + (f" (default: {default_help})" if default_help else ""),
+        "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
+        "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
+        "exclude_types": f"leave weights held by modules of this class {left}, repeatable",
+    }[which]
     flag = {"types": "--type", "exclude_types": "--exclude-type"}.get(which)
     return field(default_factory=list, metadata={"help": text, **({"flag": flag} if flag else {})})

@@ -43,13 +43,24 @@ from .evaluation import as_logits, loss_fn
 __all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore", "EXCLUSIVE"]
 
 
-def make_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, loss: str, *, amp: bool,
-              channels_last: bool, device: torch.device, graphed: bool = False) -> Callable:
+def make_step(
+    model: nn.Module,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: str,
+    *,
+    amp: bool,
+    channels_last: bool,
+    device: torch.device,
+    graphed: bool = False,
+) -> Callable:
     """``step(x, y, check=False) -> (loss, wrong)``: one training step; 0-dim tensors, no host sync.
     ``check`` checks the model's outputs against the labels (the first step of a run)."""
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    autocast = dict(
+        device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
+    )
     if graphed:
-        autocast["cache_enabled"] = False   # casts cached across a capture would outlive it
+        autocast["cache_enabled"] = False  # casts cached across a capture would outlive it
 
     def step(x: Tensor, y: Tensor, check: bool = False):
         if channels_last:
@@ -89,10 +100,14 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer, generators: list) -> dict:
     """Copies of everything a training step changes: weights and buffers, optimizer state, generators."""
-    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "opt": {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
-                    for p, s in opt.state.items()},
-            "generators": [g.get_state() for g in generators]}
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "opt": {
+            p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+            for p, s in opt.state.items()
+        },
+        "generators": [g.get_state() for g in generators],
+    }
 
 
 def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, saved: dict) -> None:
@@ -124,7 +139,10 @@ _THREAD = threading.local()
 def _capture_streams() -> tuple:
     """This thread's two streams for warming up and recording graphs, made once: torch.cuda.Stream() deals out
     a pool of 32 in turn, so new ones for every capture would in time be another thread's live stream."""
-    if getattr(_THREAD, "streams", None) is None or _THREAD.streams[0].device.index != torch.cuda.current_device():
+    if (
+        getattr(_THREAD, "streams", None) is None
+        or _THREAD.streams[0].device.index != torch.cuda.current_device()
+    ):
         _THREAD.streams = (torch.cuda.Stream(), torch.cuda.Stream())
     return _THREAD.streams
 
@@ -133,28 +151,49 @@ class GraphedStep:
     """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its first full
     batch and replayed for every batch of that size; see the module docstring."""
 
-    def __init__(self, step: Callable, model: nn.Module, opt: torch.optim.Optimizer, generators: list,
-                 warmup: int = 3):
+    def __init__(
+        self,
+        step: Callable,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        generators: list,
+        warmup: int = 3,
+    ):
         if not hasattr(torch.cuda.CUDAGraph, "register_generator_state") and any(
-                g.device.type == "cuda" for g in generators):
-            raise UserError(f"--cuda-graph with a random projection needs a torch whose CUDA graphs take other "
-                            f"generators than the default one (torch {torch.__version__} has no "
-                            f"CUDAGraph.register_generator_state); drop --cuda-graph")
+            g.device.type == "cuda" for g in generators
+        ):
+            raise UserError(
+                f"--cuda-graph with a random projection needs a torch whose CUDA graphs take other "
+                f"generators than the default one (torch {torch.__version__} has no "
+                f"CUDAGraph.register_generator_state); drop --cuda-graph"
+            )
         for group in opt.param_groups:
             if not (isinstance(group["lr"], Tensor) and group.get("capturable")):
-                raise ValueError("GraphedStep needs an optimizer with capturable=True and a tensor lr")
-        self.step, self.model, self.opt, self.generators, self.warmup = step, model, opt, generators, warmup
+                raise ValueError(
+                    "GraphedStep needs an optimizer with capturable=True and a tensor lr"
+                )
+        self.step, self.model, self.opt, self.generators, self.warmup = (
+            step,
+            model,
+            opt,
+            generators,
+            warmup,
+        )
         self.graph, self.x, self.y, self.out = None, None, None, None
 
     def __call__(self, x: Tensor, y: Tensor, check: bool = False):
         if check or (self.graph is not None and x.shape != self.x.shape):
-            return self.step(x, y, check)        # the first batch's checks, or a batch of another size
+            return self.step(x, y, check)  # the first batch's checks, or a batch of another size
         if self.graph is None:
             try:
                 self._capture(x, y)
-            except RuntimeError as e:   # e.g. a model that reads a tensor on the host (.item(), an if on a value)
-                raise UserError(f"--cuda-graph: this training step cannot be recorded as a CUDA graph "
-                                f"({one_line(e)[:300]}); train without --cuda-graph") from None
+            except (
+                RuntimeError
+            ) as e:  # e.g. a model that reads a tensor on the host (.item(), an if on a value)
+                raise UserError(
+                    f"--cuda-graph: this training step cannot be recorded as a CUDA graph "
+                    f"({one_line(e)[:300]}); train without --cuda-graph"
+                ) from None
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()
@@ -169,7 +208,7 @@ class GraphedStep:
         saved = snapshot(self.model, self.opt, self.generators)
         side, capture = _capture_streams()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):            # warm-up, as capture needs (cuBLAS handles, autograd state)
+        with torch.cuda.stream(side):  # warm-up, as capture needs (cuBLAS handles, autograd state)
             for _ in range(self.warmup):
                 self.step(self.x, self.y)
         torch.cuda.current_stream().wait_stream(side)

@@ -45,8 +45,18 @@ from torch import Tensor
 from .draws import normal, uniform
 from .errors import UserError
 
-__all__ = ["Transform", "Param", "transform", "list_transforms", "parse_spec", "register_transform", "entry",
-           "uniform", "normal", "SCALES"]
+__all__ = [
+    "Transform",
+    "Param",
+    "transform",
+    "list_transforms",
+    "parse_spec",
+    "register_transform",
+    "entry",
+    "uniform",
+    "normal",
+    "SCALES",
+]
 
 SCALES = ("max", "clip", "mean", "std")
 _REQUIRED = object()
@@ -56,19 +66,21 @@ _REQUIRED = object()
 # Registry
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a transform: its type, default and allowed range."""
 
     name: str
-    kind: str                                  # "float", "int", "bool" or "scale"
+    kind: str  # "float", "int", "bool" or "scale"
     default: Any = _REQUIRED
     ok: Callable[[Any], bool] = lambda v: True
-    allowed: str = ""                          # the range in words, for error messages
-    follows: bool = True                       # takes the scale a sweep or training sets by default
-    quiet: bool = False                        # left out of the canonical spec at its default
-    label: str = ""                            # axis label when swept, e.g. "bits (2^bits levels)"
-    stronger: str = "up"                       # "up": a larger value distorts more; "down": a smaller one
+    allowed: str = ""  # the range in words, for error messages
+    follows: bool = True  # takes the scale a sweep or training sets by default
+    quiet: bool = False  # left out of the canonical spec at its default
+    label: str = ""  # axis label when swept, e.g. "bits (2^bits levels)"
+    stronger: str = "up"  # "up": a larger value distorts more; "down": a smaller one
+
 
 def _none(params: dict):
     return None
@@ -87,21 +99,22 @@ class Entry:
     params: tuple[Param, ...]
     random: bool
     doc: str
-    constant: Callable[[dict], bool] = _never     # parameters with which a random one draws no chance
-    bits: Callable[[dict], float | None] = _none  # capacity in bits per weight (docs/method.md section 4)
-    discrete: Callable[[dict], bool] = _never     # outputs take few values (their entropy is measured)
+    constant: Callable[[dict], bool] = _never  # parameters with which a random one draws no chance
+    bits: Callable[[dict], float | None] = (
+        _none  # capacity in bits per weight (docs/method.md section 4)
+    )
+    discrete: Callable[[dict], bool] = _never  # outputs take few values (their entropy is measured)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
 
-
-
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register_transform(name: str, *params: Param, random: bool = False, constant=_never, bits=_none,
-                       discrete=_never):
+def register_transform(
+    name: str, *params: Param, random: bool = False, constant=_never, bits=_none, discrete=_never
+):
     """Decorator: put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``.
 
     ``fn`` returns a new tensor (never changes ``w``), draws random numbers
@@ -129,19 +142,23 @@ def register_transform(name: str, *params: Param, random: bool = False, constant
         raise UserError(f"a transform name needs letters, not {name!r}")
 
     def deco(fn):
-        _REGISTRY[name] = Entry(name, fn, params, random, (fn.__doc__ or "").strip(), constant, bits, discrete)
+        _REGISTRY[name] = Entry(
+            name, fn, params, random, (fn.__doc__ or "").strip(), constant, bits, discrete
+        )
         return fn
 
     return deco
 
 
-register = register_transform   # the name the built-in transforms below use
+register = register_transform  # the name the built-in transforms below use
 
 
 def entry(name: str) -> Entry:
     """The registry entry of transform ``name`` (its function, parameters, whether it draws, its doc)."""
     if name not in _REGISTRY:
-        raise UserError(f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}")
+        raise UserError(
+            f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}"
+        )
     return _REGISTRY[name]
 
 
@@ -150,11 +167,19 @@ def list_transforms(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-_SCALE = Param("scale", "scale", "max", ok=lambda v: v != "std", allowed="max, clip, mean or a positive number")
+_SCALE = Param(
+    "scale", "scale", "max", ok=lambda v: v != "std", allowed="max, clip, mean or a positive number"
+)
 # The reference of additive noise: its own default (std), never the magnitude default of a sweep or
 # of training, and written in a spec only when it is not std (so specs from before it read the same).
-_NOISE_REF = Param("scale", "scale", "std", allowed="std, max, clip, mean or a positive number", follows=False,
-                   quiet=True)
+_NOISE_REF = Param(
+    "scale",
+    "scale",
+    "std",
+    allowed="std, max, clip, mean or a positive number",
+    follows=False,
+    quiet=True,
+)
 
 
 def magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
@@ -162,13 +187,15 @@ def magnitude(w: Tensor, scale: Any, clip: float) -> Tensor | float:
     if scale == "max":
         h = w.detach().abs().amax()
     elif scale == "std":
-        return w.detach().std(correction=0)   # noise relative to a spread of 0 is none: no substitute
+        return w.detach().std(
+            correction=0
+        )  # noise relative to a spread of 0 is none: no substitute
     elif scale == "mean":
         h = w.detach().abs().mean()
     elif scale == "clip":
         if clip is not None:
             return float(clip)
-        h = w.detach().abs().amax()   # a tensor never clipped: its range stands for the bound
+        h = w.detach().abs().amax()  # a tensor never clipped: its range stands for the bound
     else:
         return float(scale)
     # An all-zero tensor has no scale; 1 keeps divisions finite (the result is 0 or +-1).
@@ -183,9 +210,12 @@ def _pm(mask: Tensor, H, dtype, where: bool | None = None) -> Tensor:
     instead of three: a batch-50 GPU step is short); the same numbers.
     ``where`` forces one way (the tests compare them).
     """
-    h = H if isinstance(H, Tensor) else float(H)   # torch.where's result: h's dtype, or the default for a number
-    if (mask.device.type != "cpu" if where is None else where) and \
-            dtype == (h.dtype if isinstance(h, Tensor) else torch.get_default_dtype()):
+    h = (
+        H if isinstance(H, Tensor) else float(H)
+    )  # torch.where's result: h's dtype, or the default for a number
+    if (mask.device.type != "cpu" if where is None else where) and dtype == (
+        h.dtype if isinstance(h, Tensor) else torch.get_default_dtype()
+    ):
         return torch.where(mask, h, -h)
     return mask.to(dtype).mul_(2 * H).sub_(H)
 
@@ -198,6 +228,7 @@ def _sign(w: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 # The transforms (docs/method.md section 2 table; prune and bitflip model hardware faults)
 # ---------------------------------------------------------------------------
+
 
 @register("identity")
 def identity(w, g, H):
@@ -223,17 +254,38 @@ def stoch_sign(w, g, H):
     return _pm(uniform(w, g).sub_(0.5).mul_(2 * H) < w, H, w.dtype)
 
 
-@register("ternary", Param("delta", "float", ok=lambda d: 0 <= d <= 1, allowed="0 <= delta <= 1",
-                           label="delta (zero threshold / H)"), _SCALE,
-          bits=lambda p: math.log2(3), discrete=lambda p: True)
+@register(
+    "ternary",
+    Param(
+        "delta",
+        "float",
+        ok=lambda d: 0 <= d <= 1,
+        allowed="0 <= delta <= 1",
+        label="delta (zero threshold / H)",
+    ),
+    _SCALE,
+    bits=lambda p: math.log2(3),
+    discrete=lambda p: True,
+)
 def ternary(w, g, H, delta):
     """``H * sign(W)`` where ``|W| > delta*H``, else 0."""
     return torch.where(w.abs() > delta * H, _sign(w) * H, torch.zeros_like(w))
 
 
-@register("quant", Param("bits", "int", ok=lambda b: 1 <= b <= 16, allowed="1 <= bits <= 16",
-                         label="bits (2^bits levels)", stronger="down"), _SCALE,
-          bits=lambda p: float(p["bits"]), discrete=lambda p: True)
+@register(
+    "quant",
+    Param(
+        "bits",
+        "int",
+        ok=lambda b: 1 <= b <= 16,
+        allowed="1 <= bits <= 16",
+        label="bits (2^bits levels)",
+        stronger="down",
+    ),
+    _SCALE,
+    bits=lambda p: float(p["bits"]),
+    discrete=lambda p: True,
+)
 def quant(w, g, H, bits):
     """Uniform symmetric quantiser with ``L = 2^bits`` levels on ``[-H, H]``.
 
@@ -242,15 +294,26 @@ def quant(w, g, H, bits):
     and clipped to ``H``. Computed as ``sign(W) * level(|W|)`` so that
     ``bits=1`` equals ``sign`` exactly, zero included.
     """
-    L = 2 ** bits
+    L = 2**bits
     m = (w.abs() / H).clamp(max=1)
     j = torch.floor(m * ((L - 1) / 2)).clamp(max=L // 2 - 1)
     return _sign(w) * H * ((2 * j + 1) / (L - 1))
 
 
-@register("power", Param("beta", "float", ok=lambda b: b >= 0, allowed="beta >= 0", label="beta (power exponent)",
-                         stronger="down"), _SCALE,
-          bits=lambda p: 1.0 if p["beta"] == 0 else None, discrete=lambda p: p["beta"] == 0)
+@register(
+    "power",
+    Param(
+        "beta",
+        "float",
+        ok=lambda b: b >= 0,
+        allowed="beta >= 0",
+        label="beta (power exponent)",
+        stronger="down",
+    ),
+    _SCALE,
+    bits=lambda p: 1.0 if p["beta"] == 0 else None,
+    discrete=lambda p: p["beta"] == 0,
+)
 def power(w, g, H, beta):
     """``H * sign(W) * |W/H|^beta``.
 
@@ -266,8 +329,14 @@ def power(w, g, H, beta):
 
 @register(
     "stoch-mult",
-    Param("gamma", "float", ok=lambda x: 0 < x <= 1, allowed="0 < gamma <= 1", label="gamma (u ~ U[gamma, 1/gamma])",
-          stronger="down"),
+    Param(
+        "gamma",
+        "float",
+        ok=lambda x: 0 < x <= 1,
+        allowed="0 < gamma <= 1",
+        label="gamma (u ~ U[gamma, 1/gamma])",
+        stronger="down",
+    ),
     Param("flip", "bool", False, allowed="true or false"),
     _SCALE,
     random=True,
@@ -284,7 +353,9 @@ def stoch_mult(w, g, H, gamma, flip):
     u = uniform(w, g).mul_(1 / gamma - gamma).add_(gamma)
     if not flip:
         return u.mul_(w)
-    up = uniform(w, g).sub_(0.5).mul_(2 * H) < w   # + with probability clip((W/H + 1)/2, 0, 1), as stoch-sign
+    up = (
+        uniform(w, g).sub_(0.5).mul_(2 * H) < w
+    )  # + with probability clip((W/H + 1)/2, 0, 1), as stoch-sign
     return _pm(up, 1, w.dtype).mul_(w.abs()).mul_(u)
 
 
@@ -293,9 +364,11 @@ def capacity(signal: float, noise: float) -> float:
     ``noise > 0``, however small (``1 / noise^2`` itself overflows below about 1e-154)."""
     if signal <= 0:
         return 0.0
-    if noise ** 2 > 0 and signal / noise ** 2 < 1e300:   # the plain formula, to the last digit as always
-        return 0.5 * math.log2(1 + signal / noise ** 2)
-    return 0.5 * (math.log2(signal) - 2 * math.log2(noise))   # log2(1 + x) = log2(x) to double precision here
+    if noise**2 > 0 and signal / noise**2 < 1e300:  # the plain formula, to the last digit as always
+        return 0.5 * math.log2(1 + signal / noise**2)
+    return 0.5 * (
+        math.log2(signal) - 2 * math.log2(noise)
+    )  # log2(1 + x) = log2(x) to double precision here
 
 
 def _gauss_bits(p: dict) -> float | None:
@@ -303,9 +376,20 @@ def _gauss_bits(p: dict) -> float | None:
     return capacity(1.0, p["sigma"]) if p["sigma"] > 0 else None
 
 
-@register("add-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0",
-                             label="sigma (noise std / weight std)"), _NOISE_REF,
-          random=True, constant=lambda p: p["sigma"] == 0, bits=_gauss_bits)
+@register(
+    "add-gauss",
+    Param(
+        "sigma",
+        "float",
+        ok=lambda s: s >= 0,
+        allowed="sigma >= 0",
+        label="sigma (noise std / weight std)",
+    ),
+    _NOISE_REF,
+    random=True,
+    constant=lambda p: p["sigma"] == 0,
+    bits=_gauss_bits,
+)
 def add_gauss(w, g, H, sigma):
     """``W + sigma * R * n``, ``n ~ N(0, 1)``: additive noise relative to a reference ``R``.
 
@@ -317,9 +401,19 @@ def add_gauss(w, g, H, sigma):
     return w + (sigma * H) * normal(w, g)
 
 
-@register("mult-gauss", Param("sigma", "float", ok=lambda s: s >= 0, allowed="sigma >= 0",
-                              label="sigma (relative noise std)"),
-          random=True, constant=lambda p: p["sigma"] == 0, bits=_gauss_bits)
+@register(
+    "mult-gauss",
+    Param(
+        "sigma",
+        "float",
+        ok=lambda s: s >= 0,
+        allowed="sigma >= 0",
+        label="sigma (relative noise std)",
+    ),
+    random=True,
+    constant=lambda p: p["sigma"] == 0,
+    bits=_gauss_bits,
+)
 def mult_gauss(w, g, H, sigma):
     """``W * (1 + sigma * n)``, ``n ~ N(0, 1)``: multiplicative noise."""
     return w * (1 + sigma * normal(w, g))
@@ -331,22 +425,39 @@ def clip(w, g, H):
     return w.clamp(-H, H)
 
 
-@register("prune", Param("frac", "float", ok=lambda f: 0 <= f <= 1, allowed="0 <= frac <= 1",
-                         label="frac (fraction pruned)"))
+@register(
+    "prune",
+    Param(
+        "frac",
+        "float",
+        ok=lambda f: 0 <= f <= 1,
+        allowed="0 <= frac <= 1",
+        label="frac (fraction pruned)",
+    ),
+)
 def prune(w, g, H, frac):
     """Zero the ``floor(frac * n)`` smallest-magnitude weights of the tensor (ties by position)."""
     k = int(math.floor(frac * w.numel()))
     if k == 0:
         return w.clone()
-    idx = w.detach().abs().flatten().argsort(stable=True)[:k]   # positions in row-major order, whatever the strides
+    idx = (
+        w.detach().abs().flatten().argsort(stable=True)[:k]
+    )  # positions in row-major order, whatever the strides
     mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
     mask[idx] = True
-    return w.masked_fill(mask.view(w.shape), 0)   # (a channels-last or transposed weight has no flat view)
+    return w.masked_fill(
+        mask.view(w.shape), 0
+    )  # (a channels-last or transposed weight has no flat view)
 
 
-@register("bitflip", Param("p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1",
-                           label="p (flip probability)"),
-          random=True, constant=lambda p: p["p"] in (0, 1))
+@register(
+    "bitflip",
+    Param(
+        "p", "float", ok=lambda p: 0 <= p <= 1, allowed="0 <= p <= 1", label="p (flip probability)"
+    ),
+    random=True,
+    constant=lambda p: p["p"] in (0, 1),
+)
 def bitflip(w, g, H, p):
     """Flip the sign of each weight independently with probability ``p`` (a hardware fault)."""
     return torch.where(uniform(w, g) < p, -w, w)
@@ -355,6 +466,7 @@ def bitflip(w, g, H, p):
 # ---------------------------------------------------------------------------
 # Specs: "name:key=value,key=value"
 # ---------------------------------------------------------------------------
+
 
 def parse_spec(spec: str) -> tuple[str, dict[str, list[str]]]:
     """Split ``"name:k=v,k=v2,v3"`` into the name and raw value lists per key.
@@ -367,7 +479,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, list[str]]]:
     name, _, rest = spec.strip().partition(":")
     name = name.strip()
     if name not in _REGISTRY:
-        raise UserError(f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}")
+        raise UserError(
+            f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}"
+        )
     values: dict[str, list[str]] = {}
     key = None
     for token in filter(None, (t.strip() for t in rest.split(","))):
@@ -434,7 +548,9 @@ class Transform:
 
     @property
     def spec(self) -> str:
-        quiet = {p.name for p in self.entry.params if p.quiet and self.params.get(p.name) == p.default}
+        quiet = {
+            p.name for p in self.entry.params if p.quiet and self.params.get(p.name) == p.default
+        }
         shown = {k: v for k, v in self.params.items() if k not in quiet}
         if not shown:
             return self.name
@@ -449,14 +565,21 @@ class Transform:
                 params[k] = v
         return Transform(self.name, params, self.given)
 
-    def __call__(self, w: Tensor, generator: torch.Generator | None = None, *, clip: float | None = 1.0) -> Tensor:
+    def __call__(
+        self, w: Tensor, generator: torch.Generator | None = None, *, clip: float | None = 1.0
+    ) -> Tensor:
         """Transformed copy of ``w``; ``clip`` is the ``H`` used by ``scale=clip`` (None: a tensor never
         clipped, whose ``max|W|`` stands for it)."""
         if clip is not None and not (clip > 0 and math.isfinite(clip)):
-            raise UserError(f"{self.spec}: the clip bound H must be a positive number, not {clip!r}")
+            raise UserError(
+                f"{self.spec}: the clip bound H must be a positive number, not {clip!r}"
+            )
         p = dict(self.params)
-        low = w.dtype in (torch.float16, torch.bfloat16)   # computed in float32: a 16-bit quantizer's levels
-        x = w.float() if low else w                         # overflow float16, and half rounding shifts levels
+        low = w.dtype in (
+            torch.float16,
+            torch.bfloat16,
+        )  # computed in float32: a 16-bit quantizer's levels
+        x = w.float() if low else w  # overflow float16, and half rounding shifts levels
         H = magnitude(x, p.pop("scale"), clip) if "scale" in p else None
         out = self.entry.fn(x, generator, H, **p)
         return out.to(w.dtype) if low else out
@@ -491,10 +614,14 @@ def transform(spec: "str | Transform") -> Transform:
     for p in entry.params:
         if p.name in raw:
             if len(raw[p.name]) > 1:
-                raise UserError(f"{spec!r}: {p.name} takes one value here (lists and ranges are for sweeps)")
+                raise UserError(
+                    f"{spec!r}: {p.name} takes one value here (lists and ranges are for sweeps)"
+                )
             params[p.name] = _convert(entry, p, raw[p.name][0])
         elif p.default is _REQUIRED:
-            raise UserError(f"{name}: missing parameter {p.name!r} ({p.allowed}), e.g. {name}:{p.name}=...")
+            raise UserError(
+                f"{name}: missing parameter {p.name!r} ({p.allowed}), e.g. {name}:{p.name}=..."
+            )
         else:
             params[p.name] = p.default
     return Transform(name, params, given=raw.keys())

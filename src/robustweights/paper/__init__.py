@@ -10,4 +10,12 @@ These sit on top of the core (training, sweeps, reports); nothing in the core im
 from .claims import judge, read_claims
 from .experiments import EXPERIMENTS, PRESETS, Preset, reproduce, resolve_preset
 
-__all__ = ["judge", "read_claims", "reproduce", "resolve_preset", "EXPERIMENTS", "PRESETS", "Preset"]
+__all__ = [
+    "judge",
+    "read_claims",
+    "reproduce",
+    "resolve_preset",
+    "EXPERIMENTS",
+    "PRESETS",
+    "Preset",
+]

@@ -15,33 +15,70 @@ from pathlib import Path
 from ..errors import UserError, short_repr
 from ..results import lowest_bits, mean_score
 
-__all__ = ["CLAIMS", "VERDICTS", "NEEDS", "COLUMNS", "REFERENCE", "judge", "read_claims", "paper_scale"]
+__all__ = [
+    "CLAIMS",
+    "VERDICTS",
+    "NEEDS",
+    "COLUMNS",
+    "REFERENCE",
+    "judge",
+    "read_claims",
+    "paper_scale",
+]
 
 # add-gauss is noise relative to each tensor's std(W); add-gauss-max relative to its range max|W| (docs/method.md 5a:
 # the paper's reference is not certain, so verdicts read both).
 COLUMNS = ("add-gauss", "add-gauss-max", "mult-gauss", "power", "sign", "quant")
-PARAM = {"add-gauss": "sigma", "add-gauss-max": "sigma", "mult-gauss": "sigma", "power": "beta",
-         "quant": "bits"}  # swept per column
+PARAM = {
+    "add-gauss": "sigma",
+    "add-gauss-max": "sigma",
+    "mult-gauss": "sigma",
+    "power": "beta",
+    "quant": "bits",
+}  # swept per column
 # Strength at which a column's error rise is read for the verdicts (each preset's grid holds it).
-REFERENCE = {"add-gauss": 0.8, "add-gauss-max": 0.8, "mult-gauss": 0.5, "power": 0.5, "sign": None, "quant": 2}
+REFERENCE = {
+    "add-gauss": 0.8,
+    "add-gauss-max": 0.8,
+    "mult-gauss": 0.5,
+    "power": 0.5,
+    "sign": None,
+    "quant": 2,
+}
 NOISE = ("add-gauss", "add-gauss-max")
 CLAIMS = {
-    1: ("Networks trained with binarized weights are, at test time, robust to additive noise, multiplicative "
+    1: (
+        "Networks trained with binarized weights are, at test time, robust to additive noise, multiplicative "
         "noise and non-linear projections (binarization a special case).",
-        "qualitative: binarization-trained networks degrade far more slowly than float-trained ones"),
-    2: ("One such network reaches 11% test error on CIFAR-10 with 0.68 effective bits per weight.",
-        "11% test error at 0.68 bits per weight (CIFAR-10)"),
-    3: ("Using projected weights in back-propagation can be altered (fwd) or removed (clip only) and networks keep "
+        "qualitative: binarization-trained networks degrade far more slowly than float-trained ones",
+    ),
+    2: (
+        "One such network reaches 11% test error on CIFAR-10 with 0.68 effective bits per weight.",
+        "11% test error at 0.68 bits per weight (CIFAR-10)",
+    ),
+    3: (
+        "Using projected weights in back-propagation can be altered (fwd) or removed (clip only) and networks keep "
         "a base level of robustness; projections other than quantization also work.",
-        "qualitative: fwd and clip-only networks keep a base level of robustness"),
-    4: ("The results hold on CIFAR-10 and on ImageNet.", "CIFAR-10 and ImageNet (AlexNet/GoogLeNet-scale)"),
-    5: ("A stochastic projection rule gives 7.64% test error on CIFAR-10 with no data augmentation.",
-        "7.64% test error (BinaryConnect: 9.90% deterministic, 8.27% stochastic)"),
+        "qualitative: fwd and clip-only networks keep a base level of robustness",
+    ),
+    4: (
+        "The results hold on CIFAR-10 and on ImageNet.",
+        "CIFAR-10 and ImageNet (AlexNet/GoogLeNet-scale)",
+    ),
+    5: (
+        "A stochastic projection rule gives 7.64% test error on CIFAR-10 with no data augmentation.",
+        "7.64% test error (BinaryConnect: 9.90% deterministic, 8.27% stochastic)",
+    ),
 }
 VERDICTS = ("reproduced", "not reproduced", "not run at this scale", "not run")
 # The rows each claim's rule needs: without every one of them trained in the run, the verdict is "not run".
-NEEDS = {1: ("identity", "sign", "stoch-sign"), 2: (), 3: ("identity", "clip", "sign-fwd", "power", "stoch-mult"),
-         4: ("identity", "sign"), 5: ("stoch-mult", "sign", "stoch-sign")}
+NEEDS = {
+    1: ("identity", "sign", "stoch-sign"),
+    2: (),
+    3: ("identity", "clip", "sign-fwd", "power", "stoch-mult"),
+    4: ("identity", "sign"),
+    5: ("stoch-mult", "sign", "stoch-sign"),
+}
 # Claim 2 is about "one such network": one trained with binarized weights. It needs one of these rows, and reads
 # only them (a float or stoch-mult network meeting 0.68 bits is reported beside it, never counted).
 BINARIZED = ("sign", "stoch-sign", "sign-fwd")
@@ -54,13 +91,18 @@ def in_column(r: dict, col: str) -> bool:
     """Whether a result row belongs to column ``col`` (the two add-gauss columns differ by their reference)."""
     if col in NOISE:
         scale = r.get("scale") or "std"
-        return r["distortion"] == "add-gauss" and scale == ("max" if col == "add-gauss-max" else "std")
+        return r["distortion"] == "add-gauss" and scale == (
+            "max" if col == "add-gauss-max" else "std"
+        )
     return r["distortion"] == col
 
 
 def _mean_at(sweep: dict, col: str, value) -> float | None:
-    return mean_score(sweep["rows"], lambda r: in_column(r, col) and (value is None or r["value"] == value),
-                      key="error")
+    return mean_score(
+        sweep["rows"],
+        lambda r: in_column(r, col) and (value is None or r["value"] == value),
+        key="error",
+    )
 
 
 def rises(sweep: dict, columns) -> dict[str, float]:
@@ -76,8 +118,11 @@ def rises(sweep: dict, columns) -> dict[str, float]:
 def _bits(sweep: dict, col: str) -> str:
     """`` at B bits``: the measured effective bits of a noise column at its reference strength (method.md 4: the
     same nominal sigma of max|W| is far fewer bits for a float tensor than for a binary one), else ``''``."""
-    bits = [r.get("effective_bits") for r in sweep["rows"] if col in NOISE and in_column(r, col)
-            and r["value"] == REFERENCE[col]]
+    bits = [
+        r.get("effective_bits")
+        for r in sweep["rows"]
+        if col in NOISE and in_column(r, col) and r["value"] == REFERENCE[col]
+    ]
     bits = [b for b in bits if isinstance(b, (int, float)) and b == b]
     return f" at {sum(bits) / len(bits):.2f} bits" if bits else ""
 
@@ -94,23 +139,31 @@ def _pts(x: float) -> str:
     return f"{x * 100:+.1f}"
 
 
-RULE_1 = ("headline convention: additive noise relative to each layer's range (add-gauss scale=max, the paper's "
-          "most likely reference) at sigma 0.8, on the weights each network runs with. Reproduced when both "
-          "BinaryConnect networks (sign, tested with its binary weights; stoch-sign, tested with its hidden weights) "
-          "degrade far more slowly than the float network: under that noise each one's error rise is at most half "
-          "the float network's, and in no other column (noise relative to std(W), mult-gauss, power, sign, quant, "
-          "each at its reference strength) is either 'not slower' (a column where both rise under 2 points shows "
-          "nothing and is skipped). Every rise is reported, a noise column's with the effective bits it measured")
-RULE_2 = ("the lowest effective bits per weight (measured, docs/method.md section 4) at which a network trained "
-          "with binarized weights (sign, stoch-sign or sign-fwd) keeps its mean test error at or below the target, "
-          "at that strength and every weaker one of the same distortion; reproduced at the paper's setting when it "
-          "is at most 0.68 bits at 11%")
-RULE_4 = ("headline convention as claim 1: additive noise relative to each layer's range (add-gauss scale=max) "
-          "at sigma 0.8. Reproduced when the sign network's error rise there is at most half the float network's, "
-          "and relative to std(W) it is not 'not slower' (both rises are reported)")
-RULE_3 = ("reproduced when the clip-only, sign-fwd, power and stoch-mult networks each train to within 5 points of "
-          "the float network's error and rise less than it under additive noise at sigma 0.8 relative to both "
-          "std(W) and max|W| and under mult-gauss sigma 0.5, each tested with the weights it runs with")
+RULE_1 = (
+    "headline convention: additive noise relative to each layer's range (add-gauss scale=max, the paper's "
+    "most likely reference) at sigma 0.8, on the weights each network runs with. Reproduced when both "
+    "BinaryConnect networks (sign, tested with its binary weights; stoch-sign, tested with its hidden weights) "
+    "degrade far more slowly than the float network: under that noise each one's error rise is at most half "
+    "the float network's, and in no other column (noise relative to std(W), mult-gauss, power, sign, quant, "
+    "each at its reference strength) is either 'not slower' (a column where both rise under 2 points shows "
+    "nothing and is skipped). Every rise is reported, a noise column's with the effective bits it measured"
+)
+RULE_2 = (
+    "the lowest effective bits per weight (measured, docs/method.md section 4) at which a network trained "
+    "with binarized weights (sign, stoch-sign or sign-fwd) keeps its mean test error at or below the target, "
+    "at that strength and every weaker one of the same distortion; reproduced at the paper's setting when it "
+    "is at most 0.68 bits at 11%"
+)
+RULE_4 = (
+    "headline convention as claim 1: additive noise relative to each layer's range (add-gauss scale=max) "
+    "at sigma 0.8. Reproduced when the sign network's error rise there is at most half the float network's, "
+    "and relative to std(W) it is not 'not slower' (both rises are reported)"
+)
+RULE_3 = (
+    "reproduced when the clip-only, sign-fwd, power and stoch-mult networks each train to within 5 points of "
+    "the float network's error and rise less than it under additive noise at sigma 0.8 relative to both "
+    "std(W) and max|W| and under mult-gauss sigma 0.5, each tested with the weights it runs with"
+)
 
 
 def slower(rise: float, float_rise: float) -> str:
@@ -124,8 +177,13 @@ def slower(rise: float, float_rise: float) -> str:
 
 def paper_scale(preset: dict) -> bool:
     """The setting of the paper's CIFAR-10 figures: full-width bc-vgg on all of CIFAR-10, no augmentation."""
-    return (preset["dataset"] == "cifar10" and preset["model"] == "bc-vgg" and preset["width"] == 1.0
-            and preset["train_subset"] is None and preset["test_subset"] is None)
+    return (
+        preset["dataset"] == "cifar10"
+        and preset["model"] == "bc-vgg"
+        and preset["width"] == 1.0
+        and preset["train_subset"] is None
+        and preset["test_subset"] is None
+    )
 
 
 def shortfall(preset: dict) -> str | None:
@@ -144,35 +202,71 @@ def figure_verdict(out: dict, met: bool, preset: dict, figure: str) -> dict:
     on any budget; ``not reproduced`` only on the recipe's whole budget (a shorter run that misses says nothing
     of the recipe: ``not run at this scale``, naming what it lacked)."""
     if not paper_scale(preset):
-        return {**out, "verdict": "not run at this scale",
-                "note": f"the paper's {figure} is for full-width bc-vgg on all of CIFAR-10"}
+        return {
+            **out,
+            "verdict": "not run at this scale",
+            "note": f"the paper's {figure} is for full-width bc-vgg on all of CIFAR-10",
+        }
     short = shortfall(preset)
     if met or short is None:
-        return {**out, "verdict": "reproduced" if met else "not reproduced", **({"note": short} if short else {})}
-    return {**out, "verdict": "not run at this scale",
-            "note": f"the paper's {figure} not met, but the run had {short}: no verdict on the recipe"}
+        return {
+            **out,
+            "verdict": "reproduced" if met else "not reproduced",
+            **({"note": short} if short else {}),
+        }
+    return {
+        **out,
+        "verdict": "not run at this scale",
+        "note": f"the paper's {figure} not met, but the run had {short}: no verdict on the recipe",
+    }
 
 
-def judge(asked, cols, preset: dict, sweeps: dict, trained: dict, setting: str,
-          imagenet_data: str | None = None) -> list[dict]:
+def judge(
+    asked,
+    cols,
+    preset: dict,
+    sweeps: dict,
+    trained: dict,
+    setting: str,
+    imagenet_data: str | None = None,
+) -> list[dict]:
     """The claims table (docs/method.md section 1) from a run's measured sweeps and training histories:
     the claims ``asked``, judged on the columns ``cols`` the run swept."""
-    claims = {n: {"claim": n, "statement": CLAIMS[n][0], "paper": CLAIMS[n][1],
-                  "measured": "not measured by this experiment", "setting": setting,
-                  "verdict": "not run at this scale"} for n in CLAIMS}
+    claims = {
+        n: {
+            "claim": n,
+            "statement": CLAIMS[n][0],
+            "paper": CLAIMS[n][1],
+            "measured": "not measured by this experiment",
+            "setting": setting,
+            "verdict": "not run at this scale",
+        }
+        for n in CLAIMS
+    }
     for n in asked:
         missing = [r for r in NEEDS[n] if r not in sweeps]
         if missing:
-            claims[n].update(verdict="not run", measured=f"not judged: the rule needs rows {', '.join(NEEDS[n])}; "
-                             f"this run did not train {', '.join(missing)}", missing_rows=missing)
+            claims[n].update(
+                verdict="not run",
+                measured=f"not judged: the rule needs rows {', '.join(NEEDS[n])}; "
+                f"this run did not train {', '.join(missing)}",
+                missing_rows=missing,
+            )
         elif n in ANY_OF and not any(r in sweeps for r in ANY_OF[n]):
-            claims[n].update(verdict="not run", missing_rows=list(ANY_OF[n]),
-                             measured=f"not judged: the rule needs one of the rows {', '.join(ANY_OF[n])} (a network "
-                                      f"trained with binarized weights); this run trained none of them")
+            claims[n].update(
+                verdict="not run",
+                missing_rows=list(ANY_OF[n]),
+                measured=f"not judged: the rule needs one of the rows {', '.join(ANY_OF[n])} (a network "
+                f"trained with binarized weights); this run trained none of them",
+            )
 
-    judges = {1: lambda: judge_claim_1(sweeps, cols), 2: lambda: judge_claim_2(sweeps, preset),
-              3: lambda: judge_claim_3(sweeps, cols), 4: lambda: judge_claim_4(sweeps, preset, imagenet_data),
-              5: lambda: judge_claim_5(sweeps, trained, preset)}
+    judges = {
+        1: lambda: judge_claim_1(sweeps, cols),
+        2: lambda: judge_claim_2(sweeps, preset),
+        3: lambda: judge_claim_3(sweeps, cols),
+        4: lambda: judge_claim_4(sweeps, preset, imagenet_data),
+        5: lambda: judge_claim_5(sweeps, trained, preset),
+    }
     for n in asked:
         if not claims[n].get("missing_rows"):
             claims[n].update(judges[n]())
@@ -191,14 +285,24 @@ def judge_claim_1(sweeps: dict, cols) -> dict:
         if col == "add-gauss-max":
             ok &= all(o == "slower" for o in outcome.values())
         ok &= "not slower" not in outcome.values()
-        parts.append(f"{_ref_name(col)}: float {_pts(rf[col])}{_bits(sweeps['identity'], col)}, "
-                     + ", ".join(f"{n} {_pts(nets[n][col])}{_bits(sweeps[n], col)}"
-                                 + ("" if o == "slower" else f" ({o})") for n, o in outcome.items()))
-    base = ", ".join(f"{label} {sweeps[n]['baseline_error']:.2%}"
-                     for n, label in (("identity", "float"), ("sign", "sign"), ("stoch-sign", "stoch-sign")))
-    return {"measured": f"undistorted: {base}; error rise in points, " + "; ".join(parts),
-            "verdict": "reproduced" if ok else "not reproduced", "rule": RULE_1,
-            "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8"}
+        parts.append(
+            f"{_ref_name(col)}: float {_pts(rf[col])}{_bits(sweeps['identity'], col)}, "
+            + ", ".join(
+                f"{n} {_pts(nets[n][col])}{_bits(sweeps[n], col)}"
+                + ("" if o == "slower" else f" ({o})")
+                for n, o in outcome.items()
+            )
+        )
+    base = ", ".join(
+        f"{label} {sweeps[n]['baseline_error']:.2%}"
+        for n, label in (("identity", "float"), ("sign", "sign"), ("stoch-sign", "stoch-sign"))
+    )
+    return {
+        "measured": f"undistorted: {base}; error rise in points, " + "; ".join(parts),
+        "verdict": "reproduced" if ok else "not reproduced",
+        "rule": RULE_1,
+        "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8",
+    }
 
 
 def judge_claim_2(sweeps: dict, preset: dict) -> dict:
@@ -218,53 +322,94 @@ def judge_claim_2(sweeps: dict, preset: dict) -> dict:
             best = {**b, "row": row}
     rows = ", ".join(r for r in BINARIZED if r in sweeps)
     if best is None:
-        measured = f"no binarized row ({rows}) kept its mean error at or below {target:.2%} under a distortion " \
-                   f"with a bits figure"
+        measured = (
+            f"no binarized row ({rows}) kept its mean error at or below {target:.2%} under a distortion "
+            f"with a bits figure"
+        )
     else:
-        measured = (f"{best['effective_bits']:.2f} bits per weight at mean error {best['mean_error']:.2%} "
-                    f"(<= target {target:.2%}, at every weaker strength too): row {best['row']}, {best['spec']}")
+        measured = (
+            f"{best['effective_bits']:.2f} bits per weight at mean error {best['mean_error']:.2%} "
+            f"(<= target {target:.2%}, at every weaker strength too): row {best['row']}, {best['spec']}"
+        )
     if others:
         measured += f" (not binarized, not counted: {', '.join(others)} bits)"
     out = {"measured": measured, "target_error": target, "best": best, "rule": RULE_2}
     if preset["target_error"] != 0.11:
-        return {**out, "verdict": "not run at this scale",
-                "note": ("the paper's figure is for full-width bc-vgg on all of CIFAR-10 with target 11%; "
-                         "this run's target is its own (best undistorted error + 2 points)")}
-    return figure_verdict(out, best is not None and best["effective_bits"] <= 0.68 + 1e-9, preset, "11% at 0.68 bits")
+        return {
+            **out,
+            "verdict": "not run at this scale",
+            "note": (
+                "the paper's figure is for full-width bc-vgg on all of CIFAR-10 with target 11%; "
+                "this run's target is its own (best undistorted error + 2 points)"
+            ),
+        }
+    return figure_verdict(
+        out, best is not None and best["effective_bits"] <= 0.68 + 1e-9, preset, "11% at 0.68 bits"
+    )
 
 
 def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict:
     """Claim 4, the ImageNet half, by :data:`RULE_4`: the sign network degrades far more slowly than the float one
     under noise relative to each layer's range, and not more quickly relative to std(W)."""
     rf, rs = rises(sweeps["identity"], NOISE), rises(sweeps["sign"], NOISE)
-    cols = list(rf)   # the noise columns the run swept
-    parts = [f"{_ref_name(c)}: float {_pts(rf[c])}{_bits(sweeps['identity'], c)}, sign {_pts(rs[c])}"
-             f"{_bits(sweeps['sign'], c)}" for c in cols if c in rs]
-    figures = (f"{preset['imagenet_model']} undistorted: float {sweeps['identity']['baseline_error']:.2%}, sign "
-               f"{sweeps['sign']['baseline_error']:.2%}; error rise in points, " + "; ".join(parts))
-    out = {"rule": RULE_4, "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8"}
+    cols = list(rf)  # the noise columns the run swept
+    parts = [
+        f"{_ref_name(c)}: float {_pts(rf[c])}{_bits(sweeps['identity'], c)}, sign {_pts(rs[c])}"
+        f"{_bits(sweeps['sign'], c)}"
+        for c in cols
+        if c in rs
+    ]
+    figures = (
+        f"{preset['imagenet_model']} undistorted: float {sweeps['identity']['baseline_error']:.2%}, sign "
+        f"{sweeps['sign']['baseline_error']:.2%}; error rise in points, " + "; ".join(parts)
+    )
+    out = {
+        "rule": RULE_4,
+        "headline": "add-gauss scale=max (noise relative to each layer's range), sigma 0.8",
+    }
     if imagenet_data is None:
-        return {**out, "measured": f"path only, on generated image folders (no ImageNet on this machine): {figures}",
-                "verdict": "not run at this scale",
-                "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)"}
-    ok = ("add-gauss-max" in rs and "add-gauss-max" in rf
-          and slower(rs["add-gauss-max"], rf["add-gauss-max"]) == "slower"
-          and all(slower(rs[c], rf[c]) != "not slower" for c in cols if c in rs))
-    return {**out, "measured": f"{imagenet_data}: {figures}", "verdict": "reproduced" if ok else "not reproduced",
-            "note": "the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`"}
+        return {
+            **out,
+            "measured": f"path only, on generated image folders (no ImageNet on this machine): {figures}",
+            "verdict": "not run at this scale",
+            "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)",
+        }
+    ok = (
+        "add-gauss-max" in rs
+        and "add-gauss-max" in rf
+        and slower(rs["add-gauss-max"], rf["add-gauss-max"]) == "slower"
+        and all(slower(rs[c], rf[c]) != "not slower" for c in cols if c in rs)
+    )
+    return {
+        **out,
+        "measured": f"{imagenet_data}: {figures}",
+        "verdict": "reproduced" if ok else "not reproduced",
+        "note": "the ImageNet half only; the CIFAR-10 half is claim 1 of `reproduce matrix`",
+    }
 
 
 def judge_claim_5(sweeps: dict, trained: dict, preset: dict) -> dict:
     """Claim 5: the stochastic rule's test error; judged against 7.64% only at the paper's setting."""
-    parts = [f"{row} {sweeps[row]['baseline_error']:.2%}" for row in ("stoch-mult", "sign", "stoch-sign")
-             if row in sweeps]
+    parts = [
+        f"{row} {sweeps[row]['baseline_error']:.2%}"
+        for row in ("stoch-mult", "sign", "stoch-sign")
+        if row in sweeps
+    ]
     raw = trained.get("stoch-mult", {}).get("test_error_stored_bn")
     err = sweeps["stoch-mult"]["baseline_error"]
-    out = {"measured": ("test error after the same budget, batch-norm statistics re-estimated with the evaluation "
-                        "weights: " + ", ".join(parts)
-                        + (f" (stoch-mult with the statistics gathered in training: {raw:.2%})" if raw is not None
-                           else "")),
-           "stoch_mult_error": err}
+    out = {
+        "measured": (
+            "test error after the same budget, batch-norm statistics re-estimated with the evaluation "
+            "weights: "
+            + ", ".join(parts)
+            + (
+                f" (stoch-mult with the statistics gathered in training: {raw:.2%})"
+                if raw is not None
+                else ""
+            )
+        ),
+        "stoch_mult_error": err,
+    }
     return figure_verdict(out, err <= 0.0764, preset, "7.64%")
 
 
@@ -283,12 +428,24 @@ def judge_claim_3(sweeps: dict, cols) -> dict:
         robust = all(c in r and c in rf and r[c] < rf[c] for c in noise)
         if row in NEEDS[3]:
             ok &= works and robust
-        parts.append(f"{row}: {base:.2%}, rise " + ", ".join(f"{_pts(r[c])}" for c in noise if c in r)
-                     + ("" if robust else " (not below float)") + ("" if works else " (trains > 5 points worse)"))
-    return {"measured": ("undistorted error and rise in points at " + " / ".join(_ref_name(c) for c in noise)
-                         + f" (float: {base_f:.2%}, rise " + ", ".join(_pts(rf[c]) for c in noise if c in rf)
-                         + "); " + "; ".join(parts)),
-            "verdict": "reproduced" if ok else "not reproduced", "rule": RULE_3}
+        parts.append(
+            f"{row}: {base:.2%}, rise "
+            + ", ".join(f"{_pts(r[c])}" for c in noise if c in r)
+            + ("" if robust else " (not below float)")
+            + ("" if works else " (trains > 5 points worse)")
+        )
+    return {
+        "measured": (
+            "undistorted error and rise in points at "
+            + " / ".join(_ref_name(c) for c in noise)
+            + f" (float: {base_f:.2%}, rise "
+            + ", ".join(_pts(rf[c]) for c in noise if c in rf)
+            + "); "
+            + "; ".join(parts)
+        ),
+        "verdict": "reproduced" if ok else "not reproduced",
+        "rule": RULE_3,
+    }
 
 
 def read_claims(path: "str | Path") -> list[dict]:
@@ -302,17 +459,30 @@ def read_claims(path: "str | Path") -> list[dict]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{p} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
     keys = ("claim", "statement", "paper", "measured", "setting", "verdict")
-    if not (isinstance(claims, list) and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)):
-        raise UserError(f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})")
+    if not (
+        isinstance(claims, list)
+        and all(isinstance(c, dict) and all(k in c for k in keys) for c in claims)
+    ):
+        raise UserError(
+            f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})"
+        )
 
-    for i, c in enumerate(claims):   # the values too: the report writes them as text (a number is no verdict)
+    for i, c in enumerate(
+        claims
+    ):  # the values too: the report writes them as text (a number is no verdict)
         where = f"{p}: entry {i + 1}"
         if not (isinstance(c["claim"], int) and not isinstance(c["claim"], bool)):
-            raise UserError(f"{where}: 'claim' must be a whole number, not {short_repr(c['claim'])}")
+            raise UserError(
+                f"{where}: 'claim' must be a whole number, not {short_repr(c['claim'])}"
+            )
         for k in ("statement", "paper", "measured", "setting"):
             if not isinstance(c[k], str):
-                raise UserError(f"{where} (claim {c['claim']}): {k!r} must be a string, not {short_repr(c[k])}")
+                raise UserError(
+                    f"{where} (claim {c['claim']}): {k!r} must be a string, not {short_repr(c[k])}"
+                )
         if c["verdict"] not in VERDICTS:
-            raise UserError(f"{where} (claim {c['claim']}): 'verdict' must be one of "
-                            f"{', '.join(map(repr, VERDICTS))}, not {short_repr(c['verdict'])}")
+            raise UserError(
+                f"{where} (claim {c['claim']}): 'verdict' must be one of "
+                f"{', '.join(map(repr, VERDICTS))}, not {short_repr(c['verdict'])}"
+            )
     return claims

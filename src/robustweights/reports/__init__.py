@@ -40,13 +40,24 @@ from .sources import Key, Source, dataset_caption, load_results, short_descripti
 
 __all__ = ["report", "load_results", "short_description", "MARKER"]
 
-MARKER = "robustweights report"   # report.json "kind": a folder holding it is a report we may overwrite
+MARKER = (
+    "robustweights report"  # report.json "kind": a folder holding it is a report we may overwrite
+)
 FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "matrix.png")
-OUTPUTS = FIGURES + ("report.html", "report.md")   # what a rerun may replace or remove; report.json aside
+OUTPUTS = FIGURES + (
+    "report.html",
+    "report.md",
+)  # what a rerun may replace or remove; report.json aside
 
 
-def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str, float] | None" = None,
-           title: str | None = None, claims: "list[dict] | None" = None) -> dict:
+def report(
+    result_dirs: "list[str | Path]",
+    out: "str | Path",
+    *,
+    at: "dict[str, float] | None" = None,
+    title: str | None = None,
+    claims: "list[dict] | None" = None,
+) -> dict:
     """Write figures, ``report.html``, ``report.md`` and ``report.json`` for sweep result folders into ``out``.
 
     ``at`` maps a distortion name to the strength shown in the table of mean
@@ -60,7 +71,9 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     one row per input, ``{"label": ..., column: mean error in % or None}``.
     Nothing is written unless every input reads and every argument is valid.
     """
-    folders = [Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)]
+    folders = [
+        Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)
+    ]
     if not folders:
         raise UserError("give at least one sweep result folder")
     seen = set()
@@ -69,11 +82,13 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
             raise UserError(f"{f} is given twice; give each sweep result folder once")
         seen.add(f.resolve())
     out = Path(out)
-    old_files = _check_out(out)   # (a file, or a folder of anything but an earlier report: refused)
-    check_writable(out)   # before any work: one line for a folder that cannot be written
+    old_files = _check_out(out)  # (a file, or a folder of anything but an earlier report: refused)
+    check_writable(out)  # before any work: one line for a folder that cannot be written
     sources = [Source(f, *load_results(f)) for f in folders]
     _name_sources(sources)
-    keys = list(dict.fromkeys(k for s in sources for k in s.curves))   # first appearance: the sweep's order
+    keys = list(
+        dict.fromkeys(k for s in sources for k in s.curves)
+    )  # first appearance: the sweep's order
     names = _display_names(keys)
     panels = make_panels(keys, names)
     columns = table_columns(keys, names, sources, at or {})
@@ -83,23 +98,43 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
     colors = palette(len(sources))
     caption = dataset_caption(sources)
     ylabel = _error_label(sources)
-    with plain_text():   # names from files and flags are text: a '$' is no maths
-        figures = {"error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
-                   "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel)}
-        if len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2 \
-                and len(sources) <= MATRIX_MAX_ROWS:   # (320 networks drew a figure 80,000 pixels tall)
+    with plain_text():  # names from files and flags are text: a '$' is no maths
+        figures = {
+            "error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
+            "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel),
+        }
+        if (
+            len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2
+            and len(sources) <= MATRIX_MAX_ROWS
+        ):  # (320 networks drew a figure 80,000 pixels tall)
             figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
         pngs = {name: to_png(fig) for name, fig in figures.items() if fig is not None}
-    table = [{"label": s.label, **{label: mean_at(s, key, value) for label, key, value in columns}}
-             for s in sources]
-    doc = Document(title or "Robustness to test-time weight distortions", caption, sources, keys, names,
-                   pngs, [label for label, _, _ in columns], table, ylabel, claims or [])
+    table = [
+        {"label": s.label, **{label: mean_at(s, key, value) for label, key, value in columns}}
+        for s in sources
+    ]
+    doc = Document(
+        title or "Robustness to test-time weight distortions",
+        caption,
+        sources,
+        keys,
+        names,
+        pngs,
+        [label for label, _, _ in columns],
+        table,
+        ylabel,
+        claims or [],
+    )
 
     files = list(pngs) + ["report.html", "report.md"]
-    manifest = {"kind": MARKER, "inputs": [str(s.folder.resolve()) for s in sources],
-                "labels": [s.label for s in sources],
-                "at": {label: value for label, _, value in columns if value is not None},
-                "files": files, "written": now()}
+    manifest = {
+        "kind": MARKER,
+        "inputs": [str(s.folder.resolve()) for s in sources],
+        "labels": [s.label for s in sources],
+        "at": {label: value for label, _, value in columns if value is not None},
+        "files": files,
+        "written": now(),
+    }
     claimed = list(dict.fromkeys(old_files + files))
     first_json = json.dumps({**manifest, "files": claimed}, indent=2) + "\n"
     last_json = json.dumps(manifest, indent=2) + "\n"
@@ -110,11 +145,17 @@ def report(result_dirs: "list[str | Path]", out: "str | Path", *, at: "dict[str,
         write_bytes(out / name, data)
     write_text(out / "report.md", markdown)
     write_text(out / "report.html", page)
-    for name in set(old_files) - set(files):   # e.g. matrix.png of an earlier report with more inputs
+    for name in set(old_files) - set(
+        files
+    ):  # e.g. matrix.png of an earlier report with more inputs
         (out / name).unlink(missing_ok=True)
     write_text(out / "report.json", last_json)
-    return {"html": out / "report.html", "md": out / "report.md", "figures": [out / n for n in pngs],
-            "table": table}
+    return {
+        "html": out / "report.html",
+        "md": out / "report.md",
+        "figures": [out / n for n in pngs],
+        "table": table,
+    }
 
 
 def _check_out(out: Path) -> list[str]:
@@ -128,18 +169,22 @@ def _check_out(out: Path) -> list[str]:
         raise UserError(f"{out} cannot be read ({e.strerror}); choose another --out") from None
     try:
         previous = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):   # missing, unreadable or not JSON: not ours
+    except (OSError, ValueError):  # missing, unreadable or not JSON: not ours
         previous = None
     if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
-        raise UserError(f"{out} exists and is not a robustweights report folder; choose another --out")
-    return [f for f in previous.get("files", []) if f in OUTPUTS]   # never remove anything else
+        raise UserError(
+            f"{out} exists and is not a robustweights report folder; choose another --out"
+        )
+    return [f for f in previous.get("files", []) if f in OUTPUTS]  # never remove anything else
 
 
 def _name_sources(sources: list[Source]) -> None:
     """Make legend labels unique: a repeated label gets its folder's name (then its position) added."""
     base = {id(s): s.label for s in sources}
-    for make in (lambda s, i: f"{base[id(s)]} [{s.folder.name}]",
-                 lambda s, i: f"{base[id(s)]} [{s.folder.name} #{i + 1}]"):
+    for make in (
+        lambda s, i: f"{base[id(s)]} [{s.folder.name}]",
+        lambda s, i: f"{base[id(s)]} [{s.folder.name} #{i + 1}]",
+    ):
         counts: dict[str, int] = {}
         for s in sources:
             counts[s.label] = counts.get(s.label, 0) + 1
@@ -155,15 +200,19 @@ def _display_names(keys: list[Key]) -> dict[Key, str]:
         if sum(other.name == k.name for other in keys) == 1:
             names[k] = k.name
         else:
-            names[k] = f"{k.name} ({', '.join(filter(None, [f'vs {k.param}' if k.param else '', k.fixed]))})"
+            names[k] = (
+                f"{k.name} ({', '.join(filter(None, [f'vs {k.param}' if k.param else '', k.fixed]))})"
+            )
     return names
 
 
 def _error_label(sources: list[Source]) -> str:
     metrics = {s.metric for s in sources}
     if len(metrics) > 1:
-        raise UserError(f"these results measure different metrics ({', '.join(sorted(metrics))}); "
-                        "report each metric on its own")
+        raise UserError(
+            f"these results measure different metrics ({', '.join(sorted(metrics))}); "
+            "report each metric on its own"
+        )
     metric = metrics.pop()
     what = "error (%)" if metric == "error" else metric
     splits = {s.prov.get("split") or "test" for s in sources}

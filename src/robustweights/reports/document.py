@@ -65,7 +65,9 @@ def table_columns(keys, names, sources, at: dict) -> list[tuple[str, Key, float 
         want = at.get(names[k], at.get(k.name))
         if want is None:
             want = statistics.median(grid)
-        value = min(grid, key=lambda x: (abs(x - want), x))   # on the grid: a mean needs measured points
+        value = min(
+            grid, key=lambda x: (abs(x - want), x)
+        )  # on the grid: a mean needs measured points
         columns.append((f"{names[k]} {k.param}={_fmt(value)}", k, value))
     return columns
 
@@ -101,24 +103,41 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
             continue
         i = _strongest(k, c)
         where = f"{names[k]} {k.param}={_fmt(c.x[i])}" if k.param else names[k]
-        spread = (f" (min {score_text(s, c.lo[i])}, max {score_text(s, c.hi[i])} over {c.trials[i]} trials)"
-                  if c.hi[i] > c.lo[i] else "")
+        spread = (
+            f" (min {score_text(s, c.lo[i])}, max {score_text(s, c.hi[i])} over {c.trials[i]} trials)"
+            if c.hi[i] > c.lo[i]
+            else ""
+        )
         parts.append(f"{where}: {score_text(s, c.mean[i])}{spread}")
-    text = (f"undistorted {s.metric} {score_text(s, s.baseline)}{weights}; at the strongest setting: "
-            f"{'; '.join(parts)}.")
+    text = (
+        f"undistorted {s.metric} {score_text(s, s.baseline)}{weights}; at the strongest setting: "
+        f"{'; '.join(parts)}."
+    )
     best = p.get("lowest_bits")
-    if isinstance(best, dict) and is_number(best.get("effective_bits")) and is_number(p.get("target_error")):
+    if (
+        isinstance(best, dict)
+        and is_number(best.get("effective_bits"))
+        and is_number(p.get("target_error"))
+    ):
         way = "at or above" if p.get("higher_is_better") else "at or below"
-        text += (f" Lowest effective bits with mean {s.metric} {way} {score_text(s, s.unit * p['target_error'])}: "
-                 f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')}).")
-    if p.get("on") == "hidden" and "projected" in str(p.get("baseline_weights", "")) and p.get("batch_norm", True) \
-            and not p.get("bn_reestimate"):
-        text += (" Note: this network runs with projected weights, and its batch-norm statistics were gathered "
-                 "with them; its hidden weights are much smaller (a sign-trained network's rarely reach H), so "
-                 "curves of its distorted hidden weights start far above its undistorted error (about 90% for a "
-                 "sign-trained CNN) because the statistics belong to other weights, not because the weights are "
-                 "bad: distort the projected weights (--on projected) or re-estimate the statistics "
-                 "(--bn-reestimate N).")
+        text += (
+            f" Lowest effective bits with mean {s.metric} {way} {score_text(s, s.unit * p['target_error'])}: "
+            f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')})."
+        )
+    if (
+        p.get("on") == "hidden"
+        and "projected" in str(p.get("baseline_weights", ""))
+        and p.get("batch_norm", True)
+        and not p.get("bn_reestimate")
+    ):
+        text += (
+            " Note: this network runs with projected weights, and its batch-norm statistics were gathered "
+            "with them; its hidden weights are much smaller (a sign-trained network's rarely reach H), so "
+            "curves of its distorted hidden weights start far above its undistorted error (about 90% for a "
+            "sign-trained CNN) because the statistics belong to other weights, not because the weights are "
+            "bad: distort the projected weights (--on projected) or re-estimate the statistics "
+            "(--bn-reestimate N)."
+        )
     return text
 
 
@@ -141,14 +160,29 @@ def provenance(s: Source) -> list[tuple[str, str]]:
         ("model, width", f"{get('model')}, {get('width')}"),
         ("dataset", get("data_description")),
         ("split", get("split")),
-        (f"undistorted {s.metric}", score_text(s, s.baseline, 2)
-         + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else "")),
-        ("weights distorted", get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else "")),
-        ("coverage", (p.get("coverage") or {}).get("summary") or "not recorded (a sweep before coverage was recorded)"),
+        (
+            f"undistorted {s.metric}",
+            score_text(s, s.baseline, 2)
+            + (f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else ""),
+        ),
+        (
+            "weights distorted",
+            get("on") + (f"; kept undistorted: {', '.join(map(str, keep))}" if keep else ""),
+        ),
+        (
+            "coverage",
+            (p.get("coverage") or {}).get("summary")
+            or "not recorded (a sweep before coverage was recorded)",
+        ),
         ("distortion scale unless named", get("scale_default")),
-        ("batch-norm re-estimation", f"on, {bn} training batches per cell" if bn
-         else f"once before the sweep, {p['bn_calibrate']} training batches" if p.get("bn_calibrate")
-         else "off (statistics as trained)"),
+        (
+            "batch-norm re-estimation",
+            f"on, {bn} training batches per cell"
+            if bn
+            else f"once before the sweep, {p['bn_calibrate']} training batches"
+            if p.get("bn_calibrate")
+            else "off (statistics as trained)",
+        ),
         ("trials, seed", f"{get('trials')}, {get('seed')}"),
         ("git commit", get("git_commit")),
         ("torch, device", f"{get('torch')}, {get('device')}"),
@@ -162,7 +196,9 @@ def _span(start, end) -> str:
     if not end:
         return f"{start} – not finished (the results may be partial)"
     try:
-        seconds = (datetime.datetime.fromisoformat(end) - datetime.datetime.fromisoformat(start)).total_seconds()
+        seconds = (
+            datetime.datetime.fromisoformat(end) - datetime.datetime.fromisoformat(start)
+        ).total_seconds()
     except (TypeError, ValueError):
         return f"{start} – {end}"
     h, rest = divmod(int(seconds), 3600)
@@ -185,20 +221,20 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
 
-MATRIX_MAX_ROWS = 24   # networks in the matrix figure (one row of panels each)
+MATRIX_MAX_ROWS = 24  # networks in the matrix figure (one row of panels each)
 
 
 FIGURE_CAPTIONS = {
     "error_vs_strength.png": "Test error (or the sweep's metric) against the strength of each test-time "
-                             "distortion, one line per network: mean over trials, band from the lowest "
-                             "to the highest trial; "
-                             "dashed: the network's undistorted value.",
+    "distortion, one line per network: mean over trials, band from the lowest "
+    "to the highest trial; "
+    "dashed: the network's undistorted value.",
     "error_vs_bits.png": "Test error (or the sweep's metric) against effective bits per weight "
-                         "(docs/method.md section 4) for the distortions that have such a figure; colour is "
-                         "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
-                         "results only): the paper's 11% test error at 0.68 effective bits per weight.",
+    "(docs/method.md section 4) for the distortions that have such a figure; colour is "
+    "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
+    "results only): the paper's 11% test error at 0.68 effective bits per weight.",
     "matrix.png": "The matrix of docs/method.md section 3: one row per network (its training projection and "
-                  "mode), one column per test-time distortion; same y scale everywhere.",
+    "mode), one column per test-time distortion; same y scale everywhere.",
 }
 
 
@@ -214,59 +250,112 @@ class Document:
     pngs: dict[str, bytes]
     columns: list[str]
     table: list[dict]
-    error_label: str        # "test error (%)", or the split the sweeps measured
-    claims: list[dict] = field(default_factory=list)   # `robustweights reproduce`'s verdicts, if any
+    error_label: str  # "test error (%)", or the split the sweeps measured
+    claims: list[dict] = field(default_factory=list)  # `robustweights reproduce`'s verdicts, if any
 
     @property
-    def metric(self) -> str:   # one for all sources (a report refuses to mix metrics)
+    def metric(self) -> str:  # one for all sources (a report refuses to mix metrics)
         return self.sources[0].metric if self.sources else "error"
 
     def html(self) -> str:
         e = html.escape
-        out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(self.title)}</title>",
-               f"<style>{CSS}</style></head><body>",
-               f"<h1>{e(self.title)}</h1>",
-               f"<p class=\"sub\">Data: {e(self.caption)}. Written {e(now())} by robustweights.</p>",
-               *self._claims_html(),
-               "<h2>Headlines</h2><ul>"]
-        out += [f"<li><b>{e(s.label)}</b>: {e(headline(s, self.keys, self.names))}</li>" for s in self.sources]
+        out = [
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(self.title)}</title>',
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{e(self.title)}</h1>",
+            f'<p class="sub">Data: {e(self.caption)}. Written {e(now())} by robustweights.</p>',
+            *self._claims_html(),
+            "<h2>Headlines</h2><ul>",
+        ]
+        out += [
+            f"<li><b>{e(s.label)}</b>: {e(headline(s, self.keys, self.names))}</li>"
+            for s in self.sources
+        ]
         out.append("</ul><h2>Figures</h2>")
         for name, data in self.pngs.items():
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            out.append(f"<figure><img src=\"{uri}\" alt=\"{e(name)}\"><figcaption>{e(FIGURE_CAPTIONS[name])} "
-                       f"Data: {e(self.caption)}.</figcaption></figure>")
+            out.append(
+                f'<figure><img src="{uri}" alt="{e(name)}"><figcaption>{e(FIGURE_CAPTIONS[name])} '
+                f"Data: {e(self.caption)}.</figcaption></figure>"
+            )
         for note in filter(None, (self.no_bits_note(), self.matrix_note())):
             out.append(f"<p>{e(note)}</p>")
         out.append(f"<h2>Mean {e(self.error_label)} at chosen strengths</h2>")
-        out.append("<table><tr><th>network</th>" + "".join(f"<th>{e(c)}</th>" for c in self.columns) + "</tr>")
+        out.append(
+            "<table><tr><th>network</th>"
+            + "".join(f"<th>{e(c)}</th>" for c in self.columns)
+            + "</tr>"
+        )
         for row in self.table:
-            out.append(f"<tr><td>{e(row['label'])}</td>"
-                       + "".join(f"<td class=\"num\">{_cell(row[c], self.metric)}</td>" for c in self.columns)
-                       + "</tr>")
+            out.append(
+                f"<tr><td>{e(row['label'])}</td>"
+                + "".join(
+                    f'<td class="num">{_cell(row[c], self.metric)}</td>' for c in self.columns
+                )
+                + "</tr>"
+            )
         out.append(f"</table><p>{e(self._table_note())}</p>")
-        out.append(f"<h2>How to read</h2><p>{e(HOW_TO_READ)}</p><h2>Provenance</h2><div class=\"prov-grid\">")
+        out.append(
+            f'<h2>How to read</h2><p>{e(HOW_TO_READ)}</p><h2>Provenance</h2><div class="prov-grid">'
+        )
         for s in self.sources:
             (_, label), *rows = provenance(s)
-            out.append(f"<table class=\"prov\"><tr><th colspan=\"2\">{e(label)}</th></tr>"
-                       + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
+            out.append(
+                f'<table class="prov"><tr><th colspan="2">{e(label)}</th></tr>'
+                + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows)
+                + "</table>"
+            )
         out.append("</div></body></html>\n")
         return "\n".join(out)
 
     def markdown(self) -> str:
-        out = [f"# {_md(self.title)}", "", f"Data: {_md(self.caption)}. Written {now()} by robustweights.", "",
-               *self._claims_md(), "## Headlines", ""]
-        out += [f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources]
+        out = [
+            f"# {_md(self.title)}",
+            "",
+            f"Data: {_md(self.caption)}. Written {now()} by robustweights.",
+            "",
+            *self._claims_md(),
+            "## Headlines",
+            "",
+        ]
+        out += [
+            f"- **{_md(s.label)}**: {_md(headline(s, self.keys, self.names))}" for s in self.sources
+        ]
         out += ["", "## Figures", ""]
         for name in self.pngs:
-            out += [f"![{name}]({name})", "", f"{FIGURE_CAPTIONS[name]} Data: {_md(self.caption)}.", ""]
+            out += [
+                f"![{name}]({name})",
+                "",
+                f"{FIGURE_CAPTIONS[name]} Data: {_md(self.caption)}.",
+                "",
+            ]
         for note in filter(None, (self.no_bits_note(), self.matrix_note())):
             out += [note, ""]
-        out += [f"## Mean {self.error_label} at chosen strengths", "",
-                "| network | " + " | ".join(_md(c) for c in self.columns) + " |",
-                "|---|" + "---:|" * len(self.columns)]
-        out += ["| " + _md(row["label"]) + " | " + " | ".join(_cell(row[c], self.metric) for c in self.columns) + " |"
-                for row in self.table]
-        out += ["", self._table_note(), "", "## How to read", "", HOW_TO_READ, "", "## Provenance", ""]
+        out += [
+            f"## Mean {self.error_label} at chosen strengths",
+            "",
+            "| network | " + " | ".join(_md(c) for c in self.columns) + " |",
+            "|---|" + "---:|" * len(self.columns),
+        ]
+        out += [
+            "| "
+            + _md(row["label"])
+            + " | "
+            + " | ".join(_cell(row[c], self.metric) for c in self.columns)
+            + " |"
+            for row in self.table
+        ]
+        out += [
+            "",
+            self._table_note(),
+            "",
+            "## How to read",
+            "",
+            HOW_TO_READ,
+            "",
+            "## Provenance",
+            "",
+        ]
         for s in self.sources:
             (_, label), *rows = provenance(s)
             out += [f"### {_md(label)}", "", "| | |", "|---|---|"]
@@ -280,39 +369,59 @@ class Document:
         if not self.claims:
             return []
         e = html.escape
-        out = ["<h2>Claims (docs/method.md section 1)</h2><table><tr>"
-               + "".join(f"<th>{h}</th>" for h in self._CLAIM_HEAD) + "</tr>"]
+        out = [
+            "<h2>Claims (docs/method.md section 1)</h2><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in self._CLAIM_HEAD)
+            + "</tr>"
+        ]
         for c in self.claims:
-            out.append(f"<tr><td>{c['claim']}. {e(c['statement'])}</td><td>{e(c['paper'])}</td>"
-                       f"<td>{e(c['measured'])}</td><td>{e(c['setting'])}</td><td><b>{e(c['verdict'])}</b></td></tr>")
-        out.append("</table><p>A verdict comes only from numbers measured in this run; "
-                   "<i>not run at this scale</i> where the claim needs a setting this run did not have.</p>")
+            out.append(
+                f"<tr><td>{c['claim']}. {e(c['statement'])}</td><td>{e(c['paper'])}</td>"
+                f"<td>{e(c['measured'])}</td><td>{e(c['setting'])}</td><td><b>{e(c['verdict'])}</b></td></tr>"
+            )
+        out.append(
+            "</table><p>A verdict comes only from numbers measured in this run; "
+            "<i>not run at this scale</i> where the claim needs a setting this run did not have.</p>"
+        )
         return out
 
     def _claims_md(self) -> list[str]:
         if not self.claims:
             return []
-        out = ["## Claims (docs/method.md section 1)", "", claims_markdown(self.claims, statements=True)]
-        out += ["A verdict comes only from numbers measured in this run; *not run at this scale* where the "
-                "claim needs a setting this run did not have.", ""]
+        out = [
+            "## Claims (docs/method.md section 1)",
+            "",
+            claims_markdown(self.claims, statements=True),
+        ]
+        out += [
+            "A verdict comes only from numbers measured in this run; *not run at this scale* where the "
+            "claim needs a setting this run did not have.",
+            "",
+        ]
         return out
 
     def matrix_note(self) -> str:
         if len(self.sources) <= MATRIX_MAX_ROWS or "matrix.png" in self.pngs:
             return ""
-        return (f"The matrix figure is drawn for at most {MATRIX_MAX_ROWS} networks; these results hold "
-                f"{len(self.sources)}, all in the figures above and the table below.")
+        return (
+            f"The matrix figure is drawn for at most {MATRIX_MAX_ROWS} networks; these results hold "
+            f"{len(self.sources)}, all in the figures above and the table below."
+        )
 
     def no_bits_note(self) -> str:
         if "error_vs_bits.png" in self.pngs:
             return ""
-        return ("No distortion in these results has an effective-bits figure (docs/method.md section 4: Gaussian "
-                "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits.")
+        return (
+            "No distortion in these results has an effective-bits figure (docs/method.md section 4: Gaussian "
+            "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits."
+        )
 
     def _table_note(self) -> str:
-        return ("Mean over trials; – where a network was not tested at that strength. Each column names the "
-                "strength it shows: the grid value nearest to the one asked for (--at), else to the middle of "
-                "each distortion's grid.")
+        return (
+            "Mean over trials; – where a network was not tested at that strength. Each column names the "
+            "strength it shows: the grid value nearest to the one asked for (--at), else to the middle of "
+            "each distortion's grid."
+        )
 
 
 def _md(text: str) -> str:

@@ -27,7 +27,10 @@ from ..errors import UserError
 from ..transforms import entry
 
 FIGURE_DPI = 120
-PAPER_BITS, PAPER_ERROR = 0.68, 11.0   # docs/method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits
+PAPER_BITS, PAPER_ERROR = (
+    0.68,
+    11.0,
+)  # docs/method.md claim 2: 11% CIFAR-10 test error at 0.68 effective bits
 MARKERS = "osD^vPX*<>ph"
 
 
@@ -35,21 +38,23 @@ MARKERS = "osD^vPX*<>ph"
 class Key:
     """Which distortion a curve shows."""
 
-    name: str     # transform name, e.g. "add-gauss"
-    param: str    # the swept parameter; "" for a distortion without one (sign, identity)
-    fixed: str    # the spec's other parameters, e.g. "scale=max": different values are different distortions
+    name: str  # transform name, e.g. "add-gauss"
+    param: str  # the swept parameter; "" for a distortion without one (sign, identity)
+    fixed: str  # the spec's other parameters, e.g. "scale=max": different values are different distortions
 
 
 @dataclass
 class Curve:
     """Test error of one network under one distortion, per strength; errors in %."""
 
-    x: list[float]               # strengths, ascending
-    mean: list[float]            # mean over trials
-    lo: list[float]              # lowest trial
-    hi: list[float]              # highest trial
+    x: list[float]  # strengths, ascending
+    mean: list[float]  # mean over trials
+    lo: list[float]  # lowest trial
+    hi: list[float]  # highest trial
     trials: list[int]
-    bits: list[float | None]     # mean effective bits per weight; None where the distortion has no figure
+    bits: list[
+        float | None
+    ]  # mean effective bits per weight; None where the distortion has no figure
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Panel:
 
     title: str
     keys: tuple[Key, ...]
-    names: tuple[str, ...]     # the keys' display names (x tick labels of a panel without parameter)
+    names: tuple[str, ...]  # the keys' display names (x tick labels of a panel without parameter)
 
     @property
     def swept(self) -> bool:
@@ -67,8 +72,9 @@ class Panel:
 
 def make_panels(keys: list[Key], names: dict[Key, str]) -> list[Panel]:
     fixed = tuple(k for k in keys if not k.param)
-    return ([Panel(names[k], (k,), (names[k],)) for k in keys if k.param]
-            + ([Panel("without parameter", fixed, tuple(names[k] for k in fixed))] if fixed else []))
+    return [Panel(names[k], (k,), (names[k],)) for k in keys if k.param] + (
+        [Panel("without parameter", fixed, tuple(names[k] for k in fixed))] if fixed else []
+    )
 
 
 def plain_text():
@@ -87,26 +93,45 @@ def palette(n: int) -> list:
 def set_y(ax, sources: list, at_least: float = 0) -> None:
     """One y scale for every panel: 0 to a little above the worst value, or logarithmic for a metric
     other than the error that spans more than two orders of magnitude (a perplexity that explodes)."""
-    values = [s.baseline for s in sources] + [v for s in sources for c in s.curves.values() for v in c.lo + c.hi]
+    values = [s.baseline for s in sources] + [
+        v for s in sources for c in s.curves.values() for v in c.lo + c.hi
+    ]
     positive = [v for v in values if v > 0]
-    if sources[0].metric != "error" and positive and len(positive) == len(values) \
-            and max(positive) / min(positive) > 100:
+    if (
+        sources[0].metric != "error"
+        and positive
+        and len(positive) == len(values)
+        and max(positive) / min(positive) > 100
+    ):
         ax.set_yscale("log")
         return
-    low = min(values + [0])   # a metric that goes negative (an R^2) keeps its points on the figure
-    ax.set_ylim(low * 1.08 if low < 0 else 0, max(ymax(sources), at_least) if max(values) > 0 else 0)
+    low = min(values + [0])  # a metric that goes negative (an R^2) keeps its points on the figure
+    ax.set_ylim(
+        low * 1.08 if low < 0 else 0, max(ymax(sources), at_least) if max(values) > 0 else 0
+    )
 
 
 def ymax(sources: list) -> float:
     """A shared upper y limit: comparing panels by eye needs one scale."""
-    top = max([s.baseline for s in sources] + [h for s in sources for c in s.curves.values() for h in c.hi])
+    top = max(
+        [s.baseline for s in sources]
+        + [h for s in sources for c in s.curves.values() for h in c.hi]
+    )
     return min(100.0, top * 1.08 + 2) if sources[0].metric == "error" else top * 1.08
 
 
 def draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:
     """Mean as a line with markers, min-max over trials as a band; one strength as a point with a bar."""
     if len(xs) == 1:
-        ax.errorbar(xs, mean, yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]], fmt=marker, color=color, ms=5, capsize=3)
+        ax.errorbar(
+            xs,
+            mean,
+            yerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]],
+            fmt=marker,
+            color=color,
+            ms=5,
+            capsize=3,
+        )
     else:
         ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
         ax.plot(xs, mean, color=color, marker=marker, ms=3.5, lw=1.6)
@@ -136,8 +161,12 @@ def draw_panel(ax, panel: Panel, sources: list, colors: list, *, labels: bool = 
                     x = j + (i - (len(sources) - 1) / 2) * step
                     draw_curve(ax, [x], c.mean[:1], c.lo[:1], c.hi[:1], color)
         crowded = sum(len(n) for n in panel.names) > 8 * len(panel.names) and len(panel.names) > 1
-        ax.set_xticks(range(len(panel.keys)), panel.names, rotation=25 if crowded else 0,
-                      ha="right" if crowded else "center")
+        ax.set_xticks(
+            range(len(panel.keys)),
+            panel.names,
+            rotation=25 if crowded else 0,
+            ha="right" if crowded else "center",
+        )
         ax.set_xlim(-0.6, len(panel.keys) - 0.4)
         if labels:
             ax.set_xlabel("distortion (no strength to sweep)")
@@ -150,7 +179,7 @@ NOISE_REFERENCES = {"std": "weight std", "max": "max|W|", "clip": "clip bound H"
 
 
 def param_label(key: Key) -> str:
-    if (key.name, key.param) == ("add-gauss", "sigma"):   # noise is relative to a reference: name it
+    if (key.name, key.param) == ("add-gauss", "sigma"):  # noise is relative to a reference: name it
         ref = dict(p.partition("=")[::2] for p in key.fixed.split(",") if p).get("scale", "std")
         return f"sigma (noise std / {NOISE_REFERENCES.get(ref, ref)})"
     p = param(key)
@@ -161,47 +190,67 @@ def param(key: Key):
     """The registry's description of a key's swept parameter (its axis label, which way is stronger)."""
     try:
         return entry(key.name).param(key.param)
-    except UserError:   # results of a transform this session has not registered
+    except UserError:  # results of a transform this session has not registered
         return None
 
 
 def legend_handles(sources: list, colors: list) -> list:
-    return ([Line2D([], [], color=c, marker="o", ms=4, lw=1.6, label=s.label) for s, c in zip(sources, colors)]
-            + [Patch(color="0.5", alpha=0.3, label="min-max over trials"),
-               Line2D([], [], color="0.4", ls="--", lw=0.9, label="undistorted")])
+    return [
+        Line2D([], [], color=c, marker="o", ms=4, lw=1.6, label=s.label)
+        for s, c in zip(sources, colors)
+    ] + [
+        Patch(color="0.5", alpha=0.3, label="min-max over trials"),
+        Line2D([], [], color="0.4", ls="--", lw=0.9, label="undistorted"),
+    ]
 
 
 def fig_strength(sources, panels, colors, caption, ylabel) -> Figure:
     """Figure 1: error against each distortion's strength, one panel per distortion."""
-    ncols = 2 if len(panels) == 4 else min(3, len(panels))   # 2x2 rather than 3 + 1 alone
+    ncols = 2 if len(panels) == 4 else min(3, len(panels))  # 2x2 rather than 3 + 1 alone
     nrows = math.ceil(len(panels) / ncols)
-    width = max(4.4 * ncols, 8.0)   # at least room for the legend and the dataset caption
+    width = max(4.4 * ncols, 8.0)  # at least room for the legend and the dataset caption
     fig = Figure(figsize=(width, 3.3 * nrows + 1.2), dpi=FIGURE_DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         draw_panel(ax, panel, sources, colors)
-        ax.yaxis.set_tick_params(labelleft=True)   # sharey hides them on inner panels; they help reading
-    for ax in axes.flat[len(panels):]:
+        ax.yaxis.set_tick_params(
+            labelleft=True
+        )  # sharey hides them on inner panels; they help reading
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel(ylabel)
     set_y(axes[0][0], sources)
-    set_suptitle(fig, f"{ylabel.replace(' (%)', '').capitalize()} under test-time weight distortions", caption)
+    set_suptitle(
+        fig,
+        f"{ylabel.replace(' (%)', '').capitalize()} under test-time weight distortions",
+        caption,
+    )
     handles = legend_handles(sources, colors)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), max(1, int(width / 2.6))),
-               frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), max(1, int(width / 2.6))),
+        frameon=False,
+    )
     return fig
 
 
 def on_cifar10(sources) -> bool:
     """Every result is a test error on CIFAR-10 (the only data and metric the paper's point belongs to)."""
-    return bool(sources) and all(str(s.prov.get("dataset", "")).startswith("cifar10") and s.metric == "error"
-                                 for s in sources)
+    return bool(sources) and all(
+        str(s.prov.get("dataset", "")).startswith("cifar10") and s.metric == "error"
+        for s in sources
+    )
 
 
 def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
     """Figure 2: error against effective bits per weight; None when no row has an effective-bits figure."""
-    bit_keys = [k for k in keys if any(b is not None for s in sources if k in s.curves for b in s.curves[k].bits)]
+    bit_keys = [
+        k
+        for k in keys
+        if any(b is not None for s in sources if k in s.curves for b in s.curves[k].bits)
+    ]
     if not bit_keys:
         return None
     markers = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(bit_keys)}
@@ -211,29 +260,60 @@ def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
         ax.axhline(s.baseline, color=color, ls="--", lw=0.9, alpha=0.8)
         for k in bit_keys:
             c = s.curves.get(k)
-            pts = sorted(p for p in zip(c.bits, c.mean, c.lo, c.hi) if p[0] is not None) if c else []
+            pts = (
+                sorted(p for p in zip(c.bits, c.mean, c.lo, c.hi) if p[0] is not None) if c else []
+            )
             if pts:
                 b, m, lo, hi = (list(v) for v in zip(*pts))
                 draw_curve(ax, b, m, lo, hi, color, marker=markers[k])
-    paper = on_cifar10(sources)  # the paper's point is a CIFAR-10 figure: drawn on CIFAR-10 results only
+    paper = on_cifar10(
+        sources
+    )  # the paper's point is a CIFAR-10 figure: drawn on CIFAR-10 results only
     if paper:
         ax.axvline(PAPER_BITS, color="0.25", lw=0.8, ls=":")
         ax.plot([PAPER_BITS], [PAPER_ERROR], marker="*", ms=11, color="0.15", ls="none")
         # Written low, beside the line: the curves rarely go below the undistorted error, so nothing hides it.
-        ax.text(PAPER_BITS, 0.025, " paper: 11% at 0.68 bits", ha="left", va="bottom", fontsize=8.5, color="0.15",
-                transform=blended_transform_factory(ax.transData, ax.transAxes))   # x in bits, y in axes fraction
+        ax.text(
+            PAPER_BITS,
+            0.025,
+            " paper: 11% at 0.68 bits",
+            ha="left",
+            va="bottom",
+            fontsize=8.5,
+            color="0.15",
+            transform=blended_transform_factory(ax.transData, ax.transAxes),
+        )  # x in bits, y in axes fraction
     ax.set_xlim(left=0)
     set_y(ax, sources, PAPER_ERROR + 5 if paper else 0)
     ax.set_xlabel("effective bits per weight")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     # Over the axes, not the figure: the legends take the right-hand side.
-    ax.set_title(wrapped_title(f"{ylabel.replace(' (%)', '').capitalize()} against effective bits per weight", caption,
-                        6.4), fontsize=12)
-    fig.legend(handles=legend_handles(sources, colors), loc="outside right upper", title="network", frameon=False)
-    fig.legend(handles=[Line2D([], [], color="0.2", marker=markers[k], ls="none", label=names[k]) for k in bit_keys]
-               + [Line2D([], [], color="0.15", marker="*", ms=10, ls="none", label="paper (CIFAR-10)")] * paper,
-               loc="outside right lower", title="distortion", frameon=False)
+    ax.set_title(
+        wrapped_title(
+            f"{ylabel.replace(' (%)', '').capitalize()} against effective bits per weight",
+            caption,
+            6.4,
+        ),
+        fontsize=12,
+    )
+    fig.legend(
+        handles=legend_handles(sources, colors),
+        loc="outside right upper",
+        title="network",
+        frameon=False,
+    )
+    fig.legend(
+        handles=[
+            Line2D([], [], color="0.2", marker=markers[k], ls="none", label=names[k])
+            for k in bit_keys
+        ]
+        + [Line2D([], [], color="0.15", marker="*", ms=10, ls="none", label="paper (CIFAR-10)")]
+        * paper,
+        loc="outside right lower",
+        title="distortion",
+        frameon=False,
+    )
     return fig
 
 
@@ -258,7 +338,9 @@ def fig_matrix(sources, panels, colors, caption, ylabel) -> Figure:
 
 def wrapped_title(title: str, caption: str, inches: float) -> str:
     """Title and dataset caption, wrapped to ``inches`` (a long caveat must not be clipped)."""
-    return "\n".join([title] + textwrap.wrap(caption, int(inches * 9.5)))   # characters per inch at 12 pt
+    return "\n".join(
+        [title] + textwrap.wrap(caption, int(inches * 9.5))
+    )  # characters per inch at 12 pt
 
 
 def set_suptitle(fig: Figure, title: str, caption: str) -> None:
@@ -266,7 +348,9 @@ def set_suptitle(fig: Figure, title: str, caption: str) -> None:
 
 
 def to_png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)   # the Agg canvas, explicitly: no pyplot, no global backend
+    FigureCanvasAgg(fig)  # the Agg canvas, explicitly: no pyplot, no global backend
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI, facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    fig.savefig(
+        buf, format="png", dpi=FIGURE_DPI, facecolor="white", bbox_inches="tight", pad_inches=0.1
+    )
     return buf.getvalue()

@@ -29,7 +29,9 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     """
     folder = Path(result_dir)
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; give a sweep result folder (from robustweights sweep)")
+        raise UserError(
+            f"{folder} is not a folder; give a sweep result folder (from robustweights sweep)"
+        )
     prov = _read_json(folder, "sweep.json")
     rows = _read_json(folder, "results.json")
     where = f"{folder}/sweep.json"
@@ -48,15 +50,25 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     if not (isinstance(prov["label"], str) and prov["label"].strip()):
         raise UserError(f"{where}: label must be a non-empty string, not {prov['label']!r}")
     if not isinstance(prov["data_description"], str):
-        raise UserError(f"{where}: data_description must be a string, not {prov['data_description']!r}")
-    if not is_number(prov["baseline_score"]) or metric == "error" and not 0 <= prov["baseline_score"] <= 1:
-        raise UserError(f"{where}: the undistorted {metric} must be a number{' in [0, 1]' * (metric == 'error')}, "
-                        f"not {prov['baseline_score']!r}")
+        raise UserError(
+            f"{where}: data_description must be a string, not {prov['data_description']!r}"
+        )
+    if (
+        not is_number(prov["baseline_score"])
+        or metric == "error"
+        and not 0 <= prov["baseline_score"] <= 1
+    ):
+        raise UserError(
+            f"{where}: the undistorted {metric} must be a number{' in [0, 1]' * (metric == 'error')}, "
+            f"not {prov['baseline_score']!r}"
+        )
     problem = _field_problem(prov)
     if problem:
         raise UserError(f"{where}: {problem}; rerun the sweep to rewrite it")
     if not isinstance(rows, list) or not rows:
-        raise UserError(f"{folder}/results.json holds no result rows (expected a non-empty JSON list)")
+        raise UserError(
+            f"{folder}/results.json holds no result rows (expected a non-empty JSON list)"
+        )
     for i, r in enumerate(rows):
         problem = _row_problem(r)
         if problem:
@@ -67,7 +79,15 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
 # Optional fields of sweep.json that a report reads beyond printing them, with the types it can use: a wrong
 # type is refused (one line naming the folder and the field), not taken as absent: it means a file written by
 # something else or edited by hand, whose other numbers a report should not vouch for either.
-TEXT_FIELDS = ("split", "train_projection", "train_mode", "scale_default", "on", "baseline_weights", "dataset")
+TEXT_FIELDS = (
+    "split",
+    "train_projection",
+    "train_mode",
+    "scale_default",
+    "on",
+    "baseline_weights",
+    "dataset",
+)
 
 
 def _field_problem(prov: dict) -> str | None:
@@ -78,11 +98,19 @@ def _field_problem(prov: dict) -> str | None:
     coverage = prov.get("coverage")
     if coverage is not None:
         if not isinstance(coverage, dict):
-            return f"coverage must be an object (with a 'summary') or null, not {short_repr(coverage)}"
+            return (
+                f"coverage must be an object (with a 'summary') or null, not {short_repr(coverage)}"
+            )
         if coverage.get("summary") is not None and not isinstance(coverage["summary"], str):
-            return f"coverage.summary must be a string or null, not {short_repr(coverage['summary'])}"
+            return (
+                f"coverage.summary must be a string or null, not {short_repr(coverage['summary'])}"
+            )
     config = prov.get("config")
-    if isinstance(config, dict) and config.get("keep") is not None and not isinstance(config["keep"], list):
+    if (
+        isinstance(config, dict)
+        and config.get("keep") is not None
+        and not isinstance(config["keep"], list)
+    ):
         return f"config.keep must be a list of names or null, not {short_repr(config['keep'])}"
     return None
 
@@ -94,9 +122,13 @@ def _read_json(folder: Path, name: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is corrupt ({e.msg} at line {e.lineno}); rerun the sweep to rewrite it") from None
+        raise UserError(
+            f"{path} is corrupt ({e.msg} at line {e.lineno}); rerun the sweep to rewrite it"
+        ) from None
     except UnicodeDecodeError:
-        raise UserError(f"{path} is corrupt (not UTF-8 text); rerun the sweep to rewrite it") from None
+        raise UserError(
+            f"{path} is corrupt (not UTF-8 text); rerun the sweep to rewrite it"
+        ) from None
     except OSError as e:
         raise UserError(f"{path} cannot be read ({e.strerror})") from None
 
@@ -109,7 +141,9 @@ def _row_problem(r) -> str | None:
     missing = [k for k in ("distortion", "param", "value", score) if k not in r]
     if missing:
         return f"lacks {', '.join(missing)}"
-    if not (isinstance(r["distortion"], str) and r["distortion"]) or not isinstance(r["param"], str):
+    if not (isinstance(r["distortion"], str) and r["distortion"]) or not isinstance(
+        r["param"], str
+    ):
         return f"distortion {r['distortion']!r} and param {r['param']!r} must be names"
     for k in ("value", score):
         if not is_number(r[k]):
@@ -132,13 +166,17 @@ class Source:
     folder: Path
     prov: dict
     rows: list[dict]
-    label: str = field(init=False)                  # legend name, unique among the inputs
+    label: str = field(init=False)  # legend name, unique among the inputs
     curves: dict[Key, Curve] = field(init=False)
 
     def __post_init__(self):
-        self.label = " ".join(str(self.prov["label"]).split())   # one line: no breaks or tabs in a legend
+        self.label = " ".join(
+            str(self.prov["label"]).split()
+        )  # one line: no breaks or tabs in a legend
         self.metric = self.prov.get("metric", "error")
-        self.unit = 100.0 if self.metric == "error" else 1.0    # the error is shown in %, other metrics as they are
+        self.unit = (
+            100.0 if self.metric == "error" else 1.0
+        )  # the error is shown in %, other metrics as they are
         self.baseline = self.unit * self.prov["baseline_score"]
         self.curves = curves(self.rows, self.prov.get("scale_default"), self.unit)
 
@@ -158,15 +196,22 @@ def row_key(row: dict, default_scale: str | None = None) -> Key:
     default = f"scale={default_scale}" if default_scale else None
     try:
         scale = entry(row["distortion"]).param("scale")
-    except (UserError, KeyError):   # a transform this session has not registered, or one without a scale
+    except (
+        UserError,
+        KeyError,
+    ):  # a transform this session has not registered, or one without a scale
         scale = None
     if scale is not None and not scale.follows:
-        default = f"scale={scale.default}"   # its own default: the spec leaves it out (quiet)
-    fixed = ",".join(t for t in rest.split(",") if t and t.partition("=")[0] != row["param"] and t != default)
+        default = f"scale={scale.default}"  # its own default: the spec leaves it out (quiet)
+    fixed = ",".join(
+        t for t in rest.split(",") if t and t.partition("=")[0] != row["param"] and t != default
+    )
     return Key(row["distortion"], row["param"], fixed)
 
 
-def curves(rows: list[dict], default_scale: str | None = None, unit: float = 100.0) -> dict[Key, Curve]:
+def curves(
+    rows: list[dict], default_scale: str | None = None, unit: float = 100.0
+) -> dict[Key, Curve]:
     """Mean, lowest and highest score (times ``unit``: the error in %) over trials, per distortion and strength."""
     groups: dict[Key, dict[float, list[dict]]] = {}
     for r in rows:
@@ -175,10 +220,18 @@ def curves(rows: list[dict], default_scale: str | None = None, unit: float = 100
     for key, by_x in groups.items():
         xs = sorted(by_x)
         errors = [[unit * complete_row(r)["score"] for r in by_x[x]] for x in xs]
-        bits = [[r["effective_bits"] for r in by_x[x] if r.get("effective_bits") is not None] for x in xs]
-        out[key] = Curve(xs, [statistics.fmean(e) for e in errors], [min(e) for e in errors],
-                         [max(e) for e in errors], [len(e) for e in errors],
-                         [statistics.fmean(b) if b else None for b in bits])
+        bits = [
+            [r["effective_bits"] for r in by_x[x] if r.get("effective_bits") is not None]
+            for x in xs
+        ]
+        out[key] = Curve(
+            xs,
+            [statistics.fmean(e) for e in errors],
+            [min(e) for e in errors],
+            [max(e) for e in errors],
+            [len(e) for e in errors],
+            [statistics.fmean(b) if b else None for b in bits],
+        )
     return out
 
 
@@ -193,7 +246,9 @@ def dataset_caption(sources: list[Source]) -> str:
     """The dataset every figure names; each one with its inputs' labels where the inputs disagree."""
     by_desc: dict[str, list[str]] = {}
     for s in sources:
-        by_desc.setdefault(short_description(s.prov["data_description"]) or "dataset not recorded", []).append(s.label)
+        by_desc.setdefault(
+            short_description(s.prov["data_description"]) or "dataset not recorded", []
+        ).append(s.label)
     if len(by_desc) == 1:
         return next(iter(by_desc))
     return "; ".join(f"{d}: {', '.join(labels)}" for d, labels in by_desc.items())
