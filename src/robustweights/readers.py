@@ -1,20 +1,19 @@
-"""Reading datasets from disk, safely: IDX files, the CIFAR-10 python format, image folders, the shipped subset.
+"""Reading datasets from disk, safely: IDX files, CIFAR-10 python batches, image folders, the demo.
 
-Data may come from strangers: the CIFAR pickles go through a restricted
-unpickler that admits only the numpy array reconstruction the format needs,
-and a file that is not what it claims to be is one :class:`UserError` line.
+The formats read: IDX files, the CIFAR-10 python format, class-per-folder images
+and the Fashion-MNIST subset shipped in ``assets/``. Data may come from strangers:
+the CIFAR pickles go through a restricted unpickler (:mod:`robustweights.unpickling`)
+that admits only the numpy array reconstruction the format needs, and a file that
+is not what it claims to be is one :class:`UserError` line.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import lzma
 import math
-import operator
 import os
-import pickle
 import struct
 import tarfile
 import zlib
@@ -25,7 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UserError, one_line, short_repr
+from .errors import UserError, one_line
+from .unpickling import unpickle
+
+_unpickle = unpickle  # the old name, still used by benchmarks/gpu_cifar.py
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -59,23 +61,23 @@ IDX_FILES = (
     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 )
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR_FILES = set(CIFAR_BATCHES) | {"batches.meta"}  # the files read from a CIFAR-10 folder
 # sha256 of test_batch in the shared copy whose pixels went through JPEG (quality 75);
 # numbers measured on it must say so (see ../shared/datasets/README.md).
 CIFAR_JPEG_COPY_SHA256 = "01a8b7dda4a32e5d952e8429eabd5dc716b1ade1ac75f5f71a9df9e9e4a849be"
 DEMO_ASSET = "fashion-mnist-small.npz"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-IDX_MAX_BYTES = (
-    2**31
-)  # the most data an IDX header may promise (EMNIST's largest file holds 0.6 GB)
+# the most data an IDX header may promise (EMNIST's largest file holds 0.6 GB)
+IDX_MAX_BYTES = 2**31
 CIFAR_FILE_MAX = 64 << 20  # the largest CIFAR-10 file read (an honest batch is 31 MB)
 ARCHIVE_MAX_MEMBERS = 1000  # the official archive has 8; each member's header stays in memory
 MAX_ASPECT = 16  # wider or taller images are resized only where the crop needs them
 
 
 def _eight_bit(im, path):
-    """An image of 16-bit or float pixels as 8-bit grey ("L"): PIL's own convert("RGB") clips them (16-bit
-    images came out white, float ones in [0, 1] black). 16-bit and 32-bit integers are read as 16-bit values;
-    floats must lie in [0, 1]."""
+    """An image of 16-bit or float pixels as 8-bit grey ("L"): PIL's own convert("RGB") clips
+    them (16-bit images came out white, float ones in [0, 1] black). 16-bit and 32-bit
+    integers are read as 16-bit values; floats must lie in [0, 1]."""
     from PIL import Image
 
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
@@ -90,7 +92,8 @@ def _eight_bit(im, path):
     else:
         if a.min() < 0 or a.max() > 65535:
             raise UserError(
-                f"{path}: integer pixels must lie in 0..65535 (found {a.min():.0f} to {a.max():.0f})"
+                f"{path}: integer pixels must lie in 0..65535 "
+                f"(found {a.min():.0f} to {a.max():.0f})"
             )
         a = a / 257
     return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
@@ -214,143 +217,6 @@ def read_mnist(folder: Path) -> list[np.ndarray]:
     return out
 
 
-try:  # numpy >= 2; numpy.core is a deprecated alias there and warns on import
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct
-
-# The only globals an honest CIFAR-10 pickle names, each the name of a checking
-# method of _SafeUnpickler: numpy's array reconstruction (under its numpy 1 and
-# numpy 2 module names) and _codecs.encode, which Python 3 uses to write bytes at protocol 2.
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
-    ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
-    ("numpy", "ndarray"): "_ndarray",
-    ("numpy", "dtype"): "_dtype",
-    ("_codecs", "encode"): "_encode",
-}
-MAX_PICKLED_ARRAYS = 16  # an honest batch holds one array
-
-
-def _number_type(name) -> np.dtype:
-    """A dtype a pickle names: a plain bool, integer or float type, nothing that holds objects or sizes."""
-    name = name.decode("ascii") if isinstance(name, bytes) else name
-    dt = np.dtype(name) if isinstance(name, str) else None
-    if dt is None or dt.kind not in "biuf":
-        raise ValueError(f"dtype {short_repr(name)} is not a plain number type")
-    return dt
-
-
-class _PickledDtype:
-    """What the pickle's ``numpy.dtype(...)`` gets: not a live dtype, because numpy lets a
-    later BUILD rewrite a dtype's size and flags under the arrays that use it."""
-
-    def __init__(self, name, align=False, copy=False):
-        self.type, self.order = _number_type(name), "|"
-
-    def __setstate__(self, state):  # honest: (3, '|', None, None, None, -1, -1, 0)
-        order = state[1].decode("ascii") if isinstance(state[1], bytes) else state[1]
-        if order not in ("<", ">", "=", "|") or any(s is not None for s in state[2:5]):
-            raise ValueError("dtype state is not that of a plain number type")
-        self.order = order
-
-    def dtype(self) -> np.dtype:
-        return self.type if self.order == "|" else self.type.newbyteorder(self.order)
-
-
-class _PickledArray(np.ndarray):
-    """An array being unpickled: its state (the pickle's BUILD) must be bytes of a ``_PickledDtype``,
-    rebuilt here so that nothing in the pickle keeps a handle on the dtype."""
-
-    def __setstate__(self, state):  # honest: (1, shape, dtype, is_fortran, data)
-        if not (
-            isinstance(state, tuple)
-            and len(state) == 5
-            and isinstance(state[2], _PickledDtype)
-            and isinstance(state[4], bytes)
-        ):
-            raise ValueError("array state is not (version, shape, dtype, fortran, bytes)")
-        super().__setstate__(state[:2] + (state[2].dtype(),) + state[3:])
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global outside ``_PICKLE_GLOBALS``.
-
-    A pickle runs code only by naming a callable (``find_class``) and calling it;
-    with the callables limited to checked array reconstruction a file from a stranger
-    can at worst hand us wrong data, which the callers then validate. The arrays it
-    builds may not claim more bytes than the file holds: an honest batch's pixels are
-    bytes in the file, while a 227-byte pickle could ask for gigabytes.
-    """
-
-    def __init__(self, raw: bytes, where: str):
-        super().__init__(io.BytesIO(raw), encoding="bytes")
-        self.where, self.size, self.budget, self.arrays = where, len(raw), len(raw), 0
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise UserError(
-                f"{self.where}: refuses to load global {module}.{name} "
-                "(a CIFAR-10 batch holds only numpy arrays; this file may be malicious)"
-            )
-        return getattr(self, _PICKLE_GLOBALS[module, name])
-
-    def _ndarray(self, *args):
-        raise UserError(
-            f"{self.where}: calls numpy.ndarray directly, as an honest batch never does "
-            "(this file may be malicious)"
-        )
-
-    def _dtype(self, *args):
-        return _PickledDtype(*args)
-
-    def _encode(self, text, encoding="utf-8"):
-        if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
-            raise ValueError("_codecs.encode is admitted only to turn latin1 text into bytes")
-        return text.encode("latin1")
-
-    def _reconstruct(
-        self, subtype, shape, dtype
-    ):  # honest: (numpy.ndarray, (0,), b'b'), then BUILD
-        dt = dtype.dtype() if isinstance(dtype, _PickledDtype) else _number_type(dtype)
-        shape = shape if isinstance(shape, tuple) else (shape,)
-        self.arrays += 1
-        if subtype != self._ndarray or len(shape) > 32 or self.arrays > MAX_PICKLED_ARRAYS:
-            raise ValueError("not the array reconstruction numpy writes")
-        dims = tuple(min(operator.index(d), 2**64) for d in shape)
-        nbytes = math.prod(dims) * dt.itemsize
-        if nbytes > self.budget:
-            raise UserError(
-                f"{self.where}: claims an array of {nbytes:,} bytes in a file of {self.size:,} "
-                "(an honest batch's pixels are bytes in the file; this file may be malicious)"
-            )
-        self.budget -= max(nbytes, 0)
-        return _reconstruct(_PickledArray, dims, dt)
-
-
-def _unpickle(raw: bytes, where: str) -> dict:
-    try:
-        obj = _SafeUnpickler(raw, where).load()
-    except UserError:
-        raise
-    except (
-        Exception
-    ) as e:  # anything else going wrong inside an untrusted pickle is the file's fault
-        raise UserError(
-            f"{where}: not a readable CIFAR-10 pickle, truncated or corrupt "
-            f"({type(e).__name__}: {one_line(e)})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a pickled dict, found {type(obj).__name__}")
-    # keys as text (a key not in UTF-8 is no key we look up); arrays as plain numpy arrays
-    return {
-        k.decode(errors="replace") if isinstance(k, bytes) else k: v.view(np.ndarray)
-        if isinstance(v, _PickledArray)
-        else v
-        for k, v in obj.items()
-    }
-
-
 def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
     """Raw bytes of the CIFAR-10 batch files, by name, and where they came from.
 
@@ -359,11 +225,10 @@ def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
     read in memory (nothing is extracted to disk), only from ``cifar-10-batches-py/``
     as in the official archive, each name once, none larger than a batch can be.
     """
-    wanted = set(CIFAR_BATCHES) | {"batches.meta"}
     if path.is_dir():
         for folder in (path, path / "cifar-10-batches-py"):
             if (folder / "test_batch").is_file():
-                files = {n: folder / n for n in wanted if (folder / n).is_file()}
+                files = {n: folder / n for n in CIFAR_FILES if (folder / n).is_file()}
                 for f in files.values():
                     if f.stat().st_size > CIFAR_FILE_MAX:
                         raise UserError(
@@ -377,6 +242,12 @@ def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
                 "nor cifar-10-python.tar.gz"
             )
         path = path / "cifar-10-python.tar.gz"
+    return _cifar_archive_files(path), str(path)
+
+
+def _cifar_archive_files(path: Path) -> dict[str, bytes]:
+    """Raw bytes of the CIFAR-10 files inside the archive ``path``, by name: read in memory,
+    only from ``cifar-10-batches-py/``, each name once, none larger than a batch can be."""
     found = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -386,17 +257,17 @@ def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
                     raise UserError(
                         f"{path}: more than {ARCHIVE_MAX_MEMBERS} members; not the CIFAR-10 archive"
                     )
-                if folder != "cifar-10-batches-py" or name not in wanted:
-                    continue  # only the official folder: a zzz/other/test_batch once replaced the real one
+                if folder != "cifar-10-batches-py" or name not in CIFAR_FILES:
+                    # only the official folder: a zzz/other/test_batch once replaced the real one
+                    continue
                 if name in found or not member.isfile():
                     how = "twice" if name in found else "as a link or special file"
                     raise UserError(
                         f"{path}: holds {member.name} {how} (the official archive holds each "
                         "batch once, as a regular file)"
                     )
-                if (
-                    member.size > CIFAR_FILE_MAX
-                ):  # checked before decompressing: 2 MB of gzip can hold GBs
+                # checked before decompressing: 2 MB of gzip can hold GBs
+                if member.size > CIFAR_FILE_MAX:
                     raise UserError(
                         f"{path}: {member.name} claims {member.size:,} bytes, more than a CIFAR-10 "
                         f"batch can be ({CIFAR_FILE_MAX:,})"
@@ -404,7 +275,7 @@ def _cifar_files(path: Path) -> tuple[dict[str, bytes], str]:
                 found[name] = tar.extractfile(member).read()  # member.size bytes at most
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
         raise UserError(f"{path}: cannot read this CIFAR-10 archive ({one_line(e)})") from None
-    return found, str(path)
+    return found
 
 
 def read_cifar(path: Path) -> tuple[list[np.ndarray], list[str], bool, str]:
@@ -417,7 +288,7 @@ def read_cifar(path: Path) -> tuple[list[np.ndarray], list[str], bool, str]:
                 f"{where}: missing {'' if Path(where).is_dir() else 'cifar-10-batches-py/'}{name}"
             )
         label = f"{where}/{name}" if Path(where).is_dir() else f"{where}:{name}"
-        batch = _unpickle(files[name], label)
+        batch = unpickle(files[name], label)
         data = batch.get("data")
         if not (
             isinstance(data, np.ndarray)
@@ -442,7 +313,7 @@ def read_cifar(path: Path) -> tuple[list[np.ndarray], list[str], bool, str]:
         )
     classes = CIFAR_CLASSES
     if "batches.meta" in files:
-        names = _unpickle(files["batches.meta"], f"{where}/batches.meta").get("label_names")
+        names = unpickle(files["batches.meta"], f"{where}/batches.meta").get("label_names")
         if isinstance(names, list) and len(names) == 10:
             classes = [
                 n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names
@@ -500,7 +371,8 @@ def list_images(
     if classes is not None and found != classes:
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         raise UserError(
-            f"{split_dir}: class folders differ from train/ (missing {missing[:5]}, extra {extra[:5]})"
+            f"{split_dir}: class folders differ from train/ "
+            f"(missing {missing[:5]}, extra {extra[:5]})"
         )
     files = []
     for label, name in enumerate(found):
