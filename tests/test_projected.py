@@ -1,4 +1,5 @@
-"""The mathematics of projected layers: outputs, gradients, clipping, evaluation weights, restoring."""
+"""The mathematics of projected layers: outputs, gradients, clipping, evaluation weights,
+restoring."""
 
 import copy
 
@@ -104,7 +105,8 @@ def test_none_mode_is_plain_layer_with_clipping():
 
 def test_clip_is_exactly_one_clamp_per_tensor_with_its_own_bound_and_skips_unclipped_ones():
     """clip_ clamps all tensors with two multi-tensor kernels: the numbers must be those of one
-    ``clamp_(-H, H)`` per tensor (NaN kept), each tensor with its own bound, none for an unclipped one."""
+    ``clamp_(-H, H)`` per tensor (NaN kept), each tensor with its own bound, none for an unclipped
+    one."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 6))
     attach(net, "sign", clip="glorot")
@@ -207,8 +209,9 @@ def test_distort_hidden_identity_measures_the_hidden_weights():
 
 
 def test_scale_clip_at_test_time_maps_onto_the_bound_training_used():
-    """A network trained with a projection but never clipped ran with +-1 (Site.bound); a test-time sign:scale=clip
-    gives those weights back (before: +-max|W|, weights it never ran with). A float network: its max|W|."""
+    """A network trained with a projection but never clipped ran with +-1 (Site.bound); a test-time
+    sign:scale=clip gives those weights back (before: +-max|W|, weights it never ran with). A float
+    network: its max|W|."""
     net = nn.Linear(8, 4)
     attach(net, "sign", clip="none")
     net.train()
@@ -244,8 +247,8 @@ def test_users_own_model_trains_without_edits():
         loss.backward()
         opt.step()
         clip_(net)
-    # chance is 0.5; binary weights oscillate between 0.86 and 0.91 over the last steps here (torch 2.13), and
-    # the old bound of 0.9 failed under torch 2.11 on a GPU machine
+    # chance is 0.5; binary weights oscillate between 0.86 and 0.91 over the last steps here (torch
+    # 2.13), and the old bound of 0.9 failed under torch 2.11 on a GPU machine
     assert (net(x).argmax(1) == y).float().mean() > 0.8
     detach(net)
     assert type(net.a) is nn.Linear and "_rw" not in net.a.__dict__
@@ -272,11 +275,11 @@ def test_stochastic_projection_in_training_draws_from_the_generator_each_pass():
     ],
 )
 def test_compiled_random_projection_draws_what_eager_draws(projection, budget):
-    """torch.compile (inductor) of a random projection: the eager draws, in the backward pass too, and the
-    generator left alike. Budget 0 makes the partitioner recompute every node of the forward pass in the
-    backward pass: a draw inside the graph was then drawn again for the backward pass, and the straight-through
-    gradient came from other weights than the forward's (on an H200, inductor's own choice gave the same
-    signature: outputs equal, gradients not)."""
+    """torch.compile (inductor) of a random projection: the eager draws, in the backward pass too,
+    and the generator left alike. Budget 0 makes the partitioner recompute every node of the forward
+    pass in the backward pass: a draw inside the graph was then drawn again for the backward pass,
+    and the straight-through gradient came from other weights than the forward's (on an H200,
+    inductor's own choice gave the same signature: outputs equal, gradients not)."""
     import torch._functorch.config
 
     torch._dynamo.reset()
@@ -297,3 +300,13 @@ def test_compiled_random_projection_draws_what_eager_draws(projection, budget):
     assert hidden(a[0]).grad is not None
     torch.testing.assert_close(hidden(b[0]).grad, hidden(a[0]).grad)
     assert torch.equal(ga.get_state(), gb.get_state())
+
+
+def test_projected_re_exports_the_attachment_names():
+    """projected is the public face: the training-time names moved to attachment are the same
+    objects there (other modules call projected.attach, projected.sites, projected.clip_ ...)."""
+    from robustweights import attachment, projected, selection
+
+    for name in attachment.__all__:
+        assert getattr(projected, name) is getattr(attachment, name), name
+    assert projected.select is selection.select

@@ -227,8 +227,9 @@ def test_power_is_monotone_and_keeps_signs(beta):
 
 
 def test_attach_takes_generators_that_refuse_weak_references():
-    """CUDA generators refuse weak references in several torch releases; attaching one crashed training
-    (a weak-value registry of generators). Draws need no registry now: attach keeps the generator as given."""
+    """CUDA generators refuse weak references in several torch releases; attaching one crashed
+    training (a weak-value registry of generators). Draws need no registry now: attach keeps the
+    generator as given."""
     import weakref
 
     class NoWeakRefs:  # a generator stand-in: a device, no __weakref__ slot
@@ -294,14 +295,16 @@ def test_measured_bits_against_a_hand_computation():
             / 400
         )
         assert measured_bits(t, [a, b], [1.0, 1.0]) == pytest.approx(hand, rel=1e-6)
-    # with scale=std on zero-mean weights the measured figure is the nominal one: 0.68 bits at sigma 0.8
+    # with scale=std on zero-mean weights the measured figure is the nominal one: 0.68 bits at
+    # sigma 0.8
     z = torch.randn(1000)
     z -= z.mean()
     assert measured_bits("add-gauss:sigma=0.8", [z], [None]) == pytest.approx(
         capacity_bits("add-gauss:sigma=0.8")
     )
     assert capacity_bits("add-gauss:sigma=0.8") == pytest.approx(0.678, abs=1e-3)
-    # range-relative noise on weights that do not fill their range carries fewer bits than its nominal figure
+    # range-relative noise on weights that do not fill their range carries fewer bits than its
+    # nominal figure
     assert measured_bits("add-gauss:sigma=0.8,scale=max", [a], [None]) < 0.5 * capacity_bits(
         "add-gauss:sigma=0.8"
     )
@@ -309,8 +312,8 @@ def test_measured_bits_against_a_hand_computation():
         measured_bits("quant:bits=3", [a], [None]) == 3.0
         and measured_bits("add-gauss:sigma=0", [a], [1]) is None
     )
-    # a tiny sigma is a huge but finite figure (before: ZeroDivisionError at 1e-170; 'Infinity' written into
-    # results.json at 1e-160, which the report then refused)
+    # a tiny sigma is a huge but finite figure (before: ZeroDivisionError at 1e-170; 'Infinity'
+    # written into results.json at 1e-160, which the report then refused)
     for sigma in (1e-160, 1e-170, 1e-300):
         nominal = capacity_bits(f"mult-gauss:sigma={sigma}")
         assert (
@@ -321,15 +324,15 @@ def test_measured_bits_against_a_hand_computation():
 
 
 def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
-    """register_transform: the docs' stuck-at-zero example, swept, with its metadata used by bits and reports."""
+    """register_transform: the docs' stuck-at-zero example, swept, with its metadata used by bits
+    and reports."""
     import robustweights as rw
     from torch import nn
-    from robustweights import transforms
+    from robustweights import registry
     from robustweights.transforms import Param, uniform
 
-    monkeypatch.setattr(
-        transforms, "_REGISTRY", dict(transforms._REGISTRY)
-    )  # other tests see the built-ins
+    # other tests see the built-ins only
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @rw.register_transform(
         "stuck-zero",
@@ -368,9 +371,9 @@ def test_a_user_adds_a_distortion_and_everything_knows_it(monkeypatch):
 
 
 def test_plus_minus_H_by_where_is_the_arithmetic_on_the_mask_bit_for_bit():
-    """transforms._pm: off the CPU torch.where (one kernel), on it arithmetic on the mask; the same numbers for
-    H a number (rounded to float32 either way) or a 0-dim tensor (scale=max), which sign, stoch-sign and
-    stoch-mult's flip rest on."""
+    """transforms._pm: off the CPU torch.where (one kernel), on it arithmetic on the mask; the same
+    numbers for H a number (rounded to float32 either way) or a 0-dim tensor (scale=max), which
+    sign, stoch-sign and stoch-mult's flip rest on."""
     from robustweights.transforms import _pm
 
     mask = torch.rand(1000) < 0.5
@@ -390,8 +393,9 @@ def test_plus_minus_H_by_where_is_the_arithmetic_on_the_mask_bit_for_bit():
 
 
 def test_stoch_sign_is_the_textbook_rule_on_the_same_draws_bit_for_bit():
-    """stoch-sign computes (u - 0.5) 2H < W (one op less than (2u - 1) H < W, the same rounding): +H exactly
-    where BinaryConnect's rule u < clip((W/H + 1)/2, 0, 1) says, on the generator's own draws."""
+    """stoch-sign computes (u - 0.5) 2H < W (one op less than (2u - 1) H < W, the same rounding): +H
+    exactly where BinaryConnect's rule u < clip((W/H + 1)/2, 0, 1) says, on the generator's own
+    draws."""
     torch.manual_seed(0)
     w = torch.randn(200_000) * 0.05
     for H in (0.0589, 1 / 3, 1.0):
@@ -402,8 +406,8 @@ def test_stoch_sign_is_the_textbook_rule_on_the_same_draws_bit_for_bit():
 
 
 def test_prune_keeps_to_row_major_positions_whatever_the_strides():
-    """prune wrote through out.view(-1), which a channels-last conv weight or a transposed parameter does not
-    have (RuntimeError: view size is not compatible)."""
+    """prune wrote through out.view(-1), which a channels-last conv weight or a transposed parameter
+    does not have (RuntimeError: view size is not compatible)."""
     w = torch.randn(8, 3, 3, 3)
     want = rw.transform("prune:frac=0.5")(w)
     cl = w.to(memory_format=torch.channels_last)
@@ -413,3 +417,28 @@ def test_prune_keeps_to_row_major_positions_whatever_the_strides():
         rw.transform("prune:frac=0.3")(t), rw.transform("prune:frac=0.3")(t.contiguous())
     )
     assert (rw.transform("prune:frac=0.3")(t) == 0).sum() == int(0.3 * t.numel())
+
+
+def test_the_built_ins_are_registered_whichever_module_is_imported_first():
+    """robustweights.registry imported alone (in a fresh interpreter) still knows every built-in,
+    and robustweights.transforms re-exports the registry's own objects."""
+    import subprocess
+    import sys
+
+    code = (
+        "from robustweights.registry import list_transforms, transform\n"
+        "print(','.join(list_transforms()), transform('quant:bits=4').spec)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names, spec = out.stdout.split()
+    assert (
+        names.split(",") == list_transforms()
+        and "sign" in names
+        and spec == "quant:bits=4,scale=max"
+    )
+    from robustweights import registry, transforms
+
+    for name in ("Param", "Entry", "Transform", "transform", "parse_spec", "register_transform"):
+        assert getattr(transforms, name) is getattr(registry, name)
+    for name in ("entry", "list_transforms", "magnitude", "SCALES"):
+        assert getattr(transforms, name) is getattr(registry, name)

@@ -26,7 +26,6 @@ the distorted tensors (layers left undistorted are not counted):
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -35,13 +34,19 @@ from .transforms import Transform, capacity, magnitude, transform
 
 
 def is_discrete(t: "str | Transform") -> bool:
-    """Whether a distortion's outputs take few values (their entropy is measured): registry metadata."""
+    """Whether a distortion's outputs take few values (their entropy is measured).
+
+    Registry metadata.
+    """
     t = transform(t)
     return bool(t.entry.discrete(t.params))
 
 
 def capacity_bits(t: "str | Transform") -> float | None:
-    """The bound on bits per weight that distortion ``t`` leaves, from its registry entry (None: no figure)."""
+    """The bound on bits per weight that distortion ``t`` leaves, from its registry entry.
+
+    None: no figure.
+    """
     t = transform(t)
     return t.entry.bits(t.params)
 
@@ -49,9 +54,12 @@ def capacity_bits(t: "str | Transform") -> float | None:
 def measured_bits(
     t: "str | Transform", tensors: list[Tensor], clips: list[float | None]
 ) -> float | None:
-    """``effective_bits`` of distortion ``t`` on ``tensors`` (the weights it is applied to, with their
-    clip bounds): measured from each tensor's signal-to-noise ratio for ``add-gauss``, weight-count-weighted;
-    :func:`capacity_bits` for any other distortion."""
+    """``effective_bits`` of distortion ``t`` on ``tensors``.
+
+    ``tensors`` are the weights it is applied to, with their clip bounds ``clips``: measured from
+    each tensor's signal-to-noise ratio for ``add-gauss``, weight-count-weighted;
+    :func:`capacity_bits` for any other distortion.
+    """
     t = transform(t)
     if t.name != "add-gauss":
         return capacity_bits(t)
@@ -61,11 +69,11 @@ def measured_bits(
     total, n = 0.0, 0
     for w, clip in zip(tensors, clips):
         w = w.detach()
-        noise = sigma * float(
-            magnitude(w, t.params["scale"], clip)
-        )  # the reference the distortion itself used
-        # in float64 with numpy's pairwise sum: the same figure whatever the number of threads (torch's parallel
-        # reductions split by thread count, so ranks of a distributed sweep would disagree in the last digits)
+        # the reference the distortion itself used
+        noise = sigma * float(magnitude(w, t.params["scale"], clip))
+        # in float64 with numpy's pairwise sum: the same figure whatever the number of threads
+        # (torch's parallel reductions split by thread count, so ranks of a distributed sweep would
+        # disagree in the last digits)
         signal = float(np.square(w.float().cpu().numpy(), dtype=np.float64).mean())
         if noise <= 0:
             return None  # a tensor of zeros gets no noise: no finite figure

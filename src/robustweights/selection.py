@@ -1,4 +1,4 @@
-"""Which parameters are weights: selection by name, pattern and module class, tied holders, the options.
+"""Which parameters are weights: selection by name, pattern, module class, tied holders; options.
 
 The vocabulary of :func:`robustweights.projected.attach`, of sweeps and of
 ``--include``/``--exclude``/``--type``/``--exclude-type``: by default every
@@ -87,53 +87,13 @@ def select(
         )
 
     for name, p in params:
-        # a tied parameter answers to each of its holders: their names (head.weight as well as embed.weight) and
-        # their classes
-        hold = holders[id(p)]
-        classes = [own_class(m).__name__ for _, m, _ in hold]
-
-        names = [n for n, _, _ in hold]
-
-        def matches(pat):
-            return matches_any(pat, names)
-
-        if p.is_complex():
-            leave(name, p, "complex")
-        elif not p.is_floating_point():
-            leave(name, p, "not floating point")
-        elif p.dim() < 2 or name.rsplit(".", 1)[-1].startswith(
-            "bias"
-        ):  # (MHA's bias_k is (1, 1, E))
-            leave(
-                name, p, "bias or normalization parameter (fewer than 2 dimensions, or named bias)"
-            )
-        elif not any(matches(pat) for pat in include):
-            leave(name, p, f"not matched by include {', '.join(include)}")
-        elif any(matches(pat) for pat in exclude):
-            leave(name, p, f"excluded ({next(pat for pat in exclude if matches(pat))})")
-        elif types and not any(c in types for c in classes):
-            leave(
-                name,
-                p,
-                f"held by {' and '.join(dict.fromkeys(classes))}, not one of the types {', '.join(types)}",
-            )
-        elif any(c in exclude_types for c in classes):
-            leave(
-                name, p, f"held by {next(c for c in classes if c in exclude_types)} (excluded type)"
-            )
-        else:
+        why = _why_left_out(name, p, holders[id(p)], include, exclude, types, exclude_types)
+        if why is None:
             candidates.append((name, p))
+        else:
+            leave(name, p, why)
     names = [n for n, _ in params]
-    every = [n for hold in holders.values() for n, _, _ in hold]
-    for pat in include + exclude:
-        if pat != "*" and not matches_any(pat, every):
-            raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
-    present = {own_class(m).__name__ for m in model.modules()}
-    for t in types + exclude_types:
-        if t not in present:
-            raise UserError(
-                f"module type {t!r} is not in this model; types: {shorten(sorted(present))}"
-            )
+    _check_all_match(model, holders, names, include + exclude, types + exclude_types)
     chosen = list(candidates)
     if float_first and chosen:
         leave(chosen[0][0], chosen[0][1], "first weight kept float (float_first)")
@@ -146,18 +106,66 @@ def select(
     return chosen, left_out
 
 
+def _why_left_out(name, p, hold, include, exclude, types, exclude_types) -> str | None:
+    """Why parameter ``name`` (held at ``hold``) is left out, or None when it is chosen.
+
+    A tied parameter answers to each of its holders: their names (head.weight as well as
+    embed.weight) and their classes.
+    """
+    classes = [own_class(m).__name__ for _, m, _ in hold]
+    names = [n for n, _, _ in hold]
+
+    def matches(pat):
+        return matches_any(pat, names)
+
+    if p.is_complex():
+        return "complex"
+    if not p.is_floating_point():
+        return "not floating point"
+    if p.dim() < 2 or name.rsplit(".", 1)[-1].startswith("bias"):  # (MHA's bias_k is (1, 1, E))
+        return "bias or normalization parameter (fewer than 2 dimensions, or named bias)"
+    if not any(matches(pat) for pat in include):
+        return f"not matched by include {', '.join(include)}"
+    if any(matches(pat) for pat in exclude):
+        return f"excluded ({next(pat for pat in exclude if matches(pat))})"
+    if types and not any(c in types for c in classes):
+        held = " and ".join(dict.fromkeys(classes))
+        return f"held by {held}, not one of the types {', '.join(types)}"
+    if any(c in exclude_types for c in classes):
+        return f"held by {next(c for c in classes if c in exclude_types)} (excluded type)"
+    return None
+
+
+def _check_all_match(model: nn.Module, holders: dict, names: list, patterns, types) -> None:
+    """A pattern or type that matches nothing is an error, never silence."""
+    every = [n for hold in holders.values() for n, _, _ in hold]
+    for pat in patterns:
+        if pat != "*" and not matches_any(pat, every):
+            raise UserError(f"pattern {pat!r} matches no parameter; parameters: {shorten(names)}")
+    present = {own_class(m).__name__ for m in model.modules()}
+    for t in types:
+        if t not in present:
+            raise UserError(
+                f"module type {t!r} is not in this model; types: {shorten(sorted(present))}"
+            )
+
+
 def shorten(names, k: int = 12) -> str:
     names = list(names)
     return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
 def selection_field(which: str, verb: str, left: str, default_help: str = ""):
-    """A config field (``include``, ``exclude``, ``types``, ``exclude_types``) of the selection vocabulary, with
-    its command-line help: ``verb`` is what happens to chosen weights ("project"), ``left`` to the others."""
+    """A config field of the selection vocabulary, with its command-line help.
+
+    ``which`` is ``include``, ``exclude``, ``types`` or ``exclude_types``; ``verb`` is what happens
+    to chosen weights ("project"), ``left`` to the others.
+    """
     text = {
-        "include": f"{verb} only weights whose name (or module name) matches this shell pattern, repeatable"
-        + (f" (default: {default_help})" if default_help else ""),
-        "exclude": f"leave weights whose name (or module name) matches this pattern {left}, repeatable",
+        "include": f"{verb} only weights whose name (or module name) matches this shell pattern, "
+        "repeatable" + (f" (default: {default_help})" if default_help else ""),
+        "exclude": f"leave weights whose name (or module name) matches this pattern {left}, "
+        "repeatable",
         "types": f"{verb} only weights held by modules of this class, repeatable (e.g. Linear)",
         "exclude_types": f"leave weights held by modules of this class {left}, repeatable",
     }[which]
