@@ -3,7 +3,8 @@
     python scripts/options_md.py            # the section, as docs/usage.md holds it
     python scripts/options_md.py --write    # replace it in docs/usage.md
 
-tests/test_cli.py checks that docs/usage.md holds what this prints, so that no option goes undocumented.
+tests/test_cli.py checks that docs/usage.md holds what this prints, so that no option goes
+undocumented.
 """
 
 import argparse
@@ -13,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustweights.cli import build_parser  # noqa: E402
+from robustweights.cli.parser import build_parser  # noqa: E402
 
 BEGIN = "<!-- every option: written by scripts/options_md.py, checked by tests/test_cli.py -->"
 END = "<!-- end of every option -->"
@@ -31,7 +32,8 @@ def section() -> str:
         "",
         "## Every option",
         "",
-        "Each command's options, as `robustweights COMMAND --help` gives them. Every command also takes",
+        "Each command's options, as `robustweights COMMAND --help` gives them. Every command also"
+        " takes",
         "`--debug` (the traceback of an error, instead of its one line).",
         "",
     ]

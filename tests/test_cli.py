@@ -273,9 +273,9 @@ def test_help_texts_are_whole(capsys):
 
 
 def test_usage_md_documents_every_option_as_the_parser_has_it():
-    """usage.md promised 'every option' and lacked --loss, --train-subset, --split, --title... Its "Every option"
-    section is written from the parser by scripts/options_md.py; a new or changed option means running
-    `python scripts/options_md.py --write`."""
+    """usage.md promised 'every option' and lacked --loss, --train-subset, --split, --title... Its
+    "Every option" section is written from the parser by scripts/options_md.py; a new or changed
+    option means running `python scripts/options_md.py --write`."""
     import importlib.util
     from pathlib import Path
 
@@ -301,9 +301,9 @@ def test_usage_md_documents_every_option_as_the_parser_has_it():
 
 
 def test_resuming_a_strangers_run_never_imports_the_model_it_names(tmp_path, capsys, monkeypatch):
-    """`train --resume --out RUN` built its configuration from the checkpoint and imported and called the
-    `package.module:function` model it named (a stranger's run folder with a module beside it ran its code);
-    `load` already refused that without --model-factory."""
+    """`train --resume --out RUN` built its configuration from the checkpoint and imported and
+    called the `package.module:function` model it named (a stranger's run folder with a module
+    beside it ran its code); `load` already refused that without --model-factory."""
     import torch
 
     code, _, err = run_main(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
@@ -324,3 +324,45 @@ def test_resuming_a_strangers_run_never_imports_the_model_it_names(tmp_path, cap
     )
     assert code == 2 and "give --model evil_rw_factory:build to allow that" in one_error_line(err)
     assert not (tmp_path / "RAN").exists()
+
+
+# The `robustweights` script has no current folder on sys.path (`python -m` has it): deleting
+# sys.path[0] ('' under -c) runs main() as the script does.
+SCRIPT = "import sys; del sys.path[0]; from robustweights.cli import main; sys.exit(main())"
+
+
+def test_a_factory_beside_the_user_is_imported_without_pythonpath(tmp_path):
+    """`robustweights sweep --model-factory mymod:build`, run in the folder holding mymod.py,
+    failed with "cannot import module 'mymod'" unless PYTHONPATH named that folder."""
+    import os
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    import robustweights
+
+    (tmp_path / "rw_cwd_factory.py").write_text(
+        "from torch import nn\n"
+        "def build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n"
+    )
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).state_dict(), tmp_path / "w.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(robustweights.__file__).parent.parent)}
+    args = ["--state-dict", "w.pt", "--dataset", "demo", "--test-subset", "100"]
+    args += ["--distortion", "add-gauss:sigma=0,0.5", "--trials", "1", "--quiet"]
+    for name, expected in (("rw_cwd_factory:build", 0), ("rw_cwd_missing:build", 2)):
+        out = name.split(":")[0]
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT, "sweep", "--model-factory", name, *args, "--out", out],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == expected, done.stderr
+    assert "cannot import module 'rw_cwd_missing'" in done.stderr
+    rows = json.loads((tmp_path / "rw_cwd_factory" / "results.json").read_text())
+    assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0)]
+    assert not (tmp_path / "rw_cwd_missing").exists()

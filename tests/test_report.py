@@ -128,7 +128,8 @@ def make_sweep(folder, projection, *, label=None, description=SIGN_DESC, baselin
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    """A report of a sign-trained and a float network (written once: drawing takes a second or two)."""
+    """A report of a sign-trained and a float network (written once: drawing takes a second or
+    two)."""
     root = tmp_path_factory.mktemp("report")
     sign = make_sweep(root / "sweep-sign", "sign")
     flt = make_sweep(
@@ -241,7 +242,8 @@ def test_single_input_has_no_matrix_and_names_its_dataset(tmp_path):
     assert not (tmp_path / "out" / "matrix.png").exists()
     page = r["html"].read_text()
     assert "<title>Sign net</title>" in page and "Data: CIFAR-10 (JPEG copy)." in page
-    # Headline: undistorted error, then the strongest setting of each distortion (beta=0, bits=1: the sign end).
+    # Headline: undistorted error, then the strongest setting of each distortion (beta=0, bits=1:
+    # the sign end).
     assert "undistorted error 12.0% (projected weights)" in page
     assert "add-gauss sigma=1: 33.0% (min 30.0%, max 36.0% over 3 trials)" in page
     assert "power beta=0: 12.0%" in page and "quant bits=1: 12.0%" in page
@@ -351,7 +353,8 @@ def chromium():
 
 
 def test_html_renders_in_a_headless_browser(two, tmp_path):
-    """The page as a person sees it: headless Chromium, no network, a screenshot with the figures in it."""
+    """The page as a person sees it: headless Chromium, no network, a screenshot with the figures in
+    it."""
     browser = chromium()
     if browser is None:
         if os.environ.get("CI") == "true":
@@ -427,9 +430,10 @@ def test_the_report_explains_hidden_weight_curves_of_a_network_that_runs_project
 
 
 def test_noise_relative_to_the_range_keeps_its_own_column_for_a_float_network(tmp_path):
-    """A float network's sweep default scale is max; add-gauss's reference is std unless named. The key of
-    'add-gauss:sigma=0.8,scale=max' used to drop 'scale=max' for it, merging the two references into one
-    curve whose mean was the average of both (50.7% in the tiny reproduce table: 20.6% and 80.9%)."""
+    """A float network's sweep default scale is max; add-gauss's reference is std unless named. The
+    key of 'add-gauss:sigma=0.8,scale=max' used to drop 'scale=max' for it, merging the two
+    references into one curve whose mean was the average of both (50.7% in the tiny reproduce table:
+    20.6% and 80.9%)."""
     from robustweights.reports.sources import curves
 
     def rows(ref_errors):
@@ -456,7 +460,8 @@ def test_noise_relative_to_the_range_keeps_its_own_column_for_a_float_network(tm
             ("", pytest.approx(21.0)),
             ("scale=max", pytest.approx(81.0)),
         ]
-    # a transform whose scale follows the sweep default still drops it: float and sign power curves share a panel
+    # a transform whose scale follows the sweep default still drops it: float and sign power curves
+    # share a panel
     power = [
         {
             "distortion": "power",
@@ -497,8 +502,8 @@ def old_report(tmp_path):
 
 
 def test_a_failure_while_rendering_leaves_an_existing_report_as_it_was(old_report, monkeypatch):
-    """The pages used to be rendered after report.json and the PNGs were written: a failure there left the
-    folder mixed (new figures and manifest, old pages)."""
+    """The pages used to be rendered after report.json and the PNGs were written: a failure there
+    left the folder mixed (new figures and manifest, old pages)."""
     from robustweights.reports import document
 
     rep, flt = old_report
@@ -591,8 +596,9 @@ def test_out_in_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
 
 
 def test_strangers_names_render_as_text_and_metrics_keep_their_digits(tmp_path):
-    """A label with '$' was read as maths ('$x^$' failed the report with a traceback; 'cost $5 vs $10' lost its
-    dollars); Markdown let '<script>' through as raw HTML; an accuracy of 0.8739 showed as 0.9."""
+    """A label with '$' was read as maths ('$x^$' failed the report with a traceback; 'cost $5 vs
+    $10' lost its dollars); Markdown let '<script>' through as raw HTML; an accuracy of 0.8739
+    showed as 0.9."""
     a = make_sweep(tmp_path / "a", "sign", label="net $x^$ <script>alert(1)</script>")
     b = make_sweep(tmp_path / "b", "identity", label="cost $5 vs $10 | model\r\nsecond line")
     r = report([a, b], tmp_path / "out")
@@ -625,8 +631,8 @@ def test_strangers_names_render_as_text_and_metrics_keep_their_digits(tmp_path):
 
 
 def test_a_report_is_written_in_utf_8_whatever_the_locale(two, tmp_path):
-    """Under an ASCII locale the report failed with UnicodeEncodeError after writing report.json and the
-    figures, leaving a half-written folder."""
+    """Under an ASCII locale the report failed with UnicodeEncodeError after writing report.json and
+    the figures, leaving a half-written folder."""
     root, _ = two
     env = {
         **os.environ,

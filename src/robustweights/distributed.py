@@ -1,5 +1,7 @@
-"""Training in parallel: torch.distributed (torchrun: one process per device, and the few collective steps
-train and sweep need), and several independent trainings at once in one process (:func:`run_together`).
+"""Training in parallel: torch.distributed under torchrun, and several trainings in one process.
+
+torchrun runs one process per device, with the few collective steps train and sweep need;
+:func:`run_together` runs several independent trainings at once in one process.
 
     with process_group("auto") as (rank, world, device):
         ...
@@ -34,7 +36,8 @@ __all__ = [
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one line for any other."""
+    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one line for
+    any other."""
     if not (isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -57,7 +60,8 @@ def distributed_env() -> tuple[int, int, int]:
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """Join the process group torchrun describes; returns (rank, world, device, whether we initialised it).
+    """Join the process group torchrun describes; returns (rank, world, device, whether we
+    initialised it).
 
     Backend ``nccl`` on GPUs (one per local rank), ``gloo`` on CPUs.
     """
@@ -72,7 +76,8 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     if cuda and local >= gpus:  # two ranks on one GPU: nccl refuses, cuda:1 does not exist
         raise UserError(
             f"process {local} on this machine has no GPU of its own ({gpus} GPU(s) here): start at "
-            f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), or use --device cpu"
+            f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), "
+            "or use --device cpu"
         )
     if cuda:
         torch.cuda.set_device(device)
@@ -83,8 +88,8 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
 
 
 def agree(error: UserError | None, state, rank: int, world: int):
-    """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all get
-    rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
+    """Every rank raises a mistake (its own, else the first rank's) if any rank made one; else all
+    get rank 0's ``state``. In one process: raise ``error`` if any, else return ``state``."""
     import torch.distributed as dist
 
     if world == 1:
@@ -127,9 +132,9 @@ def leave_distributed(ours: bool, ok: bool) -> None:
 
 @contextmanager
 def process_group(device_name: str):
-    """Join the process group torchrun describes (nothing to join in one process) for the block; yields
-    ``(rank, world, device)`` and leaves the group on exit: after a barrier when the block succeeded, at
-    once after an error."""
+    """Join the process group torchrun describes (nothing to join in one process) for the block;
+    yields ``(rank, world, device)`` and leaves the group on exit: after a barrier when the block
+    succeeded, at once after an error."""
     rank, world, device, ours = init_distributed(device_name)
     ok = False
     try:
@@ -140,79 +145,87 @@ def process_group(device_name: str):
 
 
 class Stopped(Exception):
-    """Raised inside a job of :func:`run_together` (from its ``stop`` check) when the run was interrupted."""
+    """Raised inside a job of :func:`run_together` (from its ``stop`` check) when the run was
+    interrupted."""
 
 
 def run_together(jobs: list[Callable], at_once: int, device: "str | torch.device" = "cpu") -> list:
-    """Run ``jobs`` (each ``job(stop)``, ``stop()`` raising :class:`Stopped` once the run is interrupted),
-    ``at_once`` of them at a time in threads of this process; their results in the jobs' order.
+    """Run ``jobs`` (each ``job(stop)``, ``stop()`` raising :class:`Stopped` once the run is
+    interrupted), ``at_once`` of them at a time in threads of this process; their results in the
+    jobs' order.
 
-    For trainings too small to fill a GPU (a batch-50 step of ``bc-vgg`` with ``--cuda-graph`` leaves most of
-    an H200 idle): each thread works on its own CUDA stream, so their kernels overlap. A job should call
-    ``stop()`` at points where stopping loses nothing (after an epoch's checkpoint). The first job to fail
-    keeps the others from starting and is raised once the running ones end; Ctrl-C asks the running ones to
-    stop and raises KeyboardInterrupt once they have.
+    For trainings too small to fill a GPU (a batch-50 step of ``bc-vgg`` with ``--cuda-graph``
+    leaves most of an H200 idle): each thread works on its own CUDA stream, so their kernels
+    overlap. A job should call ``stop()`` at points where stopping loses nothing (after an epoch's
+    checkpoint). The first job to fail keeps the others from starting and is raised once the running
+    ones end; Ctrl-C asks the running ones to stop and raises KeyboardInterrupt once they have.
     """
-    device = resolve_device(str(device))
-    caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    results, errors, pending = [None] * len(jobs), [], list(enumerate(jobs))
-    lock, interrupted = threading.Lock(), threading.Event()
+    pool = _Pool(jobs, resolve_device(str(device)))
+    pool.run(max(1, min(at_once, len(jobs))))
+    if pool.errors:
+        raise pool.errors[0]
+    return pool.results
 
-    def stop():
-        if interrupted.is_set():
+
+class _Pool:
+    """The shared state of :func:`run_together`: the jobs not started yet, results, errors."""
+
+    def __init__(self, jobs: list[Callable], device: torch.device):
+        self.device = device
+        self.caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        self.results, self.errors, self.pending = [None] * len(jobs), [], list(enumerate(jobs))
+        self.lock, self.interrupted = threading.Lock(), threading.Event()
+
+    def stop(self):
+        if self.interrupted.is_set():
             raise Stopped("interrupted")
 
-    def worker(done: threading.Event):
+    def worker(self, done: threading.Event):
         try:
-            work()
+            self.work()
         finally:
             done.set()
 
-    def work():
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        if (
-            stream is not None
-        ):  # after what the caller issued before the call (data it made on the GPU)
-            stream.wait_stream(caller)
+    def work(self):
+        """Take jobs one after another until none is left, one failed or the run was interrupted."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        if stream is not None:  # after what the caller issued before the call (data on the GPU)
+            stream.wait_stream(self.caller)
         while True:
-            with lock:
-                if not pending or errors or interrupted.is_set():
+            with self.lock:
+                if not self.pending or self.errors or self.interrupted.is_set():
                     return
-                i, job = pending.pop(0)
+                i, job = self.pending.pop(0)
             try:
                 with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                    results[i] = job(stop)
+                    self.results[i] = job(self.stop)
                 if stream is not None:
                     stream.synchronize()
             except Stopped:
                 return
             except BaseException as e:  # noqa: B902 - handed to the calling thread
-                with lock:
-                    errors.append(e)
+                with self.lock:
+                    self.errors.append(e)
                 return
 
-    # Each thread says it is done through an event, not Thread.join/is_alive: a join interrupted by Ctrl-C can
-    # leave is_alive() False while the thread still runs (CPython before 3.13), and the interrupt was raised
-    # before the running jobs had stopped.
-    done = []  # one event a started thread
-    try:
-        for _ in range(max(1, min(at_once, len(jobs)))):
-            done.append(
-                threading.Event()
-            )  # before start: an interrupt inside start() comes after the thread is
-            threading.Thread(
-                target=worker, args=(done[-1],), daemon=True
-            ).start()  # made, which sets it
-        for d in done:
-            while not d.wait(
-                0.2
-            ):  # in short waits: a signal that reaches another thread still wakes this one
-                pass
-    except KeyboardInterrupt:
-        interrupted.set()
-        for d in done:
-            d.wait()
-        raise
-    if errors:
-        raise errors[0]
-    return results
+    def run(self, threads: int):
+        """Start ``threads`` workers and wait for them all; on Ctrl-C, stop them and raise."""
+        # Each thread says it is done through an event, not Thread.join/is_alive: a join
+        # interrupted by Ctrl-C can leave is_alive() False while the thread still runs (CPython
+        # before 3.13), and the interrupt was raised before the running jobs had stopped.
+        done = []  # one event a started thread
+        try:
+            for _ in range(threads):
+                # made before start: an interrupt inside start() comes after the thread is made,
+                # which sets it
+                done.append(threading.Event())
+                threading.Thread(target=self.worker, args=(done[-1],), daemon=True).start()
+            for d in done:
+                # in short waits: a signal that reaches another thread still wakes this one
+                while not d.wait(0.2):
+                    pass
+        except KeyboardInterrupt:
+            self.interrupted.set()
+            for d in done:
+                d.wait()
+            raise

@@ -81,7 +81,7 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
     except ImportError as e:  # other errors raised by the module are bugs: keep their traceback
         raise UserError(
             f"cannot import module {module_name!r} for model {name!r} ({one_line(e)}); "
-            f"check the name and that it is on PYTHONPATH"
+            f"check the name and that it is in the current folder or on PYTHONPATH"
         ) from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
@@ -152,8 +152,9 @@ def create_model(
 
 
 def check_factory_allowed(model, allowed, where, how: str) -> None:
-    """A run's model named as ``package.module:function`` is imported (its code run) only when the user named it
-    again (``allowed``): a checkpoint from a stranger must not choose what code runs. ``how`` says how to."""
+    """A run's model named as ``package.module:function`` is imported (its code run) only when the
+    user named it again (``allowed``): a checkpoint from a stranger must not choose what code runs.
+    ``how`` says how to."""
     if isinstance(model, str) and ":" in model and allowed != model:
         raise UserError(f"{where} was trained with model factory {model!r}; {how}")
 
@@ -178,8 +179,9 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
 
 
 def check_fits(own: dict, state_dict: dict, source: str) -> dict:
-    """``state_dict`` (unwrapped, see :func:`load_weights`) if its keys and shapes are those of ``own`` (a
-    model's state dict, possibly of a model built on the meta device), else one line naming what does not fit."""
+    """``state_dict`` (unwrapped, see :func:`load_weights`) if its keys and shapes are those of
+    ``own`` (a model's state dict, possibly of a model built on the meta device), else one line
+    naming what does not fit."""
     state_dict = _unwrapped(state_dict, own.keys())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -214,7 +216,8 @@ def check_fits(own: dict, state_dict: dict, source: str) -> dict:
 
 
 def _unwrapped(state_dict: dict, own) -> dict:
-    """``state_dict`` without the wrapper prefixes on every key, if it then has exactly the keys ``own``."""
+    """``state_dict`` without the wrapper prefixes on every key, if it then has exactly the keys
+    ``own``."""
     own, sd = set(own), state_dict
     while set(sd) != own:
         prefix = next(

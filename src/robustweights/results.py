@@ -91,9 +91,9 @@ _HIGHER = {
 
 
 def better_when_higher(metric: str) -> bool:
-    """The default direction of a metric by the words of its name: errors and losses down (``top1_error``,
-    ``accuracy_drop``), accuracies and scores up (``top1``, ``val_acc``); down when no word says (give
-    ``higher_is_better`` to be sure)."""
+    """The default direction of a metric by the words of its name: errors and losses down
+    (``top1_error``, ``accuracy_drop``), accuracies and scores up (``top1``, ``val_acc``); down when
+    no word says (give ``higher_is_better`` to be sure)."""
     words = {w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w}
     words |= {w.rstrip("0123456789") for w in words}  # error2, top1 -> top
     if words & _LOWER:
@@ -102,14 +102,16 @@ def better_when_higher(metric: str) -> bool:
 
 
 def complete_row(r: dict) -> dict:
-    """A result row with the ``metric``/``score`` columns older results lack (their metric was the error)."""
+    """A result row with the ``metric``/``score`` columns older results lack (their metric was the
+    error)."""
     if "score" not in r:
         r = {**r, "metric": "error", "score": r.get("error")}
     return r
 
 
 def by_spec(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows grouped by their distortion spec (one strength of one distortion), in first-seen order."""
+    """Rows grouped by their distortion spec (one strength of one distortion), in first-seen
+    order."""
     groups: dict[str, list[dict]] = {}
     for r in map(complete_row, rows):
         groups.setdefault(r["spec"], []).append(r)
@@ -117,7 +119,8 @@ def by_spec(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def mean_score(rows: list[dict], keep=lambda r: True, key: str = "score") -> float | None:
-    """The mean ``key`` (the score; or ``error``) of the rows ``keep`` selects; None when none is selected."""
+    """The mean ``key`` (the score; or ``error``) of the rows ``keep`` selects; None when none is
+    selected."""
     values = [r[key] for r in map(complete_row, rows) if keep(r) and r.get(key) is not None]
     return sum(values) / len(values) if values else None
 
@@ -131,8 +134,8 @@ def curve_of(r: dict) -> str:
 
 
 def _weaker_first(r: dict):
-    """Sort key that puts a curve's weaker strengths first (the registry says which way a parameter is
-    stronger); None for a parameter the registry does not know."""
+    """Sort key that puts a curve's weaker strengths first (the registry says which way a parameter
+    is stronger); None for a parameter the registry does not know."""
     if r.get("param") is None or not isinstance(r.get("value"), (int, float)):
         return lambda r: 0
     try:
@@ -146,10 +149,11 @@ def _weaker_first(r: dict):
 
 def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
     """The distortion strength with the lowest effective bits at which the mean score *stays* within
-    ``target`` (at or below it; at or above it for a metric where higher is better): it meets the target
-    there and at every weaker strength of the same curve (docs/method.md section 4). A strength without a
-    finite bits figure (most of a power curve) is no candidate, but still ends the curve where it misses the
-    target. Curves of a transform this session does not know are ordered by their bits."""
+    ``target`` (at or below it; at or above it for a metric where higher is better): it meets the
+    target there and at every weaker strength of the same curve (docs/method.md section 4). A
+    strength without a finite bits figure (most of a power curve) is no candidate, but still ends
+    the curve where it misses the target. Curves of a transform this session does not know are
+    ordered by their bits."""
     points: dict[str, list[tuple[float | None, float, str, list[dict]]]] = {}
     for spec, rs in by_spec(
         r for r in rows if r.get("spec")
@@ -171,7 +175,8 @@ def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False)
             curve = sorted(curve, key=lambda p: order(p[3][0]))
         for bits, mean, spec, rs in curve:
             if not (mean >= target if higher_is_better else mean <= target):
-                break  # the score left the target here: stronger strengths on this curve do not count
+                # the score left the target here: stronger strengths on this curve do not count
+                break
             if bits is not None and (best is None or bits < best["effective_bits"]):
                 best = {
                     "spec": spec,
@@ -199,7 +204,8 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def spec_lines(rows: list[dict], width: int = 40) -> list[str]:
-    """One line of text per distortion spec: the mean score over its trials, with min and max where several."""
+    """One line of text per distortion spec: the mean score over its trials, with min and max where
+    several."""
     out = []
     for spec, rs in by_spec(rows).items():
         metric, values = rs[0]["metric"], [r["score"] for r in rs]

@@ -1,4 +1,4 @@
-"""Run folders and their files: atomic writes that keep the umask, the folder guard, safe reading, provenance.
+"""Run folders and their files: atomic writes, the folder guard, safe reading, provenance.
 
 Every file the package writes goes through :func:`write_text` / :func:`write_bytes`
 (a temporary file renamed over the target: readers see the old file or the new
@@ -59,7 +59,8 @@ def now() -> str:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the new one."""
+    """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the
+    new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -75,7 +76,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def check_writable(out: Path, flag: str = "--out") -> None:
-    """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is created here)."""
+    """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is
+    created here)."""
     p = Path(out).absolute()
     while not p.exists():
         p = p.parent
@@ -100,7 +102,8 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def safe_load(p: Path, what: str):
-    """``torch.load(p, weights_only=True)`` with one sentence of ours for each way a file can be wrong.
+    """``torch.load(p, weights_only=True)`` with one sentence of ours for each way a file can be
+    wrong.
 
     ``weights_only`` reads tensors and plain containers and never runs code;
     a file that needs more (a pickled whole ``nn.Module``, any other Python
@@ -142,8 +145,9 @@ def safe_load(p: Path, what: str):
 
 
 def _check_zip_members(p: Path, what: str) -> None:
-    """torch.save writes its zip members stored, not compressed: a compressed one (a 1.8 MB file that inflates
-    to gigabytes) is refused before torch.load reads it. Files that are not zips are left to torch.load."""
+    """torch.save writes its zip members stored, not compressed: a compressed one (a 1.8 MB file
+    that inflates to gigabytes) is refused before torch.load reads it. Files that are not zips are
+    left to torch.load."""
     try:
         with zipfile.ZipFile(p) as z:
             members = z.infolist()
@@ -158,7 +162,8 @@ def _check_zip_members(p: Path, what: str) -> None:
 
 
 def _pickles_modules(p: Path) -> bool:
-    """Whether the pickle inside a ``torch.save`` file names ``torch.nn`` module classes (read as bytes, not run)."""
+    """Whether the pickle inside a ``torch.save`` file names ``torch.nn`` module classes (read as
+    bytes, not run)."""
     try:
         with zipfile.ZipFile(p) as z:
             blob = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
@@ -202,7 +207,8 @@ def machine() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores{gpu}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} CPU cores{gpu}"
 
 
 # ---------------------------------------------------------------------------
@@ -236,20 +242,22 @@ def save_checkpoint(
         "in_shape": list(in_shape),
         "data": data,
         "torch": str(torch.__version__),
-        "train_bn": train_bn,  # batch-norm statistics of training, where "model" holds re-estimated ones
+        # batch-norm statistics of training, where "model" holds re-estimated ones
+        "train_bn": train_bn,
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def kept(folder: "str | os.PathLike") -> Path:
-    """The checkpoint a run folder keeps: ``best.pt`` (best validation epoch) if there is one, else ``checkpoint.pt``."""
+    """The checkpoint a run folder keeps: ``best.pt`` (best validation epoch) if there is one, else
+    ``checkpoint.pt``."""
     folder = Path(folder)
     return folder / BEST if (folder / BEST).is_file() else folder / CHECKPOINT
 
 
 def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
-    """Read a checkpoint file, or the one a run folder keeps (:func:`kept`; ``last``: ``checkpoint.pt``, the
-    one training resumes from), safely; UserError if it is not one."""
+    """Read a checkpoint file, or the one a run folder keeps (:func:`kept`; ``last``:
+    ``checkpoint.pt``, the one training resumes from), safely; UserError if it is not one."""
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT if last else kept(p)
@@ -277,7 +285,8 @@ def read_checkpoint(path: "str | os.PathLike", *, last: bool = False) -> dict:
     bad = [k for k, ok in checks.items() if not ok]
     if bad:  # a stranger's or damaged file: one line, not a KeyError further on
         raise UserError(
-            f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong type"
+            f"{p} is a damaged robustweights checkpoint: {', '.join(bad)} missing or of the wrong "
+            f"type"
         )
     return state
 

@@ -1,5 +1,6 @@
-"""The training step (forward, loss, backward, the optimizer's update, the clip), eager or as one CUDA graph;
-the learning rate of each step.
+"""The training step, eager or as one CUDA graph; the learning rate of each step.
+
+A step is the forward pass, the loss, the backward pass, the optimizer's update and the clip.
 
 At batch 50 a full-width ``bc-vgg`` step on an H200 is bound by kernel
 launches, not arithmetic: 5-8 ms eager whatever the batch size
@@ -78,8 +79,8 @@ def make_step(
 
 
 def lr_at(config, epoch: int, step: int, steps: int) -> float:
-    """Learning rate of a :class:`~robustweights.training.TrainConfig` at ``step`` of ``steps`` in ``epoch``
-    (a pure function, so resuming needs no state)."""
+    """Learning rate of a :class:`~robustweights.training.TrainConfig` at ``step`` of ``steps`` in
+    ``epoch`` (a pure function, so resuming needs no state)."""
     if config.schedule == "exp":
         end = config.lr_end if config.lr_end is not None else config.lr / 1000
         return config.lr * (end / config.lr) ** (epoch / max(1, config.epochs - 1))
@@ -90,7 +91,8 @@ def lr_at(config, epoch: int, step: int, steps: int) -> float:
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    """Every group's learning rate to ``lr``: in place where it is a tensor (read by a captured graph)."""
+    """Every group's learning rate to ``lr``: in place where it is a tensor (read by a captured
+    graph)."""
     for group in opt.param_groups:
         if isinstance(group["lr"], Tensor):
             group["lr"].fill_(lr)
@@ -99,7 +101,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer, generators: list) -> dict:
-    """Copies of everything a training step changes: weights and buffers, optimizer state, generators."""
+    """Copies of everything a training step changes: weights and buffers, optimizer state,
+    generators."""
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "opt": {
@@ -111,8 +114,9 @@ def snapshot(model: nn.Module, opt: torch.optim.Optimizer, generators: list) -> 
 
 
 def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, saved: dict) -> None:
-    """Put back :func:`snapshot`'s state in place (the tensors keep their identity: a captured graph holds
-    their addresses). Optimizer state made since the snapshot is zeroed: Adam's state before its first step."""
+    """Put back :func:`snapshot`'s state in place (the tensors keep their identity: a captured graph
+    holds their addresses). Optimizer state made since the snapshot is zeroed: Adam's state before
+    its first step."""
     with torch.no_grad():
         for k, v in model.state_dict().items():
             v.copy_(saved["model"][k])
@@ -127,9 +131,10 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, generators: list, save
         g.set_state(s)
 
 
-# Work that touches process-wide state, one thread at a time (run_together): a capture (torch.cuda.graph
-# synchronises, empties the cache, takes the default generator) and a training's set-up (seeds the global random
-# state, counts attribute reads process-wide; robustweights.training).
+# Work that touches process-wide state, one thread at a time (run_together): a capture
+# (torch.cuda.graph synchronises, empties the cache, takes the default generator) and a training's
+# set-up (seeds the global random state, counts attribute reads process-wide;
+# robustweights.training).
 EXCLUSIVE = threading.Lock()
 
 
@@ -137,8 +142,9 @@ _THREAD = threading.local()
 
 
 def _capture_streams() -> tuple:
-    """This thread's two streams for warming up and recording graphs, made once: torch.cuda.Stream() deals out
-    a pool of 32 in turn, so new ones for every capture would in time be another thread's live stream."""
+    """This thread's two streams for warming up and recording graphs, made once: torch.cuda.Stream()
+    deals out a pool of 32 in turn, so new ones for every capture would in time be another thread's
+    live stream."""
     if (
         getattr(_THREAD, "streams", None) is None
         or _THREAD.streams[0].device.index != torch.cuda.current_device()
@@ -148,8 +154,8 @@ def _capture_streams() -> tuple:
 
 
 class GraphedStep:
-    """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its first full
-    batch and replayed for every batch of that size; see the module docstring."""
+    """``step`` (from :func:`make_step` with ``graphed=True``) captured as one CUDA graph at its
+    first full batch and replayed for every batch of that size; see the module docstring."""
 
     def __init__(
         self,
@@ -218,6 +224,7 @@ class GraphedStep:
         for g in self.generators:
             if g.device.type == "cuda":
                 self.graph.register_generator_state(g)
-        # its own capture stream (torch.cuda.graph's default one is shared by every graph of the process)
+        # its own capture stream (torch.cuda.graph's default one is shared by every graph of the
+        # process)
         with torch.cuda.graph(self.graph, stream=capture, capture_error_mode="thread_local"):
             self.out = self.step(self.x, self.y)

@@ -1,7 +1,8 @@
 """Reports: figures and tables from sweep result folders, for people to look at.
 
     robustweights report runs/sweep-sign runs/sweep-float --out reports/sign-vs-float
-    rw.report(["runs/sweep-sign", "runs/sweep-float"], "reports/sign-vs-float", at={"add-gauss": 0.8})
+    rw.report(["runs/sweep-sign", "runs/sweep-float"], "reports/sign-vs-float",
+              at={"add-gauss": 0.8})
 
 A sweep result folder (written by :func:`robustweights.sweeps.run_sweep`) holds
 ``sweep.json`` (provenance: checkpoint, data, weights, commit, machine) and
@@ -58,7 +59,8 @@ def report(
     title: str | None = None,
     claims: "list[dict] | None" = None,
 ) -> dict:
-    """Write figures, ``report.html``, ``report.md`` and ``report.json`` for sweep result folders into ``out``.
+    """Write figures, ``report.html``, ``report.md`` and ``report.json`` for sweep result folders
+    into ``out``.
 
     ``at`` maps a distortion name to the strength shown in the table of mean
     errors (e.g. ``{"add-gauss": 0.8, "power": 0.0}``); a distortion not named
@@ -71,44 +73,23 @@ def report(
     one row per input, ``{"label": ..., column: mean error in % or None}``.
     Nothing is written unless every input reads and every argument is valid.
     """
-    folders = [
-        Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)
-    ]
-    if not folders:
-        raise UserError("give at least one sweep result folder")
-    seen = set()
-    for f in folders:
-        if f.resolve() in seen:
-            raise UserError(f"{f} is given twice; give each sweep result folder once")
-        seen.add(f.resolve())
+    folders = _folders(result_dirs)
     out = Path(out)
     old_files = _check_out(out)  # (a file, or a folder of anything but an earlier report: refused)
     check_writable(out)  # before any work: one line for a folder that cannot be written
     sources = [Source(f, *load_results(f)) for f in folders]
     _name_sources(sources)
-    keys = list(
-        dict.fromkeys(k for s in sources for k in s.curves)
-    )  # first appearance: the sweep's order
+    # in order of first appearance: the sweep's order
+    keys = list(dict.fromkeys(k for s in sources for k in s.curves))
     names = _display_names(keys)
     panels = make_panels(keys, names)
     columns = table_columns(keys, names, sources, at or {})
 
-    # Everything is drawn and rendered (figures, pages, manifests) before the first byte is written, so a failure
-    # leaves `out` as it was.
-    colors = palette(len(sources))
+    # Everything is drawn and rendered (figures, pages, manifests) before the first byte is written,
+    # so a failure leaves `out` as it was.
     caption = dataset_caption(sources)
     ylabel = _error_label(sources)
-    with plain_text():  # names from files and flags are text: a '$' is no maths
-        figures = {
-            "error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
-            "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel),
-        }
-        if (
-            len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2
-            and len(sources) <= MATRIX_MAX_ROWS
-        ):  # (320 networks drew a figure 80,000 pixels tall)
-            figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
-        pngs = {name: to_png(fig) for name, fig in figures.items() if fig is not None}
+    pngs = _draw(sources, keys, names, panels, caption, ylabel)
     table = [
         {"label": s.label, **{label: mean_at(s, key, value) for label, key, value in columns}}
         for s in sources
@@ -125,9 +106,50 @@ def report(
         ylabel,
         claims or [],
     )
+    manifest = _manifest(sources, columns, list(pngs) + ["report.html", "report.md"])
+    _write(out, old_files, manifest, pngs, doc.markdown(), doc.html())
+    return {
+        "html": out / "report.html",
+        "md": out / "report.md",
+        "figures": [out / n for n in pngs],
+        "table": table,
+    }
 
-    files = list(pngs) + ["report.html", "report.md"]
-    manifest = {
+
+def _folders(result_dirs) -> list[Path]:
+    """The sweep result folders asked for, each once (a repeated one is refused)."""
+    folders = [
+        Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)
+    ]
+    if not folders:
+        raise UserError("give at least one sweep result folder")
+    seen = set()
+    for f in folders:
+        if f.resolve() in seen:
+            raise UserError(f"{f} is given twice; give each sweep result folder once")
+        seen.add(f.resolve())
+    return folders
+
+
+def _draw(sources, keys, names, panels, caption, ylabel) -> dict[str, bytes]:
+    """Every figure of the report as PNG bytes by file name, drawn in memory (nothing written)."""
+    colors = palette(len(sources))
+    with plain_text():  # names from files and flags are text: a '$' is no maths
+        figures = {
+            "error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
+            "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel),
+        }
+        if (
+            len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2
+            and len(sources) <= MATRIX_MAX_ROWS
+        ):  # (320 networks drew a figure 80,000 pixels tall)
+            figures["matrix.png"] = fig_matrix(sources, panels, colors, caption, ylabel)
+        return {name: to_png(fig) for name, fig in figures.items() if fig is not None}
+
+
+def _manifest(sources, columns, files: list[str]) -> dict:
+    """report.json: the marker that a folder holds a report, its inputs and the files it wrote."""
+    return {
         "kind": MARKER,
         "inputs": [str(s.folder.resolve()) for s in sources],
         "labels": [s.label for s in sources],
@@ -135,27 +157,24 @@ def report(
         "files": files,
         "written": now(),
     }
+
+
+def _write(out: Path, old_files: list, manifest: dict, pngs: dict, markdown: str, page: str):
+    """Write a rendered report into ``out``, over an earlier report's files."""
+    files = manifest["files"]
     claimed = list(dict.fromkeys(old_files + files))
     first_json = json.dumps({**manifest, "files": claimed}, indent=2) + "\n"
     last_json = json.dumps(manifest, indent=2) + "\n"
-    markdown, page = doc.markdown(), doc.html()
     # The marker goes first: a report interrupted half way still owns its folder and can be rerun.
     write_text(out / "report.json", first_json)
     for name, data in pngs.items():
         write_bytes(out / name, data)
     write_text(out / "report.md", markdown)
     write_text(out / "report.html", page)
-    for name in set(old_files) - set(
-        files
-    ):  # e.g. matrix.png of an earlier report with more inputs
+    # e.g. matrix.png of an earlier report with more inputs
+    for name in set(old_files) - set(files):
         (out / name).unlink(missing_ok=True)
     write_text(out / "report.json", last_json)
-    return {
-        "html": out / "report.html",
-        "md": out / "report.md",
-        "figures": [out / n for n in pngs],
-        "table": table,
-    }
 
 
 def _check_out(out: Path) -> list[str]:
@@ -179,7 +198,8 @@ def _check_out(out: Path) -> list[str]:
 
 
 def _name_sources(sources: list[Source]) -> None:
-    """Make legend labels unique: a repeated label gets its folder's name (then its position) added."""
+    """Make legend labels unique: a repeated label gets its folder's name (then its position)
+    added."""
     base = {id(s): s.label for s in sources}
     for make in (
         lambda s, i: f"{base[id(s)]} [{s.folder.name}]",
@@ -201,7 +221,8 @@ def _display_names(keys: list[Key]) -> dict[Key, str]:
             names[k] = k.name
         else:
             names[k] = (
-                f"{k.name} ({', '.join(filter(None, [f'vs {k.param}' if k.param else '', k.fixed]))})"
+                f"{k.name} "
+                f"({', '.join(filter(None, [f'vs {k.param}' if k.param else '', k.fixed]))})"
             )
     return names
 

@@ -1,4 +1,7 @@
-"""What a report says in words and tables (headlines, mean errors, provenance), rendered as HTML and Markdown."""
+"""What a report says in words and tables, rendered as HTML and Markdown.
+
+Its words and tables: the headlines, the mean errors and the provenance.
+"""
 
 from __future__ import annotations
 
@@ -18,26 +21,24 @@ from .sources import Source, is_number, score_text
 HOW_TO_READ = (
     "Each point is the test error (or the metric the sweep measured) of a trained network whose "
     "weights were distorted at test time (each weight tensor the coverage line names, "
-    "independently), averaged over the trials "
-    "(independent random draws) at that strength; the shaded band spans the lowest to the highest "
-    "trial, and the dashed line of the same colour is the network's undistorted error. That line is "
-    "measured with the weights the network is normally tested with (projected, for a deterministic "
-    "training projection such as sign), while distortions act on the hidden weights unless the "
-    "provenance says projected: a curve need not start on its dashed line. "
-    "Distortion grows with sigma (noise relative to its reference: the weight spread unless the "
-    "axis names max|W| or the clip bound), frac and p, and falls as "
-    "beta or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the "
-    "weights as they are. Effective bits per weight (docs/method.md section 4) bound what a distorted "
+    "independently), averaged over the trials (independent random draws) at that strength; the "
+    "shaded band spans the lowest to the highest trial, and the dashed line of the same colour is "
+    "the network's undistorted error. That line is measured with the weights the network is "
+    "normally tested with (projected, for a deterministic training projection such as sign), while "
+    "distortions act on the hidden weights unless the provenance says projected: a curve need not "
+    "start on its dashed line. Distortion grows with sigma (noise relative to its reference: the "
+    "weight spread unless the axis names max|W| or the clip bound), frac and p, and falls as beta "
+    "or bits grow: power:beta=0 and quant:bits=1 are binarization, power:beta=1 leaves the weights "
+    "as they are. Effective bits per weight (docs/method.md section 4) bound what a distorted "
     "weight can carry: under Gaussian noise 0.5*log2(1 + E[W^2]/sigma_n^2), measured on each "
     "distorted tensor (0.5*log2(1 + 1/sigma^2) for noise relative to the spread of zero-mean "
-    "weights), log2(levels) for a quantizer. "
-    "Transforms that set magnitudes use each network's own scale unless the spec names one: the "
-    "training clip bound for a network trained with a projection, max|W| for a float one (provenance: "
-    "distortion scale). "
-    "A robust network keeps a flat curve near its dashed line; the paper's claim is that networks "
-    "trained with binarized weights stay flat far longer than float ones. The provenance tables "
-    "below say which weights were distorted (hidden or projected) and whether batch-norm "
-    "statistics were re-estimated after distorting."
+    "weights), log2(levels) for a quantizer. Transforms that set magnitudes use each network's own "
+    "scale unless the spec names one: the training clip bound for a network trained with a "
+    "projection, max|W| for a float one (provenance: distortion scale). A robust network keeps a "
+    "flat curve near its dashed line; the paper's claim is that networks trained with binarized "
+    "weights stay flat far longer than float ones. The provenance tables below say which weights "
+    "were distorted (hidden or projected) and whether batch-norm statistics were re-estimated "
+    "after distorting."
 )
 
 
@@ -46,7 +47,8 @@ def _fmt(v: float) -> str:
 
 
 def table_columns(keys, names, sources, at: dict) -> list[tuple[str, Key, float | None]]:
-    """``(column label, distortion, strength)`` of the table of mean errors: one column per distortion."""
+    """``(column label, distortion, strength)`` of the table of mean errors: one column per
+    distortion."""
     for name, value in at.items():
         matches = [k for k in keys if name in (names[k], k.name)]
         if not matches:
@@ -93,7 +95,8 @@ def _strongest(key: Key, curve: Curve) -> int:
 
 
 def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
-    """One line: undistorted error, error at each distortion's strongest setting, the lowest effective bits."""
+    """One line: undistorted error, error at each distortion's strongest setting, the lowest
+    effective bits."""
     p = s.prov
     weights = f" ({p['baseline_weights']} weights)" if p.get("baseline_weights") else ""
     parts = []
@@ -104,7 +107,8 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
         i = _strongest(k, c)
         where = f"{names[k]} {k.param}={_fmt(c.x[i])}" if k.param else names[k]
         spread = (
-            f" (min {score_text(s, c.lo[i])}, max {score_text(s, c.hi[i])} over {c.trials[i]} trials)"
+            f" (min {score_text(s, c.lo[i])}, max {score_text(s, c.hi[i])} over {c.trials[i]} "
+            f"trials)"
             if c.hi[i] > c.lo[i]
             else ""
         )
@@ -121,8 +125,9 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
     ):
         way = "at or above" if p.get("higher_is_better") else "at or below"
         text += (
-            f" Lowest effective bits with mean {s.metric} {way} {score_text(s, s.unit * p['target_error'])}: "
-            f"{best['effective_bits']:.2f} bits per weight ({best.get('spec', '?')})."
+            f" Lowest effective bits with mean {s.metric} {way} "
+            f"{score_text(s, s.unit * p['target_error'])}: {best['effective_bits']:.2f} bits per "
+            f"weight ({best.get('spec', '?')})."
         )
     if (
         p.get("on") == "hidden"
@@ -131,12 +136,12 @@ def headline(s: Source, keys: list[Key], names: dict[Key, str]) -> str:
         and not p.get("bn_reestimate")
     ):
         text += (
-            " Note: this network runs with projected weights, and its batch-norm statistics were gathered "
-            "with them; its hidden weights are much smaller (a sign-trained network's rarely reach H), so "
-            "curves of its distorted hidden weights start far above its undistorted error (about 90% for a "
-            "sign-trained CNN) because the statistics belong to other weights, not because the weights are "
-            "bad: distort the projected weights (--on projected) or re-estimate the statistics "
-            "(--bn-reestimate N)."
+            " Note: this network runs with projected weights, and its batch-norm statistics were "
+            "gathered with them; its hidden weights are much smaller (a sign-trained network's "
+            "rarely reach H), so curves of its distorted hidden weights start far above its "
+            "undistorted error (about 90% for a sign-trained CNN) because the statistics belong to "
+            "other weights, not because the weights are bad: distort the projected weights (--on "
+            "projected) or re-estimate the statistics (--bn-reestimate N)."
         )
     return text
 
@@ -206,9 +211,10 @@ def _span(start, end) -> str:
 
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1180px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1180px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 .sub { color: #555; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
@@ -225,16 +231,15 @@ MATRIX_MAX_ROWS = 24  # networks in the matrix figure (one row of panels each)
 
 
 FIGURE_CAPTIONS = {
-    "error_vs_strength.png": "Test error (or the sweep's metric) against the strength of each test-time "
-    "distortion, one line per network: mean over trials, band from the lowest "
-    "to the highest trial; "
-    "dashed: the network's undistorted value.",
+    "error_vs_strength.png": "Test error (or the sweep's metric) against the strength of each "
+    "test-time distortion, one line per network: mean over trials, band from the lowest "
+    "to the highest trial; dashed: the network's undistorted value.",
     "error_vs_bits.png": "Test error (or the sweep's metric) against effective bits per weight "
     "(docs/method.md section 4) for the distortions that have such a figure; colour is "
     "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
     "results only): the paper's 11% test error at 0.68 effective bits per weight.",
-    "matrix.png": "The matrix of docs/method.md section 3: one row per network (its training projection and "
-    "mode), one column per test-time distortion; same y scale everywhere.",
+    "matrix.png": "The matrix of docs/method.md section 3: one row per network (its training "
+    "projection and mode), one column per test-time distortion; same y scale everywhere.",
 }
 
 
@@ -260,7 +265,8 @@ class Document:
     def html(self) -> str:
         e = html.escape
         out = [
-            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(self.title)}</title>',
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{e(self.title)}</title>",
             f"<style>{CSS}</style></head><body>",
             f"<h1>{e(self.title)}</h1>",
             f'<p class="sub">Data: {e(self.caption)}. Written {e(now())} by robustweights.</p>',
@@ -377,11 +383,12 @@ class Document:
         for c in self.claims:
             out.append(
                 f"<tr><td>{c['claim']}. {e(c['statement'])}</td><td>{e(c['paper'])}</td>"
-                f"<td>{e(c['measured'])}</td><td>{e(c['setting'])}</td><td><b>{e(c['verdict'])}</b></td></tr>"
+                f"<td>{e(c['measured'])}</td><td>{e(c['setting'])}</td>"
+                f"<td><b>{e(c['verdict'])}</b></td></tr>"
             )
         out.append(
-            "</table><p>A verdict comes only from numbers measured in this run; "
-            "<i>not run at this scale</i> where the claim needs a setting this run did not have.</p>"
+            "</table><p>A verdict comes only from numbers measured in this run; <i>not run at this "
+            "scale</i> where the claim needs a setting this run did not have.</p>"
         )
         return out
 
@@ -394,8 +401,8 @@ class Document:
             claims_markdown(self.claims, statements=True),
         ]
         out += [
-            "A verdict comes only from numbers measured in this run; *not run at this scale* where the "
-            "claim needs a setting this run did not have.",
+            "A verdict comes only from numbers measured in this run; *not run at this scale* "
+            "where the claim needs a setting this run did not have.",
             "",
         ]
         return out
@@ -404,28 +411,29 @@ class Document:
         if len(self.sources) <= MATRIX_MAX_ROWS or "matrix.png" in self.pngs:
             return ""
         return (
-            f"The matrix figure is drawn for at most {MATRIX_MAX_ROWS} networks; these results hold "
-            f"{len(self.sources)}, all in the figures above and the table below."
+            f"The matrix figure is drawn for at most {MATRIX_MAX_ROWS} networks; these results "
+            f"hold {len(self.sources)}, all in the figures above and the table below."
         )
 
     def no_bits_note(self) -> str:
         if "error_vs_bits.png" in self.pngs:
             return ""
         return (
-            "No distortion in these results has an effective-bits figure (docs/method.md section 4: Gaussian "
-            "noise with sigma > 0, quantizers, sign), so there is no plot of error against bits."
+            "No distortion in these results has an effective-bits figure (docs/method.md section "
+            "4: Gaussian noise with sigma > 0, quantizers, sign), so there is no plot of error "
+            "against bits."
         )
 
     def _table_note(self) -> str:
         return (
-            "Mean over trials; – where a network was not tested at that strength. Each column names the "
-            "strength it shows: the grid value nearest to the one asked for (--at), else to the middle of "
-            "each distortion's grid."
+            "Mean over trials; – where a network was not tested at that strength. Each column "
+            "names the strength it shows: the grid value nearest to the one asked for (--at), else "
+            "to the middle of each distortion's grid."
         )
 
 
 def _md(text: str) -> str:
-    """Text safe in Markdown, a table cell included: names from strangers' files or flags render as text
-    (``<``, ``>`` and ``&`` as entities, no raw HTML; ``|`` escaped; line breaks as spaces)."""
+    """Text safe in Markdown, a table cell included: names from strangers' files or flags render as
+    text (``<``, ``>`` and ``&`` as entities, no raw HTML; ``|`` escaped; line breaks as spaces)."""
     text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("|", "\\|").replace("\r\n", " ").replace("\r", " ").replace("\n", " ")

@@ -1,4 +1,4 @@
-"""Figures of a report: error (or a metric) against strength, against effective bits, and the matrix.
+"""Figures of a report: error (or a metric) against strength, against effective bits; the matrix.
 
 Drawn on matplotlib ``Figure`` objects with the Agg canvas explicitly, not
 through pyplot: a report made inside a notebook neither switches the
@@ -40,7 +40,8 @@ class Key:
 
     name: str  # transform name, e.g. "add-gauss"
     param: str  # the swept parameter; "" for a distortion without one (sign, identity)
-    fixed: str  # the spec's other parameters, e.g. "scale=max": different values are different distortions
+    # the spec's other parameters, e.g. "scale=max": different values are different distortions
+    fixed: str
 
 
 @dataclass
@@ -78,8 +79,8 @@ def make_panels(keys: list[Key], names: dict[Key, str]) -> list[Panel]:
 
 
 def plain_text():
-    """Matplotlib settings under which every label is drawn as the text it is (no mathtext: a network named
-    'cost $5 vs $10' lost its dollars, and '$x^$' failed the whole report)."""
+    """Matplotlib settings under which every label is drawn as the text it is (no mathtext: a
+    network named 'cost $5 vs $10' lost its dollars, and '$x^$' failed the whole report)."""
     return matplotlib.rc_context({"text.parse_math": False})
 
 
@@ -92,7 +93,8 @@ def palette(n: int) -> list:
 
 def set_y(ax, sources: list, at_least: float = 0) -> None:
     """One y scale for every panel: 0 to a little above the worst value, or logarithmic for a metric
-    other than the error that spans more than two orders of magnitude (a perplexity that explodes)."""
+    other than the error that spans more than two orders of magnitude (a perplexity that
+    explodes)."""
     values = [s.baseline for s in sources] + [
         v for s in sources for c in s.curves.values() for v in c.lo + c.hi
     ]
@@ -121,7 +123,8 @@ def ymax(sources: list) -> float:
 
 
 def draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:
-    """Mean as a line with markers, min-max over trials as a band; one strength as a point with a bar."""
+    """Mean as a line with markers, min-max over trials as a band; one strength as a point with a
+    bar."""
     if len(xs) == 1:
         ax.errorbar(
             xs,
@@ -152,7 +155,8 @@ def draw_panel(ax, panel: Panel, sources: list, colors: list, *, labels: bool = 
         if labels:
             ax.set_xlabel(param_label(key))
     else:
-        # Categories side by side; several sources are spread a little so their bars do not hide each other.
+        # Categories side by side; several sources are spread a little so their bars do not hide
+        # each other.
         step = min(0.6 / len(sources), 0.2)
         for i, (s, color) in enumerate(zip(sources, colors)):
             for j, key in enumerate(panel.keys):
@@ -187,7 +191,8 @@ def param_label(key: Key) -> str:
 
 
 def param(key: Key):
-    """The registry's description of a key's swept parameter (its axis label, which way is stronger)."""
+    """The registry's description of a key's swept parameter (its axis label, which way is
+    stronger)."""
     try:
         return entry(key.name).param(key.param)
     except UserError:  # results of a transform this session has not registered
@@ -237,7 +242,8 @@ def fig_strength(sources, panels, colors, caption, ylabel) -> Figure:
 
 
 def on_cifar10(sources) -> bool:
-    """Every result is a test error on CIFAR-10 (the only data and metric the paper's point belongs to)."""
+    """Every result is a test error on CIFAR-10 (the only data and metric the paper's point belongs
+    to)."""
     return bool(sources) and all(
         str(s.prov.get("dataset", "")).startswith("cifar10") and s.metric == "error"
         for s in sources
@@ -245,7 +251,8 @@ def on_cifar10(sources) -> bool:
 
 
 def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
-    """Figure 2: error against effective bits per weight; None when no row has an effective-bits figure."""
+    """Figure 2: error against effective bits per weight; None when no row has an effective-bits
+    figure."""
     bit_keys = [
         k
         for k in keys
@@ -266,23 +273,10 @@ def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
             if pts:
                 b, m, lo, hi = (list(v) for v in zip(*pts))
                 draw_curve(ax, b, m, lo, hi, color, marker=markers[k])
-    paper = on_cifar10(
-        sources
-    )  # the paper's point is a CIFAR-10 figure: drawn on CIFAR-10 results only
+    # the paper's point is a CIFAR-10 figure: drawn on CIFAR-10 results only
+    paper = on_cifar10(sources)
     if paper:
-        ax.axvline(PAPER_BITS, color="0.25", lw=0.8, ls=":")
-        ax.plot([PAPER_BITS], [PAPER_ERROR], marker="*", ms=11, color="0.15", ls="none")
-        # Written low, beside the line: the curves rarely go below the undistorted error, so nothing hides it.
-        ax.text(
-            PAPER_BITS,
-            0.025,
-            " paper: 11% at 0.68 bits",
-            ha="left",
-            va="bottom",
-            fontsize=8.5,
-            color="0.15",
-            transform=blended_transform_factory(ax.transData, ax.transAxes),
-        )  # x in bits, y in axes fraction
+        _mark_paper(ax)
     ax.set_xlim(left=0)
     set_y(ax, sources, PAPER_ERROR + 5 if paper else 0)
     ax.set_xlabel("effective bits per weight")
@@ -297,6 +291,31 @@ def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
         ),
         fontsize=12,
     )
+    _bits_legends(fig, sources, colors, {k: (markers[k], names[k]) for k in bit_keys}, paper)
+    return fig
+
+
+def _mark_paper(ax) -> None:
+    """The paper's point (11% test error at 0.68 effective bits per weight) and its line."""
+    ax.axvline(PAPER_BITS, color="0.25", lw=0.8, ls=":")
+    ax.plot([PAPER_BITS], [PAPER_ERROR], marker="*", ms=11, color="0.15", ls="none")
+    # Written low, beside the line: the curves rarely go below the undistorted error, so nothing
+    # hides it.
+    ax.text(
+        PAPER_BITS,
+        0.025,
+        " paper: 11% at 0.68 bits",
+        ha="left",
+        va="bottom",
+        fontsize=8.5,
+        color="0.15",
+        transform=blended_transform_factory(ax.transData, ax.transAxes),
+    )  # x in bits, y in axes fraction
+
+
+def _bits_legends(fig, sources, colors, distortions: dict, paper: bool) -> None:
+    """The legends of figure 2: networks by colour, distortions (``key: (marker, name)``) by
+    marker, and the paper's star where it is drawn."""
     fig.legend(
         handles=legend_handles(sources, colors),
         loc="outside right upper",
@@ -305,8 +324,8 @@ def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
     )
     fig.legend(
         handles=[
-            Line2D([], [], color="0.2", marker=markers[k], ls="none", label=names[k])
-            for k in bit_keys
+            Line2D([], [], color="0.2", marker=marker, ls="none", label=name)
+            for marker, name in distortions.values()
         ]
         + [Line2D([], [], color="0.15", marker="*", ms=10, ls="none", label="paper (CIFAR-10)")]
         * paper,
@@ -314,11 +333,11 @@ def fig_bits(sources, keys, names, colors, caption, ylabel) -> Figure | None:
         title="distortion",
         frameon=False,
     )
-    return fig
 
 
 def fig_matrix(sources, panels, colors, caption, ylabel) -> Figure:
-    """Figure 3: rows are the networks (their training projection), columns the test-time distortions."""
+    """Figure 3: rows are the networks (their training projection), columns the test-time
+    distortions."""
     nr, nc = len(sources), len(panels)
     fig = Figure(figsize=(2.8 * nc + 1.4, 2.1 * nr + 1.3), dpi=FIGURE_DPI, layout="constrained")
     axes = fig.subplots(nr, nc, sharey=True, sharex="col", squeeze=False)

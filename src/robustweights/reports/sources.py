@@ -59,8 +59,8 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
         and not 0 <= prov["baseline_score"] <= 1
     ):
         raise UserError(
-            f"{where}: the undistorted {metric} must be a number{' in [0, 1]' * (metric == 'error')}, "
-            f"not {prov['baseline_score']!r}"
+            f"{where}: the undistorted {metric} must be a "
+            f"number{' in [0, 1]' * (metric == 'error')}, not {prov['baseline_score']!r}"
         )
     problem = _field_problem(prov)
     if problem:
@@ -76,9 +76,10 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
     return prov, [complete_row(r) for r in rows]
 
 
-# Optional fields of sweep.json that a report reads beyond printing them, with the types it can use: a wrong
-# type is refused (one line naming the folder and the field), not taken as absent: it means a file written by
-# something else or edited by hand, whose other numbers a report should not vouch for either.
+# Optional fields of sweep.json that a report reads beyond printing them, with the types it can use:
+# a wrong type is refused (one line naming the folder and the field), not taken as absent: it means
+# a file written by something else or edited by hand, whose other numbers a report should not vouch
+# for either.
 TEXT_FIELDS = (
     "split",
     "train_projection",
@@ -212,7 +213,8 @@ def row_key(row: dict, default_scale: str | None = None) -> Key:
 def curves(
     rows: list[dict], default_scale: str | None = None, unit: float = 100.0
 ) -> dict[Key, Curve]:
-    """Mean, lowest and highest score (times ``unit``: the error in %) over trials, per distortion and strength."""
+    """Mean, lowest and highest score (times ``unit``: the error in %) over trials, per distortion
+    and strength."""
     groups: dict[Key, dict[float, list[dict]]] = {}
     for r in rows:
         groups.setdefault(row_key(r, default_scale), {}).setdefault(float(r["value"]), []).append(r)
@@ -236,14 +238,15 @@ def curves(
 
 
 def short_description(description: str) -> str:
-    """The dataset with its caveat, without the path: "CIFAR-10 (JPEG copy) from /x; test subset ..."
-    gives "CIFAR-10 (JPEG copy); test subset ..." (a subset is a caveat too)."""
+    """The dataset with its caveat, without the path: "CIFAR-10 (JPEG copy) from /x; test subset
+    ..." gives "CIFAR-10 (JPEG copy); test subset ..." (a subset is a caveat too)."""
     head, sep, tail = description.partition(" from ")
     return "; ".join([head.strip()] + tail.split("; ")[1:]) if sep else description.strip()
 
 
 def dataset_caption(sources: list[Source]) -> str:
-    """The dataset every figure names; each one with its inputs' labels where the inputs disagree."""
+    """The dataset every figure names; each one with its inputs' labels where the inputs
+    disagree."""
     by_desc: dict[str, list[str]] = {}
     for s in sources:
         by_desc.setdefault(

@@ -1,0 +1,277 @@
+"""The ``robustweights`` command line: each command's function (parse, call the library, print).
+
+The parser, with every flag and help text, is :mod:`robustweights.cli.parser`. A mistake a user
+can make prints one line and exits with status 2 (``--debug`` shows the traceback); anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from .. import data as data_mod
+from ..errors import Diverged, UserError
+from .parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def _given(args, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def cmd_train(args) -> int:
+    from ..distributed import agree, distributed_env, process_group
+    from ..training import TrainConfig, train
+
+    given = _given(args, TrainConfig)
+    if not args.resume:
+        config = TrainConfig(**given)
+        result = train(config, progress=not args.quiet)
+    else:
+        if "out" not in given:
+            raise UserError("--resume needs --out, the run folder to continue")
+        # Under torchrun rank 0 alone reads the run folder (the other machines need not see it)
+        # and hands the others its configuration; a resumed run there uses --device, else auto.
+        if distributed_env()[1] > 1:
+            given.setdefault("device", "auto")
+        with process_group(given.get("device", "auto")) as (rank, world, _):
+            saved, error = None, None
+            try:
+                saved = _saved_config(given) if rank == 0 else None
+            except UserError as e:
+                error = e
+            config = TrainConfig.from_dict({**agree(error, saved, rank, world), **given})
+            result = train(config, resume=True, progress=not args.quiet)
+    if distributed_env()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
+    h = result.history[-1] if result.history else {}
+    print(
+        f"test error: {result.test_error:.2%} ({h.get('test_weights', '?')} weights) after "
+        f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {result.seconds:.0f} s; "
+        f"model {config.model} width {config.width}, projection "
+        f"{config.projection} ({config.mode}), data {config.dataset}"
+    )
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _saved_config(given: dict) -> dict:
+    """The configuration of the run ``--out`` holds, for ``train --resume``."""
+    from ..models import check_factory_allowed
+    from ..runs import read_checkpoint
+
+    saved = read_checkpoint(Path(given["out"]))["config"]
+    check_factory_allowed(
+        saved.get("model"),
+        given.get("model"),
+        given["out"],
+        f"resuming imports and runs it: give --model {saved.get('model')} to allow that",
+    )
+    return saved
+
+
+def cmd_evaluate(args) -> int:
+    from ..training import evaluate, load
+
+    model, config = load(args.checkpoint, model_factory=args.model_factory)
+    r = evaluate(model, config, split=args.split, data_dir=args.data_dir, weights=args.weights)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(
+            f"{args.split} error: {r['error']:.2%}  loss: {r['loss']:.4f}  "
+            f"({r['weights']} weights, {r['n']} examples of {r['dataset']}; "
+            f"inputs {r['preprocessing']})"
+        )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..paper.demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from ..paper.experiments import reproduce, resolve_preset, summary
+
+    if args.show:
+        preset = resolve_preset(args.scale, args.set or [])
+        width = max(map(len, preset))
+        for k, v in preset.items():
+            print(f"{k:<{width}}  {v}")
+        return 0
+    out = args.out or f"runs/reproduce-{args.experiment}-{args.scale}"
+    command = "robustweights " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    result = reproduce(
+        args.experiment,
+        args.scale,
+        out,
+        overrides=args.set or [],
+        progress=not args.quiet,
+        command=command,
+    )
+    print("\n" + summary(result))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ..sweeps import SweepConfig, run_sweep
+    from ..distributed import distributed_env
+    from ..results import spec_lines
+
+    config = SweepConfig(**_given(args, SweepConfig))
+    r = run_sweep(config, progress=not args.quiet)
+    if distributed_env()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
+    print(f"sweep of {r['label']} on {r['data_description']} ({r['split']} split)")
+    if r["on"] == "hidden" and "projected" in r["baseline_weights"]:
+        print(
+            "note: this network runs with projected weights; distorting its hidden weights tests "
+            "weights it was not trained to run with (batch-norm statistics included). "
+            "--on projected distorts the weights it runs with; --bn-reestimate N re-estimates "
+            "the statistics."
+        )
+    if args.quiet:  # else the sweep printed it as it started
+        print(r["coverage"]["summary"])
+    bn = (
+        ""
+        if not r.get("batch_norm", True)
+        else "; batch-norm statistics "
+        + (
+            f"re-estimated on {r['bn_reestimate']} training batches per cell"
+            if r["bn_reestimate"]
+            else f"calibrated once on {r['bn_calibrate']} training batches"
+            if r.get("bn_calibrate")
+            else "as stored (not re-estimated)"
+        )
+    )
+    print(
+        f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
+        f"{r.get('preprocessing') or 'as the dataset loader gives them'}); "
+        f"distorted: {r['on']} weights" + bn
+    )
+    print("\n".join(spec_lines(r["rows"])))
+    best = r["lowest_bits"]
+    if best:
+        print(
+            f"lowest effective bits with mean error <= {r['target_error']:.2%}: "
+            f"{best['effective_bits']:.2f} bits per weight ({best['spec']}, "
+            f"mean error {best['mean_error']:.2%})"
+        )
+    else:
+        print(
+            "no distortion with an effective-bits figure kept the mean error <= "
+            f"{r['target_error']:.2%}"
+        )
+    print(f"results: {config.out}/results.csv, results.json, sweep.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..reports import report
+
+    at = {}
+    for item in args.at or []:
+        name, _, value = item.partition("=")
+        try:
+            at[name] = float(value)
+        except ValueError:
+            raise UserError(
+                f"--at {item!r}: expected DISTORTION=VALUE, e.g. add-gauss=0.8"
+            ) from None
+    claims = None
+    if args.claims:
+        from ..paper.claims import read_claims
+
+        claims = read_claims(args.claims)
+    r = report(args.results, args.out, at=at or None, title=args.title, claims=claims)
+    print(f"report: {r['html']} (and {Path(r['md']).name}, {len(r['figures'])} figures)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from ..models import list_models
+    from ..transforms import entry, list_transforms
+
+    if args.what in ("models", "all"):
+        print("models: " + ", ".join(list_models()) + "  (or package.module:function)")
+    if args.what in ("transforms", "all"):
+        print("transforms:")
+        for name in list_transforms():
+            e = entry(name)
+            params = ", ".join(p.name for p in e.params)
+            doc = e.doc.splitlines()[0].replace("``", "") if e.doc else ""
+            print(f"  {name:<11} {('[' + params + ']') if params else '':<26} {doc}")
+    if args.what in ("datasets", "all"):
+        print("datasets: " + ", ".join(data_mod.DATASETS))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+    "reproduce": cmd_reproduce,
+    "list": cmd_list,
+}
+
+
+def _factories_importable(args) -> None:
+    """Put the current folder first on ``sys.path`` when the command names a model factory.
+
+    ``python -m robustweights`` has it there, the ``robustweights`` script does not: without
+    this, ``--model-factory mymod:build`` run beside mymod.py failed unless PYTHONPATH named the
+    folder. Only factories the user names on the command line (train's --model, --model-factory,
+    reproduce's --set model=...) bring it; a checkpoint naming a factory is still refused unless
+    the user names that factory again (models.check_factory_allowed).
+    """
+    named = [getattr(args, "model", None), getattr(args, "model_factory", None)]
+    for item in getattr(args, "set", None) or []:
+        key, _, value = item.partition("=")
+        if key.strip() in ("model", "imagenet_model"):
+            named.append(value)
+    if any(isinstance(n, str) and ":" in n for n in named):
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()  # (imports the library: seconds)
+    except KeyboardInterrupt:
+        print("robustweights: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        _factories_importable(args)
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"robustweights {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        if args.debug:
+            raise
+        print(f"robustweights {args.command}: failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"robustweights {args.command}: interrupted; files already written are intact",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,324 @@
+"""The ``robustweights`` argument parser: one function per command, with its flags and help.
+
+Every flag of ``train`` and ``sweep`` comes from a field of their config dataclass (its help
+text is the field's comment), so ``config.json`` and the command line can never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import textwrap
+
+from .. import data as data_mod
+
+EXAMPLES = "\n".join(
+    [
+        "examples:",
+        "  robustweights demo",
+        "  robustweights train --model cnn --dataset fashion-mnist --projection sign --epochs 3"
+        " --out runs/sign",
+        "  robustweights train --model bc-vgg --width 0.25 --dataset cifar10 --projection sign"
+        " --epochs 20 --out runs/bc",
+        "  robustweights train --resume --out runs/bc --epochs 30",
+        "  robustweights evaluate runs/sign --weights hidden",
+        '  robustweights sweep runs/sign --distortion "add-gauss:sigma=0:1.5:0.25"'
+        ' --distortion "quant:bits=1..8" \\',
+        "      --on projected --out runs/sweep-sign",
+        "  robustweights sweep --model-factory mymodels:build --state-dict mine.pt"
+        " --dataset fashion-mnist \\",
+        '      --preprocess none --distortion "add-gauss:sigma=0,0.5,1" --out runs/sweep-mine',
+        "  robustweights report runs/sweep-sign runs/sweep-mine --out runs/report",
+        "  robustweights list transforms",
+        "  robustweights reproduce matrix --scale tiny",
+        "  robustweights reproduce all --scale cpu --out runs/repro-cpu --set epochs=10",
+        "",
+    ]
+)
+
+SWEEP_EPILOG = (
+    "your own model:\n"
+    "  --model-factory package.module:function   a function that builds the network; it is\n"
+    "      called with the keywords it accepts among num_classes, in_shape (C, H, W) and\n"
+    "      width, and must return an nn.Module whose state_dict --state-dict holds\n"
+    "      (keys saved through DistributedDataParallel or torch.compile, module. and\n"
+    "      _orig_mod., are read without their prefix)\n"
+    "  --dataset " + ", ".join(data_mod.DATASETS) + "\n"
+    "  --preprocess standardize | gcn-zca | none | normalize:mean=M,std=S\n"
+    "      what your model was trained on (none: pixels in [0, 1])\n"
+    "examples:\n"
+    '  robustweights sweep runs/sign --distortion "add-gauss:sigma=0:1.5:0.25" --on projected\n'
+    "  robustweights sweep --model-factory mymodels:build --state-dict mine.pt --dataset demo \\\n"
+    '      --preprocess none --distortion "quant:bits=1..8" --exclude "embed*" --out runs/mine\n'
+    "  robustweights report runs/sweep-sign runs/mine --out runs/report"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line, with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    return (
+        bool
+        if t == "bool"
+        else int
+        if t.startswith("int")
+        else float
+        if t.startswith("float")
+        else str
+    )
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per config field; defaults are suppressed so we can tell which flags were given."""
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help = f.metadata.get("help", "")  # a text that names its own default keeps it, once
+        help = (
+            help
+            if "default" in help
+            else f"{help} (default: {'none' if default is None else default})"
+        )
+        if f.metadata.get("positional"):
+            p.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=f.metadata["help"])
+        elif str(f.type).startswith("list"):
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper().rstrip("S"),
+                help=f.metadata.get("help"),
+            )
+        elif _field_type(f) is bool:
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help)
+        else:
+            p.add_argument(
+                flag,
+                type=_field_type(f),
+                choices=f.metadata.get("choices"),
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper() if not f.metadata.get("choices") else None,
+                help=help,
+            )
+
+
+def _add_train(sub, debug) -> None:
+    from ..training import TrainConfig
+
+    t = sub.add_parser(
+        "train",
+        parents=[debug],
+        help="train a network with projected weights",
+        description="Train a network with weights projected in the forward pass "
+        "(BinaryConnect style: float hidden weights, straight-through gradients, clipping).",
+    )
+    add_config_flags(t, TrainConfig)
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _add_evaluate(sub, debug) -> None:
+    from ..projected import WEIGHTS
+
+    e = sub.add_parser(
+        "evaluate",
+        parents=[debug],
+        help="test error of a checkpoint",
+        description="Test error and loss of a trained checkpoint on its own dataset and "
+        "preprocessing.",
+    )
+    e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
+    e.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="auto",
+        help="which weights the network is tested with: auto (the default) applies the training "
+        "projection when it is deterministic (sign, quant...) and uses the hidden weights when it "
+        "is random (stoch-sign, noise), as docs/method.md section 3 says; hidden: the hidden float "
+        "weights as they are; projected: the training projection applied",
+    )
+    e.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="split to test on (default: test)",
+    )
+    e.add_argument(
+        "--data-dir", default=None, help="where the dataset is, if not where training found it"
+    )
+    e.add_argument(
+        "--model-factory", default=None, help="allow importing this package.module:function model"
+    )
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_demo(sub, debug) -> None:
+    d = sub.add_parser(
+        "demo",
+        parents=[debug],
+        help="train float and binarized networks on shipped data and compare them",
+        description="The main job on embedded data (a Fashion-MNIST subset shipped in the "
+        "package): no download, no dataset to install, a few minutes on 2 CPU cores.",
+    )
+    d.add_argument(
+        "--out",
+        default="runs/demo",
+        help="folder for the three runs, their sweeps and the report (default: runs/demo)",
+    )
+    d.add_argument(
+        "--epochs", type=int, default=None, help="epochs per network (default: the demo's own)"
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_sweep(sub, debug) -> None:
+    from ..sweeps import SweepConfig
+
+    sw = sub.add_parser(
+        "sweep",
+        parents=[debug],
+        help="test error of a network under test-time weight distortions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Stress-test a checkpoint (or your own model: --model-factory with --state-dict "
+            "and --dataset) against weight distortion grids; writes results.csv, results.json and "
+            "sweep.json. Started again on the same --out, it computes only the missing cells. "
+            "Every floating-point parameter with 2 or more dimensions is distorted (linear, "
+            "convolution, embedding and attention weights, your own nn.Parameter); biases and "
+            "normalization parameters are not. The first line printed says what was covered.",
+            79,
+        ),
+        epilog=SWEEP_EPILOG,
+    )
+    add_config_flags(sw, SweepConfig)
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_report(sub, debug) -> None:
+    rp = sub.add_parser(
+        "report",
+        parents=[debug],
+        help="figures and tables from sweep results",
+        description="Turn one or several sweep result folders into report.html (self-contained), "
+        "report.md and PNG figures.",
+    )
+    rp.add_argument("results", nargs="+", help="sweep result folders")
+    rp.add_argument("--out", required=True, help="report folder")
+    rp.add_argument(
+        "--at",
+        action="append",
+        metavar="DISTORTION=VALUE",
+        help="strength for the matrix table, repeatable (default: each grid's middle value)",
+    )
+    rp.add_argument("--title", default=None, help="the report's title (default: from the inputs)")
+    rp.add_argument(
+        "--claims",
+        default=None,
+        metavar="CLAIMS_JSON",
+        help="claims.json written by `robustweights reproduce`: its table heads the report",
+    )
+
+
+def _add_reproduce(sub, debug) -> None:
+    from ..paper.experiments import EXPERIMENTS, PRESETS, describe
+
+    rr = sub.add_parser(
+        "reproduce",
+        parents=[debug],
+        help="reproduce the paper's claims: train, sweep, report, verdicts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Run an experiment of Merolla et al. 2016 end to end (train every row it needs, "
+            "sweep, report) and end with a claims table (claims.json) whose verdicts come only "
+            "from numbers measured in the run. Rerun the same command on the same --out to "
+            "continue a killed run.",
+            79,
+        ),
+        epilog=describe() + "\n"
+        "see every key of a scale with --show; change any with --set KEY=VALUE",
+    )
+    rr.add_argument(
+        "experiment",
+        choices=tuple(EXPERIMENTS),
+        metavar="EXPERIMENT",
+        help="one of: " + ", ".join(EXPERIMENTS),
+    )
+    rr.add_argument(
+        "--scale", choices=tuple(PRESETS), default="tiny", help="preset (default: tiny)"
+    )
+    rr.add_argument(
+        "--out", default=None, help="run folder (default: runs/reproduce-EXPERIMENT-SCALE)"
+    )
+    rr.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a preset key, repeatable (e.g. --set epochs=10 --set width=0.5)",
+    )
+    rr.add_argument(
+        "--show", action="store_true", help="print the preset with overrides applied and exit"
+    )
+    rr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_list(sub, debug) -> None:
+    ls = sub.add_parser(
+        "list",
+        parents=[debug],
+        help="list models, transforms and datasets",
+        description="List the registered models, the transforms (distortions and projections, "
+        "with their parameters) and the datasets.",
+    )
+    ls.add_argument(
+        "what",
+        nargs="?",
+        choices=("models", "transforms", "datasets", "all"),
+        default="all",
+        help="what to list (default: all)",
+    )
+
+
+COMMANDS = {
+    "train": _add_train,
+    "evaluate": _add_evaluate,
+    "demo": _add_demo,
+    "sweep": _add_sweep,
+    "report": _add_report,
+    "reproduce": _add_reproduce,
+    "list": _add_list,
+}
+"""Each command's name and the function that adds its subparser, in the order --help lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``args.command`` names the command given (None: none was)."""
+    p = _Parser(
+        prog="robustweights",
+        description="Train networks with projected (binarized, quantized, noisy) "
+        "weights and stress-test any network against weight distortions.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # --debug is also accepted after the command; SUPPRESS keeps the top-level value when it is
+    # not given.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    for add in COMMANDS.values():
+        add(sub, debug)
+    return p
