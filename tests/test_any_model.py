@@ -931,3 +931,57 @@ def test_the_older_hook_based_weight_norm_and_spectral_norm_are_named_in_the_cov
     assert (
         "0.weight from weight_g, weight_v" in summary and "1.weight from weight_orig" in summary
     ), summary
+
+
+class _AuxHead(nn.Module):
+    """A classifier with a decoder head whose output the error never reads; counts what its forward
+    receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls, self.aux = nn.Linear(784, 10), nn.Linear(784, 784)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return self.cls(x.flatten(1)), self.aux(x.flatten(1))
+
+
+def _error_of(loader):
+    def evaluate(m):
+        with torch.no_grad():
+            wrong = sum(int((m(x)[0].argmax(1) != y).sum()) for x, y in loader)
+        return {"error": wrong / len(loader.dataset)}
+
+    return evaluate
+
+
+def test_the_reach_probe_runs_with_a_users_evaluation_and_names_the_unscored_head():
+    from robustweights.evaluation import UNREACHED
+
+    """With evaluate= the probe only checked reads: a head computed but never scored counted as
+    distorted ('distorting 2 of 2' where the loader path said 1 of 2 and named aux.weight)."""
+    torch.manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=16)
+    for kw in ({}, {"evaluate": _error_of(loader)}):
+        with pytest.warns(UserWarning, match=r"aux.weight \(its value never reaches the output"):
+            rows = rw.sweep(_AuxHead().eval(), loader, ["add-gauss:sigma=1"], trials=1, **kw)
+        assert rows.coverage["summary"].startswith("distorting 1 of 2 weight tensors"), kw
+        missed = [d["name"] for d in rows.coverage["left_out"] if d["reason"] == UNREACHED]
+        assert missed == ["aux.weight"], kw
+
+
+def test_the_reach_probe_sees_at_most_8_examples_even_from_a_loader_of_large_batches():
+    """The probe ran one forward per weight tensor on the whole first batch (BERT with a loader of
+    batch 2000: 22 times a plain evaluation)."""
+    torch.manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(2000, 1, 28, 28), torch.randint(0, 10, (2000,)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2000)
+    for kw, evaluations in (({}, 1), ({"evaluate": _error_of(loader)}, 2)):
+        model = _AuxHead().eval()
+        with pytest.warns(UserWarning, match="aux.weight"):
+            rw.sweep(model, loader, ["add-gauss:sigma=1"], trials=1, **kw)
+        probe = [n for n in model.seen if n != 2000]
+        # the clean forward and one per weight tensor, 8 examples each; the evaluations whole
+        assert probe == [8] * 3 and model.seen.count(2000) == evaluations, (kw, model.seen)

@@ -1029,3 +1029,85 @@ def test_a_sweep_resumed_on_other_data_is_refused(tmp_path):
     )  # the same data: resumes
     with pytest.raises(rw.UserError, match="holds cells measured on other data"):
         run_sweep(SweepConfig(**kw, data_dir=str(tmp_path / "b")), progress=False)
+
+
+# ---------------------------------------------------------------------------
+# coverage recorded on every path; the default `on`
+# ---------------------------------------------------------------------------
+
+
+def test_a_sweep_saved_from_the_api_records_its_coverage_as_the_command_does(
+    net, done_sweep, tmp_path
+):
+    """`rows = rw.sweep(...)` then `save_sweep(rows)` (the README's way) wrote "coverage": null; the
+    rows carry it now, and sweep.json has every field the command's has in common."""
+    model, data = net
+    rows = rw.sweep(model, data, ["sign"], trials=1)
+    assert isinstance(rows, list) and rows.coverage["covered"] and rows.on == "auto"
+    base = evaluate_split(model, data.test)["error"]
+    prov = sweep_mod.save_sweep(tmp_path / "api", rows, label="mlp", baseline=base, description="d")
+    saved = json.loads((tmp_path / "api" / "sweep.json").read_text())
+    assert saved["coverage"] == rows.coverage == prov["coverage"]
+    assert saved["on"] == "auto" and saved["distorted_weights"] == "hidden"  # a float network
+    assert rows.coverage["summary"].endswith("on auto: the hidden weights")
+    command = json.loads((done_sweep.out / "sweep.json").read_text())
+    shared = set(
+        sweep_mod.sweep_runs.sweep_record([], label="", baseline=0, description="", trials=1)
+    )
+    assert shared <= set(saved) and shared <= set(command)
+    assert command["coverage"]["distorted_weights"] == command["distorted_weights"] == "hidden"
+    if importlib.util.find_spec("pandas") is not None:  # the frame keeps it too
+        frame = sweep_mod.to_frame(rows)
+        sweep_mod.save_sweep(tmp_path / "frame", frame, label="m", baseline=base, description="d")
+        again = json.loads((tmp_path / "frame" / "sweep.json").read_text())
+        assert again["coverage"] == rows.coverage
+
+
+@pytest.fixture(scope="module")
+def sign_trained(tmp_path_factory):
+    """A short sign-trained CNN (batch norm after its layers) on the shipped subset."""
+    root = tmp_path_factory.mktemp("sign")
+    config = rw.TrainConfig(
+        model="cnn",
+        width=0.25,
+        dataset="demo",
+        projection="sign",
+        train_subset=500,
+        test_subset=200,
+        epochs=1,
+        batch_size=50,
+        seed=0,
+        out=str(root / "run"),
+    )
+    rw.train(config, progress=False)
+    return SimpleNamespace(root=root, ckpt=root / "run" / "checkpoint.pt", config=config)
+
+
+def test_a_sign_network_is_swept_on_the_weights_it_runs_with_by_default(sign_trained, tmp_path):
+    """The default distorted a sign network's hidden weights with the batch-norm statistics of its
+    binary ones: every cell of a Fashion-MNIST sign CNN read 90% (chance) against its 9.54%."""
+    model, config = rw.load(sign_trained.ckpt)
+    data = load_config_data(config)
+    own = rw.training.evaluate(model, config, data=data)
+    assert own["weights"] == "projected"
+    rows = rw.sweep(model, data, ["add-gauss:sigma=0"], trials=1)
+    assert rows[0]["error"] == own["error"] and rows.distorted_weights == "projected"
+    hidden = rw.sweep(model, data, ["add-gauss:sigma=0"], trials=1, on="hidden")
+    assert hidden[0]["error"] != own["error"]  # the old default: statistics of other weights
+    assert hidden.distorted_weights == "hidden" and hidden.coverage["summary"].endswith(
+        "on hidden: the hidden weights"
+    )
+    r = run_sweep(
+        SweepConfig(
+            checkpoint=str(sign_trained.ckpt),
+            distortions=["add-gauss:sigma=0"],
+            trials=1,
+            out=str(tmp_path / "sw"),
+        ),
+        progress=False,
+    )
+    assert r["on"] == "auto" and r["distorted_weights"] == "projected"
+    assert r["rows"][0]["error"] == r["baseline_error"] == own["error"]
+    assert r["coverage"]["summary"].endswith("on auto: the projected weights")
+    with pytest.raises(rw.UserError, match="on must be one of auto, hidden, projected"):
+        rw.sweep(model, data, ["sign"], trials=1, on="binary")

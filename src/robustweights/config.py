@@ -1,4 +1,4 @@
-"""TrainConfig and SweepConfig: every setting of a training run and of a sweep, with command-line help and checks.
+"""TrainConfig and SweepConfig: every setting of a training run and of a sweep, help and checks.
 
 ``robustweights train``'s and ``sweep``'s flags are built from these fields
 (their ``help`` and ``choices`` metadata); a training configuration is saved
@@ -16,7 +16,7 @@ import torch
 
 from . import data as data_mod
 from .errors import UserError
-from .projected import MODES
+from .projected import MODES, WEIGHTS
 from .selection import selection_field
 from .transforms import transform
 
@@ -91,13 +91,14 @@ class TrainConfig:
         default="fwd+bwd",
     )
     clip: str = _opt(
-        "clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or 'none'",
+        "clip bound H for hidden weights after every step: a number, 'glorot' (per layer) or "
+        "'none'",
         default="1",
     )
     init: str = _opt(
-        "initial hidden weights: default (PyTorch's) or uniform (BinaryConnect's: each clipped weight "
-        "uniform in [-H, H], the whole clip range; a weight never clipped in its layer's Glorot "
-        "[-H, H], so a float network starts as its binary twins)",
+        "initial hidden weights: default (PyTorch's) or uniform (BinaryConnect's: each clipped "
+        "weight uniform in [-H, H], the whole clip range; a weight never clipped in its layer's "
+        "Glorot [-H, H], so a float network starts as its binary twins)",
         ("default", "uniform"),
         default="default",
     )
@@ -171,7 +172,8 @@ class TrainConfig:
             self.clip = f"{self.clip:g}"
 
     def validate(self) -> "TrainConfig":
-        """Check every value a user (or a stranger's checkpoint) can get wrong; raises UserError with one line."""
+        """Check every value a user (or a stranger's checkpoint) can get wrong; raises UserError
+        with one line."""
         for f in dataclasses.fields(self):
             v, kind = getattr(self, f.name), f.type.replace(" | None", "")
             if v is None and "None" in f.type:
@@ -236,7 +238,8 @@ class TrainConfig:
             or self.device == "cpu"
         ):
             raise UserError(
-                "cuda_graph needs a GPU and Adam, and replaces compile (the graph holds the whole step)"
+                "cuda_graph needs a GPU and Adam, and replaces compile (the graph holds the whole "
+                "step)"
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
@@ -258,7 +261,8 @@ class TrainConfig:
 
 @dataclass
 class SweepConfig:
-    """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the same."""
+    """A sweep of one network; saved in ``sweep.json`` so that a restarted sweep can check it is the
+    same."""
 
     checkpoint: str | None = field(
         default=None,
@@ -294,14 +298,17 @@ class SweepConfig:
     trials: int = _opt("independent draws per strength of a random distortion", default=5)
     seed: int = _opt("sweep seed; each cell's seed derives from it and the cell", default=0)
     on: str = _opt(
-        "distort the hidden weights or the projected ones",
-        ("hidden", "projected"),
-        default="hidden",
+        "which weights to distort: auto (those the network runs with: a sign network's binary "
+        "weights, a stoch-sign or float network's hidden ones), hidden, or projected (the weights "
+        "evaluation uses, as auto; the sweep says which it distorted)",
+        WEIGHTS,
+        default="auto",
     )
     keep: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "leave weights undistorted, repeatable: first, last, a parameter or module name, or a pattern"
+            "help": "leave weights undistorted, repeatable: first, last, a parameter or module "
+            "name, or a pattern"
         },
     )
     include: list[str] = selection_field(
@@ -346,4 +353,5 @@ class SweepConfig:
         "checkpoint",
         "state_dict",
     )
-    # (checkpoint, state_dict: a path spelled another way, a folder moved; checkpoint_sha256 holds the identity)
+    # (checkpoint, state_dict: a path spelled another way, a folder moved; checkpoint_sha256 holds
+    # the identity)

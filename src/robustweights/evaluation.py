@@ -1,11 +1,14 @@
-"""Measuring a network as it stands: error on a split, batch-norm statistics for the weights it runs with, coverage.
+"""Measuring a network as it stands: error on a split, batch-norm statistics, coverage.
+
+Error and loss on a split, batch-norm statistics for the weights a network runs
+with, and which of its weights a forward pass reaches:
 
 - :func:`evaluate_split`: error and mean loss, no change of weights;
 - :func:`calibrate_bn` / :func:`reestimated_bn`: batch-norm statistics
   re-estimated on training batches for the weights a network is evaluated
   with (for good, or within a block);
 - :func:`sweep_coverage`: which projected weights a forward pass reads, so a
-  sweep distorts those and says which it left alone.
+  sweep distorts those and says which it left alone (and which weights it distorts).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 from . import data as data_mod
 from . import projected
 from .errors import UserError, one_line
+from .first_inputs import first_inputs
 from .selection import aliases, matches_any, shorten
 
 __all__ = [
@@ -33,6 +37,10 @@ __all__ = [
     "reestimated_bn",
     "needs_calibration",
     "sweep_coverage",
+    "distorted_weights",
+    "check_covered",
+    "logits_in",
+    "PROBE_EXAMPLES",
     "training_coverage",
     "unreached",
     "UNREAD",
@@ -41,6 +49,8 @@ __all__ = [
     "train_modes",
     "restore_modes",
 ]
+
+PROBE_EXAMPLES = 8  # the most examples a forward pass of the reach probe sees
 
 
 def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,23 +63,16 @@ def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
-    """The ``(batch, classes)`` logits in a model's output ``out`` for labels ``y``: the tensor itself, the
-    ``logits`` of a Hugging Face output or dict, or the first item of a tuple or list (torchvision's
-    auxiliary outputs); anything else is one line. ``check_labels`` also checks every label has an output
-    (it reads the labels: once per pass, not every batch, on a GPU)."""
-    if not isinstance(out, torch.Tensor):
-        got = type(out).__name__
-        if isinstance(getattr(out, "logits", None), torch.Tensor):
-            out = out.logits
-        elif isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-            out = out["logits"]
-        elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-            out = out[0]
-        else:
-            raise UserError(
-                f"the model returned a {got}; it must return the logits (a tensor of batch x classes), "
-                "or a tuple or list whose first item, or a dict or output whose 'logits', is them"
-            )
+    """The ``(batch, classes)`` logits in a model's output ``out`` for labels ``y``: the tensor
+    itself, the ``logits`` of a Hugging Face output or dict, or the first item of a tuple or list
+    (torchvision's auxiliary outputs); anything else is one line. ``check_labels`` also checks every
+    label has an output (it reads the labels: once per pass, not every batch, on a GPU)."""
+    got, out = type(out).__name__, logits_in(out)
+    if out is None:
+        raise UserError(
+            f"the model returned a {got}; it must return the logits (a tensor of batch x classes), "
+            "or a tuple or list whose first item, or a dict or output whose 'logits', is them"
+        )
     if out.dim() != 2 or out.shape[0] != len(y):
         raise UserError(
             f"the model's logits have shape {tuple(out.shape)} for a batch of {len(y)}; "
@@ -77,13 +80,29 @@ def as_logits(out, y: torch.Tensor, check_labels: bool = False) -> torch.Tensor:
         )
     if check_labels and len(y) and int(y.max()) >= out.shape[1]:
         raise UserError(
-            f"the model gives {out.shape[1]} outputs per example, but the data has label {int(y.max())}"
+            f"the model gives {out.shape[1]} outputs per example, "
+            f"but the data has label {int(y.max())}"
         )
     return out
 
 
+def logits_in(out) -> torch.Tensor | None:
+    """The tensor of a model's output that :func:`as_logits` reads (None when there is none): the
+    output itself, its ``logits`` field or key, or the first item of a tuple or list."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
 def train_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module's training flag, for :func:`restore_modes` (a model may mix them: a frozen batch norm)."""
+    """Every module's training flag, for :func:`restore_modes` (a model may mix them: a frozen
+    batch norm)."""
     return [(m, m.training) for m in model.modules()]
 
 
@@ -93,13 +112,15 @@ def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
 
 
 def first_forward(model: nn.Module, x: torch.Tensor):
-    """``model(x)`` for a pass's first batch: a model that cannot take the data's batches (channels, sizes,
-    dtype) is a mismatch of the user's model and data, said in one line (``--debug`` shows the traceback)."""
+    """``model(x)`` for a pass's first batch: a model that cannot take the data's batches (channels,
+    sizes, dtype) is a mismatch of the user's model and data, said in one line (``--debug`` shows
+    the traceback)."""
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise UserError(
-            f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) gives "
+            f"the model cannot run on this data: a batch of shape {tuple(x.shape)} ({x.dtype}) "
+            "gives "
             f"{type(e).__name__}: {one_line(e)[:300]}"
         ) from e
 
@@ -174,7 +195,8 @@ def calibrate_bn(
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
-            m.train()  # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
+            # only batch norm: every other layer (a kept layer, dropout) runs as it is evaluated
+            m.train()
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for i, (x, _) in enumerate(
@@ -248,22 +270,50 @@ def sweep_coverage(
     batch_size: int = 1000,
     device=None,
     forward: Callable[[], object] | None = None,
+    on: str | None = None,
     **selection,
 ) -> tuple[dict, dict]:
     """``(untouched, coverage)``: the projected parameters a sweep leaves alone (``{name: reason}``:
     kept, not selected, or never read) and :func:`robustweights.projected.coverage` of the rest.
-    ``forward()`` runs the model once instead of a batch of ``split``."""
+    ``forward()`` runs the model once (a user's evaluation) instead of a batch of ``split``. With
+    ``on`` (a sweep's, :data:`robustweights.projected.WEIGHTS`) the coverage also says which weights
+    are distorted (``distorted_weights``, and at the end of its summary)."""
     untouched = resolve_keep(model, keep, **selection)
     untouched.update(
         unreached(
             model, split, batch_size, device or next(model.parameters()).device, untouched, forward
         )
     )
-    return untouched, _coverage_without(model, untouched, "distorting")
+    cov = _coverage_without(model, untouched, "distorting")
+    if on is not None:
+        weights = distorted_weights(model, on, untouched)
+        cov = {**cov, "summary": f"{cov['summary']}; on {on}: the {weights} weights"}
+        cov["distorted_weights"] = weights
+    return untouched, cov
+
+
+def distorted_weights(model: nn.Module, on: str, untouched=()) -> str:
+    """Which weights a sweep with ``on`` distorts, in words: ``hidden``, ``projected`` or
+    ``hidden/projected``. ``auto`` and ``projected`` distort the weights evaluation uses (the rule
+    of :data:`robustweights.projected.WEIGHTS`: a deterministic projection applied, a random one
+    not)."""
+    if on == "hidden":
+        return "hidden"
+    ss = [s for s in projected.sites(model) if s.name not in untouched]
+    uses = {("hidden" if s.eval_uses_hidden() else "projected") for s in ss}
+    return "/".join(sorted(uses)) or "hidden"
+
+
+def check_covered(cov: dict) -> None:
+    """One line when a sweep has no weight to distort: every cell would show the clean network,
+    'perfectly robust', and untrue."""
+    if not cov["covered"]:
+        raise UserError(f"nothing to distort: {cov['summary']}")
 
 
 def _coverage_without(model: nn.Module, untouched: dict[str, str], verb: str) -> dict:
-    """:func:`robustweights.projected.coverage` with the parameters ``untouched`` (``{name: reason}``) left out."""
+    """:func:`robustweights.projected.coverage` with the parameters ``untouched``
+    (``{name: reason}``) left out."""
     return projected.coverage(
         model,
         set(untouched),
@@ -274,22 +324,20 @@ def _coverage_without(model: nn.Module, untouched: dict[str, str], verb: str) ->
 
 def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
     """:func:`robustweights.projected.coverage` for training, with the projected parameters that a
-    training-mode batch never reads through their attribute left out and named: their projection would never
-    act. The probe changes nothing: buffers (batch-norm statistics), the projections' generators and the
-    global random state are as before."""
+    training-mode batch never reads through their attribute left out and named: their projection
+    would never act. The probe changes nothing: buffers (batch-norm statistics), the projections'
+    generators and the global random state are as before."""
     gens = {id(s.generator): s.generator for s in projected.sites(model) if s.generator is not None}
     states = {k: g.get_state() for k, g in gens.items()}
     buffers = projected.saved_buffers(model)
     modes = train_modes(model)
     try:
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-            missed = unreached(model.train(), split, 8, device)
+            missed = unreached(model.train(), split, PROBE_EXAMPLES, device)
             if any(s.mode == "fwd" and not s.plain for s in projected.sites(model)):
-                x, _ = next(iter(split.batches(8, device=device)))
-                with torch.enable_grad():
-                    model(
-                        x
-                    )  # a weight of mode fwd read by code other than its layer's forward raises here
+                x, _ = next(iter(split.batches(PROBE_EXAMPLES, device=device)))
+                with torch.enable_grad():  # a weight of mode fwd read by code other than its
+                    model(x[:PROBE_EXAMPLES])  # layer's forward raises here
     finally:
         restore_modes(modes)
         projected.put_back(buffers)
@@ -298,11 +346,12 @@ def training_coverage(model: nn.Module, split, device, verb: str) -> dict:
     return _coverage_without(model, missed, verb)
 
 
-# The reasons :func:`unreached` gives: a weight the distortions cannot reach (a sweep warns of them).
+# The reasons :func:`unreached` gives: a weight the distortions cannot reach (a sweep warns of
+# them).
 UNREAD = "never read by the forward pass (unused, or read through a cached reference)"
 UNREACHED = (
-    "its value never reaches the output (read, but computed with a cached copy or view, or only into an "
-    "output other than the logits the error is computed from)"
+    "its value never reaches the output (read, but computed with a cached copy or view, or only "
+    "into an output other than the logits the error is computed from)"
 )
 
 
@@ -310,33 +359,37 @@ UNREACHED = (
 def unreached(
     model: nn.Module, split, batch_size: int, device, skip=(), forward=None
 ) -> dict[str, str]:
-    """Projected parameters whose value never reaches the output of one evaluation batch, with the reason.
+    """Projected parameters whose value never reaches the output of one evaluation batch, and why.
 
     Distorting such a parameter would change nothing (it is unused by the
     forward pass, or code reads it through a reference or view taken before
     it was attached, or caches one on a first call), so a sweep leaves it out and
     says so instead of reporting it as robust. Two checks: the attribute is read
-    at all; and (on a batch of ``split``) the output changes when the parameter
-    reads as NaN. With ``forward`` (a user's evaluation) only the first.
+    at all; and the scored output (:func:`logits_in`) changes when the parameter
+    reads as NaN, on the first :data:`PROBE_EXAMPLES` examples of a batch of
+    ``split``, or with ``forward`` (a user's evaluation) of the first inputs
+    that evaluation gave the model. One forward per parameter, of a few examples.
     """
-    buffers = projected.saved_buffers(
-        model
-    )  # a forward may update them (a QAT observer would keep the NaN
-    try:  # of the probe for good)
+    buffers = projected.saved_buffers(model)  # a forward may update them (a QAT observer would
+    try:  # keep the NaN of the probe for good)
         with projected.reading(model) as ss:
-            if forward is not None:
-                forward()
+            if forward is None:
+                x, y = next(iter(split.batches(min(batch_size, PROBE_EXAMPLES), device=device)))
+                args, kwargs = (x[:PROBE_EXAMPLES],), {}
+                y = y[:PROBE_EXAMPLES]
+                clean = _scored(first_forward(model, args[0]), y)
             else:
-                x, y = next(iter(split.batches(min(batch_size, 8), device=device)))
-                clean = _scored(first_forward(model, x), y)
+                args, kwargs = first_inputs(model, forward, PROBE_EXAMPLES)
+                y = None
+                clean = None if args is None else _scored(model(*args, **kwargs), y)
         out = {s.name: UNREAD for s in ss if s.reads == 0 and s.name not in skip}
-        for s in ss if forward is None else []:
+        for s in ss if args is not None else []:
             if s.name in out or s.name in skip:
                 continue
             before = s.pinned
             s.pinned = torch.full_like(s.hidden, float("nan"))
             try:
-                poisoned = _scored(model(x), y)
+                poisoned = _scored(model(*args, **kwargs), y)
             finally:
                 s.pinned = before
             if _same_output(poisoned, clean):
@@ -347,8 +400,12 @@ def unreached(
 
 
 def _scored(out, y):
-    """What of a model's output is scored: its logits (:func:`as_logits`: a weight that only moves an auxiliary
-    output, or another field, changes no error), else the whole output."""
+    """What of a model's output is scored: its logits (:func:`as_logits`, or :func:`logits_in` when
+    the labels are not known: a weight that only moves an auxiliary output, or another field,
+    changes no error), else the whole output."""
+    if y is None:
+        picked = logits_in(out)
+        return out if picked is None else picked
     try:
         return as_logits(out, y)
     except UserError:
@@ -356,7 +413,8 @@ def _scored(out, y):
 
 
 def _same_output(a, b) -> bool:
-    """Whether two forward outputs (tensors, or tuples / dicts / model outputs holding them) are equal."""
+    """Whether two forward outputs (tensors, or tuples / dicts / model outputs holding them) are
+    equal."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and bool(torch.equal(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
