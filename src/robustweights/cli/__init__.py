@@ -156,7 +156,7 @@ def cmd_sweep(args) -> int:
     print(
         f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
         f"{r.get('preprocessing') or 'as the dataset loader gives them'}); "
-        f"distorted: {r['on']} weights" + bn
+        f"distorted: {r.get('distorted_weights') or r['on']} weights (on {r['on']})" + bn
     )
     print("\n".join(spec_lines(r["rows"])))
     best = r["lowest_bits"]
