@@ -25,9 +25,10 @@ def _setup(seed=0):
 
 
 def test_warm_up_steps_are_undone_exactly_and_in_place():
-    """Capture needs warm-up steps on a real batch; GraphedStep undoes them, so that training with the graph
-    starts where training without it does. Adam's state made during the warm-up is zeroed (its state
-    before a first step), and every tensor keeps its storage (a captured graph holds the addresses)."""
+    """Capture needs warm-up steps on a real batch; GraphedStep undoes them, so that training with
+    the graph starts where training without it does. Adam's state made during the warm-up is zeroed
+    (its state before a first step), and every tensor keeps its storage (a captured graph holds the
+    addresses)."""
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     model, opt, g, step = _setup()
     fresh_model, fresh_opt, fresh_g, fresh_step = _setup()

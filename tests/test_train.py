@@ -60,7 +60,8 @@ def test_sign_cnn_learns_fashion_mnist_subset_and_checkpoint_round_trips(tmp_pat
     assert same_state(model.state_dict(), result.model.state_dict())
     r = rw.evaluate(model, cfg)
     assert r["error"] == pytest.approx(result.test_error) and r["weights"] == "projected"
-    # the sign network tested with its binary weights equals it tested with sign(W) of the hidden ones
+    # the sign network tested with its binary weights equals it tested with sign(W) of the
+    # hidden ones
     with rw.distort(model, "sign:scale=clip"):
         assert rw.evaluate(model, cfg, weights="hidden")["error"] == pytest.approx(r["error"])
     hidden = rw.evaluate(model, cfg, weights="hidden")
@@ -184,9 +185,9 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("projection", ["sign", "stoch-mult:gamma=0.5"])
 def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
     # Dynamo's capture of the projected layers (the straight-through Function included), with the
-    # eager backend so that no code generation slows the suite; inductor: test_projected.py.
-    # A deterministic projection compiles to one graph (fullgraph: a break fails); a random one breaks the graph
-    # at each draw (robustweights.draws says why) and must still give the same numbers.
+    # eager backend so that no code generation slows the suite; inductor: test_projected.py. A
+    # deterministic projection compiles to one graph (fullgraph: a break fails); a random one breaks
+    # the graph at each draw (robustweights.draws says why) and must still give the same numbers.
     real, compiled_models = torch.compile, []
 
     def eager_compile(m, **k):
@@ -194,8 +195,9 @@ def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
         return real(m, backend="eager", fullgraph=projection == "sign")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    # on the CPU: under pytest --device cuda on an H200 the two runs differed (cause not isolated; a GPU may
-    # pick other matrix-product kernels for the traced graph); this test is about the capture, not the device
+    # on the CPU: under pytest --device cuda on an H200 the two runs differed (cause not isolated; a
+    # GPU may pick other matrix-product kernels for the traced graph); this test is about the
+    # capture, not the device
     plain = rw.train(
         tiny(epochs=1, projection=projection, device="cpu"), progress=False
     ).model.state_dict()
@@ -208,8 +210,9 @@ def test_compiled_training_steps_give_the_same_weights(monkeypatch, projection):
 
 
 def test_a_stoch_mult_network_works_as_saved(tmp_path):
-    """Batch-norm statistics gathered under weights scaled by draws of mean 1.25 do not fit the hidden
-    weights the network is evaluated with; training ends by re-estimating them, and the checkpoint keeps them."""
+    """Batch-norm statistics gathered under weights scaled by draws of mean 1.25 do not fit the
+    hidden weights the network is evaluated with; training ends by re-estimating them, and the
+    checkpoint keeps them."""
     config = rw.TrainConfig(
         model="cnn",
         width=0.5,
@@ -271,7 +274,8 @@ def calibrated_mlp(tmp_path, out, epochs=2):
 
 
 def interrupt_after(n):
-    """A training callback standing in for Ctrl-C just after epoch ``n`` (its checkpoint written)."""
+    """A training callback standing in for Ctrl-C just after epoch ``n`` (its
+    checkpoint written)."""
 
     def callback(epoch, row):
         if epoch == n:
@@ -289,8 +293,9 @@ def test_resuming_a_calibrated_run_continues_from_the_statistics_of_training(tmp
 
 
 def test_a_run_stopped_before_its_final_calibration_is_calibrated_when_resumed(tmp_path):
-    """Ctrl-C after the last epoch's checkpoint, before the batch-norm calibration: before, --resume found nothing
-    to do and kept the uncalibrated network (exit 0; 90% test error against 71% for a stoch-sign CNN)."""
+    """Ctrl-C after the last epoch's checkpoint, before the batch-norm calibration: before, --resume
+    found nothing to do and kept the uncalibrated network (exit 0; 90% test error against 71% for a
+    stoch-sign CNN)."""
 
     def config(out):
         return calibrated_mlp(tmp_path, out)
@@ -314,8 +319,8 @@ def test_a_run_stopped_before_its_final_calibration_is_calibrated_when_resumed(t
 
 
 def test_best_validation_epoch_is_kept_and_tested(tmp_path):
-    """BinaryConnect's selection: the network kept (best.pt) and the test error reported are those of the epoch
-    with the lowest validation error, on the last val_size training images held out."""
+    """BinaryConnect's selection: the network kept (best.pt) and the test error reported are those
+    of the epoch with the lowest validation error, on the last val_size training images held out."""
 
     def config(epochs, out):
         return rw.TrainConfig(
@@ -353,9 +358,10 @@ def test_best_validation_epoch_is_kept_and_tested(tmp_path):
 
 
 def test_a_finished_run_asked_again_changes_nothing(tmp_path):
-    """Resuming a run that has finished (as `reproduce` does on a second call) trains nothing and rewrites
-    nothing: best.pt was re-saved with re-calibrated statistics, so a sweep made of it refused the folder
-    ("holds a sweep of another checkpoint"), seen on the GPU lease script's second call."""
+    """Resuming a run that has finished (as `reproduce` does on a second call) trains nothing and
+    rewrites nothing: best.pt was re-saved with re-calibrated statistics, so a sweep made of it
+    refused the folder ("holds a sweep of another checkpoint"), seen on the GPU lease script's
+    second call."""
     config = rw.TrainConfig(
         model="mlp",
         width=0.25,
@@ -392,7 +398,8 @@ def test_hazards_of_part_9(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "train", diverge)
     code, out, err = run_main(capsys, "train", "--dataset", "demo", "--epochs", "1")
     assert code == 1 and err.strip().splitlines() == [
-        "robustweights train: failed: training loss became non-finite in epoch 1 (step 3); try a lower --lr"
+        "robustweights train: failed: training loss became non-finite in epoch 1 (step 3); "
+        "try a lower --lr"
     ]
     # 'none' is one of the clip values the message lists, and it is accepted
     net = torch.nn.Linear(3, 2)
@@ -435,9 +442,10 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
     assert resumed.best_epoch == whole.best_epoch and resumed.test_error == whole.test_error
     for (k, v), w in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(v, w), k
-    # killed before its first checkpoint (the paper preset writes one every 25 epochs): the folder holds config.json
-    # and metrics.jsonl only; before, train refused it ('already holds a run') and --resume too ('nothing to
-    # resume'), so reproduce could never finish that row. Now --resume starts over, as an uninterrupted run.
+    # killed before its first checkpoint (the paper preset writes one every 25 epochs): the folder
+    # holds config.json and metrics.jsonl only; before, train refused it ('already holds a run') and
+    # --resume too ('nothing to resume'), so reproduce could never finish that row. Now --resume
+    # starts over, as an uninterrupted run.
     with pytest.raises(KeyboardInterrupt):
         rw.train(config("early"), progress=False, callback=interrupt_after(1))
     assert sorted(p.name for p in (tmp_path / "early").iterdir()) == [
@@ -451,9 +459,10 @@ def test_checkpoints_every_few_epochs_and_a_killed_run_resumes_from_the_last(tmp
 
 
 def test_binaryconnect_init_draws_each_clipped_weight_uniformly_over_its_clip_range():
-    """init=uniform (the gpu and paper presets): BinaryConnect's hidden weights start uniform in [-H, H] (its H = 1
-    and [-1, 1] with Glorot-scaled rates, up to scale); PyTorch's default init instead leaves 81% of bc-vgg's first
-    conv (full width) beyond the bound, clipped there at the first step. Unclipped parameters: as before."""
+    """init=uniform (the gpu and paper presets): BinaryConnect's hidden weights start uniform in
+    [-H, H] (its H = 1 and [-1, 1] with Glorot-scaled rates, up to scale); PyTorch's default init
+    instead leaves 81% of bc-vgg's first conv (full width) beyond the bound, clipped there at the
+    first step. Unclipped parameters: as before."""
     from robustweights.training import build_model
 
     def model(**kw):
@@ -484,8 +493,9 @@ def test_binaryconnect_init_draws_each_clipped_weight_uniformly_over_its_clip_ra
     assert rw.TrainConfig(init="uniform").validate() and rp_preset("paper")["init"] == "uniform"
     with pytest.raises(rw.UserError, match="init 'he' is not one of: default, uniform"):
         rw.TrainConfig(init="he").validate()
-    # The float row of the paper preset is never clipped: it starts in each layer's Glorot [-H, H], as its binary
-    # twins (method.md 5a: 'a float network trained the same way'); before, it kept PyTorch's init (5x wider here).
+    # The float row of the paper preset is never clipped: it starts in each layer's Glorot [-H, H],
+    # as its binary twins (method.md 5a: 'a float network trained the same way'); before, it kept
+    # PyTorch's init (5x wider here).
     float_row = rp_row("paper", "identity")
     assert float_row.clip == "none" and float_row.init == "uniform"
     plain = build_model(float_row, 10, (3, 32, 32))
@@ -507,8 +517,9 @@ def rp_preset(scale):
 
 
 def test_what_could_not_train_is_one_line_and_a_last_batch_of_one_is_left(tmp_path, monkeypatch):
-    """A last batch of one example crashed batch norm mid-epoch (101 images, batch 100); a model with fewer
-    outputs than classes failed at the batch holding a higher label; a frozen model at its first step."""
+    """A last batch of one example crashed batch norm mid-epoch (101 images, batch 100); a model
+    with fewer outputs than classes failed at the batch holding a higher label; a frozen model at
+    its first step."""
     result = rw.train(tiny(train_subset=101, batch_size=100, epochs=1), progress=False)
     assert result.history[0]["train_error"] < 1  # trained on the first 100 (the 101st left)
     import sys
@@ -537,8 +548,8 @@ def test_what_could_not_train_is_one_line_and_a_last_batch_of_one_is_left(tmp_pa
 
 
 def test_a_run_refuses_image_folders_other_than_the_ones_it_trained_on(tmp_path, capsys):
-    """A class folder renamed, or images added to train/, loaded fine: a 0% network then tested at 100% or 67%
-    error (labels remapped; standardization statistics refitted)."""
+    """A class folder renamed, or images added to train/, loaded fine: a 0% network then tested at
+    100% or 67% error (labels remapped; standardization statistics refitted)."""
     import shutil
 
     from conftest import one_error_line, run_main
@@ -597,8 +608,8 @@ def test_a_run_refuses_image_folders_other_than_the_ones_it_trained_on(tmp_path,
 
 
 def test_data_given_to_train_must_be_what_the_configuration_names():
-    """Data with pixels in [0, 1] given to a run configured to standardize trained silently (24% error), and the
-    saved run then tested on standardized inputs (38%)."""
+    """Data with pixels in [0, 1] given to a run configured to standardize trained silently (24%
+    error), and the saved run then tested on standardized inputs (38%)."""
     raw = rw.data.load_data("demo", preprocess="none", train_subset=200, test_subset=100)
     with pytest.raises(
         rw.UserError, match=r"the data given \(demo; inputs none \(pixels in \[0, 1\]\)\) is not"
@@ -612,8 +623,9 @@ def test_data_given_to_train_must_be_what_the_configuration_names():
 
 
 def test_a_checkpoints_shapes_are_checked_before_its_model_is_built(tmp_path):
-    """A 1.5 MB checkpoint claiming num_classes 10**12 (or a huge in_shape) made load() build the model first:
-    a 512 TB allocation failed with a traceback (3,000,000 classes: 1.9 GB before the 'does not fit' line)."""
+    """A 1.5 MB checkpoint claiming num_classes 10**12 (or a huge in_shape) made load() build the
+    model first: a 512 TB allocation failed with a traceback (3,000,000 classes: 1.9 GB before the
+    'does not fit' line)."""
     cfg = tiny(epochs=1, out=str(tmp_path / "run"))
     rw.train(cfg, progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -647,8 +659,9 @@ def test_a_checkpoints_shapes_are_checked_before_its_model_is_built(tmp_path):
     ],
 )
 def test_resuming_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, damage, words):
-    """An optimizer state of None or junk, a wrong-shaped weight, or stray batch-norm keys in checkpoint.pt gave
-    AttributeError, TypeError or PyTorch's many-line RuntimeError tracebacks on --resume."""
+    """An optimizer state of None or junk, a wrong-shaped weight, or stray batch-norm keys in
+    checkpoint.pt gave AttributeError, TypeError or PyTorch's many-line RuntimeError tracebacks on
+    --resume."""
     cfg = tiny(epochs=1, out=str(tmp_path / "run"), model="cnn")
     rw.train(cfg, progress=False)
     ckpt = tmp_path / "run" / "checkpoint.pt"
@@ -664,8 +677,9 @@ def test_resuming_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path,
 
 
 def test_checkpoints_torch_save_never_wrote_are_refused_before_reading(tmp_path):
-    """A checkpoint rezipped with a deflated data.pkl padded to 0.5 GiB (1.85 MB on disk) was inflated whole by
-    torch.load (1.3 GB) and loaded; complex weights loaded with their imaginary parts silently dropped."""
+    """A checkpoint rezipped with a deflated data.pkl padded to 0.5 GiB (1.85 MB on disk) was
+    inflated whole by torch.load (1.3 GB) and loaded; complex weights loaded with their imaginary
+    parts silently dropped."""
     import zipfile
 
     cfg = tiny(epochs=1, out=str(tmp_path / "run"))
@@ -686,8 +700,9 @@ def test_checkpoints_torch_save_never_wrote_are_refused_before_reading(tmp_path)
 
 
 def test_batch_norm_with_batches_of_one_is_refused_in_one_line():
-    """Every batch of one example is skipped under batch norm, so an epoch saw nothing and the error rate
-    divided by zero (ZeroDivisionError; under torchrun, --batch-size 2 on 2 processes did the same)."""
+    """Every batch of one example is skipped under batch norm, so an epoch saw nothing and the error
+    rate divided by zero (ZeroDivisionError; under torchrun, --batch-size 2 on 2 processes did the
+    same)."""
     with pytest.raises(
         rw.UserError, match="batch norm needs batches of 2 or more examples, and --batch-size 1"
     ):

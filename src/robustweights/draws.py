@@ -1,7 +1,9 @@
-"""Random draws for the transforms: from any ``torch.Generator`` on any device, also under ``torch.compile``.
+"""Random draws and seeds: from any ``torch.Generator`` on any device, also under ``torch.compile``.
 
 :func:`uniform` and :func:`normal` draw shaped like a weight tensor from one
-generator only, so a seed fixes every random projection and distortion.
+generator only, so a seed fixes every random projection and distortion;
+:func:`derive_seed` gives the seed of each generator (an epoch's data order, a
+sweep cell) from the run's seed and what the generator is for.
 
 Under ``torch.compile`` every draw runs outside the compiled graph (a graph
 break at each random projection), so compiling changes no number. A draw
@@ -14,16 +16,23 @@ network ran with. Seen on an NVIDIA H200 with inductor (torch 2.11: outputs
 equal to eager, gradients not), and on the CPU with the graphs dumped when the
 partitioner is asked to save little (``activation_memory_budget=0``: the
 backward graph holds the draws again). A draw made outside the graph enters it
-as an input, which is never recomputed. The cost is measured in ``benchmarks/projection_overhead.py
---compile``.
+as an input, which is never recomputed. The cost is measured in
+``benchmarks/projection_overhead.py --compile``.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
 
-__all__ = ["uniform", "normal"]
+__all__ = ["uniform", "normal", "derive_seed"]
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed derived from ``parts`` (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
 
 def uniform(w: Tensor, g: torch.Generator | None) -> Tensor:
@@ -37,7 +46,8 @@ def normal(w: Tensor, g: torch.Generator | None) -> Tensor:
 
 @torch.compiler.disable
 def _draw(shape, g: torch.Generator | None, normal: bool, dtype, device) -> Tensor:
-    """Draw on ``g``'s device (``device`` without a generator), returned on ``device``; never traced."""
+    """Draw on ``g``'s device (``device`` without a generator), returned on ``device``; never
+    traced."""
     f = torch.randn if normal else torch.rand
     return f(shape, generator=g, device=g.device if g is not None else device, dtype=dtype).to(
         device

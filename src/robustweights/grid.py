@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .draws import derive_seed
 from .errors import UserError
-from .training import derive_seed
 from .transforms import Transform, parse_spec, transform
 
 __all__ = ["expand", "parse_grid", "swept_param", "Cell", "cells", "cell_seed"]
@@ -28,12 +28,14 @@ MAX_VALUES = 10_000  # strengths in one grid: more is a typo (a step of 1e-8), n
 def _check_count(n: int, where: str) -> None:
     if n > MAX_VALUES:
         raise UserError(
-            f"{where}: {n:,} strengths in one grid (at most {MAX_VALUES:,}); check the step or range"
+            f"{where}: {n:,} strengths in one grid (at most {MAX_VALUES:,}); "
+            f"check the step or range"
         )
 
 
 def expand(raw: list[str], where: str) -> list[str]:
-    """Values of one parameter: a list, ``start:stop:step`` (stop included) or ``a..b`` (integers)."""
+    """Values of one parameter: a list, ``start:stop:step`` (stop included) or ``a..b``
+    (integers)."""
     if len(raw) == 1 and ".." in raw[0]:
         a, _, b = raw[0].partition("..")
         try:
@@ -82,7 +84,8 @@ def parse_grid(spec: str, scale: str | None = None) -> list[Transform]:
 
 
 def swept_param(t: Transform, grid: list[Transform]) -> tuple[str, float]:
-    """(parameter name, value) that distinguishes ``t`` within its grid; ('', 0.0) for a single fixed cell."""
+    """(parameter name, value) that distinguishes ``t`` within its grid; ('', 0.0) for a single
+    fixed cell."""
     if len(grid) > 1:
         for k, v in t.params.items():
             if any(g.params[k] != v for g in grid):

@@ -1,0 +1,232 @@
+"""One epoch of a training run: its steps, its metrics row, its checkpoints (the loop of ``train``).
+
+:class:`Run` holds what the phases of one run share (the network, the
+optimizer, the splits, the history); :func:`run_epoch` trains one epoch with
+the data order, augmentation and random projections drawn from generators
+seeded from ``(seed, epoch)``, tests (and validates) the network, keeps the
+best validation network and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .config import TrainConfig
+from .distributed import from_rank0
+from .draws import derive_seed
+from .errors import Diverged
+from .evaluation import evaluate_split, needs_calibration, reestimated_bn, weights_label
+from .finish import write_metrics
+from .runs import BEST, CHECKPOINT, save_checkpoint
+from .steps import lr_at, set_lr
+
+__all__ = ["Run", "run_epoch", "saved"]
+
+
+@dataclass
+class Run:
+    """What the phases of one training run share."""
+
+    config: TrainConfig
+    progress: bool  # (rank 0 only)
+    callback: Callable[[int, dict], None] | None
+    rank: int
+    world: int
+    device: torch.device
+    data: data_mod.Data
+    data_info: dict  # what the checkpoints record of the data (check_trained_data reads it)
+    state: dict | None  # the checkpoint a resumed run continues
+    model: nn.Module
+    net: nn.Module  # what the steps call: the model itself, or its DistributedDataParallel wrapper
+    gen: torch.Generator  # the random projections' generator
+    opt: torch.optim.Optimizer
+    train_split: data_mod.Split  # (on the GPU when the data is resident there)
+    test_split: data_mod.Split
+    val_split: data_mod.Split | None
+    out: Path | None  # the run folder, on rank 0 only
+    history: list[dict]
+    start: int  # the epochs done before this call
+    local_batch: int  # this process's share of the batch
+    steps: int  # per epoch
+    needs_two: bool  # batch norm trains only on batches of two or more
+    check_every: int  # steps between finiteness checks
+    step_fn: Callable | None = None
+    best_state: dict | None = None  # the best validation epoch's network, not yet saved
+    best_unsaved: int | None = None  # its epoch
+
+
+def saved(run: Run) -> dict:
+    """What every checkpoint of this run records beside its network."""
+    return dict(
+        config=run.config,
+        history=run.history,
+        num_classes=run.data.num_classes,
+        in_shape=run.data.in_shape,
+        data=run.data_info,
+    )
+
+
+def run_epoch(run: Run, epoch: int) -> None:
+    """One epoch: train, test (and validate), keep the best validation network, save, call back."""
+    from tqdm.auto import tqdm
+
+    config = run.config
+    row = _epoch_row(run, epoch, *_train_epoch(run, epoch))
+    # each rank evaluated with its own batch-norm statistics: rank 0's figures for all, so that
+    # every rank selects the best epoch rank 0 keeps
+    row = from_rank0(row, run.world)
+    run.history.append(row)
+    if run.progress:
+        tqdm.write(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
+            f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
+            f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s"
+        )
+    if run.val_split is not None and row["val_error"] <= min(h["val_error"] for h in run.history):
+        # the latest of ties
+        run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.best_unsaved = epoch + 1
+    if run.out is not None:
+        _save_epoch(run, epoch)
+    if run.world > 1:
+        torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
+    if run.callback is not None:
+        run.callback(epoch + 1, row)
+
+
+def _train_epoch(run: Run, epoch: int):
+    """Train one epoch: its training loss summed over examples, its wrong predictions and its
+    examples (over all ranks), and its seconds."""
+    from tqdm.auto import tqdm
+
+    config, world, device = run.config, run.world, run.device
+    data_gen = torch.Generator().manual_seed(derive_seed(config.seed, epoch, "data"))
+    rank = (run.rank,) if world > 1 else ()
+    run.gen.manual_seed(derive_seed(config.seed, epoch, "projection", *rank))
+    run.model.train()
+    t_epoch = time.perf_counter()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    bar = tqdm(
+        total=len(run.train_split),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="img",
+        disable=not run.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    batches = run.train_split.batches(
+        run.local_batch,
+        shuffle=True,
+        generator=data_gen,
+        augment=config.augment,
+        device=device,
+        shard=(run.rank, world),
+    )
+    for step, (x, y) in enumerate(batches):
+        if len(y) < 2 and run.needs_two:  # the epoch's last batch, of one example, is left
+            continue
+        set_lr(run.opt, lr_at(config, epoch, step, run.steps))
+        loss, wrong_now = run.step_fn(x, y, check=step == 0 and epoch == run.start)
+        loss_sum += loss.double() * len(y)
+        wrong += wrong_now
+        seen += len(y)
+        bar.update(len(y) * world)  # the bar counts all ranks' images (their shares are equal)
+        if step % run.check_every == 0 or step == run.steps - 1:
+            _check_finite(run, bar, loss_sum, epoch, step)
+            if run.progress and step % 10 == 0:
+                rate = seen * world / (time.perf_counter() - t_epoch)
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}",
+                    acc=f"{1 - wrong.item() / seen:.3f}",
+                    img_s=f"{rate:.0f}",
+                )
+    bar.close()
+    if world > 1:  # the epoch's training figures over all ranks
+        seen = torch.tensor(float(seen), device=device, dtype=torch.float64)
+        totals = torch.stack([loss_sum, wrong.double(), seen])
+        torch.distributed.all_reduce(totals)
+        loss_sum, wrong, seen = totals[0], totals[1], int(totals[2].item())
+    return loss_sum, wrong, seen, time.perf_counter() - t_epoch
+
+
+def _check_finite(run: Run, bar, loss_sum, epoch: int, step: int) -> None:
+    """:class:`Diverged` for a non-finite training loss (the last good checkpoint is kept)."""
+    if not math.isfinite(loss_sum.item()):
+        bar.close()
+        kept = run.out is not None and (run.out / CHECKPOINT).exists()
+        raise Diverged(
+            f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
+            f"try a lower --lr.{' The last good checkpoint is kept.' if kept else ''}"
+        )
+
+
+def _epoch_row(run: Run, epoch: int, loss_sum, wrong, seen: int, train_seconds: float) -> dict:
+    """The epoch's metrics row: training figures, test error and, with ``val_size``, validation
+    error."""
+    config, model = run.config, run.model
+    test = evaluate_split(
+        model,
+        run.test_split,
+        loss=config.loss,
+        batch_size=config.eval_batch_size,
+        amp=config.amp,
+        channels_last=config.channels_last,
+    )
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr_at(config, epoch, 0, run.steps),
+        "train_loss": loss_sum.item() / seen,
+        "train_error": wrong.item() / seen,
+        "test_loss": test["loss"],
+        "test_error": test["error"],
+        "test_weights": weights_label(model),
+        "seconds": train_seconds,
+        "images_per_second": seen / train_seconds,
+    }
+    if run.val_split is not None:
+        # A network evaluated with other weights than it trains with is selected as it will be
+        # kept: with batch-norm statistics re-estimated for its evaluation weights (put back
+        # before training goes on).
+        again = config.bn_calibrate if needs_calibration(model) else 0
+        seed = derive_seed(config.seed, "calibrate")
+        with reestimated_bn(model, run.train_split, again, config.batch_size, run.device, seed):
+            row["val_error"] = evaluate_split(
+                model,
+                run.val_split,
+                loss=config.loss,
+                batch_size=config.eval_batch_size,
+                amp=config.amp,
+                channels_last=config.channels_last,
+            )["error"]
+    return row
+
+
+def _save_epoch(run: Run, epoch: int) -> None:
+    """The run folder after an epoch: the checkpoint when due (every ``checkpoint_every`` epochs
+    and the last), the best validation network not yet saved, and the metrics every epoch."""
+    due = (epoch + 1) % run.config.checkpoint_every == 0 or epoch + 1 == run.config.epochs
+    if due:
+        save_checkpoint(
+            run.out / CHECKPOINT, model=run.model, optimizer=run.opt, epoch=epoch + 1, **saved(run)
+        )
+    if due and run.best_unsaved:
+        save_checkpoint(
+            run.out / BEST,
+            model=run.model,
+            optimizer=None,
+            epoch=run.best_unsaved,
+            model_state=run.best_state,
+            **saved(run),
+        )
+        run.best_unsaved = None
+    write_metrics(run.out, run.history)
