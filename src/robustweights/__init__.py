@@ -14,11 +14,16 @@ The method is Merolla et al. 2016, "Deep neural networks are robust to weight
 binarization and other non-linear distortions" (arXiv 1606.01981).
 """
 
+from . import language  # registers the `causal-lm` model
+from .bake import bake, bake_model, export_run, load_baked, save_baked
+from .checkpoints import load
+from .config import TrainConfig
 from .errors import UserError
+from .measures import Measure, get_measure, list_measures, measure_split, register_measure
 from .models import create_model, list_models, register_model
 from .projected import attach, clip_, coverage, detach, distort, select, sites, use_weights
 from .sweeps import SweepConfig, run_sweep, sweep
-from .training import TrainConfig, TrainResult, evaluate, load, train
+from .training import TrainResult, evaluate, train
 from .transforms import Transform, list_transforms, register_transform, transform
 
 __version__ = "0.1.0"
@@ -48,6 +53,17 @@ __all__ = [
     "SweepConfig",
     "sweep",
     "run_sweep",
+    "bake",
+    "bake_model",
+    "save_baked",
+    "load_baked",
+    "export_run",
+    "Measure",
+    "get_measure",
+    "list_measures",
+    "measure_split",
+    "register_measure",
+    "language",
     "report",
     "reproduce",
 ]
@@ -61,7 +77,9 @@ def report(*args, **kwargs):
 
 
 def reproduce(*args, **kwargs):
-    """Reproduce an experiment of the paper end to end; see :func:`robustweights.paper.experiments.reproduce`."""
+    """Reproduce an experiment of the paper end to end.
+
+    See :func:`robustweights.paper.experiments.reproduce`."""
     from .paper.experiments import reproduce as _reproduce
 
     return _reproduce(*args, **kwargs)

@@ -41,7 +41,7 @@ from . import projected
 from .errors import UserError
 from .evaluation import weights_label
 from .runs import atomic_write, check_writable, safe_load
-from .training import load
+from .checkpoints import load
 
 __all__ = ["bake", "bake_model", "save_baked", "load_baked", "packed_sizes", "export_run", "FORMAT"]
 

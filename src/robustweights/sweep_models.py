@@ -20,7 +20,7 @@ from .config import SweepConfig
 from .distributed import resolve_device
 from .errors import UserError
 from .runs import kept, safe_load, sha256
-from .training import check_loaded_data, load, load_config_data
+from .checkpoints import check_loaded_data, load, load_config_data
 
 __all__ = ["prepare", "load_state_dict_file", "selection"]
 
@@ -93,7 +93,7 @@ def _prepare_checkpoint(config: SweepConfig, device, data):
 def _prepare_own_model(config: SweepConfig, device):
     from . import models
     from .models import create_model
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     tc = TrainConfig(
         dataset=config.dataset,

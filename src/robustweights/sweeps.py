@@ -2,7 +2,7 @@
 
     import robustweights as rw
     model, config = rw.load("runs/sign")
-    data = rw.training.load_config_data(config)
+    data = rw.checkpoints.load_config_data(config)
     rows = rw.sweep(model, data, ["add-gauss:sigma=0,0.5,1", "power:beta=0:1:0.25"], trials=5)
 
 Distortions are grids (:mod:`robustweights.grid`: ``add-gauss:sigma=0,0.25,0.5``,
@@ -54,7 +54,7 @@ from .grid import cell_seed, cells
 from .results import COLUMNS, complete_row
 from .sweep_models import load_state_dict_file, prepare
 from .sweep_runs import data_fingerprint, save_sweep
-from .training import derive_seed
+from .draws import derive_seed
 
 __all__ = [
     "SweepConfig",

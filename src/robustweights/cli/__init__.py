@@ -77,7 +77,8 @@ def _saved_config(given: dict) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from ..training import evaluate, load
+    from ..checkpoints import load
+    from ..training import evaluate
 
     model, config = load(args.checkpoint, model_factory=args.model_factory)
     r = evaluate(model, config, split=args.split, data_dir=args.data_dir, weights=args.weights)

@@ -30,7 +30,10 @@ import torch
 from .. import projected
 from ..errors import UserError
 from ..runs import check_writable, write_text
-from ..training import TrainConfig, evaluate, load_config_data, reestimated_bn, train
+from ..checkpoints import load_config_data
+from ..config import TrainConfig
+from ..evaluation import reestimated_bn
+from ..training import evaluate, train
 
 MARKER = "demo.json"
 KIND = "robustweights demo"  # demo.json's "kind": a folder holding it is a demo we may replace

@@ -58,7 +58,9 @@ from ..errors import UserError
 from ..results import claims_markdown
 from ..runs import check_writable, git_commit, machine, now, write_text
 from ..sweeps import SweepConfig, run_sweep
-from ..training import TrainConfig, load_config_data, train
+from ..checkpoints import load_config_data
+from ..config import TrainConfig
+from ..training import train
 
 MARKER = "reproduce.json"
 
