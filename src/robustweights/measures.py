@@ -68,6 +68,7 @@ __all__ = [
     "register_measure",
     "list_measures",
     "get_measure",
+    "for_config",
     "classification_measure",
     "measure_split",
     "output_tensor",
@@ -353,6 +354,23 @@ def get_measure(
             )
         return classification_measure(spec, loss)
     return MEASURES[spec]
+
+
+def for_config(config) -> Measure:
+    """The measure a training run is judged by: its config's ``measure`` (``auto`` or absent, as
+    in runs older than measures: ``perplexity`` for the ``text`` dataset, else ``error`` with
+    the run's classification loss). A name read from a run folder is a built-in only: a
+    ``package.module:function`` there is refused, never imported."""
+    name = getattr(config, "measure", None) or "auto"
+    loss = getattr(config, "loss", "ce")
+    if name == "auto":
+        name = "perplexity" if getattr(config, "dataset", None) == "text" else "error"
+    if ":" in name:
+        raise UserError(
+            f"the run names measure {name!r}, a user's function: give it again with --measure "
+            f"(robustweights never imports code a run folder names)"
+        )
+    return get_measure(name, loss=loss if name in ("error", "top5_error", "loss") else "ce")
 
 
 def _choices() -> str:
