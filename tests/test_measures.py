@@ -194,3 +194,34 @@ def test_user_measures_by_package_module_function(user_module):
     wrong = get_measure("rw_user_measures:undeclared", higher_is_better=False)
     with pytest.raises(UserError, match="gave no 'undeclared' \\(it gave: score\\)"):
         measure_split(Passthrough(), batches, wrong)
+
+
+def test_user_data_is_a_loader_or_a_dict_and_refuses_anything_else(tmp_path, monkeypatch):
+    import torch
+
+    from robustweights.data import user_data
+
+    (tmp_path / "rw_user_data_mod.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "def loader():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    ds = TensorDataset(torch.randn(10, 3, generator=g), torch.arange(10) % 2)\n"
+        "    return DataLoader(ds, batch_size=4)\n"
+        "def both():\n"
+        "    return {'test': loader(), 'train': loader()}\n"
+        "def wrong():\n"
+        "    return {'val': loader()}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    d = user_data("rw_user_data_mod:loader")
+    assert d.train is None and len(d.test) == 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=g)
+    got = torch.cat([b[0] for b in d.test.batches()])
+    assert torch.equal(got, x)
+    assert user_data("rw_user_data_mod:both").train is not None
+    with pytest.raises(UserError, match=r"keys \['val'\]: it needs 'test'"):
+        user_data("rw_user_data_mod:wrong")
+    with pytest.raises(UserError, match="no callable 'nope'"):
+        user_data("rw_user_data_mod:nope")

@@ -366,3 +366,33 @@ def make_image_folders(
                 )
                 Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
     return root
+
+
+def user_data(spec: str) -> Data:
+    """The data a user's ``package.module:function`` gives (``--data``), as a :class:`Data`.
+
+    The function is called with no arguments and returns a ``DataLoader`` (or any iterable of
+    ``(inputs, targets)`` batches) to measure on, or a dict with ``test`` and optionally
+    ``train`` (the batches batch-norm statistics are re-estimated on). Only a name the user
+    typed is imported (:mod:`robustweights.factories`)."""
+    from .factories import import_named
+
+    made = import_named(spec, f"data {spec!r}")()
+    parts = made if isinstance(made, dict) else {"test": made}
+    unknown = sorted(set(parts) - {"test", "train"})
+    if "test" not in parts or unknown:
+        raise UserError(
+            f"data {spec!r} returned a dict with keys {sorted(parts)}: it needs 'test' (and may "
+            f"have 'train'), each a DataLoader of (inputs, targets) batches"
+        )
+    test = as_split(parts["test"])
+    train = as_split(parts["train"]) if parts.get("train") is not None else None
+    return Data(
+        name=spec,
+        description=f"the batches {spec} gives",
+        num_classes=0,
+        in_shape=(),
+        classes=[],
+        train=train,
+        test=test,
+    )

@@ -47,7 +47,6 @@ be declared (``higher_is_better=`` here, or an attribute of that name on it).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from dataclasses import dataclass, replace
@@ -58,7 +57,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import data as data_mod
-from .errors import UserError, one_line
+from .errors import UserError
+from .factories import import_named
 from .evaluation import as_logits, first_forward, loss_fn, restore_modes, train_modes
 
 __all__ = [
@@ -378,20 +378,7 @@ def _choices() -> str:
 
 
 def _import(spec: str):
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"measure {spec!r} must have the form package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:  # other errors raised by the module are bugs: keep their traceback
-        raise UserError(
-            f"cannot import module {module_name!r} for measure {spec!r} ({one_line(e)}); "
-            "check the name and that it is on PYTHONPATH"
-        ) from None
-    found = getattr(module, attr, None)
-    if found is None:
-        raise UserError(f"module {module_name!r} has no {attr!r} for measure {spec!r}")
-    return found
+    return import_named(spec, f"measure {spec!r}")
 
 
 def _takes_no_arguments(fn) -> bool:

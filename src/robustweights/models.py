@@ -15,7 +15,6 @@ initial weights.
 """
 
 import fnmatch
-import importlib
 import inspect
 import math
 from typing import Callable
@@ -23,7 +22,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from robustweights.errors import UserError, one_line
+from .errors import UserError
+from .factories import import_named
 
 # -----------------------------------------------------------------------------
 # registry
@@ -73,22 +73,9 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
             f"unknown model {name!r}; use one of "
             f"{', '.join(list_models())}, or package.module:function"
         )
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"model {name!r} must have the form package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:  # other errors raised by the module are bugs: keep their traceback
-        raise UserError(
-            f"cannot import module {module_name!r} for model {name!r} ({one_line(e)}); "
-            f"check the name and that it is in the current folder or on PYTHONPATH"
-        ) from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise UserError(
-            f"module {module_name!r} has no callable {attr!r} for model {name!r}; "
-            f"name a function or nn.Module class in it"
-        )
+    factory = import_named(name, f"model {name!r}")
+    if not callable(factory):
+        raise UserError(f"{name!r} is not callable: name a function or nn.Module class")
     return factory
 
 
