@@ -20,9 +20,10 @@ def is_named(spec) -> bool:
     return isinstance(spec, str) and ":" in spec
 
 
-def import_named(spec: str, what: str):
+def import_named(spec: str, what: str, must_call: bool = True):
     """The attribute ``spec`` (``package.module:function``) names; ``what`` says what it is for
-    (``model 'x:y'``, ``measure 'x:y'``) in the messages."""
+    (``model 'x:y'``, ``measure 'x:y'``) in the messages; ``must_call=False`` also takes an
+    object that is not callable (a ready :class:`robustweights.measures.Measure`)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UserError(f"{what} must have the form package.module:function")
@@ -34,6 +35,7 @@ def import_named(spec: str, what: str):
             f"check the name and that it is in the current folder or on PYTHONPATH"
         ) from None
     found = getattr(module, attr, None)
-    if found is None or not callable(found):
-        raise UserError(f"module {module_name!r} has no callable {attr!r} for {what}")
+    if found is None or (must_call and not callable(found)):
+        kind = "callable " if must_call else ""
+        raise UserError(f"module {module_name!r} has no {kind}{attr!r} for {what}")
     return found

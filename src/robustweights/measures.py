@@ -378,7 +378,7 @@ def _choices() -> str:
 
 
 def _import(spec: str):
-    return import_named(spec, f"measure {spec!r}")
+    return import_named(spec, f"measure {spec!r}", must_call=False)
 
 
 def _takes_no_arguments(fn) -> bool:
