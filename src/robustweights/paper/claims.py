@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError, short_repr
 from ..results import lowest_bits, mean_score
+from .statements import CLAIMS, RULE_1, RULE_2, RULE_3, RULE_4
 
 __all__ = [
     "CLAIMS",
@@ -46,33 +47,6 @@ REFERENCE = {
     "quant": 2,
 }
 NOISE = ("add-gauss", "add-gauss-max")
-CLAIMS = {
-    1: (
-        "Networks trained with binarized weights are, at test time, robust to additive noise, "
-        "multiplicative noise and non-linear projections (binarization a special case).",
-        "qualitative: binarization-trained networks degrade far more slowly than float-trained "
-        "ones",
-    ),
-    2: (
-        "One such network reaches 11% test error on CIFAR-10 with 0.68 effective bits per weight.",
-        "11% test error at 0.68 bits per weight (CIFAR-10)",
-    ),
-    3: (
-        "Using projected weights in back-propagation can be altered (fwd) or removed (clip only) "
-        "and networks keep a base level of robustness; projections other than quantization also "
-        "work.",
-        "qualitative: fwd and clip-only networks keep a base level of robustness",
-    ),
-    4: (
-        "The results hold on CIFAR-10 and on ImageNet.",
-        "CIFAR-10 and ImageNet (AlexNet/GoogLeNet-scale)",
-    ),
-    5: (
-        "A stochastic projection rule gives 7.64% test error on CIFAR-10 with no data "
-        "augmentation.",
-        "7.64% test error (BinaryConnect: 9.90% deterministic, 8.27% stochastic)",
-    ),
-}
 VERDICTS = ("reproduced", "not reproduced", "not run at this scale", "not run")
 # The rows each claim's rule needs: without every one of them trained in the run, the verdict is
 # "not run".
@@ -144,35 +118,6 @@ def _ref_name(col: str) -> str:
 
 def _pts(x: float) -> str:
     return f"{x * 100:+.1f}"
-
-
-RULE_1 = (
-    "headline convention: additive noise relative to each layer's range (add-gauss scale=max, the "
-    "paper's most likely reference) at sigma 0.8, on the weights each network runs with. "
-    "Reproduced when both BinaryConnect networks (sign, tested with its binary weights; "
-    "stoch-sign, tested with its hidden weights) degrade far more slowly than the float network: "
-    "under that noise each one's error rise is at most half the float network's, and in no other "
-    "column (noise relative to std(W), mult-gauss, power, sign, quant, each at its reference "
-    "strength) is either 'not slower' (a column where both rise under 2 points shows nothing and "
-    "is skipped). Every rise is reported, a noise column's with the effective bits it measured"
-)
-RULE_2 = (
-    "the lowest effective bits per weight (measured, docs/method.md section 4) at which a network "
-    "trained with binarized weights (sign, stoch-sign or sign-fwd) keeps its mean test error at "
-    "or below the target, at that strength and every weaker one of the same distortion; "
-    "reproduced at the paper's setting when it is at most 0.68 bits at 11%"
-)
-RULE_4 = (
-    "headline convention as claim 1: additive noise relative to each layer's range (add-gauss "
-    "scale=max) at sigma 0.8. Reproduced when the sign network's error rise there is at most half "
-    "the float network's, and relative to std(W) it is not 'not slower' (both rises are reported)"
-)
-RULE_3 = (
-    "reproduced when the clip-only, sign-fwd, power and stoch-mult networks each train to within "
-    "5 points of the float network's error and rise less than it under additive noise at sigma "
-    "0.8 relative to both std(W) and max|W| and under mult-gauss sigma 0.5, each tested with the "
-    "weights it runs with"
-)
 
 
 def slower(rise: float, float_rise: float) -> str:
@@ -487,9 +432,8 @@ def read_claims(path: "str | Path") -> list[dict]:
             f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})"
         )
 
-    for i, c in enumerate(
-        claims
-    ):  # the values too: the report writes them as text (a number is no verdict)
+    # the values too: the report writes them as text (a number is no verdict)
+    for i, c in enumerate(claims):
         where = f"{p}: entry {i + 1}"
         if not (isinstance(c["claim"], int) and not isinstance(c["claim"], bool)):
             raise UserError(
