@@ -42,7 +42,8 @@ def test_demo_tells_the_story_and_writes_its_folder(tmp_path, capsys):
 
 
 def _earlier_demo(folder):
-    """A folder as a finished demo leaves it (its demo.json in the format before the "kind" key): {path: bytes}."""
+    """A folder as a finished demo leaves it (its demo.json in the format before the "kind" key):
+    {path: bytes}."""
     (folder / "float").mkdir(parents=True)
     (folder / "float" / "checkpoint.pt").write_bytes(b"weights")
     (folder / "report").mkdir()
@@ -61,7 +62,8 @@ def _no_training(*args, **kwargs):
 def test_bad_epochs_are_refused_before_an_earlier_demo_is_touched(
     tmp_path, capsys, monkeypatch, epochs
 ):
-    """D1: a bad value deleted the whole earlier demo, then reported the error; D7: 0 trained the default 8."""
+    """D1: a bad value deleted the whole earlier demo, then reported the error; D7: 0 trained the
+    default 8."""
     monkeypatch.setattr(demo, "train", _no_training)
     out = tmp_path / "demo"
     before = _earlier_demo(out)
@@ -84,9 +86,9 @@ def test_out_that_is_a_file_or_under_one_is_one_line(tmp_path, capsys, monkeypat
 
 
 def test_an_interrupted_demo_can_be_rerun_on_its_folder(tmp_path, capsys, monkeypatch):
-    """D10: demo.json was deleted first and written only at the end, so an interrupted demo's folder was refused
-    ("not a demo folder"). The marker is now written first, marked unfinished; a folder not a demo's is still
-    refused."""
+    """D10: demo.json was deleted first and written only at the end, so an interrupted demo's folder
+    was refused ("not a demo folder"). The marker is now written first, marked unfinished; a folder
+    not a demo's is still refused."""
     calls = []
 
     def interrupted(
@@ -112,7 +114,8 @@ def test_an_interrupted_demo_can_be_rerun_on_its_folder(tmp_path, capsys, monkey
         marker = json.loads((out / "demo.json").read_text())
         assert marker["kind"] == demo.KIND and marker["finished"] is False
         assert not (out / "report").exists()  # the earlier demo's outputs were replaced
-        # the rerun is accepted: it clears the interrupted outputs and trains again (interrupted again here)
+        # the rerun is accepted: it clears the interrupted outputs and trains again (interrupted
+        # again here)
         assert (out / "float" / "checkpoint.pt").exists()
         n = len(calls)
         code, _, err = run_main(capsys, "demo", "--out", str(out), "--epochs", "1", "--quiet")

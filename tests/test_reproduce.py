@@ -1,4 +1,5 @@
-"""`robustweights reproduce`: presets, overrides, verdict rules, and every experiment at tiny scale end to end."""
+"""`robustweights reproduce`: presets, overrides, verdict rules, and every experiment at tiny scale
+end to end."""
 
 import json
 import re
@@ -38,7 +39,8 @@ def test_tiny_all_trains_sweeps_reports_and_judges(tiny_all):
     assert set(result["sweeps"]) == set(rp.MATRIX_ROWS)
     for row, s in result["sweeps"].items():
         assert s["baseline_error"] < 0.35, (row, s["baseline_error"])
-    # the sign row tested with its own binary weights: sign and power distortions of binary weights change nothing
+    # the sign row tested with its own binary weights: sign and power distortions of binary weights
+    # change nothing
     sign = result["sweeps"]["sign"]
     for r in sign["rows"]:
         if r["distortion"] in ("sign", "power", "quant"):
@@ -94,9 +96,10 @@ def test_effective_bits_experiment(tmp_path, capsys):
     assert code == 0, err
     claims = json.loads((tmp_path / "eb" / "claims.json").read_text())
     c2 = claims[1]
-    # target 50%: the grid's strongest noise (sigma 1.2 of std(W)) keeps the binarized MLP (sign, the one such
-    # network of this experiment) below it; its +-H weights carry (about) the nominal bits there. The float and
-    # stoch-mult rows are named, not counted (before, the lowest bits of any row, float included, decided).
+    # target 50%: the grid's strongest noise (sigma 1.2 of std(W)) keeps the binarized MLP (sign,
+    # the one such network of this experiment) below it; its +-H weights carry (about) the nominal
+    # bits there. The float and stoch-mult rows are named, not counted (before, the lowest bits of
+    # any row, float included, decided).
     assert c2["best"]["row"] == "sign" and c2["best"]["spec"] == "add-gauss:sigma=1.2"
     assert c2["best"]["effective_bits"] == pytest.approx(
         0.5 * __import__("math").log2(1 + 1 / 1.2**2), abs=1e-3
@@ -141,7 +144,8 @@ def _sweep(base, rises):
 
 
 def test_claim_1_rule():
-    """Both BinaryConnect networks against the float one; the range-relative noise decides, every column counts."""
+    """Both BinaryConnect networks against the float one; the range-relative noise decides, every
+    column counts."""
     preset = rp.resolve_preset("tiny")
     float_ = _sweep(0.10, {"add-gauss": 0.20, "add-gauss-max": 0.60, "sign": 0.60})
     good = {"add-gauss": 0.05, "add-gauss-max": 0.10, "sign": 0.0}
@@ -164,7 +168,8 @@ def test_claim_1_rule():
     assert ok[0]["measured"].startswith(
         "undistorted: float 10.00%, sign 11.00%, stoch-sign 12.00%;"
     )
-    # the stochastic network not slower under the headline noise: not reproduced, whatever the sign one does
+    # the stochastic network not slower under the headline noise: not reproduced, whatever the sign
+    # one does
     one = rp.judge(
         "matrix",
         preset,
@@ -193,7 +198,8 @@ def test_claim_1_rule():
         "s",
     )
     assert std[0]["verdict"] == "not reproduced" and "sign +11.0 (not slower)" in std[0]["measured"]
-    # a column where neither moves shows nothing: skipped, but the headline column must show something
+    # a column where neither moves shows nothing: skipped, but the headline column must show
+    # something
     flat = _sweep(0.10, {"add-gauss": 0.01, "add-gauss-max": 0.01, "sign": 0.60})
     tiny = {"add-gauss": 0.015, "add-gauss-max": 0.015, "sign": 0.0}
     nothing = rp.judge(
@@ -215,7 +221,8 @@ def test_a_claim_whose_rows_were_not_all_trained_is_not_run():
         "all", preset, {"identity": float_, "sign": good, "stoch-sign": good}, {}, "s"
     )
     assert claims[0]["verdict"] == "reproduced"
-    # before: claim 3 "reproduced" with none of the clip, sign-fwd, power and stoch-mult rows trained
+    # before: claim 3 "reproduced" with none of the clip, sign-fwd, power and stoch-mult rows
+    # trained
     assert claims[2]["verdict"] == "not run" and claims[2]["missing_rows"] == [
         "clip",
         "sign-fwd",
@@ -277,8 +284,9 @@ def test_claims_2_and_5_are_judged_only_at_paper_scale():
     assert claims[1]["verdict"] == "not reproduced" and claims[4]["verdict"] == "not reproduced"
     claims = rp.judge("all", rp.resolve_preset("cpu"), sweeps, {}, "s")
     assert claims[1]["verdict"] == claims[4]["verdict"] == "not run at this scale"
-    # A run short of the recipe's budget (before: 114 of 500 epochs was judged 'not reproduced' against the
-    # 500-epoch figures): meeting the figure still reproduces it, missing it says nothing of the recipe.
+    # A run short of the recipe's budget (before: 114 of 500 epochs was judged 'not reproduced'
+    # against the 500-epoch figures): meeting the figure still reproduces it, missing it says
+    # nothing of the recipe.
     short = {**paper, "epochs": 114}
     assert cl.shortfall(short) == "114 of the recipe's 500 epochs"
     claims = rp.judge("all", short, worse, {}, "s")
@@ -292,8 +300,8 @@ def test_claims_2_and_5_are_judged_only_at_paper_scale():
 
 
 def test_claim_2_reads_only_networks_trained_with_binarized_weights():
-    """Claim 2 is about 'one such network' (trained with binarized weights): before, a float network meeting 0.68
-    bits reproduced it, and a run without any binarized row was judged."""
+    """Claim 2 is about 'one such network' (trained with binarized weights): before, a float network
+    meeting 0.68 bits reproduced it, and a run without any binarized row was judged."""
     paper = rp.resolve_preset("paper")
     good = {
         "distortion": "add-gauss",
@@ -322,8 +330,8 @@ def test_claim_2_reads_only_networks_trained_with_binarized_weights():
 
 
 def test_claim_4_reads_both_noise_references_with_the_range_as_headline():
-    """method.md 5a: a verdict reports the rises under std(W) and max|W| and names its headline (before: the
-    std(W) rise alone decided, with no rule or headline)."""
+    """method.md 5a: a verdict reports the rises under std(W) and max|W| and names its headline
+    (before: the std(W) rise alone decided, with no rule or headline)."""
     preset = rp.resolve_preset("tiny")
 
     def sweep(base, std, mx):
@@ -396,8 +404,8 @@ def test_folder_of_another_run_or_other_settings_is_refused(tiny_all, tmp_path, 
 
 
 def test_a_folder_made_before_a_setting_existed_resumes_at_its_default(tmp_path):
-    """cuda_graph came after docs/results/reproduce-cpu was made: that folder must still resume, and a run that
-    set the new key to something else must not."""
+    """cuda_graph came after docs/results/reproduce-cpu was made: that folder must still resume, and
+    a run that set the new key to something else must not."""
     import dataclasses
 
     preset = rp.resolve_preset("cpu")
@@ -479,8 +487,9 @@ def test_claims_are_written_even_without_matplotlib(tmp_path, monkeypatch, capsy
 
 
 def test_a_broken_report_module_is_an_error_not_a_skipped_report(tmp_path, monkeypatch):
-    """matplotlib is a dependency: with it installed, an ImportError from the report code is a bug to raise.
-    (It used to be caught as "report skipped", hiding e.g. a renamed function behind a missing library.)"""
+    """matplotlib is a dependency: with it installed, an ImportError from the report code is a bug
+    to raise. (It used to be caught as "report skipped", hiding e.g. a renamed function behind a
+    missing library.)"""
     need_fashion_mnist()
     import builtins
 
@@ -519,7 +528,8 @@ def test_a_preset_is_typed_and_set_reads_values_by_the_field_type():
         "0.5",
         0.2,
     )
-    # before, a key whose default was None took any text, so val_size=1000 reached training as a string
+    # before, a key whose default was None took any text, so val_size=1000 reached training as a
+    # string
     with pytest.raises(rw.UserError, match="val_size: expected an integer"):
         rp.resolve_preset("tiny", ["val_size=lots"])
     assert isinstance(rp.PRESETS["paper"], rp.Preset) and rp.PRESETS["paper"].epochs == 500
@@ -527,8 +537,9 @@ def test_a_preset_is_typed_and_set_reads_values_by_the_field_type():
 
 
 def test_rows_trained_at_once_give_the_numbers_of_rows_trained_in_turn(tmp_path):
-    """rows_at_once=3: the three rows train together in threads (on a GPU, one CUDA stream each); on the CPU the
-    same operations in the same order, so the same weights bit for bit and the same claims."""
+    """rows_at_once=3: the three rows train together in threads (on a GPU, one CUDA stream each); on
+    the CPU the same operations in the same order, so the same weights bit for bit and the same
+    claims."""
     import torch
 
     sets = {"dataset": "demo", "train_subset": 1500, "test_subset": 300, "epochs": 2}
@@ -548,9 +559,10 @@ def test_rows_trained_at_once_give_the_numbers_of_rows_trained_in_turn(tmp_path)
 
 
 def test_the_gpu_lease_scripts_second_call_runs_on_the_cpu_and_falls_back(tmp_path):
-    """benchmarks/gpu_lease.sh second (its CPU smoke test: the paper preset's path on the shipped demo data): two
-    rows at once, then, with call 1's files saying the CUDA graph passed, the graph attempt failing here (no GPU)
-    and the eager one taking over in the time left. A broken lease script costs a GPU lease."""
+    """benchmarks/gpu_lease.sh second (its CPU smoke test: the paper preset's path on the shipped
+    demo data): two rows at once, then, with call 1's files saying the CUDA graph passed, the graph
+    attempt failing here (no GPU) and the eager one taking over in the time left. A broken lease
+    script costs a GPU lease."""
     import os
     import subprocess
     import sys
@@ -620,8 +632,8 @@ def _no_data(*args, **kwargs):
 def test_a_grid_the_sweep_would_refuse_is_refused_before_training(
     tmp_path, capsys, monkeypatch, setting, words
 ):
-    """D5: the grids reached grid.cells() only in run_sweep, after training and after reproduce.json was written,
-    so the corrected command was then refused on that folder ("quant differ")."""
+    """D5: the grids reached grid.cells() only in run_sweep, after training and after reproduce.json
+    was written, so the corrected command was then refused on that folder ("quant differ")."""
     monkeypatch.setattr(rp, "load_config_data", _no_data)
     out = tmp_path / "r"
     code, _, err = run_main(
@@ -648,7 +660,8 @@ def test_every_preset_passes_the_sweeps_grid_check():
 
 
 def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
-    """T10: an unwritable --out (or one under a file) gave a PermissionError (NotADirectoryError) traceback."""
+    """T10: an unwritable --out (or one under a file) gave a PermissionError (NotADirectoryError)
+    traceback."""
     import os
 
     monkeypatch.setattr(rp, "load_config_data", _no_data)
@@ -686,7 +699,8 @@ def test_a_mis_shaped_marker_is_one_line_and_untouched(tmp_path, capsys, monkeyp
 
 
 def test_a_marker_whose_sessions_are_not_a_list_is_one_line(tmp_path, capsys, monkeypatch):
-    """The same settings, but "sessions" a number: list(3) raised a TypeError once the settings matched."""
+    """The same settings, but "sessions" a number: list(3) raised a TypeError once the settings
+    matched."""
     monkeypatch.setattr(rp, "load_config_data", _no_data)
     out = tmp_path / "r"
     out.mkdir()
@@ -705,9 +719,9 @@ def test_a_marker_whose_sessions_are_not_a_list_is_one_line(tmp_path, capsys, mo
 
 
 def test_a_binary_metrics_file_counts_as_unreadable_not_a_crash(tmp_path):
-    """T19: _finished caught only OSError, so a binary train/<row>/metrics.jsonl raised UnicodeDecodeError. It is
-    treated as a missing one is: not known to be finished (the "(already trained)" note is left off; train()
-    itself decides from the checkpoint)."""
+    """T19: _finished caught only OSError, so a binary train/<row>/metrics.jsonl raised
+    UnicodeDecodeError. It is treated as a missing one is: not known to be finished (the "(already
+    trained)" note is left off; train() itself decides from the checkpoint)."""
     cfg = rp.row_config(rp.resolve_preset("tiny"), "sign", tmp_path, "matrix")
     Path(cfg.out).mkdir(parents=True)
     assert rp._finished(cfg) is False  # missing
@@ -736,9 +750,10 @@ def test_gpu_tip_points_a_gpu_run_to_the_fast_path_and_stays_quiet_otherwise():
 
 
 def test_claims_give_the_measured_bits_beside_each_noise_rise():
-    """method.md 4: never the nominal strength alone. Sigma 0.8 of max|W| was 0.68 bits for the H200's sign
-    network and 0.02 bits for its float one (docs/results/reproduce-gpu/91-epochs-4-rows), and claim 1 printed
-    only 'sigma=0.8 of max|W|' beside both rises."""
+    """method.md 4: never the nominal strength alone. Sigma 0.8 of max|W| was 0.68 bits for the
+    H200's sign network and 0.02 bits for its float one
+    (docs/results/reproduce-gpu/91-epochs-4-rows), and claim 1 printed only 'sigma=0.8 of max|W|'
+    beside both rises."""
     preset = rp.resolve_preset("tiny")
 
     def sweep(base, rise_max, bits_max):
@@ -754,7 +769,8 @@ def test_claims_give_the_measured_bits_beside_each_noise_rise():
     }
     measured = rp.judge("matrix", preset, sweeps, {}, "s")[0]["measured"]
     assert (
-        "add-gauss sigma=0.8 of max|W|: float +75.4 at 0.02 bits, sign +15.2 at 0.68 bits, stoch-sign +6.0"
+        "add-gauss sigma=0.8 of max|W|: float +75.4 at 0.02 bits, sign +15.2 at 0.68 bits, "
+        "stoch-sign +6.0"
         in measured
         and "stoch-sign +6.0 at" not in measured
     )  # a NaN figure is left out
@@ -766,8 +782,8 @@ def test_claims_give_the_measured_bits_beside_each_noise_rise():
 
 
 def test_a_misspelt_model_is_refused_before_the_folder_is_claimed(tmp_path, capsys):
-    """reproduce.json was written before the model was built, so after the one-line error the corrected command
-    on the same --out was refused ('model differ')."""
+    """reproduce.json was written before the model was built, so after the one-line error the
+    corrected command on the same --out was refused ('model differ')."""
     from conftest import one_error_line, run_main
 
     code, _, err = run_main(

@@ -1,7 +1,10 @@
-"""The paper, Merolla et al. 2016: its claims judged on measured sweeps, its experiments end to end, and a demo.
+"""The paper, Merolla et al. 2016: its claims judged on measured sweeps, its experiments, a demo.
 
 - :mod:`.claims`: the five claims and the rule that judges each one;
-- :mod:`.experiments`: ``robustweights reproduce`` (experiments, typed scale presets, resumable runs);
+- :mod:`.statements`: the claims in words (each one's statement and figure, each rule's text);
+- :mod:`.presets`: the rows, experiments and typed scale presets of a reproduce run, with ``--set``;
+- :mod:`.experiments`: ``robustweights reproduce``, the experiments end to end (the out folder,
+  training, sweeps, claims; resumable runs);
 - :mod:`.demo`: ``robustweights demo``, the paper's story on data shipped inside the package.
 
 These sit on top of the core (training, sweeps, reports); nothing in the core imports them.

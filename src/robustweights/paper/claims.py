@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError, short_repr
 from ..results import lowest_bits, mean_score
+from .statements import CLAIMS, RULE_1, RULE_2, RULE_3, RULE_4
 
 __all__ = [
     "CLAIMS",
@@ -26,8 +27,8 @@ __all__ = [
     "paper_scale",
 ]
 
-# add-gauss is noise relative to each tensor's std(W); add-gauss-max relative to its range max|W| (docs/method.md 5a:
-# the paper's reference is not certain, so verdicts read both).
+# add-gauss is noise relative to each tensor's std(W); add-gauss-max relative to its range max|W|
+# (docs/method.md 5a: the paper's reference is not certain, so verdicts read both).
 COLUMNS = ("add-gauss", "add-gauss-max", "mult-gauss", "power", "sign", "quant")
 PARAM = {
     "add-gauss": "sigma",
@@ -46,32 +47,9 @@ REFERENCE = {
     "quant": 2,
 }
 NOISE = ("add-gauss", "add-gauss-max")
-CLAIMS = {
-    1: (
-        "Networks trained with binarized weights are, at test time, robust to additive noise, multiplicative "
-        "noise and non-linear projections (binarization a special case).",
-        "qualitative: binarization-trained networks degrade far more slowly than float-trained ones",
-    ),
-    2: (
-        "One such network reaches 11% test error on CIFAR-10 with 0.68 effective bits per weight.",
-        "11% test error at 0.68 bits per weight (CIFAR-10)",
-    ),
-    3: (
-        "Using projected weights in back-propagation can be altered (fwd) or removed (clip only) and networks keep "
-        "a base level of robustness; projections other than quantization also work.",
-        "qualitative: fwd and clip-only networks keep a base level of robustness",
-    ),
-    4: (
-        "The results hold on CIFAR-10 and on ImageNet.",
-        "CIFAR-10 and ImageNet (AlexNet/GoogLeNet-scale)",
-    ),
-    5: (
-        "A stochastic projection rule gives 7.64% test error on CIFAR-10 with no data augmentation.",
-        "7.64% test error (BinaryConnect: 9.90% deterministic, 8.27% stochastic)",
-    ),
-}
 VERDICTS = ("reproduced", "not reproduced", "not run at this scale", "not run")
-# The rows each claim's rule needs: without every one of them trained in the run, the verdict is "not run".
+# The rows each claim's rule needs: without every one of them trained in the run, the verdict is
+# "not run".
 NEEDS = {
     1: ("identity", "sign", "stoch-sign"),
     2: (),
@@ -79,8 +57,9 @@ NEEDS = {
     4: ("identity", "sign"),
     5: ("stoch-mult", "sign", "stoch-sign"),
 }
-# Claim 2 is about "one such network": one trained with binarized weights. It needs one of these rows, and reads
-# only them (a float or stoch-mult network meeting 0.68 bits is reported beside it, never counted).
+# Claim 2 is about "one such network": one trained with binarized weights. It needs one of these
+# rows, and reads only them (a float or stoch-mult network meeting 0.68 bits is reported beside it,
+# never counted).
 BINARIZED = ("sign", "stoch-sign", "sign-fwd")
 ANY_OF = {2: BINARIZED}
 # The budget of BinaryConnect's recipe that claims 2 and 5 quote (docs/method.md section 5).
@@ -88,7 +67,8 @@ RECIPE_EPOCHS = 500
 
 
 def in_column(r: dict, col: str) -> bool:
-    """Whether a result row belongs to column ``col`` (the two add-gauss columns differ by their reference)."""
+    """Whether a result row belongs to column ``col`` (the two add-gauss columns differ by their
+    reference)."""
     if col in NOISE:
         scale = r.get("scale") or "std"
         return r["distortion"] == "add-gauss" and scale == (
@@ -116,8 +96,9 @@ def rises(sweep: dict, columns) -> dict[str, float]:
 
 
 def _bits(sweep: dict, col: str) -> str:
-    """`` at B bits``: the measured effective bits of a noise column at its reference strength (method.md 4: the
-    same nominal sigma of max|W| is far fewer bits for a float tensor than for a binary one), else ``''``."""
+    """`` at B bits``: the measured effective bits of a noise column at its reference strength
+    (method.md 4: the same nominal sigma of max|W| is far fewer bits for a float tensor than for a
+    binary one), else ``''``."""
     bits = [
         r.get("effective_bits")
         for r in sweep["rows"]
@@ -139,35 +120,9 @@ def _pts(x: float) -> str:
     return f"{x * 100:+.1f}"
 
 
-RULE_1 = (
-    "headline convention: additive noise relative to each layer's range (add-gauss scale=max, the paper's "
-    "most likely reference) at sigma 0.8, on the weights each network runs with. Reproduced when both "
-    "BinaryConnect networks (sign, tested with its binary weights; stoch-sign, tested with its hidden weights) "
-    "degrade far more slowly than the float network: under that noise each one's error rise is at most half "
-    "the float network's, and in no other column (noise relative to std(W), mult-gauss, power, sign, quant, "
-    "each at its reference strength) is either 'not slower' (a column where both rise under 2 points shows "
-    "nothing and is skipped). Every rise is reported, a noise column's with the effective bits it measured"
-)
-RULE_2 = (
-    "the lowest effective bits per weight (measured, docs/method.md section 4) at which a network trained "
-    "with binarized weights (sign, stoch-sign or sign-fwd) keeps its mean test error at or below the target, "
-    "at that strength and every weaker one of the same distortion; reproduced at the paper's setting when it "
-    "is at most 0.68 bits at 11%"
-)
-RULE_4 = (
-    "headline convention as claim 1: additive noise relative to each layer's range (add-gauss scale=max) "
-    "at sigma 0.8. Reproduced when the sign network's error rise there is at most half the float network's, "
-    "and relative to std(W) it is not 'not slower' (both rises are reported)"
-)
-RULE_3 = (
-    "reproduced when the clip-only, sign-fwd, power and stoch-mult networks each train to within 5 points of "
-    "the float network's error and rise less than it under additive noise at sigma 0.8 relative to both "
-    "std(W) and max|W| and under mult-gauss sigma 0.5, each tested with the weights it runs with"
-)
-
-
 def slower(rise: float, float_rise: float) -> str:
-    """Claim 1's test of one column: ``slower``, ``no change`` (nothing to compare) or ``not slower``."""
+    """Claim 1's test of one column: ``slower``, ``no change`` (nothing to compare) or ``not
+    slower``."""
     if float_rise >= 0.02 and rise <= 0.5 * float_rise:
         return "slower"
     if float_rise < 0.02 and rise < 0.02:
@@ -176,7 +131,8 @@ def slower(rise: float, float_rise: float) -> str:
 
 
 def paper_scale(preset: dict) -> bool:
-    """The setting of the paper's CIFAR-10 figures: full-width bc-vgg on all of CIFAR-10, no augmentation."""
+    """The setting of the paper's CIFAR-10 figures: full-width bc-vgg on all of CIFAR-10, no
+    augmentation."""
     return (
         preset["dataset"] == "cifar10"
         and preset["model"] == "bc-vgg"
@@ -187,8 +143,8 @@ def paper_scale(preset: dict) -> bool:
 
 
 def shortfall(preset: dict) -> str | None:
-    """What a run at the paper's setting lacks of BinaryConnect's budget (``None``: the recipe whole): fewer
-    than 500 epochs, or no validation split to keep the best epoch by."""
+    """What a run at the paper's setting lacks of BinaryConnect's budget (``None``: the recipe
+    whole): fewer than 500 epochs, or no validation split to keep the best epoch by."""
     short = []
     if preset["epochs"] < RECIPE_EPOCHS:
         short.append(f"{preset['epochs']} of the recipe's {RECIPE_EPOCHS} epochs")
@@ -198,9 +154,10 @@ def shortfall(preset: dict) -> str | None:
 
 
 def figure_verdict(out: dict, met: bool, preset: dict, figure: str) -> dict:
-    """Claims 2 and 5, the paper's figures: ``reproduced`` when the run meets the figure at the paper's setting
-    on any budget; ``not reproduced`` only on the recipe's whole budget (a shorter run that misses says nothing
-    of the recipe: ``not run at this scale``, naming what it lacked)."""
+    """Claims 2 and 5, the paper's figures: ``reproduced`` when the run meets the figure at the
+    paper's setting on any budget; ``not reproduced`` only on the recipe's whole budget (a shorter
+    run that misses says nothing of the recipe: ``not run at this scale``, naming what it
+    lacked)."""
     if not paper_scale(preset):
         return {
             **out,
@@ -230,8 +187,8 @@ def judge(
     setting: str,
     imagenet_data: str | None = None,
 ) -> list[dict]:
-    """The claims table (docs/method.md section 1) from a run's measured sweeps and training histories:
-    the claims ``asked``, judged on the columns ``cols`` the run swept."""
+    """The claims table (docs/method.md section 1) from a run's measured sweeps and training
+    histories: the claims ``asked``, judged on the columns ``cols`` the run swept."""
     claims = {
         n: {
             "claim": n,
@@ -256,8 +213,8 @@ def judge(
             claims[n].update(
                 verdict="not run",
                 missing_rows=list(ANY_OF[n]),
-                measured=f"not judged: the rule needs one of the rows {', '.join(ANY_OF[n])} (a network "
-                f"trained with binarized weights); this run trained none of them",
+                measured=f"not judged: the rule needs one of the rows {', '.join(ANY_OF[n])} "
+                "(a network trained with binarized weights); this run trained none of them",
             )
 
     judges = {
@@ -274,7 +231,8 @@ def judge(
 
 
 def judge_claim_1(sweeps: dict, cols) -> dict:
-    """Claim 1 by :data:`RULE_1`: both BinaryConnect networks against the float one, every column."""
+    """Claim 1 by :data:`RULE_1`: both BinaryConnect networks against the float one, every
+    column."""
     rf = rises(sweeps["identity"], cols)
     nets = {"sign": rises(sweeps["sign"], cols), "stoch-sign": rises(sweeps["stoch-sign"], cols)}
     parts, ok = [], "add-gauss-max" in rf and all("add-gauss-max" in r for r in nets.values())
@@ -306,8 +264,9 @@ def judge_claim_1(sweeps: dict, cols) -> dict:
 
 
 def judge_claim_2(sweeps: dict, preset: dict) -> dict:
-    """Claim 2: the lowest measured effective bits at which a binarized network (:data:`BINARIZED`) stays at or
-    below the target error; judged against 0.68 bits only at the paper's setting with the paper's 11% target."""
+    """Claim 2: the lowest measured effective bits at which a binarized network (:data:`BINARIZED`)
+    stays at or below the target error; judged against 0.68 bits only at the paper's setting with
+    the paper's 11% target."""
     target = preset["target_error"]
     if target is None:
         target = min(s["baseline_error"] for s in sweeps.values()) + 0.02
@@ -323,13 +282,14 @@ def judge_claim_2(sweeps: dict, preset: dict) -> dict:
     rows = ", ".join(r for r in BINARIZED if r in sweeps)
     if best is None:
         measured = (
-            f"no binarized row ({rows}) kept its mean error at or below {target:.2%} under a distortion "
-            f"with a bits figure"
+            f"no binarized row ({rows}) kept its mean error at or below {target:.2%} under a "
+            "distortion with a bits figure"
         )
     else:
         measured = (
             f"{best['effective_bits']:.2f} bits per weight at mean error {best['mean_error']:.2%} "
-            f"(<= target {target:.2%}, at every weaker strength too): row {best['row']}, {best['spec']}"
+            f"(<= target {target:.2%}, at every weaker strength too): row {best['row']}, "
+            f"{best['spec']}"
         )
     if others:
         measured += f" (not binarized, not counted: {', '.join(others)} bits)"
@@ -349,8 +309,9 @@ def judge_claim_2(sweeps: dict, preset: dict) -> dict:
 
 
 def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict:
-    """Claim 4, the ImageNet half, by :data:`RULE_4`: the sign network degrades far more slowly than the float one
-    under noise relative to each layer's range, and not more quickly relative to std(W)."""
+    """Claim 4, the ImageNet half, by :data:`RULE_4`: the sign network degrades far more slowly than
+    the float one under noise relative to each layer's range, and not more quickly relative to
+    std(W)."""
     rf, rs = rises(sweeps["identity"], NOISE), rises(sweeps["sign"], NOISE)
     cols = list(rf)  # the noise columns the run swept
     parts = [
@@ -360,7 +321,8 @@ def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict
         if c in rs
     ]
     figures = (
-        f"{preset['imagenet_model']} undistorted: float {sweeps['identity']['baseline_error']:.2%}, sign "
+        f"{preset['imagenet_model']} undistorted: float "
+        f"{sweeps['identity']['baseline_error']:.2%}, sign "
         f"{sweeps['sign']['baseline_error']:.2%}; error rise in points, " + "; ".join(parts)
     )
     out = {
@@ -370,9 +332,11 @@ def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict
     if imagenet_data is None:
         return {
             **out,
-            "measured": f"path only, on generated image folders (no ImageNet on this machine): {figures}",
+            "measured": "path only, on generated image folders (no ImageNet on this machine): "
+            f"{figures}",
             "verdict": "not run at this scale",
-            "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, val/<class>/)",
+            "note": "claim 4 needs ImageNet and GPUs; pass --set data_dir=PATH (train/<class>/, "
+            "val/<class>/)",
         }
     ok = (
         "add-gauss-max" in rs
@@ -389,7 +353,8 @@ def judge_claim_4(sweeps: dict, preset: dict, imagenet_data: str | None) -> dict
 
 
 def judge_claim_5(sweeps: dict, trained: dict, preset: dict) -> dict:
-    """Claim 5: the stochastic rule's test error; judged against 7.64% only at the paper's setting."""
+    """Claim 5: the stochastic rule's test error; judged against 7.64% only at the paper's
+    setting."""
     parts = [
         f"{row} {sweeps[row]['baseline_error']:.2%}"
         for row in ("stoch-mult", "sign", "stoch-sign")
@@ -399,8 +364,8 @@ def judge_claim_5(sweeps: dict, trained: dict, preset: dict) -> dict:
     err = sweeps["stoch-mult"]["baseline_error"]
     out = {
         "measured": (
-            "test error after the same budget, batch-norm statistics re-estimated with the evaluation "
-            "weights: "
+            "test error after the same budget, batch-norm statistics re-estimated with the "
+            "evaluation weights: "
             + ", ".join(parts)
             + (
                 f" (stoch-mult with the statistics gathered in training: {raw:.2%})"
@@ -449,8 +414,8 @@ def judge_claim_3(sweeps: dict, cols) -> dict:
 
 
 def read_claims(path: "str | Path") -> list[dict]:
-    """A ``claims.json``, checked: a list of objects with the keys ``claim`` (a whole number), ``statement, paper,
-    measured, setting`` (strings) and ``verdict`` (one of :data:`VERDICTS`)."""
+    """A ``claims.json``, checked: a list of objects with the keys ``claim`` (a whole number),
+    ``statement, paper, measured, setting`` (strings) and ``verdict`` (one of :data:`VERDICTS`)."""
     p = Path(path)
     try:
         claims = json.loads(p.read_text(encoding="utf-8"))
@@ -467,9 +432,8 @@ def read_claims(path: "str | Path") -> list[dict]:
             f"{p} is not a claims table (a list of objects with the keys {', '.join(keys)})"
         )
 
-    for i, c in enumerate(
-        claims
-    ):  # the values too: the report writes them as text (a number is no verdict)
+    # the values too: the report writes them as text (a number is no verdict)
+    for i, c in enumerate(claims):
         where = f"{p}: entry {i + 1}"
         if not (isinstance(c["claim"], int) and not isinstance(c["claim"], bool)):
             raise UserError(

@@ -38,8 +38,9 @@ from ..training import evaluate, train
 MARKER = "demo.json"
 KIND = "robustweights demo"  # demo.json's "kind": a folder holding it is a demo we may replace
 EPOCHS = 8  # enough for the networks to settle on 5000 images; about 15 s each on 2 cores
-# The BinaryConnect networks clip to BinaryConnect's per-layer Glorot bound H (with H = 1 the stochastic one
-# draws nearly fair coins from weights near 0 and does not learn in 8 epochs: 54.8% error against 13.1%).
+# The BinaryConnect networks clip to BinaryConnect's per-layer Glorot bound H (with H = 1 the
+# stochastic one draws nearly fair coins from weights near 0 and does not learn in 8 epochs: 54.8%
+# error against 13.1%).
 NETWORKS = (
     ("float", "identity", "1"),
     ("sign", "sign", "glorot"),
@@ -57,7 +58,8 @@ _OUTPUTS = (
 
 
 def _is_demo(out: Path) -> bool:
-    """Whether ``out/demo.json`` is a demo's marker: an unfinished demo's (written first) or a finished one's."""
+    """Whether ``out/demo.json`` is a demo's marker: an unfinished demo's (written first) or a
+    finished one's."""
     try:
         marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON: not ours
@@ -77,10 +79,11 @@ def _check_epochs(epochs) -> int:
 
 
 def _prepare(out: Path, epochs: int) -> None:
-    """Use ``out`` if it is new or holds an earlier demo, finished or interrupted (which is replaced); never touch
-    anything else. Call it only once every setting is checked: it deletes the earlier demo's outputs. The marker
-    is written first, marked unfinished, so that a demo interrupted from here on can be rerun on ``out``
-    (:func:`run_demo` has checked that ``out`` can be written)."""
+    """Use ``out`` if it is new or holds an earlier demo, finished or interrupted (which is
+    replaced); never touch anything else. Call it only once every setting is checked: it deletes the
+    earlier demo's outputs. The marker is written first, marked unfinished, so that a demo
+    interrupted from here on can be rerun on ``out`` (:func:`run_demo` has checked that ``out`` can
+    be written)."""
     try:
         if out.exists() and any(out.iterdir()) and not _is_demo(out):
             raise UserError(f"{out} exists and is not a demo folder; pass --out with a new folder")
@@ -115,14 +118,15 @@ def _mean_abs(tensors) -> float:
 
 
 def compare(rises: dict[str, list[float]]) -> list[str]:
-    """Findings: network A degrades less than B only when A's worst trial rises less than B's best one."""
+    """Findings: network A degrades less than B only when A's worst trial rises less than B's best
+    one."""
     out = []
     for a, ra in rises.items():
         for b, rb in rises.items():
             if a != b and max(ra) < min(rb):
                 out.append(
-                    f"{a} degrades less than {b} (by {100 * (sum(rb) / len(rb) - sum(ra) / len(ra)):.1f} "
-                    f"points; every trial)"
+                    f"{a} degrades less than {b} (by "
+                    f"{100 * (sum(rb) / len(rb) - sum(ra) / len(ra)):.1f} points; every trial)"
                 )
     return out
 
@@ -130,82 +134,18 @@ def compare(rises: dict[str, list[float]]) -> list[str]:
 def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool = True) -> dict:
     """Train, test, sweep, report and compare; returns the numbers it printed."""
     from ..reports import report
-    from ..sweeps import SweepConfig, run_sweep
 
     out_path = Path(out)
-    base = dict(
-        model="cnn",
-        dataset="demo",
-        epochs=_check_epochs(epochs),
-        batch_size=50,
-        lr=2e-3,
-        schedule="cosine",
-        seed=0,
-    )
-    # Everything that can be wrong is found before _prepare deletes an earlier demo: the settings, the folder, the data.
-    configs = {
-        name: TrainConfig(
-            **base, projection=projection, clip=clip, out=str(out_path / name)
-        ).validate()
-        for name, projection, clip in NETWORKS
-    }
+    base, configs = _configs(out_path, epochs)
     check_writable(out_path)
-    nets = {}
     t0 = time.perf_counter()
     data = load_config_data(TrainConfig(**base))  # every network trains and tests on it: load once
     _prepare(out_path, base["epochs"])
-    for name, projection, clip in NETWORKS:
-        config = configs[name]
-        if progress:
-            print(
-                f"[1/3] training the {name} network ({projection}, {config.epochs} epochs) ...",
-                flush=True,
-            )
-        result = train(config, progress=progress, data=data)
-        model = result.model
-        runs = evaluate(model, config, data=data)
-        hidden = evaluate(model, config, weights="hidden", data=data)
-        binarize = "sign:scale=clip" if projection != "identity" else "sign"
-        with projected.distort(model, binarize):
-            binary = evaluate(model, config, weights="hidden", data=data)
-        nets[name] = {
-            "projection": projection,
-            "error": runs["error"],
-            "weights": runs["weights"],
-            "hidden_error": hidden["error"],
-            "binary_error": binary["error"],
-            "binarized_with": binarize,
-            "mean_abs_hidden": _mean_abs([s.hidden for s in projected.sites(model)]),
-            "mean_abs_binary": _mean_abs([s.project(s.hidden) for s in projected.sites(model)]),
-        }
-        if projection == "sign":  # why its hidden weights fail: statistics of other weights
-            device = next(model.parameters()).device
-            with (
-                projected.use_weights(model, "hidden"),
-                reestimated_bn(model, data.train, 20, 250, device),
-            ):
-                nets[name]["hidden_error_bn_reestimated"] = evaluate(
-                    model, config, weights="hidden", data=data
-                )["error"]
-
-    sweeps = {}
-    for name, *_ in NETWORKS:
-        if progress:
-            print(
-                f"[2/3] sweeping the {name} network: {HEADLINE[0]} and {BESIDE[0]} ({TRIALS} trials) ...",
-                flush=True,
-            )
-        sweeps[name] = run_sweep(
-            SweepConfig(
-                checkpoint=str(out_path / name),
-                distortions=[HEADLINE[0], BESIDE[0]],
-                trials=TRIALS,
-                seed=0,
-                on="projected",
-                out=str(out_path / f"sweep-{name}"),
-            ),
-            progress=False,
-        )
+    nets = {
+        name: _train_and_test(name, projection, configs[name], data, progress)
+        for name, projection, _ in NETWORKS
+    }
+    sweeps = _sweep_networks(out_path, progress)
     if progress:
         print("[3/3] writing the report ...", flush=True)
     rep = report(
@@ -238,26 +178,110 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, progress: bool =
     return summary
 
 
+def _configs(out_path: Path, epochs: int | None) -> tuple[dict, dict[str, TrainConfig]]:
+    """The settings the networks share and each network's checked configuration. Everything that
+    can be wrong is found before _prepare deletes an earlier demo: the settings, the folder, the
+    data."""
+    base = dict(
+        model="cnn",
+        dataset="demo",
+        epochs=_check_epochs(epochs),
+        batch_size=50,
+        lr=2e-3,
+        schedule="cosine",
+        seed=0,
+    )
+    configs = {
+        name: TrainConfig(
+            **base, projection=projection, clip=clip, out=str(out_path / name)
+        ).validate()
+        for name, projection, clip in NETWORKS
+    }
+    return base, configs
+
+
+def _train_and_test(name: str, projection: str, config: TrainConfig, data, progress: bool) -> dict:
+    """Train one network and test it as it runs, with its hidden float weights and binarized."""
+    if progress:
+        print(
+            f"[1/3] training the {name} network ({projection}, {config.epochs} epochs) ...",
+            flush=True,
+        )
+    result = train(config, progress=progress, data=data)
+    model = result.model
+    runs = evaluate(model, config, data=data)
+    hidden = evaluate(model, config, weights="hidden", data=data)
+    binarize = "sign:scale=clip" if projection != "identity" else "sign"
+    with projected.distort(model, binarize):
+        binary = evaluate(model, config, weights="hidden", data=data)
+    net = {
+        "projection": projection,
+        "error": runs["error"],
+        "weights": runs["weights"],
+        "hidden_error": hidden["error"],
+        "binary_error": binary["error"],
+        "binarized_with": binarize,
+        "mean_abs_hidden": _mean_abs([s.hidden for s in projected.sites(model)]),
+        "mean_abs_binary": _mean_abs([s.project(s.hidden) for s in projected.sites(model)]),
+    }
+    if projection == "sign":  # why its hidden weights fail: statistics of other weights
+        device = next(model.parameters()).device
+        with (
+            projected.use_weights(model, "hidden"),
+            reestimated_bn(model, data.train, 20, 250, device),
+        ):
+            net["hidden_error_bn_reestimated"] = evaluate(
+                model, config, weights="hidden", data=data
+            )["error"]
+    return net
+
+
+def _sweep_networks(out_path: Path, progress: bool) -> dict:
+    """Sweep every trained network with both noise references: ``{name: sweep}``."""
+    from ..sweeps import SweepConfig, run_sweep
+
+    sweeps = {}
+    for name, *_ in NETWORKS:
+        if progress:
+            print(
+                f"[2/3] sweeping the {name} network: {HEADLINE[0]} and {BESIDE[0]} "
+                f"({TRIALS} trials) ...",
+                flush=True,
+            )
+        sweeps[name] = run_sweep(
+            SweepConfig(
+                checkpoint=str(out_path / name),
+                distortions=[HEADLINE[0], BESIDE[0]],
+                trials=TRIALS,
+                seed=0,
+                on="projected",
+                out=str(out_path / f"sweep-{name}"),
+            ),
+            progress=False,
+        )
+    return sweeps
+
+
 def _print(summary, sweeps, description, epochs, html, out_path) -> None:
     nets, rises, findings = summary["networks"], summary["rises"], summary["findings"]
     print(
-        f"\nrobustweights demo: small CNN on the {description}, {epochs} epoch{'s' * (epochs != 1)} each, "
-        f"{summary['seconds']:.0f} s\n"
+        f"\nrobustweights demo: small CNN on the {description}, {epochs} "
+        f"epoch{'s' * (epochs != 1)} each, {summary['seconds']:.0f} s\n"
     )
     print(f"{'network':<24}{'as it runs':>18}{'hidden float weights':>24}{'binarized':>12}")
     for name, r in nets.items():
         runs = f"{r['error']:.2%} ({r['weights']})"
-        print(
-            f"{name + ' (' + r['projection'] + ')':<24}{runs:>18}{r['hidden_error']:>24.2%}{r['binary_error']:>12.2%}"
-        )
+        label = f"{name} ({r['projection']})"
+        print(f"{label:<24}{runs:>18}{r['hidden_error']:>24.2%}{r['binary_error']:>12.2%}")
     s = nets["sign"]
     print(
-        f"\nThe sign network's hidden weights give {s['hidden_error']:.2%} error: its batch-norm statistics were "
-        f"gathered with its binary weights (+-H, mean |W| = {s['mean_abs_binary']:.3f}), while its hidden weights "
-        f"average |W| = {s['mean_abs_hidden']:.3f}, so every layer's output is smaller than the statistics "
-        f"expect. Re-estimated for the hidden "
-        f"weights, the statistics give {s['hidden_error_bn_reestimated']:.2%}: the hidden weights are fine, "
-        f"the statistics belong to another network."
+        f"\nThe sign network's hidden weights give {s['hidden_error']:.2%} error: its batch-norm "
+        "statistics were gathered with its binary weights (+-H, mean |W| = "
+        f"{s['mean_abs_binary']:.3f}), while its hidden weights average |W| = "
+        f"{s['mean_abs_hidden']:.3f}, so every layer's output is smaller than the statistics "
+        "expect. Re-estimated for the hidden weights, the statistics give "
+        f"{s['hidden_error_bn_reestimated']:.2%}: the hidden weights are fine, the statistics "
+        "belong to another network."
     )
     for scale, title in (
         (
@@ -276,8 +300,8 @@ def _print(summary, sweeps, description, epochs, html, out_path) -> None:
             mean = sum(rs) / len(rs)
             print(
                 f"  {name:<11} {sweeps[name]['baseline_error']:.2%} -> "
-                f"{sweeps[name]['baseline_error'] + mean:.2%}  ({100 * mean:+.1f}, {100 * min(rs):+.1f} to "
-                f"{100 * max(rs):+.1f})"
+                f"{sweeps[name]['baseline_error'] + mean:.2%}  ({100 * mean:+.1f}, "
+                f"{100 * min(rs):+.1f} to {100 * max(rs):+.1f})"
             )
         found = findings[scale]
         print(
@@ -289,6 +313,7 @@ def _print(summary, sweeps, description, epochs, html, out_path) -> None:
             )
         )
     print(
-        "\nOne seed, 1,000 test images: a difference inside the spread over trials is not called a finding."
+        "\nOne seed, 1,000 test images: a difference inside the spread over trials is not called "
+        "a finding."
     )
     print(f"report: {html}\nruns, sweeps and checkpoints: {out_path}/")
