@@ -16,7 +16,7 @@ from pathlib import Path
 from .claims import COLUMNS, PARAM, REFERENCE
 from .. import grid
 from ..errors import UserError
-from ..training import TrainConfig
+from ..config import TrainConfig
 
 # Rows: a training projection each (docs/method.md section 3's matrix rows). "clip" is clip only
 # (mode none).
