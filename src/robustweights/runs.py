@@ -36,6 +36,7 @@ __all__ = [
     "read_checkpoint",
     "kept",
     "atomic_write",
+    "save_tensors",
     "write_text",
     "write_bytes",
     "check_writable",
@@ -60,19 +61,35 @@ def now() -> str:
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through ``write(tmp_path)`` and rename over ``path``: readers see the old file or the
-    new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    new one. A failure (a full disk, a read-only file system) leaves the old file as it was and
+    raises ``OSError`` naming ``path``, not the temporary file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     try:
-        os.chmod(
-            tmp, 0o666 & ~_umask()
-        )  # mkstemp makes it 0600; a written file follows the umask like any other
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: follow the umask like any file
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_tensors(path: Path, obj) -> None:
+    """``torch.save(obj)`` written atomically. Through a file object, so that a full disk is an
+    ``OSError`` (torch's own writer of a path says only "unexpected pos ...")."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(Path(path), write)
 
 
 def check_writable(out: Path, flag: str = "--out") -> None:
@@ -245,7 +262,7 @@ def save_checkpoint(
         # batch-norm statistics of training, where "model" holds re-estimated ones
         "train_bn": train_bn,
     }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    save_tensors(path, state)
 
 
 def kept(folder: "str | os.PathLike") -> Path:

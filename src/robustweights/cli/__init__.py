@@ -8,9 +8,12 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .. import data as data_mod
@@ -247,6 +250,27 @@ def _factories_importable(args) -> None:
             sys.path.insert(0, cwd)
 
 
+def _resume_hint(args) -> str:
+    """How the interrupted or failed command goes on: what the user types next."""
+    if args.command == "train" and getattr(args, "out", None):
+        return f"`robustweights train --resume --out {args.out}` goes on from the last checkpoint"
+    if args.command in ("sweep", "reproduce", "demo"):
+        return "the same command goes on from the cells and rows already written"
+    return "run the same command again"
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a failure of the file system: which path, why."""
+    where = f"{e.filename}: " if e.filename else ""
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    why = e.strerror or str(e)
+    return f"{where}{why}{f' ({name})' if name else ''}"
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: cleanly, files whole
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # (imports the library: seconds)
@@ -257,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         _factories_importable(args)
         return COMMANDS[args.command](args)
@@ -270,9 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"robustweights {args.command}: failed: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if args.debug:
+            raise
+        print(
+            f"robustweights {args.command}: error: {_os_error(e)}; files already written are "
+            f"whole; once that is fixed, {_resume_hint(args)}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
-            f"robustweights {args.command}: interrupted; files already written are intact",
+            f"robustweights {args.command}: interrupted; files already written are whole; "
+            f"{_resume_hint(args)}",
             file=sys.stderr,
         )
         return 130

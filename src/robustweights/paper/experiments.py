@@ -71,6 +71,7 @@ from ..results import claims_markdown
 from ..runs import check_writable, git_commit, machine, now, write_text
 from ..sweeps import SweepConfig, run_sweep
 from ..checkpoints import load_config_data
+from ..locks import one_writer
 from ..config import TrainConfig
 from ..training import train
 
@@ -234,6 +235,11 @@ def reproduce(
     Returns ``{"claims": [...], "report": Path, "sweeps": {row: sweep}, "seconds": float}``.
     """
     preset, out, prev, rows = _plan(experiment, scale, out, overrides)
+    with one_writer(out, "robustweights reproduce"):  # one process writes a folder at a time
+        return _reproduce(experiment, scale, out, preset, prev, rows, overrides, progress, command)
+
+
+def _reproduce(experiment, scale, out, preset, prev, rows, overrides, progress, command) -> dict:
     cols = EXPERIMENTS[experiment]["columns"]
     say = print if progress else (lambda *a, **k: None)
     _warn(scale, preset, rows)
