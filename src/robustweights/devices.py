@@ -62,7 +62,8 @@ class Device:
     device programmed to target ``x`` whose own standard normal draw ``n`` was made when it was
     programmed (so the same device drifts the same way at every read). ``read(x_prog, t)``: the
     standard deviation of the read noise relative to ``|g(t)|``, for a device programmed to
-    ``x_prog``. Each takes and returns tensors shaped like ``x`` (``t`` is a float).
+    ``x_prog``. Each takes tensors shaped like ``x`` (``t`` is a float) and returns a new
+    tensor of that shape, never changing its arguments.
     """
 
     prog: Callable[[Tensor], Tensor]
@@ -73,27 +74,27 @@ class Device:
 def pcm_prog(x: Tensor) -> Tensor:
     """PCM programming noise over ``g_max``: ``(0.26348 + 1.9650 x - 1.1731 x^2) / 25``."""
     c0, c1, c2 = PROG_COEFFS
-    return (c0 + c1 * x + c2 * x * x) / G_MAX
+    return (x * c2).add_(c1).mul_(x).add_(c0).div_(G_MAX)  # Horner: c0 + x (c1 + x c2)
 
 
 def pcm_nu(x: Tensor, n: Tensor) -> Tensor:
     """PCM drift exponent ``nu = |mu_nu(x) + sigma_nu(x) n|`` (``x`` clipped below at 1e-7)."""
-    lx = x.clamp(min=X_MIN).log()
-    mu = (-0.0155 * lx + 0.0244).clamp(0.049, 0.1)
-    sigma = (-0.0125 * lx - 0.0059).clamp(0.008, 0.045)
-    return (mu + sigma * n).abs()
+    lx = x.clamp(min=X_MIN).log_()
+    mu = (lx * -0.0155).add_(0.0244).clamp_(0.049, 0.1)
+    sigma = lx.mul_(-0.0125).sub_(0.0059).clamp_(0.008, 0.045)  # in place: lx is done
+    return mu.add_(sigma.mul_(n)).abs_()
 
 
 def pcm_drift(x: Tensor, n: Tensor, t: float) -> Tensor:
     """PCM drift: ``((t + t_0) / t_0)^(-nu)``, ``t_0 = 20 s``."""
-    return torch.pow((t + T0) / T0, -pcm_nu(x, n))
+    return pcm_nu(x, n).mul_(-math.log((t + T0) / T0)).exp_()
 
 
 def pcm_read(x_prog: Tensor, t: float) -> Tensor:
     """PCM 1/f read noise: ``min(0.0088 / max(x^0.65, 1e-3), 0.2) * sqrt(ln((t + t_0 + t_r) /
     (2 t_r)))``."""
-    q = (0.0088 / x_prog.pow(0.65).clamp(min=1e-3)).clamp(max=0.2)
-    return q * math.sqrt(math.log((t + T0 + T_READ) / (2 * T_READ)))
+    q = x_prog.pow(0.65).clamp_(min=1e-3).reciprocal_().mul_(0.0088).clamp_(max=0.2)
+    return q.mul_(math.sqrt(math.log((t + T0 + T_READ) / (2 * T_READ))))
 
 
 PCM = Device(prog=pcm_prog, drift=pcm_drift, read=pcm_read)
@@ -146,7 +147,7 @@ def _read_generator(g: torch.Generator | None, t: float, device) -> torch.Genera
 
 def _program(device: Device, x: Tensor, g: torch.Generator | None, prog: float) -> Tensor:
     """Programmed conductances over ``g_max``: ``max(0, x + prog * sigma_prog(x) * N(0, 1))``."""
-    return (x + (prog * device.prog(x)) * normal(x, g)).clamp(min=0)
+    return normal(x, g).mul_(device.prog(x)).mul_(prog).add_(x).clamp_(min=0)
 
 
 def compensate(read: Tensor, programmed: Tensor, tile: int = TILE) -> Tensor:
@@ -191,9 +192,9 @@ def read_chip(
     now = []
     for x, xp, n in zip(targets, programmed, draws):
         factor = device.drift(x, n, t).clamp(min=0)
-        xd = xp * (factor if drift == 1 else factor.pow(drift))
-        noise = (read * device.read(xp, t)) * normal(xd, rg)
-        now.append((xd + xd.abs() * noise).clamp(min=0) * g_max)
+        xd = (factor if drift == 1 else factor.pow_(drift)).mul_(xp)
+        noise = normal(xd, rg).mul_(device.read(xp, t)).mul_(read)
+        now.append(noise.mul_(xd.abs()).add_(xd).clamp_(min=0).mul_(g_max))
     out = pair.weights(*now)
     if compensation == "global":
         just = pair.weights(programmed[0] * g_max, programmed[1] * g_max)
@@ -237,8 +238,11 @@ register_device(
     constant=lambda p: p["p_on"] == p["p_off"] == 0 or 1 in (p["p_on"], p["p_off"]),
 )
 def stuck(w, g, H, p_on, p_off, tile, g_max):
-    """Each device of a differential pair stuck at ``g_max`` with probability ``p_on``, at 0
-    with ``p_off`` (drawn once per chip; the others hold their weight exactly)."""
+    """Devices stuck at ``g_max`` (probability ``p_on``) or at 0 (``p_off``), once per chip.
+
+    Each device of a weight's differential pair draws on its own; the others hold their
+    conductance exactly.
+    """
     if p_on + p_off > 1:
         raise UserError(f"stuck: p_on + p_off must be at most 1, not {p_on + p_off!r}")
     if w.numel() == 0:
