@@ -32,6 +32,8 @@ SPECS = {
     "clip": "clip",
     "prune": "prune:frac=0.5",
     "bitflip": "bitflip:p=0.1",
+    "pcm": "pcm:t=3600",
+    "stuck": "stuck:p_on=0.05,p_off=0.05",
 }
 PROJECTIONS = [
     "identity",

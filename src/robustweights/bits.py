@@ -22,6 +22,14 @@ the distorted tensors (layers left undistorted are not counted):
 * ``entropy_bits``: for distortions with discrete outputs, the measured
   entropy of the distorted values of each tensor, ``-sum p log2 p`` over its
   distinct values; at most ``effective_bits``.
+
+And one figure for any distortion, from the weights as read
+(:func:`snr_bits`): the capacity ``0.5 * log2(1 + E[W^2] / E[(W' - W)^2])`` of
+each tensor's measured signal-to-noise ratio (``W'`` after drift compensation
+when a device model has it on), so that a device model, ``mult-gauss`` or a
+user's own distortion has a measured figure without a switch on names. For
+``add-gauss`` it is the realised counterpart of ``effective_bits`` (the drawn
+noise's mean square in place of ``(s R)^2``).
 """
 
 from __future__ import annotations
@@ -80,6 +88,35 @@ def measured_bits(
         total += capacity(signal, noise) * w.numel()
         n += w.numel()
     return total / n
+
+
+def _mean_square(x: Tensor) -> float:
+    # in float64 with numpy's pairwise sum: the same figure whatever the number of threads
+    return float(np.square(x.detach().double().cpu().numpy()).mean())
+
+
+def snr_bits(clean: list[Tensor], distorted: list[Tensor]) -> float | None:
+    """Measured bits of any distortion: ``capacity(E[W^2], sqrt(E[(W' - W)^2]))`` per tensor.
+
+    ``clean`` are the weights a distortion was applied to, ``distorted`` the weights it gave
+    (in the same order and shapes); the figure is the weight-count-weighted mean over the
+    tensors. None: no tensor, or a tensor read back exactly (unbounded information, as
+    :func:`measured_bits` says for ``sigma=0``).
+    """
+    if len(clean) != len(distorted):
+        raise ValueError(f"snr_bits: {len(clean)} clean tensors but {len(distorted)} distorted")
+    total, n = 0.0, 0
+    for w, d in zip(clean, distorted):
+        if w.shape != d.shape:
+            raise ValueError(f"snr_bits: shapes {tuple(w.shape)} and {tuple(d.shape)} differ")
+        if w.numel() == 0:
+            continue
+        error = _mean_square(d.detach().double() - w.detach().double())
+        if not error > 0:
+            return None
+        total += capacity(_mean_square(w), error**0.5) * w.numel()
+        n += w.numel()
+    return total / n if n else None
 
 
 def entropy_bits(w: Tensor) -> float:

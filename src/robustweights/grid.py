@@ -7,7 +7,10 @@ grid without a list is a single strength. Every (distortion, strength, trial)
 is a :class:`Cell`; random distortions get ``trials`` independent draws,
 deterministic ones (and random ones that cannot vary, such as ``sigma=0``) one.
 Each cell has its own seed derived from the sweep seed and the cell
-(:func:`cell_seed`), so any cell can be rerun alone.
+(:func:`cell_seed`), so any cell can be rerun alone. A parameter that declares
+itself an axis of the reading (``Param(..., axis="time")``, such as the time
+since programming of a device model) is left out of the seed: the cells of one
+trial that differ only in it share their draws, one chip read at several times.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from .draws import derive_seed
 from .errors import UserError
-from .transforms import Transform, parse_spec, transform
+from .transforms import Transform, entry, parse_spec, transform
 
 __all__ = ["expand", "parse_grid", "swept_param", "Cell", "cells", "cell_seed"]
 
@@ -74,6 +77,12 @@ def parse_grid(spec: str, scale: str | None = None) -> list[Transform]:
     if any(len(v) == 0 for v in values.values()):
         raise UserError(f"{spec!r}: empty grid")
     key = swept[0] if swept else None
+    p = entry(name).param(key) if key is not None else None
+    if p is not None and p.kind == "choice":
+        raise UserError(
+            f"{spec!r}: {key} takes one word per grid; give one grid per value "
+            f"({', '.join(f'{name}:...,{key}={v}' for v in values[key])})"
+        )
     fixed = ",".join(f"{k}={v[0]}" for k, v in values.items() if k != key)
     out = []
     for v in values[key] if key else [None]:
@@ -127,4 +136,15 @@ def cells(distortions: list[str], trials: int, scale: str | None = None) -> list
 
 
 def cell_seed(seed: int, c: Cell) -> int:
-    return derive_seed(seed, c.t.spec, c.trial) % (2**62)
+    """The seed of a cell: from the sweep seed, the distortion and the trial.
+
+    Parameters declared as an axis of the reading (``Param.axis``, e.g. ``t`` of ``pcm``) are
+    left out of the distortion's spec here, so a trial's seed does not depend on them; any other
+    transform's seed is that of its full canonical spec.
+    """
+    reading = {p.name for p in c.t.entry.params if p.axis}
+    spec = c.t.spec
+    if reading:
+        kept = {k: v for k, v in c.t.params.items() if k not in reading}
+        spec = Transform(c.t.name, kept).spec
+    return derive_seed(seed, spec, c.trial) % (2**62)

@@ -62,7 +62,7 @@ class Param:
     """One parameter of a transform: its type, default and allowed range."""
 
     name: str
-    kind: str  # "float", "int", "bool" or "scale"
+    kind: str  # "float", "int", "bool", "scale" or "choice" (one of ``choices``)
     default: Any = _REQUIRED
     ok: Callable[[Any], bool] = lambda v: True
     allowed: str = ""  # the range in words, for error messages
@@ -70,6 +70,11 @@ class Param:
     quiet: bool = False  # left out of the canonical spec at its default
     label: str = ""  # axis label when swept, e.g. "bits (2^bits levels)"
     stronger: str = "up"  # "up": a larger value distorts more; "down": a smaller one
+    choices: tuple[str, ...] = ()  # the words a "choice" parameter takes
+    # "time" (the time since programming) or "read" (how a chip is read): a parameter of the
+    # reading, not of the draws; a sweep's cell seed leaves it out (grid.cell_seed), so cells
+    # that differ only in it share their draws: one chip read at several times
+    axis: str = ""
 
 
 def _none(params: dict):
@@ -222,6 +227,10 @@ def _convert(entry: Entry, p: Param, raw: str) -> Any:
             v = low in ("true", "1", "yes")
         elif p.kind == "int":
             v = int(raw)
+        elif p.kind == "choice":
+            if raw not in p.choices:
+                raise ValueError
+            v = raw
         elif p.kind == "scale" and raw in SCALES:
             v = raw
         else:

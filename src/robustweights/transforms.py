@@ -19,7 +19,9 @@ Definitions follow ``docs/method.md`` section 2. ``H`` is the magnitude a
 transform maps onto, chosen by its ``scale`` parameter (``max``, ``std``,
 ``clip``, ``mean`` or a number; :func:`robustweights.registry.magnitude`).
 
-``sign(0) = +1`` everywhere, so binarised tensors never hold zeros.
+``sign(0) = +1`` everywhere, so binarised tensors never hold zeros. The device
+models (``pcm``, ``stuck``) live in :mod:`robustweights.devices`, imported here so
+that they are registered with the others.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import devices as _devices  # noqa: F401  (registers pcm and stuck)
 from .draws import normal, uniform
 from .registry import (
     SCALES,
