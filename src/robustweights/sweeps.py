@@ -234,7 +234,9 @@ def _sweep(
         model.eval()
         metric = m.name if m is not None else metric or "error"
         plan = _Plan(model, on, seed, device, train, bn_batches, batch_size, metric)
-        plan.measure = evaluate or m.evaluator(test, batch_size=batch_size, device=device)
+        plan.measure = evaluate or (
+            lambda net: measure_split(net, test, m, batch_size=batch_size, device=device)
+        )
         untouched, cov = covered or _coverage(plan, test, keep, selection, evaluate)
         _announce(untouched, cov, progress)
         plan.aim(untouched)
