@@ -203,19 +203,12 @@ def _comparable(cfg: dict) -> dict:
     them when batch-norm statistics are re-estimated or calibrated: it sets their batches (a resume
     at another batch size mixed rows of two sweeps under one sweep.json)."""
     bn = bool(cfg.get("bn_reestimate") or cfg.get("bn_calibrate"))
-    cfg = {**_DEFAULTS, **cfg}  # a field newer than the sweep: its default, as the sweep had it
+    cfg = {"data": None, **cfg}  # (a sweep older than --data had none)
     return {
         k: v
         for k, v in cfg.items()
         if k not in SweepConfig.RESUMABLE + ("measure",) or (k == "batch_size" and bn)
     }  # (the measure is compared as resolved: the run's own, named or not, is the same)
-
-
-_DEFAULTS = {
-    f.name: f.default
-    for f in dataclasses.fields(SweepConfig)
-    if f.default is not dataclasses.MISSING and f.name in ("data", "measure")
-}
 
 
 def _partial_rows(out: Path) -> list[dict]:
@@ -394,7 +387,8 @@ def open_run(config: SweepConfig, rank: int, world: int, device, data=None) -> R
 def _check_target(target: float | None, measure: Measure) -> None:
     """One line for a target a measure shown as a percentage cannot reach."""
     if target is not None and measure.percent and not 0 <= target <= 1:
-        raise UserError(f"target for {measure.name} must be a fraction in [0, 1], not {target!r}")
+        what = "" if measure.name == "error" else f" ({measure.name} is a percentage)"
+        raise UserError(f"target error must be a fraction in [0, 1], not {target!r}{what}")
 
 
 def start_record(run: Run, baseline: dict, cells_count: int, **info) -> dict:
