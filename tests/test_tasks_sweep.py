@@ -22,6 +22,7 @@ from robustweights.cli import main
 from robustweights.language import CausalLM, load_text
 from robustweights.measures import get_measure, measure_split
 from robustweights.results import lowest_bits
+from robustweights.sweeps import save_sweep
 
 LICENCE = "/usr/share/common-licenses/GPL-3"  # Debian base-files: on every Debian system
 pytestmark = pytest.mark.skipif(not Path(LICENCE).is_file(), reason=f"{LICENCE} not here")
@@ -138,6 +139,12 @@ def test_the_command_line_sweeps_perplexity_exactly_as_the_python_api(user, tmp_
     assert "error" not in printed.split("undistorted")[1].split("\n")[0]
     assert f"mean perplexity <= {record['target_error']:.4g}" in printed
     assert "%" not in printed.split("undistorted")[1]  # no percentages for a perplexity
+
+    # the rows from Python, saved, say the same as the command's record
+    prov = save_sweep(tmp_path / "py", rows, label="lm", baseline=base, description="GPL-3")
+    assert prov["measure"] == record["measure"] == get_measure("perplexity").to_dict()
+    for key in ("target_error", "lowest_bits", "higher_is_better", "baseline_score"):
+        assert prov[key] == record[key], key
 
 
 def test_the_report_of_a_perplexity_sweep_speaks_perplexity(user, tmp_path, monkeypatch):
