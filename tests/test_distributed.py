@@ -347,7 +347,7 @@ def _sweep_killed_after_3_cells(monkeypatch, config):
 
     sweeps = importlib.import_module("robustweights.sweeps")
     calls = {"n": 0}
-    real = sweeps.evaluate_split
+    real = sweeps.measure_split
 
     def killed(*a, **k):
         calls["n"] += 1
@@ -355,10 +355,10 @@ def _sweep_killed_after_3_cells(monkeypatch, config):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(sweeps, "evaluate_split", killed)
+    monkeypatch.setattr(sweeps, "measure_split", killed)
     with pytest.raises(KeyboardInterrupt):
         rw.run_sweep(config, progress=False)
-    monkeypatch.setattr(sweeps, "evaluate_split", real)
+    monkeypatch.setattr(sweeps, "measure_split", real)
 
 
 def _sweep_worker(rank, world, port, config_dict):
@@ -496,13 +496,13 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
     (killed / "results.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0:4:2]))
     (killed / "results.rank1.jsonl").write_text(json.dumps(rows[1]) + "\n" + '{"cut by the kil')
     calls = {"n": 0}
-    real = sweeps.evaluate_split
+    real = sweeps.measure_split
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(sweeps, "evaluate_split", counting)
+    monkeypatch.setattr(sweeps, "measure_split", counting)
     rw.run_sweep(rw.SweepConfig(**base, out=str(killed)), progress=False)
     assert calls["n"] == 1 + len(rows) - 3  # the baseline, then only the cells no rank finished
     assert (killed / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()

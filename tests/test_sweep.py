@@ -423,7 +423,7 @@ def test_run_sweep_writes_results_and_provenance(trained, done_sweep):
 def test_killed_sweep_resumes_with_only_the_missing_cells(
     trained, done_sweep, tmp_path, monkeypatch
 ):
-    real = sweep_mod.evaluate_split
+    real = sweep_mod.measure_split
     calls = {"n": 0, "stop": None}
 
     def counting(*a, **k):
@@ -432,7 +432,7 @@ def test_killed_sweep_resumes_with_only_the_missing_cells(
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(sweep_mod, "evaluate_split", counting)
+    monkeypatch.setattr(sweep_mod, "measure_split", counting)
     config = sweep_config(trained, tmp_path / "cut")
     calls["stop"] = 1 + 3 + 1  # the baseline, 3 cells, then killed in the 4th
     with pytest.raises(KeyboardInterrupt):

@@ -278,6 +278,18 @@ class SweepConfig:
         "with --model-factory: a file holding the model's state_dict", default=None
     )
     dataset: str | None = _opt("with --model-factory: dataset to test on", default=None)
+    data: str | None = _opt(
+        "your own data instead of --dataset: package.module:function, called with no arguments, "
+        "returning a DataLoader of (inputs, targets) batches to measure on, or a dict with "
+        "'test' and optionally 'train' (for --bn-reestimate/--bn-calibrate)",
+        default=None,
+    )
+    measure: str | None = _opt(
+        "what a network is judged by: error, top5_error, loss, perplexity, mse, or "
+        "package.module:function (default: a checkpoint's own measure; for your own model "
+        "perplexity on --dataset text, else error)",
+        default=None,
+    )
     data_dir: str | None = _opt("dataset folder if not where training found it", default=None)
     preprocess: str = _opt(
         "with --model-factory: the input preprocessing your model was trained with: "
@@ -338,7 +350,10 @@ class SweepConfig:
     )
     batch_size: int = _opt("evaluation batch size", default=1000)
     target_error: float | None = _opt(
-        "target for the effective-bits summary (default: undistorted + 1 point)", default=None
+        "target for the effective-bits summary, in the measure's units (a fraction for an "
+        "error; default: undistorted + 1 point for a percentage, else a hundredth of it, on "
+        "the worse side)",
+        default=None,
     )
     device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
     out: str = _opt("result folder (results.csv, results.json, sweep.json)", default="runs/sweep")

@@ -23,6 +23,9 @@ __all__ = [
     "COLUMNS",
     "complete_row",
     "better_when_higher",
+    "PERCENT_METRICS",
+    "is_percent",
+    "score_format",
     "mean_score",
     "by_spec",
     "curve_of",
@@ -99,6 +102,22 @@ def better_when_higher(metric: str) -> bool:
     if words & _LOWER:
         return False
     return bool(words & _HIGHER)
+
+
+PERCENT_METRICS = ("error", "top5_error")  # shown as percentages where no measure record says
+
+
+def is_percent(metric: str, measure: dict | None = None) -> bool:
+    """Whether a metric is shown as a percentage: as its measure's record (``Measure.to_dict``)
+    says, else for the classification errors (:data:`PERCENT_METRICS`)."""
+    if isinstance(measure, dict) and isinstance(measure.get("percent"), bool):
+        return measure["percent"]
+    return metric in PERCENT_METRICS
+
+
+def score_format(percent: bool):
+    """``value -> text``: ``9.54%`` for a percentage, else four significant digits."""
+    return (lambda v: f"{v:.2%}") if percent else (lambda v: f"{v:.4g}")
 
 
 def complete_row(r: dict) -> dict:
@@ -203,13 +222,13 @@ def write_rows(out: Path, rows: list[dict]) -> None:
     write_text(out / "results.csv", to_csv(rows))
 
 
-def spec_lines(rows: list[dict], width: int = 40) -> list[str]:
+def spec_lines(rows: list[dict], width: int = 40, percent: bool | None = None) -> list[str]:
     """One line of text per distortion spec: the mean score over its trials, with min and max where
-    several."""
+    several; ``percent`` (default: :func:`is_percent` of the rows' metric) shows percentages."""
     out = []
     for spec, rs in by_spec(rows).items():
         metric, values = rs[0]["metric"], [r["score"] for r in rs]
-        show = (lambda v: f"{v:.2%}") if metric == "error" else (lambda v: f"{v:.4g}")
+        show = score_format(is_percent(metric) if percent is None else percent)
         spread = (
             f" (min {show(min(values))}, max {show(max(values))}, {len(values)} trials)"
             if len(values) > 1

@@ -1,10 +1,15 @@
-"""The model and data a sweep config names: a checkpoint, or a user's model and its state_dict.
+"""The model, data and measure a sweep config names: a checkpoint, or a user's model and weights.
 
 :func:`prepare` loads them as :func:`robustweights.sweeps.run_sweep` sweeps
 them: a checkpoint on the data and preprocessing it trained with (its own test
 subset unless the sweep names one), a user's model (``--model-factory``) with
-its ``--state-dict`` on ``--dataset``, every weight selected for distortion
-unless ``include``/``exclude``/``types`` narrow them.
+its ``--state-dict`` on ``--dataset`` or on the user's ``--data``
+(:func:`robustweights.data.user_data`), every weight selected for distortion
+unless ``include``/``exclude``/``types`` narrow them; judged by ``--measure``,
+else by the checkpoint's own measure (:func:`robustweights.measures.for_config`),
+else (a user's model) by ``perplexity`` on ``--dataset text`` and ``error`` otherwise.
+A ``package.module:function`` a run folder names (its model, data or measure) is
+imported only when the user names it again.
 """
 
 from __future__ import annotations
@@ -19,10 +24,20 @@ from . import projected
 from .config import SweepConfig
 from .distributed import resolve_device
 from .errors import UserError
+from .factories import is_named
+from .measures import Measure, for_config, get_measure
 from .runs import kept, safe_load, sha256
 from .checkpoints import check_loaded_data, load, load_config_data
 
-__all__ = ["prepare", "load_state_dict_file", "selection"]
+__all__ = ["prepare", "load_state_dict_file", "selection", "measure_named", "CLASSIFICATION"]
+
+CLASSIFICATION = ("error", "top5_error", "loss")  # the measures a classification loss goes with
+
+
+def measure_named(spec: "str | Measure", loss: str = "ce") -> Measure:
+    """:func:`robustweights.measures.get_measure` of ``spec``, with the classification ``loss``
+    where ``spec`` is a classification measure (any other has its own)."""
+    return get_measure(spec, loss=loss if spec in CLASSIFICATION else "ce")
 
 
 def load_state_dict_file(path: str) -> dict:
@@ -42,17 +57,67 @@ def load_state_dict_file(path: str) -> dict:
 
 
 def prepare(config: SweepConfig, data: data_mod.Data | None = None):
-    """The model, data, loss, description and label a sweep config names.
+    """``(model, data, loss, label, info, measure)``: what a sweep config names.
 
     ``data`` may pass the dataset already loaded (as the checkpoint's training
     configuration would load it: with the sweep's ``test_subset``, else the run's own).
     """
     device = resolve_device(config.device)
+    _check_data_flags(config)
     if config.checkpoint:
         return _prepare_checkpoint(config, device, data)
-    if not (config.model_factory and config.state_dict and config.dataset):
-        raise UserError("give a checkpoint, or --model-factory with --state-dict and --dataset")
+    if not (config.model_factory and config.state_dict and (config.dataset or config.data)):
+        raise UserError(
+            "give a checkpoint, or --model-factory with --state-dict and --dataset (or --data)"
+        )
     return _prepare_own_model(config, device)
+
+
+def _check_data_flags(config: SweepConfig) -> None:
+    """One line for flags that do not go with ``--data`` (the user's batches, as they are)."""
+    if not config.data:
+        return
+    clash = [
+        flag
+        for flag, given in (
+            ("--dataset", config.dataset),
+            ("--preprocess", config.preprocess != "standardize"),
+            ("--test-subset", config.test_subset is not None),
+            ("--data-dir", config.data_dir),
+        )
+        if given
+    ]
+    if clash:
+        raise UserError(
+            f"{', '.join(clash)} {'go' if len(clash) > 1 else 'goes'} with a dataset by name; "
+            f"--data {config.data} gives its batches as they are"
+        )
+
+
+def _measure(config: SweepConfig, run_config=None, loss: str = "ce") -> Measure:
+    """The measure a sweep judges by: ``--measure``, else a run's own (``run_config``), else
+    ``perplexity`` for the ``text`` dataset and ``error`` for anything else."""
+    if config.measure:
+        return measure_named(config.measure, loss)
+    if run_config is not None:
+        return for_config(run_config)
+    return get_measure("perplexity" if config.dataset == "text" else "error")
+
+
+def _run_data(config: SweepConfig, tc, data):
+    """The data a checkpoint is swept on: ``data`` passed in, the user's ``--data``, else the
+    run's own (a run trained on a user's ``--data`` function needs it named again)."""
+    if data is not None:
+        return data
+    if config.data:
+        return data_mod.user_data(config.data)
+    own = getattr(tc, "data", None)
+    if is_named(own):
+        raise UserError(
+            f"{config.checkpoint} was trained on data {own!r}, a user's function: give --data "
+            f"{own} to allow importing and running it"
+        )
+    return load_config_data(tc, config.data_dir)
 
 
 def _prepare_checkpoint(config: SweepConfig, device, data):
@@ -74,8 +139,9 @@ def _prepare_checkpoint(config: SweepConfig, device, data):
     model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
     if config.test_subset is not None:  # else the run's own test examples, as `evaluate` tests
         tc = dataclasses.replace(tc, test_subset=config.test_subset)
-    data = data or load_config_data(tc, config.data_dir)
-    check_loaded_data(model, data)
+    data = _run_data(config, tc, data)
+    if not config.data:  # (the user's own batches are theirs to vouch for)
+        check_loaded_data(model, data)
     kind = "float" if tc.projection == "identity" and tc.mode != "none" else tc.mode
     label = "clip only (none)" if tc.mode == "none" else f"{tc.projection} ({kind})"
     info = {
@@ -85,9 +151,9 @@ def _prepare_checkpoint(config: SweepConfig, device, data):
         "width": tc.width,
         "train_projection": tc.projection,
         "train_mode": tc.mode,
-        "dataset": tc.dataset,
+        "dataset": config.data or tc.dataset,
     }
-    return model, data, tc.loss, label, info
+    return model, data, tc.loss, label, info, _measure(config, tc, tc.loss)
 
 
 def _prepare_own_model(config: SweepConfig, device):
@@ -95,14 +161,21 @@ def _prepare_own_model(config: SweepConfig, device):
     from .models import create_model
     from .config import TrainConfig
 
-    tc = TrainConfig(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        preprocess=config.preprocess,
-        test_subset=config.test_subset,
+    if config.data:
+        data = data_mod.user_data(config.data)
+    else:
+        tc = TrainConfig(
+            dataset=config.dataset,
+            data_dir=config.data_dir,
+            preprocess=config.preprocess,
+            test_subset=config.test_subset,
+        )
+        data = load_config_data(tc)
+    model = create_model(  # (what the data does not say, the factory's defaults give)
+        config.model_factory,
+        num_classes=data.num_classes or None,
+        in_shape=tuple(data.in_shape) if len(data.in_shape) == 3 else None,
     )
-    data = load_config_data(tc)
-    model = create_model(config.model_factory, num_classes=data.num_classes, in_shape=data.in_shape)
     models.load_weights(
         model,
         load_state_dict_file(config.state_dict),
@@ -116,9 +189,10 @@ def _prepare_own_model(config: SweepConfig, device):
         "width": None,
         "train_projection": "unknown",
         "train_mode": "unknown",
-        "dataset": config.dataset,
+        "dataset": config.data or config.dataset,
     }
-    return model.to(device).eval(), data, "ce", f"{config.model_factory} (own model)", info
+    label = f"{config.model_factory} (own model)"
+    return model.to(device).eval(), data, "ce", label, info, _measure(config)
 
 
 def selection(config: SweepConfig) -> dict:

@@ -26,7 +26,8 @@ from .distributed import agree
 from .errors import UserError
 from .evaluation import bn_layers, check_covered, sweep_coverage
 from .grid import cells
-from .results import better_when_higher, complete_row, lowest_bits, write_rows
+from .measures import Measure
+from .results import better_when_higher, complete_row, is_percent, lowest_bits, write_rows
 from .runs import check_writable, git_commit, now, write_text
 from .sweep_models import prepare, selection
 
@@ -63,16 +64,25 @@ def sweep_record(
     trials: int | None = None,
     start: str | None = None,
     end: str | None = None,
+    measure: dict | None = None,
     **info,
 ) -> dict:
     """The provenance of a sweep (``sweep.json``), for :func:`save_sweep` and the command alike.
 
-    ``target`` defaults to the baseline plus/minus 1% of it (1 point for the
-    error); ``trials`` to the rows' own count; ``info`` adds fields.
+    ``measure`` is the record of the sweep's measure (``Measure.to_dict()``):
+    its ``higher_is_better`` and ``percent`` hold unless given here. ``target``
+    defaults to the baseline plus/minus 1% of it (1 point for a percentage, as
+    the error); ``trials`` to the rows' own count; ``info`` adds fields.
     """
+    measure = dict(measure) if isinstance(measure, dict) else None
+    if higher_is_better is None and measure is not None:
+        higher_is_better = measure.get("higher_is_better")
     up = better_when_higher(metric) if higher_is_better is None else bool(higher_is_better)
+    percent = is_percent(metric, measure)
+    if measure is not None:
+        measure.update(higher_is_better=up, percent=percent)
     if target is None:
-        step = 0.01 if metric == "error" else 0.01 * abs(baseline)
+        step = 0.01 if percent else 0.01 * abs(baseline)
         target = baseline - step if up else baseline + step
     record = {
         **info,
@@ -81,6 +91,8 @@ def sweep_record(
         "split": split,
         "metric": metric,
         "higher_is_better": up,
+        "measure": measure
+        or {"measure": metric, "name": metric, "higher_is_better": up, "percent": percent},
         "baseline_score": baseline,
         "baseline_error": baseline if metric == "error" else None,
         "coverage": coverage,
@@ -137,7 +149,7 @@ def save_sweep(
     ]
     if not table:
         raise UserError("no rows to save")
-    for key in ("on", "distorted_weights"):
+    for key in ("on", "distorted_weights", "measure"):
         if carried.get(key) is not None:
             info.setdefault(key, carried[key])
     stamp = now()
@@ -165,7 +177,8 @@ def _carried(rows) -> dict:
     (``coverage``, ``on``, ``distorted_weights``), or the ``attrs`` of :func:`to_frame`'s frame."""
     if isinstance(getattr(rows, "attrs", None), dict):
         return rows.attrs
-    return {k: getattr(rows, k, None) for k in ("coverage", "on", "distorted_weights")}
+    keys = ("coverage", "on", "distorted_weights", "measure")
+    return {k: getattr(rows, k, None) for k in keys}
 
 
 def data_fingerprint(data: data_mod.Data, split: str) -> str:
@@ -190,9 +203,12 @@ def _comparable(cfg: dict) -> dict:
     them when batch-norm statistics are re-estimated or calibrated: it sets their batches (a resume
     at another batch size mixed rows of two sweeps under one sweep.json)."""
     bn = bool(cfg.get("bn_reestimate") or cfg.get("bn_calibrate"))
+    cfg = {"data": None, **cfg}  # (a sweep older than --data had none)
     return {
-        k: v for k, v in cfg.items() if k not in SweepConfig.RESUMABLE or (k == "batch_size" and bn)
-    }
+        k: v
+        for k, v in cfg.items()
+        if k not in SweepConfig.RESUMABLE + ("measure",) or (k == "batch_size" and bn)
+    }  # (the measure is compared as resolved: the run's own, named or not, is the same)
 
 
 def _partial_rows(out: Path) -> list[dict]:
@@ -227,6 +243,20 @@ def _previous_sweep(out: Path) -> dict | None:
     return None
 
 
+def _check_same_measure(out: Path, previous: dict, measure: Measure) -> None:
+    """One line when ``out`` holds cells of another measure (a sweep older than measures was
+    scored by its ``metric``, the error)."""
+    before = previous.get("measure")
+    before = before.get("measure") if isinstance(before, dict) else None
+    before = before or previous.get("metric") or "error"
+    now_spec = measure.spec or measure.name
+    if before != now_spec:
+        raise UserError(
+            f"{out} holds a sweep measured by {before}, not {now_spec}; a resumed sweep keeps "
+            f"its measure: give --measure {before}, or choose another --out"
+        )
+
+
 def _check_same_sweep(out: Path, previous: dict, info: dict, cfg: dict) -> None:
     """Refuses a folder that holds a sweep of another checkpoint, data or config."""
     if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
@@ -248,12 +278,13 @@ def _check_same_sweep(out: Path, previous: dict, info: dict, cfg: dict) -> None:
         )
 
 
-def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict) -> dict:
+def _done_cells(out: Path, previous: dict | None, info: dict, cfg: dict, measure) -> dict:
     """Rows already computed for this sweep, by ``(spec, trial)``; refuses a folder of another
     sweep."""
     if previous is None:
         return {}
     _check_same_sweep(out, previous, info, cfg)
+    _check_same_measure(out, previous, measure)
     try:
         old_rows = (
             json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -291,8 +322,6 @@ def check_config(config: SweepConfig) -> None:
         raise UserError(f"bn-calibrate must be 0 or more, not {config.bn_calibrate}")
     if config.split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {config.split!r}")
-    if config.target_error is not None and not 0 <= config.target_error <= 1:
-        raise UserError(f"target error must be a fraction in [0, 1], not {config.target_error!r}")
     if config.on not in projected.WEIGHTS:
         raise UserError(f"on must be one of {', '.join(projected.WEIGHTS)}, not {config.on!r}")
     cells(config.distortions, config.trials)  # checks the grids
@@ -309,6 +338,7 @@ class Run:
     model: torch.nn.Module
     data: data_mod.Data
     loss: str
+    measure: Measure  # what each cell is judged by
     label: str
     info: dict  # the checkpoint's provenance and the data's fingerprint
     covered: tuple[dict, dict]  # sweep_coverage's (untouched, coverage)
@@ -334,9 +364,10 @@ def open_run(config: SweepConfig, rank: int, world: int, device, data=None) -> R
     previous, done, error = None, None, None
     try:
         previous = _previous_sweep(out) if rank == 0 else None
-        model, data, loss, label, info = prepare(
+        model, data, loss, label, info, measure = prepare(
             dataclasses.replace(config, device=str(device)), data
         )
+        _check_target(config.target_error, measure)
         test = getattr(data, config.split)
         covered = sweep_coverage(
             model, test, config.keep, config.batch_size, on=config.on, **selection(config)
@@ -344,11 +375,20 @@ def open_run(config: SweepConfig, rank: int, world: int, device, data=None) -> R
         check_covered(covered[1])
         info = {**info, "data_fingerprint": data_fingerprint(data, config.split)}
         cfg = dataclasses.asdict(config)
-        done = _done_cells(out, previous, info, cfg) if rank == 0 else None
+        done = _done_cells(out, previous, info, cfg, measure) if rank == 0 else None
     except UserError as e:
         error = e
     previous, done = agree(error, (previous, done), rank, world)  # also a barrier: rank 0 has read
-    return Run(config, out, rank, world, model, data, loss, label, info, covered, previous, done)
+    return Run(
+        config, out, rank, world, model, data, loss, measure, label, info, covered, previous, done
+    )
+
+
+def _check_target(target: float | None, measure: Measure) -> None:
+    """One line for a target a measure shown as a percentage cannot reach."""
+    if target is not None and measure.percent and not 0 <= target <= 1:
+        what = "" if measure.name == "error" else f" ({measure.name} is a percentage)"
+        raise UserError(f"target error must be a fraction in [0, 1], not {target!r}{what}")
 
 
 def start_record(run: Run, baseline: dict, cells_count: int, **info) -> dict:
@@ -357,10 +397,10 @@ def start_record(run: Run, baseline: dict, cells_count: int, **info) -> dict:
     record = sweep_record(
         [],
         label=run.label,
-        baseline=baseline["error"],
+        baseline=run.measure.value(baseline),
         description=run.data.description,
-        metric="error",
-        higher_is_better=False,
+        metric=run.measure.name,
+        measure=run.measure.to_dict(),
         split=c.split,
         coverage=run.covered[1],
         target=c.target_error,
@@ -447,7 +487,8 @@ def finish(run: Run, keeper: RowKeeper, rows: list[dict], record: dict, seconds:
         for f in run.out.glob("results.rank*.jsonl"):  # also those of earlier, killed runs
             f.unlink(missing_ok=True)  # (a rank on a shared folder may delete its own first)
     target = record["target_error"]
-    record.update(end=now(), seconds=seconds, lowest_bits=lowest_bits(rows, target))
+    best = lowest_bits(rows, target, record["higher_is_better"])
+    record.update(end=now(), seconds=seconds, lowest_bits=best)
     if run.rank == 0:
         write_record(run.out, record)
     return {**record, "rows": rows}

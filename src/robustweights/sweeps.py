@@ -43,7 +43,6 @@ from .evaluation import (
     UNREAD,
     calibrate_bn,
     check_covered,
-    evaluate_split,
     reestimated_bn,
     restore_modes,
     sweep_coverage,
@@ -51,8 +50,9 @@ from .evaluation import (
     weights_label,
 )
 from .grid import cell_seed, cells
+from .measures import Measure, measure_split
 from .results import COLUMNS, complete_row
-from .sweep_models import load_state_dict_file, prepare
+from .sweep_models import load_state_dict_file, measure_named, prepare
 from .sweep_runs import data_fingerprint, save_sweep
 from .draws import derive_seed
 
@@ -100,9 +100,10 @@ class SweepRows(list):
     ``distorted_weights`` (``hidden``, ``projected`` or ``hidden/projected``).
     :func:`save_sweep` records them."""
 
-    def __init__(self, rows=(), *, coverage=None, on=None, distorted_weights=None):
+    def __init__(self, rows=(), *, coverage=None, on=None, distorted_weights=None, measure=None):
         super().__init__(rows)
         self.coverage, self.on, self.distorted_weights = coverage, on, distorted_weights
+        self.measure = measure  # the measure's record (Measure.to_dict); None for evaluate=
 
 
 def to_frame(rows: list[dict]):
@@ -115,7 +116,7 @@ def to_frame(rows: list[dict]):
             "to_frame needs pandas (pip install pandas); the rows themselves are plain dicts"
         ) from None
     frame = pd.DataFrame([complete_row(r) for r in rows], columns=COLUMNS)
-    for key in ("coverage", "on", "distorted_weights"):
+    for key in ("coverage", "on", "distorted_weights", "measure"):
         if getattr(rows, key, None) is not None:
             frame.attrs[key] = getattr(rows, key)
     return frame
@@ -125,6 +126,7 @@ def sweep(
     model: nn.Module,
     data,
     distortions: list[str],
+    measure: "Measure | str | None" = None,
     *,
     trials: int = 5,
     seed: int = 0,
@@ -142,18 +144,21 @@ def sweep(
     loss: str = "ce",
     progress: bool = False,
 ) -> SweepRows:
-    """Test error (or your metric) of ``model`` under every cell of ``distortions``: a list of rows,
-    one per cell (:data:`COLUMNS`; :func:`to_frame` makes a pandas frame of them), which carries the
-    sweep's coverage (:class:`SweepRows`, recorded by :func:`save_sweep`).
+    """``measure`` of ``model`` under every cell of ``distortions``: a list of rows, one per cell
+    (:data:`COLUMNS`; :func:`to_frame` makes a pandas frame of them), which carries the sweep's
+    coverage and measure (:class:`SweepRows`, recorded by :func:`save_sweep`).
 
     ``data`` is a :class:`robustweights.data.Data` (its ``split`` is tested, its
     training split serves batch-norm re-estimation), a ``Split``, or any
-    ``DataLoader`` of ``(inputs, targets)`` batches of a classifier.
-    ``evaluate(model) -> dict`` replaces the classification test with your own
-    (``data`` may then be None): each row's ``score`` is ``result[metric]``
-    (``metric`` default ``"error"``), and its ``error``/``loss`` columns are the
-    dict's ``error``/``loss`` if it has them. So a language model can be swept
-    for perplexity, a regressor for its MSE.
+    ``DataLoader`` of ``(inputs, targets)`` batches.
+    ``measure`` (:func:`robustweights.measures.get_measure`: ``error``, the
+    default, with the classification ``loss``; ``top5_error``, ``loss``,
+    ``perplexity``, ``mse``, ``package.module:function`` or a ``Measure``)
+    scores each cell: a row's ``score`` is its value, ``metric`` its name, and
+    its ``error``/``loss`` columns are the result's ``error``/``loss`` where it
+    has them. ``evaluate(model) -> dict`` is a measure of your own instead
+    (``data`` may then be None): ``score`` is ``result[metric]`` (``metric``
+    default ``"error"``; without ``evaluate``, ``metric`` names a built-in measure).
     ``on`` (:data:`robustweights.projected.WEIGHTS`) distorts the weights the
     network runs with (``auto``, the default: a sign network's binary weights,
     a stoch-sign or float network's hidden ones, as evaluation uses them),
@@ -173,6 +178,7 @@ def sweep(
         model,
         data,
         distortions,
+        measure=measure,
         trials=trials,
         seed=seed,
         on=on,
@@ -196,6 +202,7 @@ def _sweep(
     trials,
     seed,
     on,
+    measure=None,
     evaluate=None,
     metric=None,
     keep=(),
@@ -214,7 +221,8 @@ def _sweep(
     trial)`` to rows already computed (reused, not recomputed); ``on_row`` is called with each new
     row; ``only``, if given, is the set of cell keys to compute (a distributed sweep gives each rank
     its share); ``covered`` is :func:`sweep_coverage`'s answer when the caller has it already."""
-    test, train, metric = _checked(data, split, evaluate, metric, on, bn_batches)
+    test, train = _checked(data, split, evaluate, on, bn_batches)
+    m = _measure_of(measure, evaluate, metric, loss)
     todo = cells(distortions, trials, default_scale(model))
     selection = dict(selection or {})
     modes, ours = train_modes(model), not projected.sites(model)
@@ -224,14 +232,20 @@ def _sweep(
     try:
         device = next(model.parameters()).device
         model.eval()
+        metric = m.name if m is not None else metric or "error"
         plan = _Plan(model, on, seed, device, train, bn_batches, batch_size, metric)
         plan.measure = evaluate or (
-            lambda m: evaluate_split(m, test, loss=loss, batch_size=batch_size, device=device)
+            lambda net: measure_split(net, test, m, batch_size=batch_size, device=device)
         )
         untouched, cov = covered or _coverage(plan, test, keep, selection, evaluate)
         _announce(untouched, cov, progress)
         plan.aim(untouched)
-        rows = SweepRows(coverage=cov, on=on, distorted_weights=cov.get("distorted_weights"))
+        rows = SweepRows(
+            coverage=cov,
+            on=on,
+            distorted_weights=cov.get("distorted_weights"),
+            measure=m.to_dict() if m is not None else None,
+        )
         _run_cells(plan, todo, rows, dict(done or {}), only, on_row, progress)
     finally:
         if ours:
@@ -240,9 +254,26 @@ def _sweep(
     return rows
 
 
-def _checked(data, split, evaluate, metric, on, bn_batches):
-    """The split to test, the training split (for batch-norm re-estimation) and the metric; a
-    mistake in the sweep's arguments is one line."""
+def _measure_of(measure, evaluate, metric, loss: str) -> Measure | None:
+    """The measure a sweep scores with: ``measure``, else ``metric`` or ``error`` (with the
+    classification ``loss``); None for a user's ``evaluate`` (scored by ``metric``)."""
+    if evaluate is not None:
+        if measure is not None:
+            raise UserError("give measure= or evaluate= (a measure of your own), not both")
+        return None
+    spec = measure if measure is not None else metric or "error"
+    m = measure_named(spec, loss)
+    if metric is not None and metric != m.name:
+        raise UserError(
+            f"metric={metric!r} names the key of evaluate='s result; measure {m.name!r} "
+            "is scored by its own value (leave metric out)"
+        )
+    return m
+
+
+def _checked(data, split, evaluate, on, bn_batches):
+    """The split to test and the training split (for batch-norm re-estimation); a mistake in the
+    sweep's arguments is one line."""
     if on not in projected.WEIGHTS:
         raise UserError(f"on must be one of {', '.join(projected.WEIGHTS)}, not {on!r}")
     test = data_mod.as_split(data, split) if data is not None else None
@@ -253,7 +284,7 @@ def _checked(data, split, evaluate, metric, on, bn_batches):
         raise UserError(
             "batch-norm re-estimation needs the training split: pass a Data, not a Split"
         )
-    return test, train, metric or "error"
+    return test, train
 
 
 class _Plan:
@@ -401,7 +432,7 @@ def run_sweep(
 def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None):
     run = sweep_runs.open_run(config, rank, world, device, data)  # checked; nothing written yet
     todo = cells(config.distortions, config.trials, default_scale(run.model))
-    base, weights = _baseline(run.model, run.data, run.loss, config)
+    base, weights = _baseline(run.model, run.data, run.measure, config)
     record = sweep_runs.start_record(
         run, base, len(todo), scale_default=default_scale(run.model), baseline_weights=weights
     )
@@ -419,7 +450,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         bn_batches=config.bn_reestimate,
         batch_size=config.batch_size,
         split=config.split,
-        loss=run.loss,
+        measure=run.measure,
         done=run.done,
         on_row=keeper.add,
         progress=progress,
@@ -429,8 +460,8 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
     return sweep_runs.finish(run, keeper, rows, record, time.perf_counter() - t0)
 
 
-def _baseline(model, data, loss: str, config: SweepConfig) -> tuple[dict, str]:
-    """The undistorted evaluation (and the weights it used), with the batch-norm statistics of the
+def _baseline(model, data, measure: Measure, config: SweepConfig) -> tuple[dict, str]:
+    """The undistorted ``measure`` (and the weights it used), with the batch-norm statistics of the
     evaluation weights first when ``bn_calibrate`` asks: once, before every cell and the baseline
     (a stochastically trained network gathered them with its random draws, not its hidden
     weights)."""
@@ -440,5 +471,5 @@ def _baseline(model, data, loss: str, config: SweepConfig) -> tuple[dict, str]:
         calibrate_bn(model, data.train, config.bn_calibrate, config.batch_size, device, seed=seed)
     test = getattr(data, config.split)
     with projected.use_weights(model, "auto"):
-        base = evaluate_split(model, test, loss=loss, batch_size=config.batch_size, device=device)
+        base = measure_split(model, test, measure, batch_size=config.batch_size, device=device)
         return base, weights_label(model)

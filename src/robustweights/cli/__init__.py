@@ -129,9 +129,10 @@ def cmd_reproduce(args) -> int:
 def cmd_sweep(args) -> int:
     from ..sweeps import SweepConfig, run_sweep
     from ..distributed import distributed_env
-    from ..results import spec_lines
 
     config = SweepConfig(**_given(args, SweepConfig))
+    if any(isinstance(n, str) and ":" in n for n in (config.measure, config.data)):
+        _cwd_importable()  # --measure, --data: the user's own modules, beside them
     r = run_sweep(config, progress=not args.quiet)
     if distributed_env()[0] != 0:
         return 0  # under torchrun, rank 0 reports
@@ -145,6 +146,19 @@ def cmd_sweep(args) -> int:
         )
     if args.quiet:  # else the sweep printed it as it started
         print(r["coverage"]["summary"])
+    _print_sweep(r)
+    print(f"results: {config.out}/results.csv, results.json, sweep.json")
+    return 0
+
+
+def _print_sweep(r: dict) -> None:
+    """The undistorted score, each spec's mean and the lowest effective bits of a sweep, in its
+    measure's units and direction (``error 9.54%``, ``perplexity 52.3``)."""
+    from ..results import is_percent, score_format, spec_lines
+
+    metric = r.get("metric", "error")
+    percent = is_percent(metric, r.get("measure"))
+    show = score_format(percent)
     bn = (
         ""
         if not r.get("batch_norm", True)
@@ -158,25 +172,28 @@ def cmd_sweep(args) -> int:
         )
     )
     print(
-        f"undistorted error {r['baseline_error']:.2%} ({r['baseline_weights']} weights; inputs "
-        f"{r.get('preprocessing') or 'as the dataset loader gives them'}); "
+        f"undistorted {metric} {show(r['baseline_score'])} ({r['baseline_weights']} weights; "
+        f"inputs {r.get('preprocessing') or 'as the dataset loader gives them'}); "
         f"distorted: {r.get('distorted_weights') or r['on']} weights (on {r['on']})" + bn
     )
-    print("\n".join(spec_lines(r["rows"])))
-    best = r["lowest_bits"]
+    print("\n".join(spec_lines(r["rows"], percent=percent)))
+    best, way = r["lowest_bits"], ">=" if r.get("higher_is_better") else "<="
+    target = f"{metric} {way} {show(r['target_error'])}"
     if best:
         print(
-            f"lowest effective bits with mean error <= {r['target_error']:.2%}: "
-            f"{best['effective_bits']:.2f} bits per weight ({best['spec']}, "
-            f"mean error {best['mean_error']:.2%})"
+            f"lowest effective bits with mean {target}: {best['effective_bits']:.2f} bits per "
+            f"weight ({best['spec']}, mean {metric} {show(best['mean_score'])})"
         )
     else:
-        print(
-            "no distortion with an effective-bits figure kept the mean error <= "
-            f"{r['target_error']:.2%}"
-        )
-    print(f"results: {config.out}/results.csv, results.json, sweep.json")
-    return 0
+        print(f"no distortion with an effective-bits figure kept the mean {target}")
+
+
+def _cwd_importable() -> None:
+    """The current folder first on ``sys.path`` (as ``python -m`` has it), for a user's module
+    named on the command line (see :func:`_factories_importable`)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def cmd_report(args) -> int:

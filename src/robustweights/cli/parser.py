@@ -46,10 +46,18 @@ SWEEP_EPILOG = (
     "  --dataset " + ", ".join(data_mod.DATASETS) + "\n"
     "  --preprocess standardize | gcn-zca | none | normalize:mean=M,std=S\n"
     "      what your model was trained on (none: pixels in [0, 1])\n"
+    "  --data package.module:function   your own data instead of --dataset: called with no\n"
+    "      arguments, it returns a DataLoader of (inputs, targets) batches, or a dict with\n"
+    "      test and optionally train (the batches --bn-reestimate uses)\n"
+    "  --measure error | top5_error | loss | perplexity | mse | package.module:function\n"
+    "      what each cell is judged by (perplexity: logits (B, T, V) for tokens (B, T));\n"
+    "      the tables, the report and the lowest-bits line are in its units\n"
     "examples:\n"
     '  robustweights sweep runs/sign --distortion "add-gauss:sigma=0:1.5:0.25" --on projected\n'
     "  robustweights sweep --model-factory mymodels:build --state-dict mine.pt --dataset demo \\\n"
     '      --preprocess none --distortion "quant:bits=1..8" --exclude "embed*" --out runs/mine\n'
+    "  robustweights sweep --model-factory mylm:build --state-dict lm.pt --data mylm:batches \\\n"
+    '      --measure perplexity --distortion "add-gauss:sigma=0,0.5" --out runs/lm\n'
     "  robustweights report runs/sweep-sign runs/mine --out runs/report"
 )
 
@@ -186,11 +194,12 @@ def _add_sweep(sub, debug) -> None:
     sw = sub.add_parser(
         "sweep",
         parents=[debug],
-        help="test error of a network under test-time weight distortions",
+        help="test error (or another measure) of a network under test-time weight distortions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Stress-test a checkpoint (or your own model: --model-factory with --state-dict "
-            "and --dataset) against weight distortion grids; writes results.csv, results.json and "
+            "and --dataset or --data) against weight distortion grids, judged by --measure (the "
+            "checkpoint's own, else the error); writes results.csv, results.json and "
             "sweep.json. Started again on the same --out, it computes only the missing cells. "
             "Every floating-point parameter with 2 or more dimensions is distorted (linear, "
             "convolution, embedding and attention weights, your own nn.Parameter); biases and "

@@ -235,6 +235,6 @@ def _error_label(sources: list[Source]) -> str:
             "report each metric on its own"
         )
     metric = metrics.pop()
-    what = "error (%)" if metric == "error" else metric
+    what = f"{metric} (%)" if any(s.percent for s in sources) else metric
     splits = {s.prov.get("split") or "test" for s in sources}
     return f"{splits.pop()} {what}" if len(splits) == 1 else what

@@ -83,9 +83,10 @@ def mean_at(s: Source, key: Key, value: float | None) -> float | None:
     return c.mean[c.x.index(value)] if value in c.x else None
 
 
-def _cell(v: float | None, metric: str = "error") -> str:
-    """A table cell: the error in % to a tenth, any other metric to four significant digits."""
-    return "–" if v is None else f"{v:.1f}" if metric == "error" else f"{v:.4g}"
+def _cell(v: float | None, percent: bool = True) -> str:
+    """A table cell: a percentage (the error) to a tenth, any other measure to four significant
+    digits."""
+    return "–" if v is None else f"{v:.1f}" if percent else f"{v:.4g}"
 
 
 def _strongest(key: Key, curve: Curve) -> int:
@@ -262,6 +263,10 @@ class Document:
     def metric(self) -> str:  # one for all sources (a report refuses to mix metrics)
         return self.sources[0].metric if self.sources else "error"
 
+    @property
+    def percent(self) -> bool:  # whether the metric is shown as a percentage
+        return self.sources[0].percent if self.sources else True
+
     def html(self) -> str:
         e = html.escape
         out = [
@@ -296,7 +301,7 @@ class Document:
             out.append(
                 f"<tr><td>{e(row['label'])}</td>"
                 + "".join(
-                    f'<td class="num">{_cell(row[c], self.metric)}</td>' for c in self.columns
+                    f'<td class="num">{_cell(row[c], self.percent)}</td>' for c in self.columns
                 )
                 + "</tr>"
             )
@@ -347,7 +352,7 @@ class Document:
             "| "
             + _md(row["label"])
             + " | "
-            + " | ".join(_cell(row[c], self.metric) for c in self.columns)
+            + " | ".join(_cell(row[c], self.percent) for c in self.columns)
             + " |"
             for row in self.table
         ]

@@ -100,7 +100,7 @@ def set_y(ax, sources: list, at_least: float = 0) -> None:
     ]
     positive = [v for v in values if v > 0]
     if (
-        sources[0].metric != "error"
+        not sources[0].percent
         and positive
         and len(positive) == len(values)
         and max(positive) / min(positive) > 100
@@ -119,7 +119,7 @@ def ymax(sources: list) -> float:
         [s.baseline for s in sources]
         + [h for s in sources for c in s.curves.values() for h in c.hi]
     )
-    return min(100.0, top * 1.08 + 2) if sources[0].metric == "error" else top * 1.08
+    return min(100.0, top * 1.08 + 2) if sources[0].percent else top * 1.08
 
 
 def draw_curve(ax, xs, mean, lo, hi, color, marker="o") -> None:

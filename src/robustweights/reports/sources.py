@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, short_repr
-from ..results import complete_row
+from ..results import complete_row, is_percent
 from ..transforms import entry
 from .figures import Curve, Key
 
@@ -53,14 +53,11 @@ def load_results(result_dir: "str | Path") -> tuple[dict, list[dict]]:
         raise UserError(
             f"{where}: data_description must be a string, not {prov['data_description']!r}"
         )
-    if (
-        not is_number(prov["baseline_score"])
-        or metric == "error"
-        and not 0 <= prov["baseline_score"] <= 1
-    ):
+    percent = is_percent(metric, prov.get("measure"))
+    if not is_number(prov["baseline_score"]) or percent and not 0 <= prov["baseline_score"] <= 1:
         raise UserError(
             f"{where}: the undistorted {metric} must be a "
-            f"number{' in [0, 1]' * (metric == 'error')}, not {prov['baseline_score']!r}"
+            f"number{' in [0, 1]' * percent}, not {prov['baseline_score']!r}"
         )
     problem = _field_problem(prov)
     if problem:
@@ -175,9 +172,9 @@ class Source:
             str(self.prov["label"]).split()
         )  # one line: no breaks or tabs in a legend
         self.metric = self.prov.get("metric", "error")
-        self.unit = (
-            100.0 if self.metric == "error" else 1.0
-        )  # the error is shown in %, other metrics as they are
+        # a percentage (the error) is shown in %, any other measure as it is
+        self.percent = is_percent(self.metric, self.prov.get("measure"))
+        self.unit = 100.0 if self.percent else 1.0
         self.baseline = self.unit * self.prov["baseline_score"]
         self.curves = curves(self.rows, self.prov.get("scale_default"), self.unit)
 
@@ -258,5 +255,5 @@ def dataset_caption(sources: list[Source]) -> str:
 
 
 def score_text(s: Source, v: float, digits: int = 1) -> str:
-    """A score as shown: the error in %, any other metric as it is."""
-    return f"{v:.{digits}f}%" if s.metric == "error" else f"{v:.4g}"
+    """A score as shown: a percentage (the error) in %, any other measure as it is."""
+    return f"{v:.{digits}f}%" if s.percent else f"{v:.4g}"
