@@ -55,8 +55,8 @@ class Lines:
 
     def __iter__(self):
         for item in self.iterable:
+            self.n += 1  # counted as it starts: a line written while it runs counts it done
             yield item
-            self.n += 1
 
     def __enter__(self):
         return self

@@ -52,6 +52,7 @@ COLUMNS = [
     "score",
     "nominal_bits",
     "scale",
+    "snr_bits",
 ]
 
 

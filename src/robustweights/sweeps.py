@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -50,7 +51,10 @@ from .evaluation import (
     weights_label,
 )
 from .grid import cell_seed, cells
+from .locks import one_writer
 from .measures import Measure, measure_split
+from .progress import Lines
+from .progress import bar as progress_bar
 from .results import COLUMNS, complete_row
 from .sweep_models import load_state_dict_file, measure_named, prepare
 from .sweep_runs import data_fingerprint, save_sweep
@@ -348,22 +352,28 @@ def _announce(untouched: dict, cov: dict, progress: bool) -> None:
 
 
 def _run_cells(plan: _Plan, todo, rows: list, done: dict, only, on_row, progress) -> None:
-    """Each cell of ``todo`` measured (or taken from ``done``) into ``rows``, in order."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(todo, desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
-    for c in bar:
+    """Each cell of ``todo`` measured (or taken from ``done``) into ``rows``, in order. Progress:
+    a bar on a terminal, else a line as each grid ends (a log holds no redraws)."""
+    bar = progress_bar(todo, desc="sweep", unit="cell", enabled=progress)
+    lines = progress and isinstance(bar, Lines)
+    for i, c in enumerate(bar):
         if c.key() in done:
             rows.append(done[c.key()])
-            continue
-        if only is not None and c.key() not in only:
-            continue
-        row = _cell_row(plan, c)
-        rows.append(row)
-        bar.set_postfix(cell=c.t.spec, **{plan.metric: f"{row['score']:.4g}"})
-        if on_row is not None:
-            on_row(row)
+        elif only is None or c.key() in only:
+            row = _cell_row(plan, c)
+            rows.append(row)
+            bar.set_postfix(cell=c.t.spec, **{plan.metric: f"{row['score']:.4g}"})
+            if on_row is not None:
+                on_row(row)
+        if lines and (i + 1 == len(todo) or _grid(todo[i + 1]) != _grid(c)):
+            bar.line(f"sweep: {c.t.name} over {c.param} done")
     bar.close()
+
+
+def _grid(c) -> tuple:
+    """What the cells of one grid share: the transform, the swept parameter, the others' values."""
+    fixed = {k: v for k, v in c.t.params.items() if k != c.param}
+    return c.t.name, c.param, repr(sorted(fixed.items()))
 
 
 def _cell_row(plan: _Plan, c) -> dict:
@@ -373,6 +383,7 @@ def _cell_row(plan: _Plan, c) -> dict:
     measured = bits_mod.measured_bits(c.t, plan.bases, plan.bounds)
     model = plan.model
     with projected.distort(model, c.t, g, on=plan.distort_on, exclude=plan.untouched):
+        snr = bits_mod.snr_bits(plan.bases, [x.pinned for x in plan.hit])
         entropy = None
         if bits_mod.is_discrete(c.t):
             entropy = bits_mod.weighted_entropy([x.pinned for x in plan.hit])
@@ -395,6 +406,7 @@ def _cell_row(plan: _Plan, c) -> dict:
         "score": _score(r, plan.metric),
         "nominal_bits": bits_mod.capacity_bits(c.t),
         "scale": c.t.params.get("scale"),
+        "snr_bits": snr,
     }
 
 
@@ -426,7 +438,9 @@ def run_sweep(
     process would. ``data`` may pass the dataset already loaded (see :func:`prepare`).
     """
     with process_group(config.device) as (rank, world, device):
-        return _run_sweep(config, progress and rank == 0, rank, world, device, data)
+        lock = one_writer(config.out, "robustweights sweep") if rank == 0 else nullcontext()
+        with lock:  # one process writes a folder (torchrun's ranks: rank 0 holds it)
+            return _run_sweep(config, progress and rank == 0, rank, world, device, data)
 
 
 def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, device, data=None):
