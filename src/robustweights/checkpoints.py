@@ -19,9 +19,10 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, projected
-from .config import TrainConfig
+from .config import TEXT, TrainConfig
 from .distributed import resolve_device
 from .errors import UserError
+from .language import load_text
 from .runs import read_checkpoint
 from .selection import shorten
 
@@ -36,6 +37,13 @@ __all__ = [
 
 
 def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_mod.Data:
+    """The dataset and preprocessing ``config`` trains on (``text``: :func:`load_text`, which
+    ``data.load_data`` cannot reach)."""
+    if config.dataset == TEXT:
+        path = data_dir or config.data_dir
+        if path is None:
+            raise UserError("the text dataset needs --data-dir, a UTF-8 text file or folder")
+        return load_text(path, window=config.text_window())
     return data_mod.load_data(
         config.dataset,
         data_dir or config.data_dir,
