@@ -28,6 +28,7 @@ from .selection import shorten
 
 __all__ = [
     "load_config_data",
+    "check_config_data",
     "build_model",
     "config_of",
     "load",
@@ -55,6 +56,21 @@ def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_m
         num_workers=config.num_workers,
         val_size=config.val_size,
     )
+
+
+def check_config_data(config: TrainConfig, data: data_mod.Data) -> None:
+    """One line when ``data``, given to train ``config``, is not the dataset (and preprocessing)
+    it names."""
+    # (the text dataset has no preprocessing to choose: its bytes are the tokens)
+    same = config.dataset == TEXT or (
+        data.preprocessing == data_mod.describe_preprocess(config.preprocess)
+    )
+    if data.name != config.dataset or not same:
+        raise UserError(
+            f"the data given ({data.name}; inputs {data.preprocessing}) is not what the "
+            f"configuration names ({config.dataset}; preprocess {config.preprocess}): load it "
+            f"with load_config_data(config)"
+        )
 
 
 def build_model(

@@ -47,6 +47,7 @@ from . import data as data_mod
 from . import models, projected
 from .checkpoints import (
     build_model,
+    check_config_data,
     check_loaded_data,
     check_trained_data,
     config_of,
@@ -81,6 +82,7 @@ __all__ = [
     "train",
     "load",
     "evaluate",
+    "measure_for",
     "build_model",
     "load_config_data",
     "derive_seed",
@@ -139,7 +141,7 @@ def evaluate(
     """
     if split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {split!r}")
-    m = for_config(config) if measure is None else _named_measure(measure, config)
+    m = measure_for(config, measure)
     if isinstance(data, str):
         data = data_mod.user_data(data)  # (not what the run trained on: nothing to compare)
     else:
@@ -163,9 +165,14 @@ def evaluate(
     return out
 
 
-def _named_measure(measure, config: TrainConfig) -> Measure:
-    """The measure a user named for ``config``'s run (a classification one with its loss)."""
-    return get_measure(measure, loss=config.loss if measure in CLASSIFICATION_MEASURES else "ce")
+def measure_for(config: TrainConfig, measure: "Measure | str | None" = None) -> Measure:
+    """What a run is measured by: ``measure`` as the user named it (a classification one with the
+    run's loss), else the run's own (:func:`robustweights.measures.for_config`)."""
+    if measure is None:
+        return for_config(config)
+    if isinstance(measure, str) and measure in CLASSIFICATION_MEASURES:
+        return get_measure(measure, loss=config.loss)
+    return get_measure(measure)
 
 
 def train(
@@ -297,15 +304,8 @@ def _prepare(config, resume, data, rank, world):
     try:
         state = check_out(config, resume) if rank == 0 else None
         models.check_model(config.model, config.width)  # a misspelt name fails before the data
-        if data is not None and (data.name, data.preprocessing) != (
-            config.dataset,
-            data_mod.describe_preprocess(config.preprocess),
-        ):
-            raise UserError(
-                f"the data given ({data.name}; inputs {data.preprocessing}) is not what the "
-                f"configuration names ({config.dataset}; preprocess {config.preprocess}): load it "
-                f"with load_config_data(config)"
-            )
+        if data is not None:
+            check_config_data(config, data)
         data = data or load_config_data(config)
     except UserError as e:
         error = e
