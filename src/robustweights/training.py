@@ -12,6 +12,11 @@ the network a run keeps at its end is :mod:`robustweights.finish`.
     model, config = load("runs/sign")
     evaluate(model, config)                     # {"error": ..., "loss": ..., "weights": ...}
     evaluate(model, config, weights="hidden")   # the float hidden weights as they are
+    train(TrainConfig(model="causal-lm", dataset="text", data_dir="notes.txt", projection="sign"))
+
+A run is judged by its measure (:func:`robustweights.measures.for_config`: perplexity for
+``text``, else error): its steps minimise the measure's objective, its epochs report the
+measure's test and validation values, the best validation epoch is the best in its direction.
 
 A run folder holds ``checkpoint.pt`` (hidden weights, optimizer state, epochs
 done, full configuration), ``config.json`` and ``metrics.jsonl`` (one line per
