@@ -19,14 +19,16 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, projected
-from .config import TrainConfig
+from .config import TEXT, TrainConfig
 from .distributed import resolve_device
 from .errors import UserError
+from .language import load_text
 from .runs import read_checkpoint
 from .selection import shorten
 
 __all__ = [
     "load_config_data",
+    "check_config_data",
     "build_model",
     "config_of",
     "load",
@@ -36,6 +38,13 @@ __all__ = [
 
 
 def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_mod.Data:
+    """The dataset and preprocessing ``config`` trains on (``text``: :func:`load_text`, which
+    ``data.load_data`` cannot reach)."""
+    if config.dataset == TEXT:
+        path = data_dir or config.data_dir
+        if path is None:
+            raise UserError("the text dataset needs --data-dir, a UTF-8 text file or folder")
+        return load_text(path, window=config.text_window())
     return data_mod.load_data(
         config.dataset,
         data_dir or config.data_dir,
@@ -47,6 +56,21 @@ def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_m
         num_workers=config.num_workers,
         val_size=config.val_size,
     )
+
+
+def check_config_data(config: TrainConfig, data: data_mod.Data) -> None:
+    """One line when ``data``, given to train ``config``, is not the dataset (and preprocessing)
+    it names."""
+    # (the text dataset has no preprocessing to choose: its bytes are the tokens)
+    same = config.dataset == TEXT or (
+        data.preprocessing == data_mod.describe_preprocess(config.preprocess)
+    )
+    if data.name != config.dataset or not same:
+        raise UserError(
+            f"the data given ({data.name}; inputs {data.preprocessing}) is not what the "
+            f"configuration names ({config.dataset}; preprocess {config.preprocess}): load it "
+            f"with load_config_data(config)"
+        )
 
 
 def build_model(

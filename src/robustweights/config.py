@@ -16,13 +16,29 @@ import torch
 
 from . import data as data_mod
 from .errors import UserError
+from .language import TEXT_DATASET
 from .projected import MODES, WEIGHTS
 from .selection import selection_field
 from .transforms import transform
 
-__all__ = ["TrainConfig", "SweepConfig", "DEFAULT_DISTORTIONS"]
+__all__ = [
+    "TrainConfig",
+    "SweepConfig",
+    "DEFAULT_DISTORTIONS",
+    "TEXT",
+    "TRAIN_DATASETS",
+    "TEXT_WINDOW",
+    "CLASSIFICATION_MEASURES",
+    "TRAIN_MEASURES",
+]
 
 DEFAULT_DISTORTIONS = ["add-gauss:sigma=0:1.5:0.25", "power:beta=0:1:0.25"]
+TEXT = TEXT_DATASET  # the dataset of robustweights.language (loaded there, not by data.load_data)
+TRAIN_DATASETS = (*data_mod.DATASETS, TEXT)
+TEXT_WINDOW = 128  # bytes per window of the text dataset when window is not given
+CLASSIFICATION_MEASURES = ("error", "top5_error", "loss")
+# the measures a run may train by (built-in names only: a run folder never names code to import)
+TRAIN_MEASURES = ("auto", *CLASSIFICATION_MEASURES, "perplexity")
 
 
 def _opt(help: str, choices=None, **kw):
@@ -54,9 +70,19 @@ class TrainConfig:
         "registered model name (see `robustweights list`) or package.module:function", default="cnn"
     )
     width: float = _opt("multiplier for every hidden channel/unit count", default=1.0)
-    dataset: str = _opt("dataset", data_mod.DATASETS, default="fashion-mnist")
+    dataset: str = _opt(
+        "dataset (text: a UTF-8 file or folder, --data-dir, learnt byte by byte)",
+        TRAIN_DATASETS,
+        default="fashion-mnist",
+    )
     data_dir: str | None = _opt(
-        "folder (or archive) holding the dataset; default: its usual place", default=None
+        "folder (or archive) holding the dataset; default: its usual place (text: the UTF-8 "
+        "file or folder to learn, no default)",
+        default=None,
+    )
+    window: int | None = _opt(
+        f"text only: bytes (tokens) per training and test window (default {TEXT_WINDOW})",
+        default=None,
     )
     preprocess: str = _opt(
         "input preprocessing: standardize (fitted on training data), gcn-zca (BinaryConnect's), "
@@ -112,8 +138,15 @@ class TrainConfig:
     exclude: list[str] = selection_field("exclude", "project", "float")
     types: list[str] = selection_field("types", "project", "float")
     exclude_types: list[str] = selection_field("exclude_types", "project", "float")
+    measure: str = _opt(
+        "what the run is judged by (its test and validation figures, the best validation "
+        "epoch): auto (perplexity for text, else error), error, top5_error, loss (of --loss) "
+        "or perplexity",
+        TRAIN_MEASURES,
+        default="auto",
+    )
     loss: str = _opt(
-        "training loss: cross-entropy, or BinaryConnect's squared hinge",
+        "classification training loss: cross-entropy, or BinaryConnect's squared hinge",
         ("ce", "sq-hinge"),
         default="ce",
     )
@@ -199,7 +232,8 @@ class TrainConfig:
         for name, v in positive.items():
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise UserError(f"{name} must be a positive number, not {v!r}")
-        for name in ("train_subset", "test_subset", "image_size", "lr_end", "val_size"):
+        self._validate_task()
+        for name in ("train_subset", "test_subset", "image_size", "lr_end", "val_size", "window"):
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise UserError(
@@ -244,6 +278,47 @@ class TrainConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
         return self
+
+    def _validate_task(self) -> None:
+        """The measure, loss and window fit the dataset: text trains by perplexity with its own
+        loss, the image datasets by a classification measure."""
+        text = self.dataset == TEXT
+        if text and self.measure not in ("auto", "perplexity"):
+            raise UserError(
+                f"measure {self.measure!r} judges a classifier; the text dataset is judged by "
+                "perplexity (auto)"
+            )
+        if not text and self.measure == "perplexity":
+            raise UserError(
+                f"perplexity judges a language model; dataset {self.dataset} is judged by error, "
+                "top5_error or loss"
+            )
+        if text and self.loss != "ce":
+            raise UserError(
+                f"loss {self.loss!r} is a classification loss; text trains on next-byte "
+                "cross-entropy (leave --loss out)"
+            )
+        if not text and self.window is not None:
+            raise UserError(f"window applies only to the text dataset, not {self.dataset}")
+        if text:
+            image_only = {
+                "preprocess": self.preprocess != "standardize",
+                "augment": self.augment != "none",
+                "train_subset": self.train_subset is not None,
+                "test_subset": self.test_subset is not None,
+                "val_size": self.val_size is not None,
+                "image_size": self.image_size is not None,
+            }
+            given = [name for name, set_ in image_only.items() if set_]
+            if given:
+                raise UserError(
+                    f"{given[0]} does not apply to the text dataset (its bytes are the tokens; "
+                    "the last 10% is the test text, the 10% before it the validation text)"
+                )
+
+    def text_window(self) -> int:
+        """The window of the text dataset: ``window``, or :data:`TEXT_WINDOW`."""
+        return self.window if self.window is not None else TEXT_WINDOW
 
     @property
     def clip_bound(self) -> "float | str | None":

@@ -23,10 +23,11 @@ from .config import TrainConfig
 from .distributed import from_rank0
 from .draws import derive_seed
 from .errors import Diverged
-from .evaluation import evaluate_split, needs_calibration, reestimated_bn, weights_label
-from .finish import write_metrics
+from .evaluation import needs_calibration, reestimated_bn, weights_label
+from .finish import measured, val_key, write_metrics
+from .measures import Measure
 from .runs import BEST, CHECKPOINT, save_checkpoint
-from .steps import lr_at, set_lr
+from .steps import is_classification, lr_at, set_lr
 
 __all__ = ["Run", "run_epoch", "saved"]
 
@@ -58,6 +59,7 @@ class Run:
     steps: int  # per epoch
     needs_two: bool  # batch norm trains only on batches of two or more
     check_every: int  # steps between finiteness checks
+    measure: Measure  # what the run is judged by (measures.for_config); its objective trains
     step_fn: Callable | None = None
     best_state: dict | None = None  # the best validation epoch's network, not yet saved
     best_unsaved: int | None = None  # its epoch
@@ -78,19 +80,15 @@ def run_epoch(run: Run, epoch: int) -> None:
     """One epoch: train, test (and validate), keep the best validation network, save, call back."""
     from tqdm.auto import tqdm
 
-    config = run.config
     row = _epoch_row(run, epoch, *_train_epoch(run, epoch))
     # each rank evaluated with its own batch-norm statistics: rank 0's figures for all, so that
     # every rank selects the best epoch rank 0 keeps
     row = from_rank0(row, run.world)
     run.history.append(row)
     if run.progress:
-        tqdm.write(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
-            f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
-            f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s"
-        )
-    if run.val_split is not None and row["val_error"] <= min(h["val_error"] for h in run.history):
+        tqdm.write(_epoch_line(run, row, epoch))
+    key = val_key(run.measure)
+    if run.val_split is not None and _at_least_as_good(run.measure, row[key], run.history, key):
         # the latest of ties
         run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         run.best_unsaved = epoch + 1
@@ -100,6 +98,31 @@ def run_epoch(run: Run, epoch: int) -> None:
         torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
     if run.callback is not None:
         run.callback(epoch + 1, row)
+
+
+def _at_least_as_good(measure: Measure, value: float, history: list[dict], key: str) -> bool:
+    """Whether ``value`` is as good as the best ``key`` of ``history``, in the measure's
+    direction."""
+    best = (max if measure.higher_is_better else min)(h[key] for h in history)
+    return value >= best if measure.higher_is_better else value <= best
+
+
+def _epoch_line(run: Run, row: dict, epoch: int) -> str:
+    """The line an epoch ends with, in the measure's units (a classifier's: its errors)."""
+    m, config = run.measure, run.config
+    if is_classification(m) and m.name == "error":
+        return (
+            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f} "
+            f"error {row['train_error']:.2%}, test error {row['test_error']:.2%} "
+            f"({row['test_weights']} weights), {row['images_per_second']:.0f} img/s"
+        )
+    train = f" error {row['train_error']:.2%}" if is_classification(m) else ""
+    unit = "img" if is_classification(m) else "examples"
+    return (
+        f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}{train}, test "
+        f"{m.name.replace('_', ' ')} {m.format(row['test_' + m.name])} "
+        f"({row['test_weights']} weights), {row['images_per_second']:.0f} {unit}/s"
+    )
 
 
 def _train_epoch(run: Run, epoch: int):
@@ -119,7 +142,7 @@ def _train_epoch(run: Run, epoch: int):
     bar = tqdm(
         total=len(run.train_split),
         desc=f"epoch {epoch + 1}/{config.epochs}",
-        unit="img",
+        unit="img" if is_classification(run.measure) else "ex",
         disable=not run.progress,
         leave=False,
         dynamic_ncols=True,
@@ -145,11 +168,7 @@ def _train_epoch(run: Run, epoch: int):
             _check_finite(run, bar, loss_sum, epoch, step)
             if run.progress and step % 10 == 0:
                 rate = seen * world / (time.perf_counter() - t_epoch)
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}",
-                    acc=f"{1 - wrong.item() / seen:.3f}",
-                    img_s=f"{rate:.0f}",
-                )
+                _postfix(run, bar, loss_sum.item() / seen, wrong, seen, rate)
     bar.close()
     if world > 1:  # the epoch's training figures over all ranks
         seen = torch.tensor(float(seen), device=device, dtype=torch.float64)
@@ -157,6 +176,16 @@ def _train_epoch(run: Run, epoch: int):
         torch.distributed.all_reduce(totals)
         loss_sum, wrong, seen = totals[0], totals[1], int(totals[2].item())
     return loss_sum, wrong, seen, time.perf_counter() - t_epoch
+
+
+def _postfix(run: Run, bar, loss: float, wrong, seen: int, rate: float) -> None:
+    """The progress bar's running figures: loss (and a classifier's accuracy), rate."""
+    if is_classification(run.measure):
+        bar.set_postfix(
+            loss=f"{loss:.3f}", acc=f"{1 - wrong.item() / seen:.3f}", img_s=f"{rate:.0f}"
+        )
+    else:
+        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{rate:.0f}")
 
 
 def _check_finite(run: Run, bar, loss_sum, epoch: int, step: int) -> None:
@@ -171,24 +200,17 @@ def _check_finite(run: Run, bar, loss_sum, epoch: int, step: int) -> None:
 
 
 def _epoch_row(run: Run, epoch: int, loss_sum, wrong, seen: int, train_seconds: float) -> dict:
-    """The epoch's metrics row: training figures, test error and, with ``val_size``, validation
-    error."""
-    config, model = run.config, run.model
-    test = evaluate_split(
-        model,
-        run.test_split,
-        loss=config.loss,
-        batch_size=config.eval_batch_size,
-        amp=config.amp,
-        channels_last=config.channels_last,
-    )
+    """The epoch's metrics row: training figures, test figures of the measure and, with a
+    validation split, its validation value (a classifier's: ``train_error``, ``test_error``,
+    ``val_error``; another measure's: ``test_<name>``, ``val_<name>``)."""
+    config, model, m = run.config, run.model, run.measure
+    test = measured(model, run.test_split, config, m)
     row = {
         "epoch": epoch + 1,
         "lr": lr_at(config, epoch, 0, run.steps),
         "train_loss": loss_sum.item() / seen,
-        "train_error": wrong.item() / seen,
-        "test_loss": test["loss"],
-        "test_error": test["error"],
+        **({"train_error": wrong.item() / seen} if is_classification(m) else {}),
+        **_test_figures(m, test),
         "test_weights": weights_label(model),
         "seconds": train_seconds,
         "images_per_second": seen / train_seconds,
@@ -200,15 +222,18 @@ def _epoch_row(run: Run, epoch: int, loss_sum, wrong, seen: int, train_seconds: 
         again = config.bn_calibrate if needs_calibration(model) else 0
         seed = derive_seed(config.seed, "calibrate")
         with reestimated_bn(model, run.train_split, again, config.batch_size, run.device, seed):
-            row["val_error"] = evaluate_split(
-                model,
-                run.val_split,
-                loss=config.loss,
-                batch_size=config.eval_batch_size,
-                amp=config.amp,
-                channels_last=config.channels_last,
-            )["error"]
+            row[val_key(m)] = m.value(measured(model, run.val_split, config, m))
     return row
+
+
+def _test_figures(m: Measure, test: dict) -> dict:
+    """A row's test figures: ``test_loss``, a classifier's ``test_error`` and the measure's
+    ``test_<name>`` (the same key for ``error``), in this order."""
+    figures = {"test_loss": test["loss"]} if "loss" in test else {}
+    if is_classification(m):
+        figures["test_error"] = test["error"]
+    figures["test_" + m.name] = m.value(test)
+    return figures
 
 
 def _save_epoch(run: Run, epoch: int) -> None:

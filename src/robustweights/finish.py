@@ -3,9 +3,12 @@
 After the last epoch, a network evaluated with other weights than it trains
 with gets batch-norm statistics re-estimated for its evaluation weights
 (:func:`calibrate_at_end`, docs/method.md section 3); with ``val_size`` the
-network of the epoch of the lowest validation error is kept as ``best.pt`` and
-tested (:func:`select_best`). Both write the test error of the kept network in
-the last metrics row.
+network of the epoch of the best validation value (in the run's measure, its
+direction) is kept as ``best.pt`` and tested (:func:`select_best`). Both write
+the test figures of the kept network in the last metrics row. A run is judged
+by its measure (:func:`robustweights.measures.for_config`): a classifier's rows
+hold ``test_error`` and ``val_error``, a language model's ``test_perplexity``
+and ``val_perplexity``.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 
 from .distributed import from_rank0
 from .draws import derive_seed
-from .evaluation import bn_layers, calibrate_bn, evaluate_split, needs_calibration
+from .evaluation import bn_layers, calibrate_bn, needs_calibration
+from .measures import Measure, measure_split
 from .runs import BEST, read_checkpoint, save_checkpoint, write_text
 
-__all__ = ["calibrate_at_end", "select_best", "write_metrics"]
+__all__ = ["calibrate_at_end", "select_best", "write_metrics", "measured", "val_key"]
 
 
 def write_metrics(out: Path, history: list[dict]) -> None:
@@ -26,7 +30,26 @@ def write_metrics(out: Path, history: list[dict]) -> None:
     write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _tested(model, config, train_split, test_split, device, calibrate: bool) -> dict:
+def measured(model, split, config, measure: Measure) -> dict:
+    """``measure`` of ``model`` on ``split`` as a run evaluates it (its batch size, autocast and
+    memory format); a classifier's holds ``error`` and ``loss`` (exactly
+    :func:`robustweights.evaluation.evaluate_split`'s)."""
+    return measure_split(
+        model,
+        split,
+        measure,
+        batch_size=config.eval_batch_size,
+        amp=config.amp,
+        channels_last=config.channels_last,
+    )
+
+
+def val_key(measure: Measure) -> str:
+    """The key of a metrics row's validation value: ``val_error``, ``val_perplexity``..."""
+    return "val_" + measure.name
+
+
+def _tested(model, config, train_split, test_split, device, calibrate: bool, measure) -> dict:
     """The test figures of ``model``, its batch-norm statistics first re-estimated for its
     evaluation weights on ``config.bn_calibrate`` training batches (``calibrate``)."""
     if calibrate:
@@ -38,21 +61,16 @@ def _tested(model, config, train_split, test_split, device, calibrate: bool) -> 
             device,
             seed=derive_seed(config.seed, "calibrate"),
         )
-    return evaluate_split(
-        model,
-        test_split,
-        loss=config.loss,
-        batch_size=config.eval_batch_size,
-        amp=config.amp,
-        channels_last=config.channels_last,
-    )
+    return measured(model, test_split, config, measure)
 
 
-def calibrate_at_end(model, config, history, train_split, test_split, device, progress) -> dict:
+def calibrate_at_end(
+    model, config, history, train_split, test_split, device, progress, measure: Measure
+) -> dict:
     """The saved network works as saved: batch-norm statistics re-estimated with its evaluation
     weights (see :func:`~robustweights.evaluation.needs_calibration`); the last metrics row gets
-    the test error of that network. Returns the statistics training had (a resumed run goes on
-    from them)."""
+    the test figures of that network (those before go under ``*_stored_bn``). Returns the
+    statistics training had (a resumed run goes on from them)."""
     bns = set(map(id, bn_layers(model)))
     keys = {
         f"{n}.{b}" if n else b
@@ -61,23 +79,31 @@ def calibrate_at_end(model, config, history, train_split, test_split, device, pr
         for b in ("running_mean", "running_var", "num_batches_tracked")
     }
     train_bn = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
-    test = _tested(model, config, train_split, test_split, device, calibrate=True)
-    row = history[-1]
+    test = _tested(model, config, train_split, test_split, device, True, measure)
+    row, name = history[-1], "test_" + measure.name
+    before = row[name]
+    # the measure's value, a classifier's error (top5_error's too) and the loss, in this order
+    keys = (measure.name, "error", "loss")
+    figures = {
+        f"test_{k}": test[k] for k in dict.fromkeys(keys) if k in test and f"test_{k}" in row
+    }
     row.update(
-        test_error_stored_bn=row["test_error"],
-        test_loss_stored_bn=row["test_loss"],
-        test_error=test["error"],
-        test_loss=test["loss"],
+        **{f"{k}_stored_bn": row[k] for k in figures},
+        **figures,
         bn_calibrated_batches=config.bn_calibrate,
     )
     if progress:
         print(
             f"batch-norm statistics re-estimated on {config.bn_calibrate} training batches with "
-            f"the evaluation ({row['test_weights']}) weights: test error "
-            f"{row['test_error_stored_bn']:.2%} -> {test['error']:.2%}"
+            f"the evaluation ({row['test_weights']}) weights: test {_words(measure)} "
+            f"{measure.format(before)} -> {measure.format(row[name])}"
             " (the checkpoint keeps these statistics)"
         )
     return train_bn
+
+
+def _words(measure: Measure) -> str:
+    return measure.name.replace("_", " ")
 
 
 def _best_kept(best_state, out, world) -> tuple[dict, list[dict]]:
@@ -108,13 +134,16 @@ def select_best(
     data,
     data_info,
     world=1,
+    *,
+    measure: Measure,
 ):
-    """The network of the best validation epoch (the latest of ties), its batch-norm statistics
-    re-estimated like the last one's if it needs it; its test error goes in the last metrics
-    row."""
+    """The network of the best validation epoch (the best ``val_<name>`` in the measure's
+    direction, the latest of ties), its batch-norm statistics re-estimated like the last one's
+    if it needs it; its test value goes in the last metrics row (``best_test_<name>``)."""
+    key, name = val_key(measure), measure.name
+    pick = max if measure.higher_is_better else min
     best = max(
-        (h for h in history if h["val_error"] == min(r["val_error"] for r in history)),
-        key=lambda h: h["epoch"],
+        (h for h in history if h[key] == pick(r[key] for r in history)), key=lambda h: h["epoch"]
     )
     row = history[-1]
     best_state, kept = _best_kept(best_state, out, world)
@@ -122,17 +151,24 @@ def select_best(
     if len(kept) == len(history) and kept[-1].get("best_epoch") == best["epoch"]:
         # a finished run asked again (reproduce's second call): best.pt is the final selection;
         # rewrite nothing
-        row.update({k: kept[-1][k] for k in ("best_epoch", "best_val_error", "best_test_error")})
+        row.update(
+            {k: kept[-1][k] for k in ("best_epoch", f"best_val_{name}", f"best_test_{name}")}
+        )
         return model, best["epoch"]
     calibrate = config.bn_calibrate > 0 and needs_calibration(model)
-    test = _tested(model, config, train_split, test_split, device, calibrate)
+    test = _tested(model, config, train_split, test_split, device, calibrate, measure)
     row.update(
-        best_epoch=best["epoch"], best_val_error=best["val_error"], best_test_error=test["error"]
+        {
+            "best_epoch": best["epoch"],
+            f"best_val_{name}": best[key],
+            f"best_test_{name}": measure.value(test),
+        }
     )
     if progress:
         print(
-            f"best validation epoch {best['epoch']} (validation error {best['val_error']:.2%}): "
-            f"test error {test['error']:.2%}; kept as {BEST}"
+            f"best validation epoch {best['epoch']} (validation {_words(measure)} "
+            f"{measure.format(best[key])}): test {_words(measure)} "
+            f"{measure.format(measure.value(test))}; kept as {BEST}"
         )
     if out is not None:
         save_checkpoint(

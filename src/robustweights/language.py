@@ -25,8 +25,8 @@ For the callers: ``data.load_data`` cannot dispatch here (this module imports
 ``data``), so whoever loads a dataset by name sends :data:`TEXT_DATASET` to
 :func:`load_text`. The model is registered as :data:`MODEL_NAME`
 (``create_model("causal-lm", num_classes=256)``) when this module is imported;
-``Data.in_shape`` is ``(window,)``, not ``(C, H, W)``, so ``create_model`` must
-be given ``in_shape=None`` for it.
+``Data.in_shape`` is ``(window,)``, not ``(C, H, W)``: the model takes it
+(a window longer than its ``context`` raises the context to the window).
 """
 
 from __future__ import annotations
@@ -278,10 +278,15 @@ def causal_lm(
     heads: int = 4,
     context: int = 256,
     tie: bool = True,
+    in_shape: tuple | None = None,
 ) -> CausalLM:
     """:class:`CausalLM` for ``create_model``: ``num_classes`` is the vocabulary (256 for
     ``text``); ``width`` scales ``dim``, rounded to a multiple of ``heads`` (each head gets
-    ``dim / heads``)."""
+    ``dim / heads``); ``in_shape`` ``(T,)``, the data's windows, raises ``context`` to ``T``
+    when it is longer (any other shape, such as ``create_model``'s image default, says nothing
+    about tokens and is not read)."""
+    if in_shape is not None and len(in_shape) == 1 and isinstance(context, int):
+        context = max(context, in_shape[0])
     sizes = dict(num_classes=num_classes, dim=dim, layers=layers, heads=heads, context=context)
     for what, v in sizes.items():
         _positive_int(what, v)

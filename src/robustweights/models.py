@@ -102,7 +102,7 @@ def create_model(
     name: str,
     *,
     num_classes: int = 10,
-    in_shape: tuple[int, int, int] = (3, 32, 32),
+    in_shape: tuple[int, ...] = (3, 32, 32),
     width: float = 1.0,
     **kwargs,
 ) -> nn.Module:
@@ -112,12 +112,14 @@ def create_model(
     options leave a model's own defaults alone. ``num_classes``, ``in_shape`` and
     ``width`` are passed only if the factory accepts them; any other keyword
     must be accepted, so that a misspelt option fails instead of being ignored.
+    ``in_shape`` is one example's shape: ``(C, H, W)`` for images, ``(T,)`` for the windows of
+    the text dataset (a factory checks the shape it needs).
     """
     factory = _resolve(name)
     if num_classes is not None:
         _check_num_classes(num_classes)
     if in_shape is not None:
-        in_shape = _check_in_shape(in_shape)
+        in_shape = _check_shape(in_shape)
     if width is not None:
         _check_width(width)
     common = dict(num_classes=num_classes, in_shape=in_shape, width=width)
@@ -237,6 +239,20 @@ def _option_names(factory) -> list[str]:
 def _check_num_classes(num_classes) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"num_classes {num_classes!r} is not allowed; use an integer >= 2")
+
+
+def _check_shape(in_shape) -> tuple[int, ...]:
+    """An example's shape: one or more positive integers."""
+    ok = (
+        isinstance(in_shape, (tuple, list))
+        and len(in_shape) >= 1
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in in_shape)
+    )
+    if not ok:
+        raise UserError(
+            f"in_shape {in_shape!r} is not allowed; use positive integers ((C, H, W) for images)"
+        )
+    return tuple(in_shape)
 
 
 def _check_in_shape(in_shape) -> tuple[int, int, int]:

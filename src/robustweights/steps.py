@@ -38,10 +38,20 @@ import torch
 from torch import Tensor, nn
 
 from . import projected
+from .config import CLASSIFICATION_MEASURES
 from .errors import UserError, one_line
 from .evaluation import as_logits, loss_fn
 
-__all__ = ["make_step", "GraphedStep", "lr_at", "set_lr", "snapshot", "restore", "EXCLUSIVE"]
+__all__ = [
+    "make_step",
+    "is_classification",
+    "GraphedStep",
+    "lr_at",
+    "set_lr",
+    "snapshot",
+    "restore",
+    "EXCLUSIVE",
+]
 
 
 def make_step(
@@ -54,14 +64,23 @@ def make_step(
     channels_last: bool,
     device: torch.device,
     graphed: bool = False,
+    measure=None,
 ) -> Callable:
     """``step(x, y, check=False) -> (loss, wrong)``: one training step; 0-dim tensors, no host sync.
-    ``check`` checks the model's outputs against the labels (the first step of a run)."""
+    ``check`` checks the model's outputs against the targets (the first step of a run).
+
+    The loss is the objective of ``measure`` (a :class:`robustweights.measures.Measure`; None:
+    classification with ``loss``). A classification measure's step is the classifier's: the
+    ``(batch, classes)`` logits, the loss ``loss`` of them in float32 and the wrong argmaxes
+    counted; any other measure's step minimises ``measure.objective`` of the model's output (a
+    tensor, or an object or dict holding ``logits``) and counts nothing (``wrong`` stays 0)."""
     autocast = dict(
         device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
     )
     if graphed:
         autocast["cache_enabled"] = False  # casts cached across a capture would outlive it
+    if measure is not None and not is_classification(measure):
+        return _objective_step(model, net, opt, measure, autocast, channels_last, device)
 
     def step(x: Tensor, y: Tensor, check: bool = False):
         if channels_last:
@@ -74,6 +93,33 @@ def make_step(
         opt.step()
         projected.clip_(model)
         return value.detach(), (logits.detach().argmax(1) != y).sum()
+
+    return step
+
+
+def is_classification(measure) -> bool:
+    """Whether ``measure`` judges a classifier (``error``, ``top5_error``, ``loss``): its steps
+    count wrong predictions, its runs keep the ``*_error`` figures."""
+    return measure.name in CLASSIFICATION_MEASURES
+
+
+def _objective_step(model, net, opt, measure, autocast, channels_last, device) -> Callable:
+    """The step of a measure other than classification's: see :func:`make_step`."""
+    nothing = torch.zeros((), dtype=torch.int64, device=device)  # (one tensor: a graph keeps it)
+
+    def step(x: Tensor, y: Tensor, check: bool = False):
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**autocast):  # (the objective too: its softmax in float32)
+            out = net(x)
+            if check and measure.check is not None:
+                measure.check(out, y)
+            value = measure.objective(out, y).float()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        projected.clip_(model)
+        return value.detach(), nothing
 
     return step
 

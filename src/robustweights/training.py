@@ -12,6 +12,11 @@ the network a run keeps at its end is :mod:`robustweights.finish`.
     model, config = load("runs/sign")
     evaluate(model, config)                     # {"error": ..., "loss": ..., "weights": ...}
     evaluate(model, config, weights="hidden")   # the float hidden weights as they are
+    train(TrainConfig(model="causal-lm", dataset="text", data_dir="notes.txt", projection="sign"))
+
+A run is judged by its measure (:func:`robustweights.measures.for_config`: perplexity for
+``text``, else error): its steps minimise the measure's objective, its epochs report the
+measure's test and validation values, the best validation epoch is the best in its direction.
 
 A run folder holds ``checkpoint.pt`` (hidden weights, optimizer state, epochs
 done, full configuration), ``config.json`` and ``metrics.jsonl`` (one line per
@@ -47,13 +52,14 @@ from . import data as data_mod
 from . import models, projected
 from .checkpoints import (
     build_model,
+    check_config_data,
     check_loaded_data,
     check_trained_data,
     config_of,
     load,
     load_config_data,
 )
-from .config import TrainConfig
+from .config import CLASSIFICATION_MEASURES, TrainConfig
 from .distributed import agree, from_rank0, process_group
 from .draws import derive_seed
 from .evaluation import (
@@ -70,9 +76,10 @@ from .evaluation import (
 from .epochs import Run, run_epoch, saved
 from .errors import Diverged, UserError
 from .finish import calibrate_at_end, select_best, write_metrics
+from .measures import Measure, for_config, get_measure, measure_split, output_tensor
 from .resume import check_out, restore
 from .runs import BEST, CHECKPOINT, read_checkpoint, save_checkpoint, write_text
-from .steps import EXCLUSIVE, GraphedStep, lr_at, make_step
+from .steps import EXCLUSIVE, GraphedStep, is_classification, lr_at, make_step
 
 __all__ = [
     "TrainConfig",
@@ -80,6 +87,7 @@ __all__ = [
     "train",
     "load",
     "evaluate",
+    "measure_for",
     "build_model",
     "load_config_data",
     "derive_seed",
@@ -102,13 +110,15 @@ class TrainResult:
     model: nn.Module
     config: TrainConfig
     history: list[dict]  # one metrics row per epoch (what metrics.jsonl holds)
-    # after the last epoch (of the best validation epoch with val_size), with the evaluation
-    # weights of docs/method.md section 3
+    # after the last epoch (of the best validation epoch with a validation split), with the
+    # evaluation weights of docs/method.md section 3; nan for a run not judged by error
     test_error: float
-    # path of the checkpoint kept (best.pt with val_size, else checkpoint.pt), or None
+    # path of the checkpoint kept (best.pt with a validation split, else checkpoint.pt), or None
     checkpoint: str | None
     seconds: float
-    best_epoch: int | None = None  # with val_size: the epoch of the lowest validation error
+    best_epoch: int | None = None  # with a validation split: the epoch of the best value
+    measure: str = "error"  # what the run is judged by (measures.for_config)
+    test_value: float = float("nan")  # its value, as test_error is (test_error for "error")
 
 
 def evaluate(
@@ -119,31 +129,55 @@ def evaluate(
     *,
     weights: str = "auto",
     batch_size: int | None = None,
-    data: data_mod.Data | None = None,
+    data: "data_mod.Data | str | None" = None,
+    measure: "Measure | str | None" = None,
 ) -> dict:
-    """Test (or train) error and loss of ``model`` on the dataset and preprocessing of ``config``.
+    """The measure of ``model`` on the test (or train) split of the dataset and preprocessing of
+    ``config``: a classifier's error and loss, a language model's perplexity (see
+    :func:`robustweights.measures.measure_split` for the keys).
 
     ``weights``: ``auto`` follows docs/method.md section 3 (a deterministic training
     projection is applied, a random one is not), ``hidden`` uses the hidden
     weights exactly as they are, ``projected`` applies the training projection.
+    ``measure``: the run's own (:func:`robustweights.measures.for_config`) unless given (a
+    name or ``package.module:function``, as ``--measure`` takes it). ``data``: the data
+    already loaded, or a user's ``package.module:function`` giving the batches
+    (:func:`robustweights.data.user_data`; ``--data``).
     """
     if split not in ("test", "train"):
         raise UserError(f"split must be 'test' or 'train', not {split!r}")
-    data = data or load_config_data(config, data_dir)
-    check_loaded_data(model, data)
+    m = measure_for(config, measure)
+    if isinstance(data, str):
+        data = data_mod.user_data(data)  # (not what the run trained on: nothing to compare)
+    else:
+        data = data or load_config_data(config, data_dir)
+        check_loaded_data(model, data)
+    if getattr(data, split) is None:
+        raise UserError(f"the data has no {split} split to measure on")
     with projected.use_weights(model, weights):
-        out = evaluate_split(
+        out = measure_split(
             model,
             getattr(data, split),
-            loss=config.loss,
+            m,
             batch_size=batch_size or config.eval_batch_size,
             amp=config.amp,
             channels_last=config.channels_last,
         )
         out["weights"] = weights_label(model)
+    out["measure"] = m.name
     out["dataset"] = data.description
     out["preprocessing"] = data.preprocessing
     return out
+
+
+def measure_for(config: TrainConfig, measure: "Measure | str | None" = None) -> Measure:
+    """What a run is measured by: ``measure`` as the user named it (a classification one with the
+    run's loss), else the run's own (:func:`robustweights.measures.for_config`)."""
+    if measure is None:
+        return for_config(config)
+    if isinstance(measure, str) and measure in CLASSIFICATION_MEASURES:
+        return get_measure(measure, loss=config.loss)
+    return get_measure(measure)
 
 
 def train(
@@ -243,6 +277,7 @@ def _train(
         steps=math.ceil((len(train_split) // world) / local_batch),
         needs_two=needs_two,
         check_every=50 if device.type == "cuda" else 1,  # a finiteness check syncs the GPU
+        measure=for_config(config),
     )
     run.step_fn = _make_step(run)
     for epoch in range(start, config.epochs):
@@ -274,15 +309,8 @@ def _prepare(config, resume, data, rank, world):
     try:
         state = check_out(config, resume) if rank == 0 else None
         models.check_model(config.model, config.width)  # a misspelt name fails before the data
-        if data is not None and (data.name, data.preprocessing) != (
-            config.dataset,
-            data_mod.describe_preprocess(config.preprocess),
-        ):
-            raise UserError(
-                f"the data given ({data.name}; inputs {data.preprocessing}) is not what the "
-                f"configuration names ({config.dataset}; preprocess {config.preprocess}): load it "
-                f"with load_config_data(config)"
-            )
+        if data is not None:
+            check_config_data(config, data)
         data = data or load_config_data(config)
     except UserError as e:
         error = e
@@ -302,7 +330,7 @@ def _build(config, data, device, model_factory, progress, world):
         cov = training_coverage(
             model, data.train, device, verb=f"projecting ({config.projection}, {config.mode})"
         )
-        _check_trainable(model, data, device)
+        _check_trainable(model, data, device, for_config(config))
     if progress:
         print(cov["summary"])
     if config.channels_last:
@@ -321,7 +349,7 @@ def _build(config, data, device, model_factory, progress, world):
 
 
 @torch.no_grad()
-def _check_trainable(model: nn.Module, data, device) -> None:
+def _check_trainable(model: nn.Module, data, device, measure: Measure) -> None:
     """One line before training for a model that cannot train on this data: nothing trainable, or
     fewer outputs than the data has classes (before: a traceback at the first parameter step, or
     at the batch holding a label past the outputs)."""
@@ -330,13 +358,17 @@ def _check_trainable(model: nn.Module, data, device) -> None:
     x, y = next(iter(data.train.batches(2, device=device)))
     was = model.training
     try:
-        out = as_logits(first_forward(model.eval(), x), y)
+        out = first_forward(model.eval(), x)
+        if not is_classification(measure) and measure.check is not None:
+            measure.check(out, y)
+        out = as_logits(out, y) if is_classification(measure) else output_tensor(out)
     finally:
         model.train(was)
-    if out.shape[1] < data.num_classes:
+    if out.shape[-1] < data.num_classes:
+        each, what = ("example", "classes") if is_classification(measure) else ("token", "tokens")
         raise UserError(
-            f"the model gives {out.shape[1]} outputs per example, but the data has "
-            f"{data.num_classes} classes"
+            f"the model gives {out.shape[-1]} outputs per {each}, but the data has "
+            f"{data.num_classes} {what}"
         )
 
 
@@ -379,6 +411,7 @@ def _make_step(run: Run):
         channels_last=run.config.channels_last,
         device=run.device,
         graphed=run.config.cuda_graph,
+        measure=run.measure,
     )
     if run.config.cuda_graph:
         step_fn = GraphedStep(step_fn, run.model, run.opt, [run.gen])
@@ -394,7 +427,14 @@ def _end(run: Run, t0: float) -> TrainResult:
         # (also a run stopped after its last checkpoint but before this calibration: before,
         # --resume skipped it)
         train_bn = calibrate_at_end(
-            model, config, history, run.train_split, run.test_split, run.device, run.progress
+            model,
+            config,
+            history,
+            run.train_split,
+            run.test_split,
+            run.device,
+            run.progress,
+            run.measure,
         )
         if out is not None:
             save_checkpoint(
@@ -421,17 +461,18 @@ def _end(run: Run, t0: float) -> TrainResult:
             run.data,
             run.data_info,
             run.world,
+            measure=run.measure,
         )
     # (the figures after selection: rank 0's)
     history[-1:] = [from_rank0(h, run.world) for h in history[-1:]]
     with EXCLUSIVE:  # a CUDA graph is freed while no other row (rows_at_once) captures one
         run.step_fn = None
     seconds = time.perf_counter() - t0
-    test_error = (
-        (history[-1]["test_error"] if best_epoch is None else history[-1]["best_test_error"])
-        if history
-        else float("nan")
-    )
+    name = run.measure.name
+    last = history[-1] if history else {}
+    test_value = last.get(f"test_{name}" if best_epoch is None else f"best_test_{name}", math.nan)
+    error = last.get("test_error", math.nan) if best_epoch is None else math.nan
+    test_error = test_value if name == "error" else error
     kept_path = (
         (out / (BEST if best_epoch is not None else CHECKPOINT)) if out is not None else None
     )
@@ -443,4 +484,6 @@ def _end(run: Run, t0: float) -> TrainResult:
         str(kept_path) if kept_path else None,
         seconds,
         best_epoch,
+        name,
+        test_value,
     )

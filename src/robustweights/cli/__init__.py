@@ -16,7 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-from .. import data as data_mod
 from ..errors import Diverged, UserError
 from .parser import build_parser
 
@@ -29,6 +28,7 @@ def _given(args, cls) -> dict:
 
 def cmd_train(args) -> int:
     from ..distributed import agree, distributed_env, process_group
+    from ..measures import for_config
     from ..training import TrainConfig, train
 
     given = _given(args, TrainConfig)
@@ -53,8 +53,10 @@ def cmd_train(args) -> int:
     if distributed_env()[0] != 0:
         return 0  # under torchrun, rank 0 reports
     h = result.history[-1] if result.history else {}
+    m = for_config(config)
     print(
-        f"test error: {result.test_error:.2%} ({h.get('test_weights', '?')} weights) after "
+        f"test {m.name.replace('_', ' ')}: {m.format(result.test_value)} "
+        f"({h.get('test_weights', '?')} weights) after "
         f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {result.seconds:.0f} s; "
         f"model {config.model} width {config.width}, projection "
         f"{config.projection} ({config.mode}), data {config.dataset}"
@@ -81,18 +83,49 @@ def _saved_config(given: dict) -> dict:
 
 def cmd_evaluate(args) -> int:
     from ..checkpoints import load
-    from ..training import evaluate
+    from ..training import evaluate, measure_for
 
     model, config = load(args.checkpoint, model_factory=args.model_factory)
-    r = evaluate(model, config, split=args.split, data_dir=args.data_dir, weights=args.weights)
+    m = measure_for(config, args.measure)
+    r = evaluate(
+        model,
+        config,
+        split=args.split,
+        data_dir=args.data_dir,
+        weights=args.weights,
+        measure=m,
+        data=args.data,
+    )
     if args.json:
         print(json.dumps(r))
-    else:
-        print(
-            f"{args.split} error: {r['error']:.2%}  loss: {r['loss']:.4f}  "
-            f"({r['weights']} weights, {r['n']} examples of {r['dataset']}; "
-            f"inputs {r['preprocessing']})"
+        return 0
+    loss = f"  loss: {r['loss']:.4f}" if "loss" in r else ""
+    count = f"{r['n']} examples of " if "n" in r else ""
+    inputs = f"; inputs {r['preprocessing']}" if r["preprocessing"] else ""
+    print(
+        f"{args.split} {m.name.replace('_', ' ')}: {m.format(m.value(r))}{loss}  "
+        f"({r['weights']} weights, {count}{r['dataset']}{inputs})"
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..bake import export_run
+
+    r = export_run(
+        args.run,
+        args.out,
+        packed=args.packed,
+        weights=args.weights,
+        model_factory=args.model_factory,
+    )
+    line = f"wrote {r['out']}: {r['bytes']:,} bytes on disk ({r['weights']} weights"
+    if r["packed"]:
+        line += (
+            f"; {r['binary_tensors']} binary tensors at 1 bit per weight: "
+            f"{r['binary_packed_bytes']:,} bytes instead of {r['binary_float32_bytes']:,}"
         )
+    print(line + ")")
     return 0
 
 
@@ -219,6 +252,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from ..config import TRAIN_DATASETS
     from ..models import list_models
     from ..transforms import entry, list_transforms
 
@@ -232,13 +266,20 @@ def cmd_list(args) -> int:
             doc = e.doc.splitlines()[0].replace("``", "") if e.doc else ""
             print(f"  {name:<11} {('[' + params + ']') if params else '':<26} {doc}")
     if args.what in ("datasets", "all"):
-        print("datasets: " + ", ".join(data_mod.DATASETS))
+        print("datasets: " + ", ".join(TRAIN_DATASETS) + "  (text: --data-dir FILE or folder)")
+    if args.what in ("measures", "all"):
+        from ..measures import MEASURES
+
+        print("measures:")
+        for name, m in sorted(MEASURES.items()):
+            print(f"  {name:<11} {m.description}")
     return 0
 
 
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "export": cmd_export,
     "demo": cmd_demo,
     "sweep": cmd_sweep,
     "report": cmd_report,
@@ -256,7 +297,7 @@ def _factories_importable(args) -> None:
     reproduce's --set model=...) bring it; a checkpoint naming a factory is still refused unless
     the user names that factory again (models.check_factory_allowed).
     """
-    named = [getattr(args, "model", None), getattr(args, "model_factory", None)]
+    named = [getattr(args, k, None) for k in ("model", "model_factory", "measure", "data")]
     for item in getattr(args, "set", None) or []:
         key, _, value = item.partition("=")
         if key.strip() in ("model", "imagenet_model"):

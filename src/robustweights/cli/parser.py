@@ -22,6 +22,9 @@ EXAMPLES = "\n".join(
         " --epochs 20 --out runs/bc",
         "  robustweights train --resume --out runs/bc --epochs 30",
         "  robustweights evaluate runs/sign --weights hidden",
+        "  robustweights train --model causal-lm --dataset text --data-dir notes.txt"
+        " --projection sign --epochs 1 --out runs/lm",
+        "  robustweights export runs/sign --out sign.pt --packed",
         '  robustweights sweep runs/sign --distortion "add-gauss:sigma=0:1.5:0.25"'
         ' --distortion "quant:bits=1..8" \\',
         "      --on projected --out runs/sweep-sign",
@@ -140,9 +143,10 @@ def _add_evaluate(sub, debug) -> None:
     e = sub.add_parser(
         "evaluate",
         parents=[debug],
-        help="test error of a checkpoint",
-        description="Test error and loss of a trained checkpoint on its own dataset and "
-        "preprocessing.",
+        help="test error (or perplexity) of a checkpoint",
+        description="The measure of a trained checkpoint on its own dataset and preprocessing: "
+        "a classifier's test error and loss, a language model's perplexity (or --measure on "
+        "--data).",
     )
     e.add_argument("checkpoint", help="checkpoint.pt or the run folder holding it")
     e.add_argument(
@@ -166,7 +170,51 @@ def _add_evaluate(sub, debug) -> None:
     e.add_argument(
         "--model-factory", default=None, help="allow importing this package.module:function model"
     )
+    e.add_argument(
+        "--measure",
+        default=None,
+        help="what to measure: error, top5_error, loss, perplexity, mse or your own "
+        "package.module:function (default: the run's own, perplexity for text, else error)",
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="measure on your own batches: a function returning a DataLoader of (inputs, "
+        "targets), or a dict with 'test' (and 'train') (default: the run's dataset)",
+    )
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_export(sub, debug) -> None:
+    from ..projected import WEIGHTS
+
+    x = sub.add_parser(
+        "export",
+        parents=[debug],
+        help="write the weights a trained network runs with as a plain state_dict",
+        description="Bake a run's network into a file a plain, unattached model loads with "
+        "load_state_dict: a sign network's binary weights, not its hidden float ones. "
+        "--packed stores every tensor of +-a values at 1 bit per weight.",
+    )
+    x.add_argument("run", help="the run folder (its kept network) or a checkpoint file")
+    x.add_argument("--out", required=True, help="the file to write (a .pt)")
+    x.add_argument(
+        "--packed",
+        action="store_true",
+        help="store each tensor of +-a values as its signs, 8 to a byte, with a and its shape "
+        "(read back with robustweights.load_baked)",
+    )
+    x.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="auto",
+        help="which weights to write: auto (the default: those the network is evaluated with, "
+        "as evaluate), hidden, or projected",
+    )
+    x.add_argument(
+        "--model-factory", default=None, help="allow importing this package.module:function model"
+    )
 
 
 def _add_demo(sub, debug) -> None:
@@ -283,14 +331,14 @@ def _add_list(sub, debug) -> None:
     ls = sub.add_parser(
         "list",
         parents=[debug],
-        help="list models, transforms and datasets",
+        help="list models, transforms, datasets and measures",
         description="List the registered models, the transforms (distortions and projections, "
-        "with their parameters) and the datasets.",
+        "with their parameters), the datasets and the measures.",
     )
     ls.add_argument(
         "what",
         nargs="?",
-        choices=("models", "transforms", "datasets", "all"),
+        choices=("models", "transforms", "datasets", "measures", "all"),
         default="all",
         help="what to list (default: all)",
     )
@@ -299,6 +347,7 @@ def _add_list(sub, debug) -> None:
 COMMANDS = {
     "train": _add_train,
     "evaluate": _add_evaluate,
+    "export": _add_export,
     "demo": _add_demo,
     "sweep": _add_sweep,
     "report": _add_report,
