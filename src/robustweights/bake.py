@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from . import projected
 from .errors import UserError
 from .evaluation import weights_label
-from .runs import atomic_write, check_writable, safe_load
+from .runs import check_writable, safe_load, save_tensors
 from .checkpoints import load
 
 __all__ = ["bake", "bake_model", "save_baked", "load_baked", "packed_sizes", "export_run", "FORMAT"]
@@ -158,7 +158,7 @@ def save_baked(state: dict[str, Tensor], path: "str | os.PathLike", packed: bool
     on_cpu: dict[tuple, Tensor] = {}  # one copy per tensor: tied keys stay tied off a GPU too
     state = {k: on_cpu.setdefault(_storage_key(v), v.detach().cpu()) for k, v in state.items()}
     if not packed:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        save_tensors(path, state)
         return path.stat().st_size
     seen: dict[tuple, str] = {}
     tensors, packs, tied = {}, {}, {}
@@ -173,7 +173,7 @@ def save_baked(state: dict[str, Tensor], path: "str | os.PathLike", packed: bool
             tensors[key] = t
     doc = {"format": FORMAT, "version": VERSION, "keys": list(state)}
     doc.update(tensors=tensors, packed=packs, tied=tied)
-    atomic_write(path, lambda tmp: torch.save(doc, tmp))
+    save_tensors(path, doc)
     return path.stat().st_size
 
 

@@ -207,6 +207,17 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every value a user (or a stranger's checkpoint) can get wrong; raises UserError
         with one line."""
+        self._validate_kinds()
+        transform(self.projection)
+        data_mod.parse_preprocess(self.preprocess)
+        self._validate_numbers()
+        self._validate_task()
+        self._validate_schedule()
+        self._validate_device()
+        return self
+
+    def _validate_kinds(self) -> None:
+        """Each field of its declared kind, and among its choices where it has them."""
         for f in dataclasses.fields(self):
             v, kind = getattr(self, f.name), f.type.replace(" | None", "")
             if v is None and "None" in f.type:
@@ -219,8 +230,9 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and v not in choices:
                 raise UserError(f"{f.name} {v!r} is not one of: {', '.join(choices)}")
-        transform(self.projection)
-        data_mod.parse_preprocess(self.preprocess)
+
+    def _validate_numbers(self) -> None:
+        """Sizes and rates positive and finite; the seed and the clip bound in range."""
         positive = {
             "width": self.width,
             "lr": self.lr,
@@ -232,7 +244,6 @@ class TrainConfig:
         for name, v in positive.items():
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise UserError(f"{name} must be a positive number, not {v!r}")
-        self._validate_task()
         for name in ("train_subset", "test_subset", "image_size", "lr_end", "val_size", "window"):
             v = getattr(self, name)
             if v is not None and not (v > 0 and math.isfinite(v)):
@@ -244,14 +255,6 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise UserError(f"{name} must be zero or positive, not {v!r}")
-        if self.lr_end is not None and self.schedule != "exp":
-            raise UserError(
-                f"lr_end is the end of the exp schedule; schedule {self.schedule} does not use it"
-            )
-        if self.lr_end is not None and self.lr_end > self.lr:
-            raise UserError(
-                f"lr_end {self.lr_end:g} is above lr {self.lr:g}: the exp schedule decays"
-            )
         if not 0 <= self.seed < 2**63:
             raise UserError(f"seed must be an integer in [0, 2**63), not {self.seed!r}")
         if self.clip not in ("glorot", "none"):
@@ -263,6 +266,18 @@ class TrainConfig:
                 raise UserError(
                     f"clip must be a positive number, 'glorot' or 'none', not {self.clip!r}"
                 )
+
+    def _validate_schedule(self) -> None:
+        if self.lr_end is not None and self.schedule != "exp":
+            raise UserError(
+                f"lr_end is the end of the exp schedule; schedule {self.schedule} does not use it"
+            )
+        if self.lr_end is not None and self.lr_end > self.lr:
+            raise UserError(
+                f"lr_end {self.lr_end:g} is above lr {self.lr:g}: the exp schedule decays"
+            )
+
+    def _validate_device(self) -> None:
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if self.cuda_graph and (
@@ -277,7 +292,6 @@ class TrainConfig:
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} asked for, but this machine has no CUDA GPU")
-        return self
 
     def _validate_task(self) -> None:
         """The measure, loss and window fit the dataset: text trains by perplexity with its own

@@ -26,6 +26,8 @@ from .errors import Diverged
 from .evaluation import needs_calibration, reestimated_bn, weights_label
 from .finish import measured, val_key, write_metrics
 from .measures import Measure
+from .progress import bar as progress_bar
+from .progress import duration, is_terminal
 from .runs import BEST, CHECKPOINT, save_checkpoint
 from .steps import is_classification, lr_at, set_lr
 
@@ -78,15 +80,13 @@ def saved(run: Run) -> dict:
 
 def run_epoch(run: Run, epoch: int) -> None:
     """One epoch: train, test (and validate), keep the best validation network, save, call back."""
-    from tqdm.auto import tqdm
-
     row = _epoch_row(run, epoch, *_train_epoch(run, epoch))
     # each rank evaluated with its own batch-norm statistics: rank 0's figures for all, so that
     # every rank selects the best epoch rank 0 keeps
     row = from_rank0(row, run.world)
     run.history.append(row)
     if run.progress:
-        tqdm.write(_epoch_line(run, row, epoch))
+        _say(_epoch_line(run, row, epoch) + _time_left(run, epoch))
     key = val_key(run.measure)
     if run.val_split is not None and _at_least_as_good(run.measure, row[key], run.history, key):
         # the latest of ties
@@ -98,6 +98,25 @@ def run_epoch(run: Run, epoch: int) -> None:
         torch.distributed.barrier()  # no rank runs ahead of rank 0's checkpoint
     if run.callback is not None:
         run.callback(epoch + 1, row)
+
+
+def _say(line: str) -> None:
+    """A line above a terminal's bar (tqdm.write), or a plain line in a log."""
+    if is_terminal():
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
+
+
+def _time_left(run: Run, epoch: int) -> str:
+    """``, about 3 min 05 s left``: the epochs to go at this run's mean training time so far."""
+    left = run.config.epochs - (epoch + 1)
+    done = [h["seconds"] for h in run.history[-(epoch + 1 - run.start) :] if "seconds" in h]
+    if left <= 0 or not done:
+        return ""
+    return f", about {duration(left * sum(done) / len(done))} left"
 
 
 def _at_least_as_good(measure: Measure, value: float, history: list[dict], key: str) -> bool:
@@ -128,8 +147,6 @@ def _epoch_line(run: Run, row: dict, epoch: int) -> str:
 def _train_epoch(run: Run, epoch: int):
     """Train one epoch: its training loss summed over examples, its wrong predictions and its
     examples (over all ranks), and its seconds."""
-    from tqdm.auto import tqdm
-
     config, world, device = run.config, run.world, run.device
     data_gen = torch.Generator().manual_seed(derive_seed(config.seed, epoch, "data"))
     rank = (run.rank,) if world > 1 else ()
@@ -139,13 +156,12 @@ def _train_epoch(run: Run, epoch: int):
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     wrong = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    bar = tqdm(
+    bar = progress_bar(  # a terminal's bar; nothing in a log, whose line is the epoch's
         total=len(run.train_split),
         desc=f"epoch {epoch + 1}/{config.epochs}",
         unit="img" if is_classification(run.measure) else "ex",
-        disable=not run.progress,
+        enabled=run.progress,
         leave=False,
-        dynamic_ncols=True,
     )
     batches = run.train_split.batches(
         run.local_batch,

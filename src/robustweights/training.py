@@ -38,6 +38,7 @@ calibration, best-validation selection, the result).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 import json
 import math
 import time
@@ -62,6 +63,7 @@ from .checkpoints import (
 from .config import CLASSIFICATION_MEASURES, TrainConfig
 from .distributed import agree, from_rank0, process_group
 from .draws import derive_seed
+from .locks import one_writer
 from .evaluation import (
     as_logits,
     bn_layers,
@@ -206,17 +208,19 @@ def train(
         # the checkpoint names the network that was built, so that load() rebuilds that one
         config = dataclasses.replace(config, model=model_factory)
     with process_group(config.device) as (rank, world, device):
-        return _train(
-            config,
-            resume,
-            progress and rank == 0,
-            callback,
-            model_factory,
-            data,
-            rank,
-            world,
-            device,
-        )
+        writes = rank == 0 and config.out is not None  # torchrun: rank 0 writes, and holds the lock
+        with one_writer(config.out, "robustweights train") if writes else nullcontext():
+            return _train(
+                config,
+                resume,
+                progress and rank == 0,
+                callback,
+                model_factory,
+                data,
+                rank,
+                world,
+                device,
+            )
 
 
 # ---------------------------------------------------------------------------
