@@ -195,3 +195,33 @@ def test_a_real_full_disk_mid_sweep_then_freed_goes_on_to_the_same_table(
         assert _rows(disk / "s") == _rows(tmp_path / "u")
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+class _Interrupts:
+    def __reduce__(self):
+        raise KeyboardInterrupt  # Ctrl-C arriving while torch.save writes
+
+
+def test_ctrl_c_inside_a_checkpoint_write_is_an_interrupt_and_the_old_file_stays(tmp_path):
+    from robustweights.runs import save_tensors
+
+    path = tmp_path / "checkpoint.pt"
+    save_tensors(path, {"w": torch.arange(3)})
+    with pytest.raises(KeyboardInterrupt):  # not torch's "unexpected pos" RuntimeError
+        save_tensors(path, {"w": torch.zeros(10**5), "x": _Interrupts()})
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_the_command_line_called_in_process_gives_the_caller_its_sigterm_handler_back(capsys):
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["list", "measures"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

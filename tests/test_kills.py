@@ -23,3 +23,41 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_files(tmp
     assert report["differences"] == [] and rc == 0
     assert report["files_checked"] >= len(report["commands"]) == 2
     assert report["kills"] >= 2  # each command killed at least once before it ended
+
+
+def test_sigterm_ends_a_run_cleanly_with_a_line_saying_how_it_goes_on(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "demo", "--epochs", "30", "--train-subset", "300"]
+    argv += ["--test-subset", "100", "--checkpoint-every", "1", "--out", str(out)]
+    env = {**os.environ, "RW_LOCK_DIR": str(tmp_path / "locks")}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "robustweights", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in p.stdout:  # a log, not a terminal: one line an epoch
+        if line.startswith("epoch 2/30"):  # epoch 1's checkpoint is written
+            break
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "robustweights train: interrupted; files already written are whole; "
+        f"`robustweights train --resume --out {out}` goes on from the last checkpoint"
+    )
+    assert "\r" not in rest  # no redrawn bars in a log
+    done = subprocess.run(
+        [sys.executable, "-m", "robustweights", "train", "--resume", "--out", str(out)]
+        + ["--epochs", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr

@@ -87,7 +87,12 @@ def save_tensors(path: Path, obj) -> None:
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:  # torch's writer, closing after Ctrl-C or a failed write,
+                if isinstance(e.__context__, (KeyboardInterrupt, OSError)):  # hides the cause
+                    raise e.__context__ from None
+                raise
 
     atomic_write(Path(path), write)
 

@@ -422,8 +422,8 @@ def _make_step(run: Run):
     return step_fn
 
 
-def _end(run: Run, t0: float) -> TrainResult:
-    """The end of a run: batch-norm calibration, best-validation selection, the result."""
+def _calibrate(run: Run) -> None:
+    """Batch-norm statistics for the evaluation weights, once, at the end (saved with the run)."""
     config, state, history, out = run.config, run.state, run.history, run.out
     model = run.model
     calibrated = state is not None and run.start == config.epochs and bool(state.get("train_bn"))
@@ -450,6 +450,13 @@ def _end(run: Run, t0: float) -> TrainResult:
                 **saved(run),
             )
             write_metrics(out, history)
+
+
+def _end(run: Run, t0: float) -> TrainResult:
+    """The end of a run: batch-norm calibration, best-validation selection, the result."""
+    config, history, out = run.config, run.history, run.out
+    _calibrate(run)
+    model = run.model
     best_epoch = None
     if run.val_split is not None and history:
         model, best_epoch = select_best(

@@ -311,6 +311,8 @@ def _factories_importable(args) -> None:
 def _resume_hint(args) -> str:
     """How the interrupted or failed command goes on: what the user types next."""
     if args.command == "train" and getattr(args, "out", None):
+        if not (Path(args.out) / "checkpoint.pt").is_file():
+            return "no checkpoint was written yet: run the same command again"
         return f"`robustweights train --resume --out {args.out}` goes on from the last checkpoint"
     if args.command in ("sweep", "reproduce", "demo"):
         return "the same command goes on from the cells and rows already written"
@@ -339,8 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:  # called in-process (a notebook, a test): the caller's handler back
+            signal.signal(signal.SIGTERM, before)
+
+
+def _run(args) -> int:
+    """The command, its mistakes and failures turned into one line and an exit status."""
     try:
         _factories_importable(args)
         return COMMANDS[args.command](args)
