@@ -366,3 +366,95 @@ def test_a_factory_beside_the_user_is_imported_without_pythonpath(tmp_path):
     rows = json.loads((tmp_path / "rw_cwd_factory" / "results.json").read_text())
     assert [(r["value"], r["trial"]) for r in rows] == [(0.0, 0), (0.5, 0)]
     assert not (tmp_path / "rw_cwd_missing").exists()
+
+
+def test_a_library_message_names_the_parameter_and_the_command_line_its_flag(tmp_path, capsys):
+    """Part 10, item 5: a notebook user who called ``rw.run_sweep(SweepConfig(out=...))`` read
+    ``--out``; the library now says ``out='...'`` and the command line says ``--out ...``."""
+    import robustweights as rw
+
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "file" / "run")
+    said = f"{tmp_path / 'file'} is a file, not a folder"
+    calls = (
+        (
+            lambda: rw.run_sweep(rw.SweepConfig(checkpoint="/no/such.pt", out=out), progress=False),
+            ["sweep", "/no/such.pt"],
+        ),
+        (
+            lambda: rw.train(
+                rw.TrainConfig(dataset="cifar10", data_dir="/no/such", out=out), progress=False
+            ),
+            ["train", "--dataset", "cifar10", "--data-dir", "/no/such"],
+        ),
+    )
+    for library, argv in calls:
+        with pytest.raises(rw.UserError) as e:
+            library()
+        assert str(e.value) == f"out={out!r}: {said}"
+        code, _, err = run_main(capsys, *argv, "--out", out)
+        assert (
+            code == 2
+            and one_error_line(err) == f"robustweights {argv[0]}: error: --out {out}: {said}"
+        )
+    with pytest.raises(rw.UserError, match=r"^resume=True needs out=, the run folder"):
+        rw.train(rw.TrainConfig(), resume=True, progress=False)
+
+
+def test_flag_form_maps_only_the_options_of_the_command():
+    from robustweights.cli.parser import build_parser, command_options, flag_form
+
+    parser = build_parser()
+    sweep, train, reproduce = (command_options(parser, c) for c in ("sweep", "train", "reproduce"))
+    cases = [
+        (
+            sweep,
+            "out='runs/x': no permission to write in /root",
+            "--out runs/x: no permission to write in /root",
+        ),
+        (sweep, "give model_factory= again", "give --model-factory again"),
+        (
+            sweep,
+            "dataset=, preprocess= go with a dataset by name; data='m:f' gives",
+            "--dataset, --preprocess go with a dataset by name; --data m:f gives",
+        ),
+        (
+            sweep,
+            "e.g. distortions=['add-gauss:sigma=0,0.5,1']",
+            "e.g. --distortion add-gauss:sigma=0,0.5,1",
+        ),
+        (sweep, "keep= 'nope': no such weight", "--keep 'nope': no such weight"),
+        (sweep, "out='my runs' is a folder", "--out 'my runs' is a folder"),
+        (train, "resume=True needs out=, the run folder", "--resume needs --out, the run folder"),
+        (train, "batch_size=1 gives 1: raise it", "--batch-size 1 gives 1: raise it"),
+        (train, "try a lower learning rate (lr=).", "try a lower learning rate (--lr)."),
+        (reproduce, "overrides= epoch: no such key", "--set epoch: no such key"),
+        # not an option of the command: as it is
+        (train, "give model_factory= again; keep= 'x'", "give model_factory= again; keep= 'x'"),
+    ]
+    for options, message, said in cases:
+        assert flag_form(message, options) == said
+    # a transform spec, and a transform's parameter as a message quotes it, are never touched
+    # (scale is a flag of reproduce, sigma= and bits= of none)
+    for message in (
+        "add-gauss:sigma=0.5,scale=max is not valid",
+        "grid add-gauss:scale=max,sigma=0:1:0.25 and quant:bits=1..8",
+        "add-gauss:scale='wobble' is not valid; allowed: std, max, clip, mean or a number",
+        "pattern 'out=x' matches no parameter; in /tmp/out=3",
+    ):
+        for options in (sweep, train, reproduce):
+            assert flag_form(message, options) == message
+    assert flag_form("scale='tiny' and add-gauss:scale=max", reproduce) == (
+        "--scale tiny and add-gauss:scale=max"
+    )
+
+
+def test_a_transform_message_is_said_as_the_library_says_it(capsys):
+    import robustweights as rw
+
+    spec = "add-gauss:sigma=0.5,scale=wobble"
+    with pytest.raises(rw.UserError) as e:
+        rw.run_sweep(rw.SweepConfig(checkpoint="/no/such.pt", distortions=[spec]), progress=False)
+    code, _, err = run_main(capsys, "sweep", "/no/such.pt", "--distortion", spec)
+    assert code == 2 and "add-gauss:scale='wobble' is not valid" in str(e.value)
+    assert one_error_line(err) == f"robustweights sweep: error: {e.value}"

@@ -327,7 +327,7 @@ def test_out_folder_with_other_files_is_refused(tmp_path):
     for out in (tmp_path / "mine", sign):  # a folder of one's own, and a sweep result folder
         with pytest.raises(UserError) as e:
             report([sign], out)
-        assert "is not a robustweights report folder; choose another --out" in one_line(e)
+        assert "is not a robustweights report folder; choose another out=" in one_line(e)
     assert (tmp_path / "mine" / "report.html").read_text() == "<p>my own page</p>"
     assert sorted(os.listdir(sign)) == ["results.json", "sweep.json"]
 

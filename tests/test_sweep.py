@@ -607,7 +607,7 @@ def test_own_model_mistakes_are_refused(own_model, tmp_path):
         "not a readable state_dict",
     )
     refuses(
-        lambda: run_sweep(factory_config(tmp_path, out, dataset=None), progress=False), "--dataset"
+        lambda: run_sweep(factory_config(tmp_path, out, dataset=None), progress=False), "dataset="
     )
     assert not out.exists()
 

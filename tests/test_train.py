@@ -704,6 +704,6 @@ def test_batch_norm_with_batches_of_one_is_refused_in_one_line():
     rate divided by zero (ZeroDivisionError; under torchrun, --batch-size 2 on 2 processes did the
     same)."""
     with pytest.raises(
-        rw.UserError, match="batch norm needs batches of 2 or more examples, and --batch-size 1"
+        rw.UserError, match="batch norm needs batches of 2 or more examples, and batch_size=1"
     ):
         rw.train(tiny(model="cnn", batch_size=1, train_subset=20, epochs=1), progress=False)

@@ -245,8 +245,8 @@ def export_run(
     """
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the file to write")
-    check_writable(out.parent, "--out")
+        raise UserError(f"out={str(out)!r} is a folder; give the file to write")
+    check_writable(out.parent)
     model, _ = load(run, model_factory=model_factory)
     state = bake(model, weights)
     with projected.use_weights(model, weights):  # our own copy of the run: setting it is harmless

@@ -43,7 +43,7 @@ def load_config_data(config: TrainConfig, data_dir: str | None = None) -> data_m
     if config.dataset == TEXT:
         path = data_dir or config.data_dir
         if path is None:
-            raise UserError("the text dataset needs --data-dir, a UTF-8 text file or folder")
+            raise UserError("the text dataset needs data_dir=, a UTF-8 text file or folder")
         return load_text(path, window=config.text_window())
     return data_mod.load_data(
         config.dataset,
@@ -131,7 +131,7 @@ def load(path: "str | os.PathLike", *, model_factory: str | None = None, device:
         config.model,
         model_factory,
         path,
-        f"pass model_factory={config.model!r} (--model-factory) to allow importing it",
+        f"pass model_factory={config.model!r} to allow importing it",
     )
     where = f"{path} (model {config.model!r} width {config.width})"
     # shapes first, on the meta device: a stranger's num_classes or in_shape could ask for

@@ -310,7 +310,7 @@ class TrainConfig:
         if text and self.loss != "ce":
             raise UserError(
                 f"loss {self.loss!r} is a classification loss; text trains on next-byte "
-                "cross-entropy (leave --loss out)"
+                "cross-entropy (leave loss= out)"
             )
         if not text and self.window is not None:
             raise UserError(f"window applies only to the text dataset, not {self.dataset}")

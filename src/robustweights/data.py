@@ -196,11 +196,11 @@ def _data_path(name: str, data_dir: str | None) -> Path:
         data_dir = default_data_dir(name)
     if data_dir is None and name == "imagefolder":
         raise UserError(
-            "imagefolder needs --data-dir: a folder holding train/<class>/ and val/<class>/"
+            "imagefolder needs data_dir=: a folder holding train/<class>/ and val/<class>/"
         )
     if data_dir is None:
         raise UserError(
-            f"no {name} data found in the default places; pass --data-dir "
+            f"no {name} data found in the default places; pass data_dir= "
             f"or set ROBUSTWEIGHTS_DATA to a folder holding {_SUBFOLDER[name]}/"
         )
     path = Path(data_dir).expanduser()

@@ -77,7 +77,7 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
         raise UserError(
             f"process {local} on this machine has no GPU of its own ({gpus} GPU(s) here): start at "
             f"most {gpus} per machine (torchrun --nproc-per-node {max(gpus, 1)}), "
-            "or use --device cpu"
+            "or use device='cpu'"
         )
     if cuda:
         torch.cuda.set_device(device)

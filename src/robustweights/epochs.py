@@ -210,8 +210,8 @@ def _check_finite(run: Run, bar, loss_sum, epoch: int, step: int) -> None:
         bar.close()
         kept = run.out is not None and (run.out / CHECKPOINT).exists()
         raise Diverged(
-            f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
-            f"try a lower --lr.{' The last good checkpoint is kept.' if kept else ''}"
+            f"training loss became non-finite in epoch {epoch + 1} (step {step}); try a lower "
+            f"learning rate (lr=).{' The last good checkpoint is kept.' if kept else ''}"
         )
 
 

@@ -446,7 +446,7 @@ def resolve_keep(
         )
         if not hits:
             raise UserError(
-                f"--keep {k!r}: no such weight; use first, last or a name or pattern among: "
+                f"keep= {k!r}: no such weight; use first, last or a name or pattern among: "
                 f"{shorten(names)}"
             )
         out.update({n: f"kept undistorted (keep {k})" for n in hits})

@@ -117,7 +117,7 @@ class Cell:
 def cells(distortions: list[str], trials: int, scale: str | None = None) -> list[Cell]:
     """Every cell of the grids, in order; random distortions get ``trials`` trials, others one."""
     if not distortions:
-        raise UserError("no distortion given; e.g. --distortion add-gauss:sigma=0,0.5,1")
+        raise UserError("no distortion given; e.g. distortions=['add-gauss:sigma=0,0.5,1']")
     if not (isinstance(trials, int) and trials >= 1):
         raise UserError(f"trials must be a positive integer, not {trials!r}")
     out = []

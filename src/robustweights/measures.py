@@ -367,7 +367,7 @@ def for_config(config) -> Measure:
         name = "perplexity" if getattr(config, "dataset", None) == "text" else "error"
     if ":" in name:
         raise UserError(
-            f"the run names measure {name!r}, a user's function: give it again with --measure "
+            f"the run names measure {name!r}, a user's function: give it again with measure= "
             f"(robustweights never imports code a run folder names)"
         )
     return get_measure(name, loss=loss if name in ("error", "top5_error", "loss") else "ce")

@@ -218,7 +218,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, list[str]]]:
 
 
 def _convert(entry: Entry, p: Param, raw: str) -> Any:
-    where = f"{entry.name}: {p.name}={raw!r}"
+    where = f"{entry.name}:{p.name}={raw!r}"
     try:
         if p.kind == "bool":
             low = raw.lower()

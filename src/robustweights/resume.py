@@ -54,11 +54,11 @@ def check_out(config: TrainConfig, resume: bool) -> dict | None:
     """Refuse to overwrite a run; on resume return its checkpoint."""
     if config.out is None:
         if resume:
-            raise UserError("--resume needs --out, the run folder to continue")
+            raise UserError("resume=True needs out=, the run folder to continue")
         return None
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise UserError(f"out={str(out)!r} exists and is not a folder")
     check_writable(out)
     if not resume:
         _check_new(out)
@@ -73,7 +73,7 @@ def check_out(config: TrainConfig, resume: bool) -> dict | None:
     saved = config_of(state, ckpt)
     if config.epochs < state["epoch"]:
         raise UserError(
-            f"{out} has {state['epoch']} epochs done; --epochs must be at least that to resume it"
+            f"{out} has {state['epoch']} epochs done; epochs= must be at least that to resume it"
         )
     for f in dataclasses.fields(TrainConfig):
         if f.name not in _RESUMABLE and getattr(saved, f.name) != getattr(config, f.name):
@@ -89,13 +89,13 @@ def _check_new(out: Path) -> None:
     checkpointed."""
     if (out / CHECKPOINT).exists() or (out / "metrics.jsonl").exists():
         raise UserError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            f"{out} already holds a run; pass resume=True to continue it or choose another out="
         )
     others = sorted(p.name for p in out.iterdir() if not _own_start(p)) if out.is_dir() else []
     # a user's files, a sweep or a report: a run's files would overwrite or mix with them
     if others:
         raise UserError(
-            f"--out {out} holds other files ({', '.join(others[:3])}"
+            f"out={str(out)!r} holds other files ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder"
         )
 

@@ -97,16 +97,16 @@ def save_tensors(path: Path, obj) -> None:
     atomic_write(Path(path), write)
 
 
-def check_writable(out: Path, flag: str = "--out") -> None:
+def check_writable(out: Path, name: str = "out") -> None:
     """One line, before any data is loaded, when ``out`` cannot be created or written (nothing is
-    created here)."""
+    created here). ``name``: the parameter ``out`` was given as, in the message."""
     p = Path(out).absolute()
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise UserError(f"{flag} {out}: {p} is a file, not a folder")
+        raise UserError(f"{name}={str(out)!r}: {p} is a file, not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: no permission to write in {p}")
+        raise UserError(f"{name}={str(out)!r}: no permission to write in {p}")
 
 
 def _umask() -> int:

@@ -215,9 +215,9 @@ class GraphedStep:
             g.device.type == "cuda" for g in generators
         ):
             raise UserError(
-                f"--cuda-graph with a random projection needs a torch whose CUDA graphs take other "
-                f"generators than the default one (torch {torch.__version__} has no "
-                f"CUDAGraph.register_generator_state); drop --cuda-graph"
+                f"cuda_graph=True with a random projection needs a torch whose CUDA graphs take "
+                f"other generators than the default one (torch {torch.__version__} has no "
+                f"CUDAGraph.register_generator_state); drop cuda_graph=True"
             )
         for group in opt.param_groups:
             if not (isinstance(group["lr"], Tensor) and group.get("capturable")):
@@ -243,8 +243,8 @@ class GraphedStep:
                 RuntimeError
             ) as e:  # e.g. a model that reads a tensor on the host (.item(), an if on a value)
                 raise UserError(
-                    f"--cuda-graph: this training step cannot be recorded as a CUDA graph "
-                    f"({one_line(e)[:300]}); train without --cuda-graph"
+                    f"cuda_graph=True: this training step cannot be recorded as a CUDA graph "
+                    f"({one_line(e)[:300]}); train without cuda_graph=True"
                 ) from None
         self.x.copy_(x)
         self.y.copy_(y)

@@ -68,7 +68,7 @@ def prepare(config: SweepConfig, data: data_mod.Data | None = None):
         return _prepare_checkpoint(config, device, data)
     if not (config.model_factory and config.state_dict and (config.dataset or config.data)):
         raise UserError(
-            "give a checkpoint, or --model-factory with --state-dict and --dataset (or --data)"
+            "give a checkpoint, or model_factory= with state_dict= and dataset= (or data=)"
         )
     return _prepare_own_model(config, device)
 
@@ -80,17 +80,17 @@ def _check_data_flags(config: SweepConfig) -> None:
     clash = [
         flag
         for flag, given in (
-            ("--dataset", config.dataset),
-            ("--preprocess", config.preprocess != "standardize"),
-            ("--test-subset", config.test_subset is not None),
-            ("--data-dir", config.data_dir),
+            ("dataset=", config.dataset),
+            ("preprocess=", config.preprocess != "standardize"),
+            ("test_subset=", config.test_subset is not None),
+            ("data_dir=", config.data_dir),
         )
         if given
     ]
     if clash:
         raise UserError(
             f"{', '.join(clash)} {'go' if len(clash) > 1 else 'goes'} with a dataset by name; "
-            f"--data {config.data} gives its batches as they are"
+            f"data={config.data!r} gives its batches as they are"
         )
 
 
@@ -114,8 +114,8 @@ def _run_data(config: SweepConfig, tc, data):
     own = getattr(tc, "data", None)
     if is_named(own):
         raise UserError(
-            f"{config.checkpoint} was trained on data {own!r}, a user's function: give --data "
-            f"{own} to allow importing and running it"
+            f"{config.checkpoint} was trained on data {own!r}, a user's function: give data="
+            f"{own!r} to allow importing and running it"
         )
     return load_config_data(tc, config.data_dir)
 
@@ -124,17 +124,17 @@ def _prepare_checkpoint(config: SweepConfig, device, data):
     ignored = [
         flag
         for flag, given in (
-            ("--state-dict", config.state_dict),
-            ("--dataset", config.dataset),
-            ("--preprocess", config.preprocess != "standardize"),
+            ("state_dict=", config.state_dict),
+            ("dataset=", config.dataset),
+            ("preprocess=", config.preprocess != "standardize"),
         )
         if given
     ]
     if ignored:  # a checkpoint names its own weights, data and preprocessing
         raise UserError(
-            f"{', '.join(ignored)} {'go' if len(ignored) > 1 else 'goes'} with --model-factory "
+            f"{', '.join(ignored)} {'go' if len(ignored) > 1 else 'goes'} with model_factory= "
             "and no checkpoint; a checkpoint is tested on the data and preprocessing it trained "
-            "with (--data-dir: where that data is)"
+            "with (data_dir=: where that data is)"
         )
     model, tc = load(config.checkpoint, model_factory=config.model_factory, device=str(device))
     if config.test_subset is not None:  # else the run's own test examples, as `evaluate` tests

@@ -226,7 +226,7 @@ def _partial_rows(out: Path) -> list[dict]:
 def _previous_sweep(out: Path) -> dict | None:
     """The ``sweep.json`` of a sweep already in ``out`` (None for a new or empty folder)."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise UserError(f"out={str(out)!r} exists and is not a folder")
     check_writable(out)
     if not out.exists():
         return None
@@ -234,12 +234,12 @@ def _previous_sweep(out: Path) -> dict | None:
         try:
             previous = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{out}/sweep.json is unreadable; choose another --out") from None
+            raise UserError(f"{out}/sweep.json is unreadable; choose another out=") from None
         if not (isinstance(previous, dict) and isinstance(previous.get("config", {}), dict)):
-            raise UserError(f"{out}/sweep.json is not a sweep's record; choose another --out")
+            raise UserError(f"{out}/sweep.json is not a sweep's record; choose another out=")
         return previous
     if any(out.iterdir()):
-        raise UserError(f"{out} exists and is not a sweep result folder; choose another --out")
+        raise UserError(f"{out} exists and is not a sweep result folder; choose another out=")
     return None
 
 
@@ -253,7 +253,7 @@ def _check_same_measure(out: Path, previous: dict, measure: Measure) -> None:
     if before != now_spec:
         raise UserError(
             f"{out} holds a sweep measured by {before}, not {now_spec}; a resumed sweep keeps "
-            f"its measure: give --measure {before}, or choose another --out"
+            f"its measure: give measure={before!r}, or choose another out="
         )
 
 
@@ -262,19 +262,19 @@ def _check_same_sweep(out: Path, previous: dict, info: dict, cfg: dict) -> None:
     if previous.get("checkpoint_sha256") != info["checkpoint_sha256"]:
         raise UserError(
             f"{out} holds a sweep of another checkpoint ({previous.get('checkpoint')}); "
-            "choose another --out"
+            "choose another out="
         )
     if previous.get("data_fingerprint") not in (None, info["data_fingerprint"]):  # --data-dir
         raise UserError(
             f"{out} holds cells measured on other data ({previous['data_fingerprint']}, here "
             f"{info['data_fingerprint']}); a resumed sweep must test on the same data: "
-            "choose another --out"
+            "choose another out="
         )
     if _comparable(previous.get("config", {})) != _comparable(cfg):
         diff = [k for k, v in _comparable(cfg).items() if previous.get("config", {}).get(k) != v]
         raise UserError(
             f"{out} holds a different sweep of this checkpoint ({', '.join(diff)} differ); "
-            "choose another --out"
+            "choose another out="
         )
 
 

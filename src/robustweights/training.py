@@ -236,7 +236,7 @@ def _train(
     model, net, gen, cov = _build(config, data, device, model_factory, progress, world)
     train_split, test_split, val_split = _on_device(data, device)
     if config.cuda_graph and world > 1:  # (validate() refused it without a GPU)
-        raise UserError("--cuda-graph needs one process on a GPU (not the CPU, not torchrun)")
+        raise UserError("cuda_graph=True needs one process on a GPU (not the CPU, not torchrun)")
     opt = _optimizer(config, model, device)
     history, start = [], 0
     if state is not None:
@@ -255,7 +255,7 @@ def _train(
     if needs_two and local_batch < 2:  # (every batch would be skipped)
         raise UserError(
             f"batch norm needs batches of 2 or more examples{' per process' * (world > 1)}, and "
-            f"--batch-size {config.batch_size} gives {local_batch}: raise it"
+            f"batch_size={config.batch_size} gives {local_batch}: raise it"
         )
     run = Run(
         config=config,

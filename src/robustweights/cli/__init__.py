@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from ..errors import Diverged, UserError
-from .parser import build_parser
+from .parser import build_parser, command_options, flag_form
 
 __all__ = ["build_parser", "main"]
 
@@ -140,7 +140,7 @@ def cmd_reproduce(args) -> int:
     from ..paper.experiments import reproduce, resolve_preset, summary
 
     if args.show:
-        preset = resolve_preset(args.scale, args.set or [])
+        preset = resolve_preset(args.scale, args.overrides or [])
         width = max(map(len, preset))
         for k, v in preset.items():
             print(f"{k:<{width}}  {v}")
@@ -151,7 +151,7 @@ def cmd_reproduce(args) -> int:
         args.experiment,
         args.scale,
         out,
-        overrides=args.set or [],
+        overrides=args.overrides or [],
         progress=not args.quiet,
         command=command,
     )
@@ -298,7 +298,7 @@ def _factories_importable(args) -> None:
     the user names that factory again (models.check_factory_allowed).
     """
     named = [getattr(args, k, None) for k in ("model", "model_factory", "measure", "data")]
-    for item in getattr(args, "set", None) or []:
+    for item in getattr(args, "overrides", None) or []:
         key, _, value = item.partition("=")
         if key.strip() in ("model", "imagenet_model"):
             named.append(value)
@@ -325,6 +325,12 @@ def _os_error(e: OSError) -> str:
     name = errno.errorcode.get(e.errno, "") if e.errno else ""
     why = e.strerror or str(e)
     return f"{where}{why}{f' ({name})' if name else ''}"
+
+
+def _said(e: Exception, parser, args) -> str:
+    """A library message with the command's flags for the parameters it names (``out='runs/x'``
+    says ``--out runs/x``): :func:`robustweights.cli.parser.flag_form`."""
+    return flag_form(str(e), command_options(parser, args.command))
 
 
 def _terminated(signum, frame):
@@ -358,12 +364,12 @@ def _run(args) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"robustweights {args.command}: error: {e}", file=sys.stderr)
+        print(f"robustweights {args.command}: error: {_said(e, parser, args)}", file=sys.stderr)
         return 2
     except Diverged as e:
         if args.debug:
             raise
-        print(f"robustweights {args.command}: failed: {e}", file=sys.stderr)
+        print(f"robustweights {args.command}: failed: {_said(e, parser, args)}", file=sys.stderr)
         return 1
     except OSError as e:
         if args.debug:

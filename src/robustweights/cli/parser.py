@@ -1,13 +1,18 @@
 """The ``robustweights`` argument parser: one function per command, with its flags and help.
 
 Every flag of ``train`` and ``sweep`` comes from a field of their config dataclass (its help
-text is the field's comment), so ``config.json`` and the command line can never disagree.
+text is the field's comment), so ``config.json`` and the command line can never disagree. The
+library's messages name a Python parameter (``out='runs/x'``); :func:`flag_form` says them with
+the command's flags (``--out runs/x``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import re
+import shlex
 import textwrap
 
 from .. import data as data_mod
@@ -318,6 +323,7 @@ def _add_reproduce(sub, debug) -> None:
     rr.add_argument(
         "--set",
         action="append",
+        dest="overrides",  # reproduce()'s parameter, so that its messages map back to --set
         metavar="KEY=VALUE",
         help="override a preset key, repeatable (e.g. --set epochs=10 --set width=0.5)",
     )
@@ -380,3 +386,51 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS.values():
         add(sub, debug)
     return p
+
+
+# A parameter named in a library message: ``name=`` not inside a word, a path, a quoted text, a
+# transform spec (``add-gauss:sigma=0.5,scale=max``) or another ``=``, then its value: a quoted
+# string, a list or dict literal, a bare number or word, or nothing (``give model_factory=``).
+_NAMED = re.compile(
+    r"(?<![\w,:=\-'\"/.])(?P<name>[A-Za-z_]\w*)="
+    r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+    r"|\[[^\[\]]*\]|\{[^{}]*\}|(?:[\w+-]+(?:\.[\w+-]+)*)?)"
+)
+
+
+def command_options(parser: argparse.ArgumentParser, command: str) -> dict:
+    """``{dest: action}`` of every option (not positional) of ``command``'s subparser."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions if a.option_strings}
+
+
+def _as_flag(action: argparse.Action, text: str) -> str | None:
+    """``--flag VALUE`` for a parameter's value as a message wrote it (None: leave it as it is)."""
+    flag = max(action.option_strings, key=len)
+    if not text:
+        return flag
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return f"{flag} {text}"
+    if action.nargs == 0:  # store_true: resume=True is --resume
+        return flag if value is True else None
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{flag} {shlex.quote(str(v))}" for v in value) or None
+    return flag if value is None else f"{flag} {shlex.quote(str(value))}"
+
+
+def flag_form(message: str, options: dict) -> str:
+    """``message`` as the command line says it: each ``name=`` (with its value) that names one of
+    ``options`` (:func:`command_options`) becomes its flag (``out='runs/x'`` -> ``--out runs/x``,
+    ``model_factory=`` -> ``--model-factory``, ``resume=True`` -> ``--resume``); nothing else
+    changes."""
+
+    def one(m: re.Match) -> str:
+        action = options.get(m["name"])
+        flag = _as_flag(action, m["value"]) if action is not None else None
+        return m[0] if flag is None else flag
+
+    return _NAMED.sub(one, message)

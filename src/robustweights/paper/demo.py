@@ -86,7 +86,7 @@ def _prepare(out: Path, epochs: int) -> None:
     be written)."""
     try:
         if out.exists() and any(out.iterdir()) and not _is_demo(out):
-            raise UserError(f"{out} exists and is not a demo folder; pass --out with a new folder")
+            raise UserError(f"{out} exists and is not a demo folder; pass out= with a new folder")
         write_text(
             out / MARKER,
             json.dumps({"kind": KIND, "finished": False, "epochs": epochs}, indent=2) + "\n",
@@ -97,7 +97,7 @@ def _prepare(out: Path, epochs: int) -> None:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     except OSError as e:
         raise UserError(
-            f"--out {out}: cannot replace the earlier demo there: {e.strerror or e}"
+            f"out={str(out)!r}: cannot replace the earlier demo there: {e.strerror or e}"
         ) from None
 
 

@@ -125,17 +125,17 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
     """The folder's previous reproduce record, None for a new or empty folder; a folder that is not
     a reproduce folder, or holds another experiment, scale or setting, is refused."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise UserError(f"out={str(out)!r} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return None
     try:
         prev = json.loads((out / MARKER).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(
-            f"{out} exists and is not a reproduce folder; choose another --out"
+            f"{out} exists and is not a reproduce folder; choose another out="
         ) from None
     except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
-        raise UserError(f"{out}/{MARKER} is unreadable; choose another --out") from None
+        raise UserError(f"{out}/{MARKER} is unreadable; choose another out=") from None
     if not (
         isinstance(prev, dict)
         and isinstance(prev.get("preset", {}), dict)
@@ -143,12 +143,12 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
     ):
         raise UserError(
             f"{out}/{MARKER} is not a reproduce record (a JSON object with a preset object); "
-            f"choose another --out"
+            f"choose another out="
         )
     if (prev.get("experiment"), prev.get("scale")) != (experiment, scale):
         raise UserError(
             f"{out} holds `reproduce {prev.get('experiment')} --scale {prev.get('scale')}`; "
-            f"choose another --out"
+            f"choose another out="
         )
     old = {k: v for k, v in prev.get("preset", {}).items() if k not in RESUMABLE}
     new = {k: v for k, v in preset.items() if k not in RESUMABLE}
@@ -163,7 +163,7 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
     if diff:
         raise UserError(
             f"{out} holds this experiment with other settings ({', '.join(diff)} differ); "
-            f"choose another --out"
+            f"choose another out="
         )
     return prev
 

@@ -270,19 +270,19 @@ def _parse_value(key: str, text: str, kind: str):
             return True
         if low in ("false", "0", "no", "off"):
             return False
-        raise UserError(f"--set {key}: expected true or false, not {text!r}")
+        raise UserError(f"overrides= {key}: expected true or false, not {text!r}")
     if base == "int":
         try:
             return int(text)
         except ValueError:
-            raise UserError(f"--set {key}: expected an integer, not {text!r}") from None
+            raise UserError(f"overrides= {key}: expected an integer, not {text!r}") from None
     if base == "float":
         try:
             v = float(text)
         except ValueError:
-            raise UserError(f"--set {key}: expected a number, not {text!r}") from None
+            raise UserError(f"overrides= {key}: expected a number, not {text!r}") from None
         if not math.isfinite(v):
-            raise UserError(f"--set {key}: expected a finite number, not {text!r}")
+            raise UserError(f"overrides= {key}: expected a finite number, not {text!r}")
         return v
     return text
 
@@ -296,7 +296,7 @@ def resolve_preset(scale: str, overrides: "dict | list[str] | None" = None) -> d
     kinds = {f.name: str(f.type) for f in dataclasses.fields(Preset)}
     for k, v in _override_items(overrides):
         if k not in preset:
-            raise UserError(f"--set {k}: no such key; keys: {', '.join(sorted(preset))}")
+            raise UserError(f"overrides= {k}: no such key; keys: {', '.join(sorted(preset))}")
         preset[k] = _parse_value(k, v, kinds[k]) if isinstance(v, str) else v
     _check_preset(preset)
     return preset
@@ -312,7 +312,7 @@ def _override_items(overrides: "dict | list[str] | None") -> list:
     parsed = []
     for s in overrides:
         if "=" not in s:
-            raise UserError(f"--set expects key=value, not {s!r}")
+            raise UserError(f"overrides= expects key=value, not {s!r}")
         k, v = s.split("=", 1)
         parsed.append((k.strip(), v))
     return parsed

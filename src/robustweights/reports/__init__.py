@@ -180,19 +180,19 @@ def _write(out: Path, old_files: list, manifest: dict, pngs: dict, markdown: str
 def _check_out(out: Path) -> list[str]:
     """Refuse an ``out`` that holds anything but an earlier report; return that report's files."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
+        raise UserError(f"{out} exists and is not a folder; choose another out=")
     try:
         if not out.exists() or not any(out.iterdir()):
             return []
     except OSError as e:
-        raise UserError(f"{out} cannot be read ({e.strerror}); choose another --out") from None
+        raise UserError(f"{out} cannot be read ({e.strerror}); choose another out=") from None
     try:
         previous = json.loads((out / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing, unreadable or not JSON: not ours
         previous = None
     if not (isinstance(previous, dict) and previous.get("kind") == MARKER):
         raise UserError(
-            f"{out} exists and is not a robustweights report folder; choose another --out"
+            f"{out} exists and is not a robustweights report folder; choose another out="
         )
     return [f for f in previous.get("files", []) if f in OUTPUTS]  # never remove anything else
 

@@ -53,11 +53,11 @@ def table_columns(keys, names, sources, at: dict) -> list[tuple[str, Key, float 
         matches = [k for k in keys if name in (names[k], k.name)]
         if not matches:
             have = ", ".join(dict.fromkeys(names[k] for k in keys if k.param))
-            raise UserError(f"--at {name}: no such distortion in these results; have: {have}")
+            raise UserError(f"at= {name}: no such distortion in these results; have: {have}")
         if not any(k.param for k in matches):
-            raise UserError(f"--at {name}: {name} has no strength to choose")
+            raise UserError(f"at= {name}: {name} has no strength to choose")
         if not is_number(value):
-            raise UserError(f"--at {name}={value!r}: the strength must be a finite number")
+            raise UserError(f"at= {name}: the strength must be a finite number, not {value!r}")
     columns = []
     for k in keys:
         if not k.param:
