@@ -350,13 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return _run(args)
+        return _run(args, parser)
     finally:
         if main_thread:  # called in-process (a notebook, a test): the caller's handler back
             signal.signal(signal.SIGTERM, before)
 
 
-def _run(args) -> int:
+def _run(args, parser) -> int:
     """The command, its mistakes and failures turned into one line and an exit status."""
     try:
         _factories_importable(args)
