@@ -2,9 +2,9 @@
 
 For each command: one uninterrupted reference run, then runs killed with SIGKILL at random
 moments (uniform between the moment the reference first wrote its folder and its end), each
-resumed by running the same command again (for `train`, with `--resume` once the folder holds a
-run), until one ends by itself. The final files are compared with the reference's: every tensor
-of the checkpoints bitwise (model and optimizer state), the epoch figures without their timings,
+resumed by running the same command again (for `train`, with `--resume` once the folder holds
+a checkpoint), until one ends by itself. The final files are compared with the reference's:
+every tensor of the checkpoints bitwise (model and optimizer state), the epoch figures without their timings,
 every results table cell for cell. Prints the counts and writes them as JSON.
 
     python benchmarks/fault_kills.py --kills 10 --out runs/faults      # about 10 minutes on 2 cores
@@ -67,7 +67,7 @@ def _killed_run(first, again, out: Path, window, kills: int, rng) -> dict:
     """Runs with ``kills`` SIGKILLs at random moments, then to the end: what happened."""
     done = {"kills": 0, "resumes": 0}
     for k in range(kills + 1):
-        cmd = first if (again is None or not (out / "config.json").exists()) else again
+        cmd = first if (again is None or not (out / "checkpoint.pt").exists()) else again
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if k < kills:
             try:

@@ -125,7 +125,7 @@ def _fail_then_go_on(argv, again, out, site, err, capsys, monkeypatch):
     assert "files already written are whole" in lines[0]
     if out.exists():
         _whole(out)
-    rc, msg = _main(again if (out / "config.json").exists() else argv, capsys)
+    rc, msg = _main(again if (out / "checkpoint.pt").exists() else argv, capsys)
     assert rc == 0, msg
 
 
