@@ -26,8 +26,11 @@ user's state_dict loads both ways.) Training modes:
 * ``none``: no projection, ``y = f(x, W)``; only the clipping below.
 
 In training a random projection draws at every read (a tied weight's readers get
-independent draws); a distortion (:func:`robustweights.projected.distort`) is
-drawn once and pinned.
+independent draws) from its Site's generator: the stochastic rules (``stoch-sign``,
+``stoch-mult``), noise (``add-gauss``, ``mult-gauss``) and device models (``pcm:t=86400``: a
+chip programmed and read at each forward, as noise-injection training does), each with the
+straight-through gradient; a distortion (:func:`robustweights.projected.distort`) is drawn once
+and pinned.
 
 After each optimizer step :func:`clip_` clamps the hidden weights to
 ``[-H, H]`` (``H=1``, or BinaryConnect's Glorot ``H = sqrt(1.5/(fan_in+fan_out))``
@@ -50,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
+from .registry import as_projection
 from .selection import holders_of, select, shorten
 from .transforms import Transform, transform
 
@@ -99,7 +103,13 @@ class Site:
         return self.H if self.H is not None else 1.0
 
     def project(self, w: Tensor) -> Tensor:
-        return self.projection(w, self.generator, clip=self.bound)
+        out = self.projection(w, self.generator, clip=self.bound)
+        if out.shape != w.shape:  # the straight-through gradient needs W's shape
+            raise UserError(
+                f"{self.projection.spec} turned {self.name} of shape {tuple(w.shape)} into "
+                f"{tuple(out.shape)}: a projection must keep its weight's shape"
+            )
+        return out
 
     @property
     def test_bound(self) -> float | None:
@@ -267,7 +277,7 @@ def attach(
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     _refuse_torchscript(model)
     clip = _check_clip(clip)
-    t = transform(projection).with_defaults(scale="clip")
+    t = as_projection(projection).with_defaults(scale="clip")
     if mode == "none":
         t = transform("identity")
     detach(model)

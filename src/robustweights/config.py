@@ -18,8 +18,8 @@ from . import data as data_mod
 from .errors import UserError
 from .language import TEXT_DATASET
 from .projected import MODES, WEIGHTS
+from .registry import as_projection
 from .selection import selection_field
-from .transforms import transform
 
 __all__ = [
     "TrainConfig",
@@ -208,7 +208,7 @@ class TrainConfig:
         """Check every value a user (or a stranger's checkpoint) can get wrong; raises UserError
         with one line."""
         self._validate_kinds()
-        transform(self.projection)
+        as_projection(self.projection)
         data_mod.parse_preprocess(self.preprocess)
         self._validate_numbers()
         self._validate_task()

@@ -45,6 +45,7 @@ __all__ = [
     "register_transform",
     "entry",
     "magnitude",
+    "as_projection",
     "SCALES",
 ]
 
@@ -97,6 +98,9 @@ class Entry:
     constant: Callable[[dict], bool] = _never  # parameters with which a random one draws no chance
     bits: Callable[[dict], float | None] = _none  # bits per weight (docs/method.md section 4)
     discrete: Callable[[dict], bool] = _never  # outputs take few values (their entropy is measured)
+    projection: bool = (
+        True  # may be a training projection (straight-through), not only a distortion
+    )
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -106,7 +110,13 @@ _REGISTRY: dict[str, Entry] = {}
 
 
 def register_transform(
-    name: str, *params: Param, random: bool = False, constant=_never, bits=_none, discrete=_never
+    name: str,
+    *params: Param,
+    random: bool = False,
+    constant=_never,
+    bits=_none,
+    discrete=_never,
+    projection: bool = True,
 ):
     """Decorator: put a pure function ``fn(w, g, H, **params)`` in the registry under ``name``.
 
@@ -118,7 +128,10 @@ def register_transform(
     cannot vary, computed once per strength by sweeps), ``bits`` (capacity in
     bits per weight, or None), ``discrete`` (outputs take few values). Then the
     name works everywhere a spec does: training, sweeps, reports, the command
-    line (``robustweights list transforms``). Example, a stuck-at-zero fault::
+    line (``robustweights list transforms``). ``projection=False`` keeps it a
+    test-time distortion only (:func:`as_projection` refuses it in training): for a
+    function that cannot be trained through with the straight-through gradient.
+    Example, a stuck-at-zero fault::
 
         import robustweights as rw
         from robustweights.transforms import Param, uniform
@@ -138,9 +151,8 @@ def register_transform(
         raise UserError(f"a transform name needs letters, not {name!r}")
 
     def deco(fn):
-        _REGISTRY[name] = Entry(
-            name, fn, params, random, (fn.__doc__ or "").strip(), constant, bits, discrete
-        )
+        doc = (fn.__doc__ or "").strip()
+        _REGISTRY[name] = Entry(name, fn, params, random, doc, constant, bits, discrete, projection)
         return fn
 
     return deco
@@ -156,6 +168,24 @@ def entry(name: str) -> Entry:
             f"unknown transform {name!r}; choose one of: {', '.join(list_transforms())}"
         )
     return _REGISTRY[name]
+
+
+def as_projection(spec: "str | Transform") -> "Transform":
+    """The :class:`Transform` of ``spec`` as a training projection.
+
+    Every registered transform may be one (deterministic ones, and random ones such as
+    ``stoch-sign``, ``add-gauss`` or a device model like ``pcm``, drawn anew at each read in
+    training), except one registered with ``projection=False``; a list or range of values
+    (a sweep's grid) is refused by :func:`transform`.
+    """
+    t = transform(spec)
+    if not t.entry.projection:
+        projections = [n for n in list_transforms() if _REGISTRY[n].projection]
+        raise UserError(
+            f"{t.name} is a test-time distortion only, not a training projection; "
+            f"projections: {', '.join(projections)}"
+        )
+    return t
 
 
 def list_transforms(pattern: str = "*") -> list[str]:
