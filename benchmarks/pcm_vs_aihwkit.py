@@ -30,6 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import robustweights as rw  # noqa: E402
+from robustweights.data import load_data  # noqa: E402
 from robustweights.measures import measure_split  # noqa: E402
 
 TIMES = (1.0, 3600.0, 86400.0, 2.6e6, 3.15e7)
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="a folder for rows.json")
     args = ap.parse_args()
     start = time.perf_counter()
-    data = rw.load_data("fashion-mnist")
+    data = load_data("fashion-mnist")
     torch.manual_seed(args.seed)
     model = network()
     train(model, data.train.x, data.train.y, args.seed)

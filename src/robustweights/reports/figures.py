@@ -386,7 +386,7 @@ def time_axis(ax, xs: list[float]) -> None:
     lo, hi = min(xs, default=1.0), max(xs, default=1.0)
     ticks = [(v, name) for v, name in TIME_TICKS if lo / 3 <= v <= hi * 3]
     if len(ticks) >= 2:
-        ax.set_xticks([v for v, _ in ticks], [name for _, name in ticks], minor=False)
+        ax.set_xticks([v for v, _ in ticks], [name for _, name in ticks], minor=False, fontsize=8)
 
 
 def _reading(key: Key) -> tuple[str, str]:
