@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--out", default=None, help="a folder for rows.json")
+    ap.add_argument("--tile", type=int, default=512, help="pcm's tile (0: each tensor one tile)")
     args = ap.parse_args()
     start = time.perf_counter()
     data = load_data("fashion-mnist")
@@ -102,7 +103,7 @@ def main() -> None:
     trained = time.perf_counter() - start
     baseline = measure_split(model, data.test, "error")["error"]
     grid = ",".join(f"{t:g}" for t in TIMES)
-    specs = [f"pcm:t={grid}", f"pcm:t={grid},compensation=none"]
+    specs = [f"pcm:t={grid},tile={args.tile}", f"pcm:t={grid},tile={args.tile},compensation=none"]
     rows = rw.sweep(model, data, specs, trials=args.trials, seed=args.seed)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -112,7 +113,7 @@ def main() -> None:
         f"{torch.__version__}; commit {commit}; {time.strftime('%Y-%m-%d')}; trained in "
         f"{trained:.0f} s, all in {time.perf_counter() - start:.0f} s"
     )
-    print(f"undistorted test error {100 * baseline:.2f}% ({len(data.test)} test images)")
+    print(f"undistorted test error {100 * baseline:.2f}% ({len(data.test)} test images); {specs}")
     table = summary(list(rows), baseline)
     print("| time | global: rise | std | range | none: rise | std | range | aihwkit rise |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
