@@ -15,10 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["G_MAX", "TILE", "Pair", "to_pair", "matrix", "tile_sums", "per_element"]
+__all__ = [
+    "G_MAX",
+    "TILE",
+    "Pair",
+    "to_pair",
+    "matrix",
+    "Block",
+    "tile_blocks",
+    "tile_sums",
+    "tile_max",
+    "scale_tiles_",
+    "per_element",
+]
 
 G_MAX = 25.0  # uS, the largest conductance a device is programmed to
 TILE = 512  # rows and columns of one crossbar tile
@@ -40,30 +51,74 @@ def _sides(shape, tile: int) -> tuple[int, int]:
     return (max(1, min(tile, r)), max(1, min(tile, c))) if tile else (max(1, r), max(1, c))
 
 
-def _tiled(x: Tensor, tile: int) -> Tensor:
-    """``x`` padded with zeros to whole tiles, viewed as ``(R, rows, C, cols)``."""
-    r, c = x.shape
+def _spans(n: int, side: int) -> list[tuple[slice, slice, int]]:
+    """The runs of whole tiles along one side of ``n``: ``(elements, tile indices, tile side)``.
+
+    At most two: the tiles of ``side`` elements, then a last, shorter one.
+    """
+    whole = n // side
+    spans = [(slice(0, whole * side), slice(0, whole), side)] if whole else []
+    if n % side:
+        spans.append((slice(whole * side, n), slice(whole, whole + 1), n % side))
+    return spans
+
+
+@dataclass(frozen=True)
+class Block:
+    """A regular block of tiles of a crossbar matrix: ``rows`` by ``cols`` elements, tiles of
+    ``h`` by ``w``; ``at`` is its place in a ``(tiles down, tiles across)`` per-tile array."""
+
+    rows: slice
+    cols: slice
+    h: int
+    w: int
+    at: tuple[slice, slice]
+
+    def view(self, x: Tensor) -> Tensor:
+        """The block of matrix ``x`` as a ``(tiles down, h, tiles across, w)`` view of ``x``."""
+        return x[self.rows, self.cols].unflatten(0, (-1, self.h)).unflatten(2, (-1, self.w))
+
+
+def tile_blocks(shape, tile: int) -> list[Block]:
+    """The regular blocks of the tiles of a ``shape`` matrix: at most four (whole tiles, the
+    shorter last row and column of tiles), so that per-tile work makes no copy of the matrix."""
+    tr, tc = _sides(shape, tile)
+    return [
+        Block(rows, cols, h, w, (ti, tj))
+        for rows, ti, h in _spans(shape[0], tr)
+        for cols, tj, w in _spans(shape[1], tc)
+    ]
+
+
+def _per_tile(x: Tensor, tile: int, reduce) -> Tensor:
     tr, tc = _sides(x.shape, tile)
-    R, C = -(-r // tr), -(-c // tc)
-    return F.pad(x, (0, C * tc - c, 0, R * tr - r)).view(R, tr, C, tc)
+    out = x.new_empty(-(-x.shape[0] // tr), -(-x.shape[1] // tc))
+    for b in tile_blocks(x.shape, tile):
+        out[b.at] = reduce(b.view(x), (1, 3))
+    return out
 
 
 def tile_sums(x: Tensor, tile: int) -> Tensor:
     """The sum of ``x`` (a crossbar matrix) over each tile: ``(tiles down, tiles across)``."""
-    return _tiled(x, tile).sum((1, 3))
+    return _per_tile(x, tile, torch.sum)
 
 
-def _tile_max(x: Tensor, tile: int) -> Tensor:
-    return _tiled(x, tile).amax((1, 3))
+def tile_max(x: Tensor, tile: int) -> Tensor:
+    """The largest element of ``x`` (a crossbar matrix) in each tile."""
+    return _per_tile(x, tile, torch.amax)
+
+
+def scale_tiles_(x: Tensor, v: Tensor, tile: int) -> Tensor:
+    """``x`` (a crossbar matrix) multiplied in place by its tile's value in ``v``; returns ``x``."""
+    for b in tile_blocks(x.shape, tile):
+        b.view(x).mul_(v[b.at][:, None, :, None])
+    return x
 
 
 def per_element(v: Tensor, tile: int, shape: tuple[int, int]) -> Tensor:
     """A per-tile value ``v`` (``(R, C)``) spread over the elements of a ``shape`` matrix."""
-    r, c = shape
     tr, tc = _sides(shape, tile)
-    R, C = v.shape
-    whole = v[:, None, :, None].expand(R, tr, C, tc).reshape(R * tr, C * tc)
-    return whole[:r, :c]
+    return v.repeat_interleave(tr, 0)[: shape[0]].repeat_interleave(tc, 1)[:, : shape[1]]
 
 
 @dataclass(frozen=True)
@@ -97,7 +152,7 @@ class Pair:
 def to_pair(w: Tensor, g_max: float = G_MAX, tile: int = TILE) -> Pair:
     """Map weights ``w`` (any shape) to differential pairs of conductances (module docstring)."""
     m = matrix(w.detach())
-    biggest = per_element(_tile_max(m.abs(), tile), tile, m.shape)
+    biggest = per_element(tile_max(m.abs(), tile), tile, m.shape)
     live = biggest > 0
     scale = g_max / torch.where(live, biggest, torch.ones_like(biggest))
     plus = (scale * m).clamp(0, g_max)

@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .conductances import G_MAX, TILE, matrix, per_element, tile_sums, to_pair
-from .draws import derive_seed, normal, uniform
+from .conductances import G_MAX, TILE, matrix, scale_tiles_, tile_max, tile_sums, to_pair
+from .draws import derive_seed, uniform
 from .errors import UserError
 from .registry import Param, register_transform
 
@@ -51,6 +51,7 @@ T0 = 20.0  # s: the time after programming at which drift starts counting (t = t
 T_READ = 250e-9  # s: the duration of one read (1/f noise integrates from it)
 PROG_COEFFS = (0.26348, 1.9650, -1.1731)  # uS at g_max = 25 uS: sigma_prog(x) = c0 + c1 x + c2 x^2
 X_MIN = 1e-7  # the smallest relative conductance the drift exponent is computed at
+X_CAP = (0.0088 / 0.2) ** (1 / 0.65)  # below this relative conductance, read noise is at its cap
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ class Device:
     device programmed to target ``x`` whose own standard normal draw ``n`` was made when it was
     programmed (so the same device drifts the same way at every read). ``read(x_prog, t)``: the
     standard deviation of the read noise relative to ``|g(t)|``, for a device programmed to
-    ``x_prog``. Each takes tensors shaped like ``x`` (``t`` is a float) and returns a new
-    tensor of that shape, never changing its arguments.
+    ``x_prog``. Each acts elementwise on tensors (``t`` is a float) and returns a new tensor
+    of their broadcast shape, never changing its arguments. The devices of a pair that target 0
+    (one per weight) are given ``x`` as the 0-dim tensor 0, to broadcast against ``n``.
     """
 
     prog: Callable[[Tensor], Tensor]
@@ -80,9 +82,10 @@ def pcm_prog(x: Tensor) -> Tensor:
 def pcm_nu(x: Tensor, n: Tensor) -> Tensor:
     """PCM drift exponent ``nu = |mu_nu(x) + sigma_nu(x) n|`` (``x`` clipped below at 1e-7)."""
     lx = x.clamp(min=X_MIN).log_()
-    mu = (lx * -0.0155).add_(0.0244).clamp_(0.049, 0.1)
-    sigma = lx.mul_(-0.0125).sub_(0.0059).clamp_(0.008, 0.045)  # in place: lx is done
-    return mu.add_(sigma.mul_(n)).abs_()
+    sigma = (lx * -0.0125).sub_(0.0059).clamp_(0.008, 0.045)
+    mu = lx.mul_(-0.0155).add_(0.0244).clamp_(0.049, 0.1)  # in place: lx is done
+    nu = mu.addcmul_(sigma, n) if mu.shape == n.shape else torch.addcmul(mu, sigma, n)
+    return nu.abs_()
 
 
 def pcm_drift(x: Tensor, n: Tensor, t: float) -> Tensor:
@@ -92,8 +95,13 @@ def pcm_drift(x: Tensor, n: Tensor, t: float) -> Tensor:
 
 def pcm_read(x_prog: Tensor, t: float) -> Tensor:
     """PCM 1/f read noise: ``min(0.0088 / max(x^0.65, 1e-3), 0.2) * sqrt(ln((t + t_0 + t_r) /
-    (2 t_r)))``."""
-    q = x_prog.pow(0.65).clamp_(min=1e-3).reciprocal_().mul_(0.0088).clamp_(max=0.2)
+    (2 t_r)))``.
+
+    Computed as ``min(0.0088 exp(-0.65 ln max(x, x_cap)), 0.2)``, where ``x_cap`` is the ``x``
+    of the cap at 0.2: the same number, as the cap is reached before the floor at 1e-3 is
+    (``0.0088 / 1e-3 > 0.2``), without the slow logarithm of 0 and at half the cost of a power.
+    """
+    q = x_prog.clamp(min=X_CAP).log_().mul_(-0.65).exp_().mul_(0.0088).clamp_(max=0.2)
     return q.mul_(math.sqrt(math.log((t + T0 + T_READ) / (2 * T_READ))))
 
 
@@ -145,9 +153,32 @@ def _read_generator(g: torch.Generator | None, t: float, device) -> torch.Genera
     return torch.Generator(device=on).manual_seed(derive_seed("read", key, float(t)))
 
 
-def _program(device: Device, x: Tensor, g: torch.Generator | None, prog: float) -> Tensor:
-    """Programmed conductances over ``g_max``: ``max(0, x + prog * sigma_prog(x) * N(0, 1))``."""
-    return normal(x, g).mul_(device.prog(x)).mul_(prog).add_(x).clamp_(min=0)
+@torch.compiler.disable
+def _normal_(buf: Tensor, g: torch.Generator | None) -> Tensor:
+    """``buf`` filled with standard normal draws from ``g``: the numbers ``draws.normal(buf, g)``
+    gives (drawn on ``g``'s device), written into ``buf``; returns ``buf``."""
+    if g is None or g.device == buf.device:
+        return buf.normal_(generator=g)
+    return buf.copy_(torch.randn(buf.shape, generator=g, device=g.device, dtype=buf.dtype))
+
+
+def _owned(v, like: Tensor, *args: Tensor) -> Tensor:
+    """A device law's result ``v`` as a tensor shaped and typed like ``like`` that this module
+    may change in place: ``v`` itself when it is one and shares no memory with ``args``."""
+    if (
+        isinstance(v, Tensor)
+        and v.shape == like.shape
+        and v.dtype == like.dtype
+        and v.is_contiguous()
+        and all(v.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in args)
+    ):
+        return v
+    return torch.empty_like(like).copy_(v)
+
+
+def _alpha(before: Tensor, now: Tensor) -> Tensor:
+    """Global drift compensation per tile: ``before / now`` (1 where a tile reads as zeros)."""
+    return torch.where(now > 0, before / torch.where(now > 0, now, 1), 1)
 
 
 def compensate(read: Tensor, programmed: Tensor, tile: int = TILE) -> Tensor:
@@ -158,8 +189,21 @@ def compensate(read: Tensor, programmed: Tensor, tile: int = TILE) -> Tensor:
     """
     m = matrix(read)
     before, now = tile_sums(matrix(programmed).abs(), tile), tile_sums(m.abs(), tile)
-    alpha = torch.where(now > 0, before / torch.where(now > 0, now, 1), 1)
-    return (m * per_element(alpha, tile, m.shape)).reshape(read.shape)
+    return scale_tiles_(m.clone(), _alpha(before, now), tile).reshape(read.shape)
+
+
+def _drifted(device: Device, x: Tensor, prog: Tensor, n: Tensor, t: float, drift: float):
+    """Devices programmed to ``prog`` (target ``x``, drift draws ``n``) at ``t``, over
+    ``g_max``: ``prog * factor^drift``, in a new tensor."""
+    factor = _owned(device.drift(x, n, t), prog, n, prog).clamp_(min=0)
+    return (factor if drift == 1 else factor.pow_(drift)).mul_(prog)
+
+
+def _read(device: Device, programmed: Tensor, now: Tensor, n: Tensor, t: float, read: float):
+    """``now`` (devices programmed to ``programmed``, drifted) read once with the noise ``n``:
+    ``max(0, now + |now| read sigma_read n)``, in place of ``now`` (which is never negative)."""
+    sigma = _owned(device.read(programmed, t), now, programmed, now, n)
+    return now.mul_(sigma.mul_(n).mul_(read).add_(1).clamp_(min=0))
 
 
 def read_chip(
@@ -177,29 +221,37 @@ def read_chip(
 ) -> Tensor:
     """The weights ``w`` read at ``t`` seconds after they were programmed onto ``device``.
 
-    Draws from ``g``, in this order and whatever the scales (so that the same generator state
-    is the same chip): the programming noise of ``g+`` and ``g-``, each device's drift draw,
-    one seed of the read noise (combined with ``t``). The drift factor is raised to the power
-    ``drift``; ``prog`` and ``read`` multiply their noise's standard deviation.
+    Each weight is a pair: the device on its own side (``g+`` for a weight >= 0, ``g-`` for a
+    negative one) targets ``x = |W| / max|W|`` over its tile, the other device targets 0 (the
+    mapping of :func:`robustweights.conductances.to_pair`, in units of ``g_max``). Draws from
+    ``g``, in this order and whatever the scales (so that the same generator state is the same
+    chip): the programming noise of the devices on the weights' side, then of the others; each
+    device's drift draw, in the same order; one seed of the read noise (combined with ``t``),
+    whose generator draws the read noise of the two in that order. The drift factor is raised
+    to the power ``drift``; ``prog`` and ``read`` multiply their noise's standard deviation.
+    ``g_max`` sets units only: ``W'`` does not depend on it.
     """
     if w.numel() == 0:
         return w.clone()
-    pair = to_pair(w, g_max, tile)
-    targets = (pair.plus / g_max, pair.minus / g_max)
-    programmed = [_program(device, x, g, prog) for x in targets]
-    draws = [normal(x, g) for x in targets]
+    m = matrix(w.detach())
+    x = m.abs()
+    biggest = tile_max(x, tile)
+    scale_tiles_(x, torch.where(biggest > 0, 1 / biggest, 0), tile)
+    n = torch.empty_like(x)
+    sigma0 = float(_owned(device.prog(x.new_zeros(1)), x.new_zeros(1)))
+    on = _owned(device.prog(x), x, x).mul_(_normal_(n, g)).mul_(prog).add_(x).clamp_(min=0)
+    off = _normal_(torch.empty_like(x), g).mul_(sigma0 * prog).clamp_(min=0)
+    on_t = _drifted(device, x, on, _normal_(n, g), t, drift)
+    off_t = _drifted(device, x.new_zeros(()), off, _normal_(n, g), t, drift)
     rg = _read_generator(g, t, w.device)
-    now = []
-    for x, xp, n in zip(targets, programmed, draws):
-        factor = device.drift(x, n, t).clamp(min=0)
-        xd = (factor if drift == 1 else factor.pow_(drift)).mul_(xp)
-        noise = normal(xd, rg).mul_(device.read(xp, t)).mul_(read)
-        now.append(noise.mul_(xd.abs()).add_(xd).clamp_(min=0).mul_(g_max))
-    out = pair.weights(*now)
+    before = tile_sums(torch.sub(on, off, out=n).abs_(), tile) if compensation == "global" else 0
+    now = _read(device, on, on_t, _normal_(n, rg), t, read)
+    now.sub_(_read(device, off, off_t, _normal_(n, rg), t, read))  # g+ - g- on the weights' side
+    per_tile = biggest
     if compensation == "global":
-        just = pair.weights(programmed[0] * g_max, programmed[1] * g_max)
-        out = compensate(out, just, tile)
-    return out
+        per_tile = biggest * _alpha(before, tile_sums(torch.abs(now, out=off_t), tile))
+    scale_tiles_(now, per_tile, tile)
+    return now.mul_(torch.copysign(x.new_ones(()), m, out=off_t)).reshape(w.shape)
 
 
 def _noiseless(p: dict) -> bool:

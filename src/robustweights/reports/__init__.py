@@ -13,6 +13,10 @@ one or several such folders into, in ``out``:
   distortion, one line per checkpoint (mean over trials, min-max band);
 - ``error_vs_bits.png``: test error against effective bits per weight
   (docs/method.md section 4), with the paper's 11% at 0.68 bits marked;
+- ``error_vs_time.png``: for a sweep over time since programming (a device model's ``t``,
+  ``docs/devices.md``), test error against time on a log axis, one line per network with the
+  spread over chips (trials), compensation on and off side by side, and the device parameters
+  in the caption;
 - ``matrix.png``: docs/method.md section 3's matrix (training projection by
   test-time distortion), when the inputs hold at least two ways of training;
 - ``report.html`` (self-contained: images embedded as data URIs, inline CSS,
@@ -36,7 +40,18 @@ from pathlib import Path
 from ..errors import UserError
 from ..runs import check_writable, now, write_bytes, write_text
 from .document import MATRIX_MAX_ROWS, Document, mean_at, table_columns
-from .figures import fig_bits, fig_matrix, fig_strength, make_panels, palette, plain_text, to_png
+from .figures import (
+    device_text,
+    fig_bits,
+    fig_matrix,
+    fig_strength,
+    fig_time,
+    is_time,
+    make_panels,
+    palette,
+    plain_text,
+    to_png,
+)
 from .sources import Key, Source, dataset_caption, load_results, short_description
 
 __all__ = ["report", "load_results", "short_description", "MARKER"]
@@ -44,7 +59,7 @@ __all__ = ["report", "load_results", "short_description", "MARKER"]
 MARKER = (
     "robustweights report"  # report.json "kind": a folder holding it is a report we may overwrite
 )
-FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "matrix.png")
+FIGURES = ("error_vs_strength.png", "error_vs_bits.png", "error_vs_time.png", "matrix.png")
 OUTPUTS = FIGURES + (
     "report.html",
     "report.md",
@@ -105,6 +120,7 @@ def report(
         table,
         ylabel,
         claims or [],
+        {"error_vs_time.png": device_text(list(filter(is_time, keys)))},
     )
     manifest = _manifest(sources, columns, list(pngs) + ["report.html", "report.md"])
     _write(out, old_files, manifest, pngs, doc.markdown(), doc.html())
@@ -138,6 +154,7 @@ def _draw(sources, keys, names, panels, caption, ylabel) -> dict[str, bytes]:
         figures = {
             "error_vs_strength.png": fig_strength(sources, panels, colors, caption, ylabel),
             "error_vs_bits.png": fig_bits(sources, keys, names, colors, caption, ylabel),
+            "error_vs_time.png": fig_time(sources, keys, colors, caption, ylabel),
         }
         if (
             len({(s.prov.get("train_projection"), s.prov.get("train_mode")) for s in sources}) >= 2

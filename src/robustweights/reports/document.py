@@ -239,6 +239,11 @@ FIGURE_CAPTIONS = {
     "(docs/method.md section 4) for the distortions that have such a figure; colour is "
     "the network, marker the distortion. Dotted line and star (drawn for CIFAR-10 "
     "results only): the paper's 11% test error at 0.68 effective bits per weight.",
+    "error_vs_time.png": "Test error (or the sweep's metric) against time since programming on "
+    "a log axis (a device model swept over t, docs/devices.md), one line per network: mean over "
+    "chips (trials: each chip programmed once and read at every time), band from the lowest to "
+    "the highest chip; one column per way of reading (compensation on and off side by side); "
+    "dashed: the network's undistorted value.",
     "matrix.png": "The matrix of docs/method.md section 3: one row per network (its training "
     "projection and mode), one column per test-time distortion; same y scale everywhere.",
 }
@@ -258,6 +263,11 @@ class Document:
     table: list[dict]
     error_label: str  # "test error (%)", or the split the sweeps measured
     claims: list[dict] = field(default_factory=list)  # `robustweights reproduce`'s verdicts, if any
+    notes: dict[str, str] = field(default_factory=dict)  # words added to a figure's caption
+
+    def figure_caption(self, name: str) -> str:
+        """A figure's caption: its words, those the report adds (a device's parameters)."""
+        return " ".join(filter(None, (FIGURE_CAPTIONS[name], self.notes.get(name, ""))))
 
     @property
     def metric(self) -> str:  # one for all sources (a report refuses to mix metrics)
@@ -286,7 +296,8 @@ class Document:
         for name, data in self.pngs.items():
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
             out.append(
-                f'<figure><img src="{uri}" alt="{e(name)}"><figcaption>{e(FIGURE_CAPTIONS[name])} '
+                f'<figure><img src="{uri}" alt="{e(name)}">'
+                f"<figcaption>{e(self.figure_caption(name))} "
                 f"Data: {e(self.caption)}.</figcaption></figure>"
             )
         for note in filter(None, (self.no_bits_note(), self.matrix_note())):
@@ -337,7 +348,7 @@ class Document:
             out += [
                 f"![{name}]({name})",
                 "",
-                f"{FIGURE_CAPTIONS[name]} Data: {_md(self.caption)}.",
+                f"{_md(self.figure_caption(name))} Data: {_md(self.caption)}.",
                 "",
             ]
         for note in filter(None, (self.no_bits_note(), self.matrix_note())):

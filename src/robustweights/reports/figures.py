@@ -1,11 +1,12 @@
-"""Figures of a report: error (or a metric) against strength, against effective bits; the matrix.
+"""Figures of a report: error (or a metric) against strength, effective bits, time; the matrix.
 
 Drawn on matplotlib ``Figure`` objects with the Agg canvas explicitly, not
 through pyplot: a report made inside a notebook neither switches the
 notebook's backend nor leaves figures open. The curves come from
 the ``Source`` objects of robustweights.reports (an input's provenance and
 curves); axis labels and which way a parameter is stronger come from the
-transform registry.
+transform registry; a parameter the registry declares an axis of time (``Param.axis ==
+"time"``, a device model's ``t``) is drawn on a log axis, and gets a figure of its own.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def draw_panel(ax, panel: Panel, sources: list, colors: list, *, labels: bool = 
                 draw_curve(ax, c.x, c.mean, c.lo, c.hi, color)
         if key.param == "bits":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if is_time(key):
+            time_axis(ax, [x for s in sources if key in s.curves for x in s.curves[key].x])
         if labels:
             ax.set_xlabel(param_label(key))
     else:
@@ -352,6 +355,99 @@ def fig_matrix(sources, panels, colors, caption, ylabel) -> Figure:
         axes[i][0].set_ylabel(f"{s.label}\n{ylabel}", fontsize=9)
     set_y(axes[0][0], sources)
     set_suptitle(fig, "Training projection (rows) against test-time distortion (columns)", caption)
+    return fig
+
+
+TIME_TICKS = (
+    (1, "1 s"),
+    (60, "1 min"),
+    (3600, "1 h"),
+    (86400, "1 day"),
+    (2.6e6, "1 month"),
+    (3.15e7, "1 year"),
+    (3.15e8, "10 years"),
+)
+
+
+def is_time(key: Key) -> bool:
+    """Whether ``key`` is swept over a parameter of time (``Param.axis == "time"``)."""
+    p = param(key) if key.param else None
+    return p is not None and p.axis == "time"
+
+
+def time_axis(ax, xs: list[float]) -> None:
+    """A log axis of time in seconds, ticks named (1 s, 1 h, 1 day, ...) where they fall in the
+    grid; a time of 0 on a linear stretch below the smallest other time (symlog)."""
+    positive = [x for x in xs if x > 0]
+    if len(positive) < len(xs):
+        ax.set_xscale("symlog", linthresh=min(positive, default=1.0))
+    else:
+        ax.set_xscale("log")
+    lo, hi = min(xs, default=1.0), max(xs, default=1.0)
+    ticks = [(v, name) for v, name in TIME_TICKS if lo / 3 <= v <= hi * 3]
+    if len(ticks) >= 2:
+        ax.set_xticks([v for v, _ in ticks], [name for _, name in ticks], minor=False, fontsize=8)
+
+
+def _reading(key: Key) -> tuple[str, str]:
+    """A time key's fixed parameters split: ``(those of the reading, the others)``; the reading's
+    (``Param.axis == "read"``: compensation) make the columns of the time figure."""
+    read, rest = [], []
+    for part in filter(None, key.fixed.split(",")):
+        p = entry(key.name).param(part.partition("=")[0])
+        (read if p is not None and p.axis == "read" else rest).append(part)
+    return ",".join(read), ",".join(rest)
+
+
+def device_text(keys: list[Key]) -> str:
+    """The device parameters of the time keys, for a caption: each model's words and the
+    parameters it was swept with."""
+    out = {}
+    for k in keys:
+        e = entry(k.name)
+        _, rest = _reading(k)
+        quiet = [f"{p.name}={p.default}" for p in e.params if p.quiet and p.name not in rest]
+        words = e.doc.split("\n")[0].replace("``", "").rstrip(".")
+        out.setdefault(f"{k.name} ({words}): {', '.join(rest.split(',') + quiet)}", None)
+    return "Device parameters: " + "; ".join(out) + "."
+
+
+def fig_time(sources, keys, colors, caption, ylabel) -> Figure | None:
+    """Figure 4: error against time since programming on a log axis, per network, the band the
+    spread over chips (trials); one column per way of reading (compensation on and off side by
+    side), one row per device configuration. None without a time sweep."""
+    rows: dict[str, dict[str, Key]] = {}
+    for k in filter(is_time, keys):
+        read, rest = _reading(k)
+        rows.setdefault(f"{k.name}:{rest}", {})[read] = k
+    if not rows:
+        return None
+    cols = list(dict.fromkeys(r for by_read in rows.values() for r in by_read))
+    width = max(4.6 * len(cols), 8.0)
+    fig = Figure(figsize=(width, 3.4 * len(rows) + 1.6), dpi=FIGURE_DPI, layout="constrained")
+    axes = fig.subplots(len(rows), len(cols), sharey=True, squeeze=False)
+    for i, (row, by_read) in enumerate(rows.items()):
+        for j, read in enumerate(cols):
+            ax, key = axes[i][j], by_read.get(read)
+            if key is None:
+                ax.set_visible(False)
+                continue
+            draw_panel(ax, Panel(read or row, (key,), (read,)), sources, colors)
+            name, rest = row.split(":", 1)
+            title = [name, rest if len(rows) > 1 else "", read or "as swept"]
+            ax.set_title(", ".join(filter(None, title)), fontsize=11)
+            ax.yaxis.set_tick_params(labelleft=True)
+        axes[i][0].set_ylabel(ylabel)
+    set_y(axes[0][0], sources)
+    text = f"{caption}. {device_text([k for r in rows.values() for k in r.values()])}"
+    set_suptitle(
+        fig, f"{ylabel.replace(' (%)', '').capitalize()} against time since programming", text
+    )
+    handles = legend_handles(sources, colors)
+    handles[-2] = Patch(color="0.5", alpha=0.3, label="min-max over chips (trials)")
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False
+    )
     return fig
 
 
