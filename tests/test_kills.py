@@ -1,7 +1,8 @@
 """Killed anywhere, resumed exactly: CI's small run of benchmarks/fault_kills.py.
 
-SIGKILL a `train` and a `sweep` at random moments, resume each with the same command, and
-compare every checkpoint tensor and results table with an uninterrupted run's. The full run
+SIGKILL a `sweep` at random moments, resume it with the same command, and compare its results
+table with an uninterrupted run's (train's kills run in the full version; its resume after a
+failed write is bitwise in tests/test_faults.py, after SIGTERM below). The full run
 (`python benchmarks/fault_kills.py --kills 10`: 30 kills over train, sweep and reproduce) is
 recorded in docs/results/faults.
 """
@@ -18,11 +19,11 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_files(tmp
     faults = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(faults)
     out = tmp_path / "faults"
-    rc = faults.main(["--kills", "2", "--commands", "train,sweep", "--out", str(out)])
+    rc = faults.main(["--kills", "2", "--commands", "sweep", "--out", str(out)])
     report = json.loads((out / "faults.json").read_text())
     assert report["differences"] == [] and rc == 0
-    assert report["files_checked"] >= len(report["commands"]) == 2
-    assert report["kills"] >= 2  # each command killed at least once before it ended
+    assert report["files_checked"] >= len(report["commands"]) == 1
+    assert report["kills"] >= 2  # killed twice before it ended
 
 
 def test_sigterm_ends_a_run_cleanly_with_a_line_saying_how_it_goes_on(tmp_path):
