@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from . import data as data_mod
 from .errors import UserError
 from .factories import import_named
-from .evaluation import as_logits, first_forward, loss_fn, restore_modes, train_modes
+from .evaluation import as_logits, first_forward, logits_in, loss_fn, restore_modes, train_modes
 
 __all__ = [
     "Measure",
@@ -146,14 +146,9 @@ class Measure:
 def output_tensor(out) -> Tensor:
     """The tensor in a model's output: itself, the ``logits`` of a Hugging Face output or dict, or
     the first item of a tuple or list (as :func:`robustweights.evaluation.as_logits`, any shape)."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(getattr(out, "logits", None), Tensor):
-        return out.logits
-    if isinstance(out, dict) and isinstance(out.get("logits"), Tensor):
-        return out["logits"]
-    if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
-        return out[0]
+    found = logits_in(out)
+    if found is not None:
+        return found
     raise UserError(
         f"the model returned a {type(out).__name__}; it must return a tensor, or a tuple or "
         "list whose first item, or a dict or output whose 'logits', is one"

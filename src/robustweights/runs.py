@@ -160,7 +160,7 @@ def safe_load(p: Path, what: str):
         raise UserError(
             f"{p} is not a readable {what}: truncated or corrupt ({type(e).__name__})"
         ) from None
-    except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes can raise nearly anything
+    except Exception as e:  # noqa: BLE001 -- torch.load of arbitrary bytes raises nearly anything
         raise UserError(
             f"{p} is not a readable {what} (not a file torch.save wrote: {type(e).__name__})"
         ) from None
