@@ -31,7 +31,7 @@ from .progress import duration, is_terminal
 from .runs import BEST, CHECKPOINT, save_checkpoint
 from .steps import is_classification, lr_at, set_lr
 
-__all__ = ["Run", "run_epoch", "saved"]
+__all__ = ["Run", "run_epoch", "end_epoch", "saved"]
 
 
 @dataclass
@@ -80,7 +80,16 @@ def saved(run: Run) -> dict:
 
 def run_epoch(run: Run, epoch: int) -> None:
     """One epoch: train, test (and validate), keep the best validation network, save, call back."""
-    row = _epoch_row(run, epoch, *_train_epoch(run, epoch))
+    end_epoch(run, epoch, *_train_epoch(run, epoch))
+
+
+def end_epoch(
+    run: Run, epoch: int, loss_sum, wrong, seen: int, seconds: float, extra: dict | None = None
+) -> None:
+    """An epoch once trained (its summed training loss, wrong predictions, examples and seconds):
+    test (and validate), keep the best validation network, save, call back. ``extra``: more
+    figures for the metrics row (a fused training's)."""
+    row = {**_epoch_row(run, epoch, loss_sum, wrong, seen, seconds), **(extra or {})}
     # each rank evaluated with its own batch-norm statistics: rank 0's figures for all, so that
     # every rank selects the best epoch rank 0 keeps
     row = from_rank0(row, run.world)
