@@ -95,7 +95,9 @@ def _undated(p: Path) -> str:
     return re.sub(r"\d{4}-\d\d-\d\dT[\d:]+[+-]\d\d:\d\d", "DATE", p.read_text())
 
 
-def _sites(n: int, k: int, seed: int) -> list[int]:
+def _sites(n: int, k: int, seed: int, command: str) -> list[int]:
+    if ALL:  # run with -s to read the counts docs/results/faults records
+        print(f"\n{command}: {n} write sites, each made to fail once", flush=True)
     return list(range(1, n + 1)) if ALL else sorted(random.Random(seed).sample(range(1, n + 1), k))
 
 
@@ -135,7 +137,7 @@ def test_a_failed_write_in_train_is_one_line_and_resume_ends_bitwise(
     reference, tmp_path, capsys, monkeypatch
 ):
     ref, counts = reference
-    for site in _sites(counts["train"], 3, 0):
+    for site in _sites(counts["train"], 3, 0, "train"):
         out = tmp_path / f"run{site}"
         again = ["train", "--resume", "--out", out, "--quiet"]
         err = ERRORS[site % len(ERRORS)]
@@ -148,12 +150,12 @@ def test_a_failed_write_in_sweep_and_report_is_one_line_and_the_rerun_equal(
     reference, tmp_path, capsys, monkeypatch
 ):
     ref, counts = reference
-    for site in _sites(counts["sweep"], 2, 1):
+    for site in _sites(counts["sweep"], 2, 1, "sweep"):
         out = tmp_path / f"sweep{site}"
         argv = ["sweep", ref / "run", *GRID, "--out", out]
         _fail_then_go_on(argv, argv, out, site, errno.ENOSPC, capsys, monkeypatch)
         assert _rows(out) == _rows(ref / "sweep"), site
-    for site in _sites(counts["report"], 2, 2):
+    for site in _sites(counts["report"], 2, 2, "report"):
         out = tmp_path / f"report{site}"
         argv = ["report", ref / "sweep", "--out", out]
         _fail_then_go_on(argv, argv, out, site, errno.EROFS, capsys, monkeypatch)
@@ -219,7 +221,7 @@ def test_a_failed_write_in_reproduce_is_one_line_and_the_rerun_equal(
 ):
     ref, calls = reproduced
     assert calls > 50  # trainings, sweeps, claims and report all write through atomic_write
-    for site in _sites(calls, 2, 3):
+    for site in _sites(calls, 2, 3, "reproduce"):
         out = tmp_path / f"repro{site}"
         argv = REPRO + ["--out", out]
         err = ERRORS[site % len(ERRORS)]
