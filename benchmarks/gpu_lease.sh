@@ -11,21 +11,32 @@
 #       cudnn.benchmark and with the model through torch.compile first; where an eager step's time goes
 #       (torch.profiler); batch 50 compiled with reduce-overhead. Each has a time limit.
 #   call 2 (carry .gpu/b):  BUDGET=<seconds left> bash benchmarks/gpu_lease.sh second
-#       unpacks CIFAR-10, trains ROW (default stoch-sign; ROW=stoch-sign,sign,stoch-mult,identity trains the
-#       four at once, a thread and a CUDA stream each, when call 1's test of that passed) with the paper recipe
-#       (`reproduce all --scale paper`; with cuda_graph=true when call 1's graph tests passed, unless
-#       NO_GRAPH=1) shortened to the epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides;
-#       if the graph or the threads fail, the time left tries the rows in turn, then eagerly), then sweeps
-#       and judges; sends back paper.tgz (config, metrics.jsonl, sweeps, claims; no checkpoints).
+#       unpacks CIFAR-10, trains ROW with the paper recipe (`reproduce all --scale paper`; with cuda_graph=true
+#       when call 1's graph tests passed, unless NO_GRAPH=1), then sweeps and judges; sends back paper.tgz
+#       (config, metrics.jsonl, sweeps, claims; no checkpoints) and row.txt. ROW unset (or ROW=next): the next
+#       row not yet recorded in RECORDED (default docs/results/reproduce-gpu/paper-500; the order stoch-mult,
+#       stoch-sign, identity, sign: `bash benchmarks/gpu_lease.sh next` prints it), all 500 epochs with the
+#       best validation epoch kept (EPOCHS=500): what BUDGET leaves untrained, a second `second` call of the
+#       same lease (the machine keeps /tmp while warm) resumes from its checkpoint, then sweeps; nothing to
+#       train when every row is recorded. ROW=stoch-sign (or several, ROW=stoch-sign,sign,stoch-mult,identity
+#       trains the four at once, a thread and a CUDA stream each, when call 1's test of that passed): those
+#       rows shortened to the epochs that fit BUDGET at the speed call 1 measured (EPOCHS overrides); if the
+#       graph or the threads fail, the time left tries the rows in turn, then eagerly.
+#   next: the row `second` trains when ROW is unset (nothing printed: every row is recorded).
 #
 # Everything lands in $OUT as it comes. Smoke test on a CPU machine (tiny sizes, no data needed for `first`):
 #     OUT=/tmp/o CPU=1 PY=.venv/bin/python bash benchmarks/gpu_lease.sh first
 #     OUT=/tmp/o CPU=1 PY=.venv/bin/python BUDGET=200 [ROW=stoch-sign,sign] bash benchmarks/gpu_lease.sh second
+#     PY=.venv/bin/python [RECORDED=folder] bash benchmarks/gpu_lease.sh next
 set -uo pipefail
-OUT=${OUT:?set OUT}
+[ "${1:-}" = next ] || OUT=${OUT:?set OUT}
 PY=${PY:-python3}
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
 T=${LEASE_TMP:-/tmp}   # where the calls of one lease leave each other files (the machine keeps /tmp while warm)
+RECORDED=${RECORDED:-docs/results/reproduce-gpu/paper-500}   # the rows windows have recorded
+next_row() { "$PY" -c "import sys; from robustweights.paper.judging import next_row
+print(next_row(sys.argv[1]) or '')" "$RECORDED"; }
+if [ "${1:-}" = next ]; then next_row; exit; fi
 mkdir -p $T/xz
 for part in .gpu/a .gpu/b; do [ -d "$part" ] && cp "$part"/* $T/xz/; done
 if [ -n "${CPU:-}" ]; then DEV=cpu; SIZE=(--models cnn --width 0.25); BATCHES=(8 16); R=(--rounds 1 --per-round 2)
@@ -100,7 +111,13 @@ first)
     ;;
 second)
     BUDGET=${BUDGET:?set BUDGET, the seconds this call may take}
-    ROW=${ROW:-stoch-sign}   # or several, comma-separated: trained at once (rows_at_once), one thread each
+    ROW=${ROW:-next}   # or one or several, comma-separated: trained at once (rows_at_once), one thread each
+    if [ "$ROW" = next ]; then   # the next row not recorded, the recipe whole (a later call resumes it)
+        ROW=$(next_row) || exit 2
+        [ -n "$ROW" ] || { echo "every row is recorded in $RECORDED: nothing to train" | tee -a "$OUT/log.txt"; exit 0; }
+        EPOCHS=${EPOCHS:-500}
+    fi
+    echo "$ROW" > "$OUT/row.txt"
     NROWS=$(echo "$ROW" | tr ',' '\n' | wc -l)
     SETS=(--set "rows=$ROW" --set checkpoint_every=5)
     if [ -n "${CPU:-}" ]; then  # smoke test: a sliver of the recipe on Fashion-MNIST's demo subset
@@ -158,5 +175,5 @@ print(max(1, min(500, int(($1 - 50 - 5 * $NROWS) / (45000 / r * 1.05 + 0.4)))))"
     date -u >> "$OUT/log.txt"
     (cd "$PAPER" && tar czf "$OUT/paper.tgz" --exclude='*.pt' --exclude=report .)
     ;;
-*) echo "usage: bash benchmarks/gpu_lease.sh first|second" >&2; exit 2 ;;
+*) echo "usage: bash benchmarks/gpu_lease.sh first|second|next" >&2; exit 2 ;;
 esac

@@ -1,11 +1,12 @@
 """Faults while writing: one line, exit status 2, the files already written whole, and the same
-command (train: with --resume) going on to exactly the uninterrupted result.
+command (train: with --resume) going on to exactly the uninterrupted result, for `train`,
+`sweep`, `report` and `reproduce`.
 
 Every file the package writes goes through ``runs.atomic_write``, which ends with ``os.replace``:
 a write made to fail there (ENOSPC, EROFS, EACCES) is a failure at that write site. CI runs a
 seeded sample of the sites of each command; ``RW_FAULTS_ALL=1`` runs every one
-(docs/results/faults has its counts). A real full disk (a 64 KB tmpfs) is tried where this
-machine lets the test mount one.
+(docs/results/faults has its counts). A real full disk (an 8 KB tmpfs) is tried where this
+machine lets the test mount one (as root).
 """
 
 import csv
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from robustweights import cli
+from conftest import need_fashion_mnist
 
 ALL = os.environ.get("RW_FAULTS_ALL") == "1"
 TRAIN = ["train", "--dataset", "demo", "--epochs", "2", "--train-subset", "300", "--quiet"]
@@ -93,7 +95,9 @@ def _undated(p: Path) -> str:
     return re.sub(r"\d{4}-\d\d-\d\dT[\d:]+[+-]\d\d:\d\d", "DATE", p.read_text())
 
 
-def _sites(n: int, k: int, seed: int) -> list[int]:
+def _sites(n: int, k: int, seed: int, command: str) -> list[int]:
+    if ALL:  # run with -s to read the counts docs/results/faults records
+        print(f"\n{command}: {n} write sites, each made to fail once", flush=True)
     return list(range(1, n + 1)) if ALL else sorted(random.Random(seed).sample(range(1, n + 1), k))
 
 
@@ -133,7 +137,7 @@ def test_a_failed_write_in_train_is_one_line_and_resume_ends_bitwise(
     reference, tmp_path, capsys, monkeypatch
 ):
     ref, counts = reference
-    for site in _sites(counts["train"], 3, 0):
+    for site in _sites(counts["train"], 3, 0, "train"):
         out = tmp_path / f"run{site}"
         again = ["train", "--resume", "--out", out, "--quiet"]
         err = ERRORS[site % len(ERRORS)]
@@ -146,16 +150,83 @@ def test_a_failed_write_in_sweep_and_report_is_one_line_and_the_rerun_equal(
     reference, tmp_path, capsys, monkeypatch
 ):
     ref, counts = reference
-    for site in _sites(counts["sweep"], 2, 1):
+    for site in _sites(counts["sweep"], 2, 1, "sweep"):
         out = tmp_path / f"sweep{site}"
         argv = ["sweep", ref / "run", *GRID, "--out", out]
         _fail_then_go_on(argv, argv, out, site, errno.ENOSPC, capsys, monkeypatch)
         assert _rows(out) == _rows(ref / "sweep"), site
-    for site in _sites(counts["report"], 2, 2):
+    for site in _sites(counts["report"], 2, 2, "report"):
         out = tmp_path / f"report{site}"
         argv = ["report", ref / "sweep", "--out", out]
         _fail_then_go_on(argv, argv, out, site, errno.EROFS, capsys, monkeypatch)
         assert _undated(out / "report.md") == _undated(ref / "report" / "report.md")
+
+
+# reproduce at the tiny scale cut further (3 rows, 2 epochs, one strength a column): 77 writes
+# (trainings, sweeps, claims, report) in about 4 s on 2 cores; claim 1 is judged from its rows.
+REPRO = [
+    "reproduce",
+    "matrix",
+    "--scale",
+    "tiny",
+    "--quiet",
+    "--set",
+    "rows=identity,sign,stoch-sign",
+]
+for _kv in ["epochs=2", "train_subset=1000", "test_subset=500", "trials=1", "add_gauss=0.8"]:
+    REPRO += ["--set", _kv]
+for _kv in ["add_gauss_max=0.8", "mult_gauss=0.5", "power=0.5", "quant=2"]:
+    REPRO += ["--set", _kv]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """An uninterrupted ``reproduce`` and how many files it writes."""
+    need_fashion_mnist()
+    out = tmp_path_factory.mktemp("repro") / "ref"
+    f = _Faults(out, None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "replace", f)
+        assert cli.main([str(a) for a in REPRO + ["--out", out]]) == 0
+    return out, f.calls
+
+
+def _numbers(root: Path) -> str:
+    """The report's text above its provenance, dates and the run folder left out."""
+    text = (root / "report" / "report.md").read_text().split("## Provenance")[0]
+    return re.sub(r"\d{4}-\d\d-\d\dT[\d:]+[+-]\d\d:\d\d", "DATE", text.replace(str(root), "OUT"))
+
+
+def _same_reproduction(ref: Path, got: Path) -> int:
+    """Every checkpoint's tensors bitwise, every results table cell for cell, the claims and the
+    report's numbers as the uninterrupted run's (its provenance names each run's folder, hash and
+    seconds). The count of files compared."""
+    pts = sorted(p.relative_to(ref) for p in ref.rglob("*.pt"))
+    assert pts == sorted(p.relative_to(got) for p in got.rglob("*.pt"))
+    for p in pts:
+        a, b = _tensors(ref / p), _tensors(got / p)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), p
+    tables = sorted(p.parent.relative_to(ref) for p in ref.rglob("results.csv"))
+    for t in tables:
+        assert _rows(got / t) == _rows(ref / t), t
+    assert json.loads((got / "claims.json").read_text()) == json.loads(
+        (ref / "claims.json").read_text()
+    )
+    assert _numbers(got) == _numbers(ref)
+    return len(pts) + len(tables) + 2
+
+
+def test_a_failed_write_in_reproduce_is_one_line_and_the_rerun_equal(
+    reproduced, tmp_path, capsys, monkeypatch
+):
+    ref, calls = reproduced
+    assert calls > 50  # trainings, sweeps, claims and report all write through atomic_write
+    for site in _sites(calls, 2, 3, "reproduce"):
+        out = tmp_path / f"repro{site}"
+        argv = REPRO + ["--out", out]
+        err = ERRORS[site % len(ERRORS)]
+        _fail_then_go_on(argv, argv, out, site, err, capsys, monkeypatch)
+        assert _same_reproduction(ref, out) >= 8, site
 
 
 def test_a_folder_that_cannot_be_made_is_one_line(reference, capsys):

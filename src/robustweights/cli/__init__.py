@@ -159,6 +159,14 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_judge(args) -> int:
+    from ..paper.judging import judge_recorded, summary
+
+    result = judge_recorded(args.folders, out=args.out, progress=True)
+    print("\n" + summary(result))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from ..sweeps import SweepConfig, run_sweep
     from ..distributed import distributed_env
@@ -284,6 +292,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "report": cmd_report,
     "reproduce": cmd_reproduce,
+    "judge": cmd_judge,
     "list": cmd_list,
 }
 

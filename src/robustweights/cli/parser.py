@@ -40,6 +40,7 @@ EXAMPLES = "\n".join(
         "  robustweights list transforms",
         "  robustweights reproduce matrix --scale tiny",
         "  robustweights reproduce all --scale cpu --out runs/repro-cpu --set epochs=10",
+        "  robustweights judge runs/window-1 runs/window-2 --out runs/judged",
         "",
     ]
 )
@@ -333,6 +334,27 @@ def _add_reproduce(sub, debug) -> None:
     rr.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_judge(sub, debug) -> None:
+    j = sub.add_parser(
+        "judge",
+        parents=[debug],
+        help="judge the claims on rows recorded in several reproduce folders (no checkpoints)",
+        description="Judge the claims, by reproduce's rules, on the rows recorded in several "
+        "reproduce out folders (one GPU window each; their checkpoints are neither needed nor "
+        "read): rows of one experiment, scale and preset, each from the folder whose sweep of "
+        "it finished last. Writes claims.json, claims.md (with where each row came from: folder, "
+        "date, commit, device, epochs) and judged.json.",
+    )
+    j.add_argument(
+        "folders",
+        nargs="+",
+        metavar="FOLDER",
+        help="reproduce out folders (reproduce.json, train/<row>/metrics.jsonl, sweeps/<row>/), "
+        "or folders holding them",
+    )
+    j.add_argument("--out", required=True, help="folder for claims.json, claims.md, judged.json")
+
+
 def _add_list(sub, debug) -> None:
     ls = sub.add_parser(
         "list",
@@ -358,6 +380,7 @@ COMMANDS = {
     "sweep": _add_sweep,
     "report": _add_report,
     "reproduce": _add_reproduce,
+    "judge": _add_judge,
     "list": _add_list,
 }
 """Each command's name and the function that adds its subparser, in the order --help lists them."""

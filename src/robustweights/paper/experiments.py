@@ -38,7 +38,6 @@ ImageNet needs data these machines lack) say ``not run at this scale``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import platform
@@ -62,6 +61,7 @@ from .presets import (
     describe,
     resolve_preset,
     row_config,
+    with_defaults,
 )
 from ..data import make_image_folders
 from ..models import check_model
@@ -150,16 +150,10 @@ def _check_out(out: Path, experiment: str, scale: str, preset: dict) -> dict | N
             f"{out} holds `reproduce {prev.get('experiment')} --scale {prev.get('scale')}`; "
             f"choose another out="
         )
-    old = {k: v for k, v in prev.get("preset", {}).items() if k not in RESUMABLE}
+    # a key added since the folder was made counts as its default
+    old = {k: v for k, v in with_defaults(prev.get("preset", {})).items() if k not in RESUMABLE}
     new = {k: v for k, v in preset.items() if k not in RESUMABLE}
-    # a key added since the folder was made counts as its default (a folder without cuda_graph had
-    # none)
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(Preset)
-        if f.default is not dataclasses.MISSING
-    }
-    diff = sorted(k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise UserError(
             f"{out} holds this experiment with other settings ({', '.join(diff)} differ); "

@@ -253,6 +253,17 @@ PRESETS["paper"] = dataclasses.replace(
 RESUMABLE = ("device", "data_dir", "checkpoint_every", "rows_at_once")
 
 
+def with_defaults(preset: dict) -> dict:
+    """A recorded preset with each key it lacks at its default (a folder made before the key
+    existed ran with it: one without cuda_graph had none)."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(Preset)
+        if f.default is not dataclasses.MISSING
+    }
+    return {**defaults, **preset}
+
+
 # ---------------------------------------------------------------------------
 # Presets and overrides
 # ---------------------------------------------------------------------------
