@@ -156,7 +156,7 @@ def test_a_row_whose_sweep_did_not_finish_is_not_recorded(windows, tmp_path):
 
 def _bad(base: Path, tmp: Path, case: str) -> tuple[list[str], str]:
     """The command's folders for a mistake, and words its one line must hold."""
-    w1, w2 = str(base / "w1"), str(base / "w2")
+    w1 = str(base / "w1")
     if case == "missing":
         return [w1, str(tmp / "nowhere")], "is not a folder"
     if case == "empty":

@@ -5,6 +5,8 @@
 - :mod:`.presets`: the rows, experiments and typed scale presets of a reproduce run, with ``--set``;
 - :mod:`.experiments`: ``robustweights reproduce``, the experiments end to end (the out folder,
   training, sweeps, claims; resumable runs);
+- :mod:`.judging`: ``robustweights judge``, the claims on rows recorded in several reproduce folders
+  (GPU windows), read back without their checkpoints;
 - :mod:`.demo`: ``robustweights demo``, the paper's story on data shipped inside the package.
 
 These sit on top of the core (training, sweeps, reports); nothing in the core imports them.
