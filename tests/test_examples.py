@@ -107,3 +107,37 @@ def test_transformer_classifier_example(tmp_path):
     rows = rw.sweep(model, data, ["add-gauss:sigma=0,1"], trials=1)
     base = rw.evaluation.evaluate_split(model, data.test)["error"]
     assert rows[0]["error"] == base and rows[1]["error"] > base + 0.05
+
+
+def test_pcm_chip_example_from_the_command_line_gives_the_python_numbers(
+    tmp_path, capsys, monkeypatch
+):
+    """README "Analog hardware": the user's transformer, trained by the example, swept on a PCM
+    chip from Python and from the command line (``--model-factory examples.pcm_chip:...``)
+    gives the same error in every cell; the report draws the error against time."""
+    from conftest import run_main
+
+    pc = example("pcm_chip")
+    data = rw.data.load_data("demo", test_subset=200)
+    model = pc.train("transformer", data, train_subset=300)
+    torch.save(model.state_dict(), tmp_path / "transformer.pt")
+    specs = ["pcm:t=1,3.15e7", "pcm:t=1,3.15e7,compensation=none"]
+    rows = rw.sweep(model, data, specs, trials=1)
+    monkeypatch.syspath_prepend(str(EXAMPLES.parent))  # the repository root, as the CLI's cwd
+    code, out, err = run_main(
+        capsys,
+        *("sweep", "--model-factory", "examples.pcm_chip:transformer"),
+        *("--state-dict", str(tmp_path / "transformer.pt"), "--dataset", "demo"),
+        *("--test-subset", "200", "--trials", "1", "--quiet", "--out", str(tmp_path / "cli")),
+        *("--distortion", specs[0], "--distortion", specs[1]),
+    )
+    assert code == 0, err
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    cli = cli["rows"] if isinstance(cli, dict) else cli
+    assert [(r["spec"], r["trial"], r["error"]) for r in cli] == [
+        (r["spec"], r["trial"], r["error"]) for r in rows
+    ]
+    year = {r["spec"].split(",")[1]: r["error"] for r in rows if r["value"] == 3.15e7}
+    assert year["compensation=none"] > year["compensation=global"]  # drift uncompensated
+    r = rw.report([tmp_path / "cli"], tmp_path / "report")
+    assert (Path(r["md"]).parent / "error_vs_time.png").is_file()

@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,8 @@ def _undated(p: Path) -> str:
 
 
 def _sites(n: int, k: int, seed: int, command: str) -> list[int]:
-    if ALL:  # run with -s to read the counts docs/results/faults records
-        print(f"\n{command}: {n} write sites, each made to fail once", flush=True)
+    if ALL:  # the counts docs/results/faults records (past pytest's capture)
+        print(f"{command}: {n} write sites, each made to fail once", file=sys.__stderr__)
     return list(range(1, n + 1)) if ALL else sorted(random.Random(seed).sample(range(1, n + 1), k))
 
 
@@ -162,7 +163,7 @@ def test_a_failed_write_in_sweep_and_report_is_one_line_and_the_rerun_equal(
         assert _undated(out / "report.md") == _undated(ref / "report" / "report.md")
 
 
-# reproduce at the tiny scale cut further (3 rows, 2 epochs, one strength a column): 77 writes
+# reproduce at the tiny scale cut further (3 rows, 2 epochs, one strength a column): 76 writes
 # (trainings, sweeps, claims, report) in about 4 s on 2 cores; claim 1 is judged from its rows.
 REPRO = [
     "reproduce",
