@@ -1,6 +1,6 @@
 """Your own CNN and transformer on a phase-change-memory chip: the test error after 1 s to 1 year.
 
-    python examples/pcm_chip.py                 # trains both, sweeps both: about 6 min on 2 cores
+    python examples/pcm_chip.py                 # trains both, sweeps both: about 5 min on 2 cores
     python examples/pcm_chip.py --train-subset 2000 --test-subset 500 --trials 2   # a quick look
 
 Two networks of your own, in plain PyTorch (``cnn``: the Fashion-MNIST CNN of issue 23;
@@ -14,7 +14,7 @@ report with ``error_vs_time.png`` under ``--out``. The same sweep from the comma
 the repository root (``examples.pcm_chip:cnn`` is importable from there)::
 
     robustweights sweep --model-factory examples.pcm_chip:cnn --state-dict runs/pcm-chip/cnn.pt \\
-        --dataset fashion-mnist --test-subset 5000 --distortion "pcm:t=1,3600,86400,2.6e6,3.15e7" \\
+        --dataset fashion-mnist --test-subset 2000 --distortion "pcm:t=1,3600,86400,2.6e6,3.15e7" \\
         --distortion "pcm:t=1,3600,86400,2.6e6,3.15e7,compensation=none" --out runs/pcm-chip/cli-cnn
     robustweights report runs/pcm-chip/cli-cnn runs/pcm-chip/cli-transformer --out runs/pcm-chip/cli
 
@@ -115,7 +115,7 @@ def run(out: Path, train_subset, test_subset, trials: int, seed: int = 0) -> dic
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-subset", type=int, default=20000, help="training images (20000)")
-    p.add_argument("--test-subset", type=int, default=5000, help="test images (default: 5000)")
+    p.add_argument("--test-subset", type=int, default=2000, help="test images (default: 2000)")
     p.add_argument("--trials", type=int, default=5, help="chips (default: 5)")
     p.add_argument("--out", type=Path, default=Path("runs/pcm-chip"), help="(runs/pcm-chip)")
     args = p.parse_args(argv)
