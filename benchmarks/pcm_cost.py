@@ -33,24 +33,11 @@ import robustweights as rw  # noqa: E402
 from robustweights.measures import measure_split  # noqa: E402
 from robustweights.splits import TensorSplit  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pcm_vs_aihwkit import network  # noqa: E402  the network of the PCM check (issue 23)
+
 PCM = "pcm:t=86400"
 GAUSS = "add-gauss:sigma=0.1"
-
-
-def fmnist_cnn() -> nn.Module:
-    """The network of the PCM check (docs/results/pcm/README.md)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(1568, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
 
 
 def _timed(f) -> float:
@@ -123,9 +110,7 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     torch.manual_seed(0)
-    compare(
-        "Fashion-MNIST CNN", fmnist_cnn(), (1, 28, 28), args.n_cnn, args.rounds, args.sweep_cells
-    )
+    compare("Fashion-MNIST CNN", network(), (1, 28, 28), args.n_cnn, args.rounds, args.sweep_cells)
     vgg = rw.create_model("bc-vgg", num_classes=10, in_shape=(3, 32, 32), width=0.25)
     compare("bc-vgg width 0.25", vgg, (3, 32, 32), args.n_vgg, args.rounds, args.sweep_cells)
     alone(args.rounds)

@@ -27,7 +27,9 @@ import argparse
 import datetime
 import platform
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,9 @@ from torch import nn
 import robustweights as rw
 from robustweights.data import load_data
 from robustweights.measures import get_measure, measure_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pcm_vs_aihwkit import network  # noqa: E402  the network of issue 23
 
 TIMES = (1.0, 3600.0, 86400.0, 2.6e6, 3.15e7)
 LABELS = ("1 s", "1 h", "1 day", "1 month", "1 year")
@@ -51,27 +56,11 @@ RECIPES = {
 DEFAULT = ("float", "sign", "stoch-sign", "pcm-noise")
 
 
-def issue_cnn() -> nn.Module:
-    """The network of issue 23."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(1568, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
-
-
 def train_one(name: str, data, seed: int) -> nn.Module:
     """One epoch of Adam 1e-3, batch 100, with the recipe ``name`` (:data:`RECIPES`)."""
     projection, clip = RECIPES[name]
     torch.manual_seed(seed)
-    model = issue_cnn()
+    model = network()
     if projection is not None:
         rw.attach(model, projection, clip=clip, generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
