@@ -1,5 +1,6 @@
 """Training under torch.distributed: 2 CPU processes with gloo, as `torchrun --nproc-per-node 2` runs them."""
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -361,6 +362,19 @@ def _sweep_killed_after_3_cells(monkeypatch, config):
     monkeypatch.setattr(sweeps, "measure_split", real)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """The single-process reference at the workers' thread count (1): on some CPUs (seen on an
+    AVX-512 Xeon) a reduction's last digits depend on how many threads split it, and the
+    comparison is of the distribution, not of PyTorch's threading."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sweep_worker(rank, world, port, config_dict):
     faulthandler.enable()
     os.environ.update(
@@ -382,7 +396,8 @@ def test_two_process_sweep_writes_the_single_process_table_and_resumes(tmp_path,
     base = dict(
         checkpoint=str(ckpt), device="cpu", distortions=grids, trials=2, test_subset=200, seed=3
     )
-    rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
+    with _one_thread():
+        rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "one")), progress=False)
     mp.spawn(
         _sweep_worker,
         args=(2, _free_port(), {**base, "out": str(tmp_path / "two")}),
@@ -617,7 +632,8 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
         "--quiet",
     ]
     _launchers(tmp_path, 2, [*sweep, "--out", str(tmp_path / "sweep-two")])
-    code, _, _ = run_main(capsys, *sweep, "--out", str(tmp_path / "sweep-one"))
+    with _one_thread():  # the launchers' OMP_NUM_THREADS=1
+        code, _, _ = run_main(capsys, *sweep, "--out", str(tmp_path / "sweep-one"))
     assert code == 0
     for name in ("results.json", "results.csv"):
         assert (tmp_path / "sweep-two" / name).read_text() == (
