@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import robustweights as rw
+from conftest import one_error_line, run_main
 from robustweights.errors import UserError
 from robustweights.fused_training import seed_configs, train_fused
 from robustweights.runs import read_checkpoint
@@ -155,3 +156,22 @@ def test_what_cannot_be_fused_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="configuration 1 has width=0.5"):
         train_fused([a, small(tmp_path, "e", width=0.5)], progress=False)
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+def test_train_fused_seeds_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    flags = ["--model", "mlp", "--width", "0.25", "--dataset", "demo", "--train-subset", "200"]
+    flags += ["--test-subset", "100", "--batch-size", "50", "--epochs", "1", "--quiet"]
+    code, text, err = run_main(capsys, "train", *flags, "--fused-seeds", "2", "--out", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["seed-0", "seed-1"]
+    assert "seed 1: test error" in text and "2 seeds trained as one fused network" in text
+    code, text, err = run_main(
+        capsys, "train", "--fused-seeds", "2", "--out", str(out), "--resume", "--epochs", "2"
+    )
+    assert code == 0, err
+    for s in (0, 1):
+        assert len((out / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()) == 2
+        assert read_checkpoint(out / f"seed-{s}")["config"]["seed"] == s
+    code, _, err = run_main(capsys, "train", *flags, "--fused-seeds", "0")
+    assert code == 2 and "fused seeds must be an integer >= 1" in one_error_line(err)

@@ -378,6 +378,8 @@ def test_claim_4_reads_both_noise_references_with_the_range_as_headline():
         (["matrix", "--set", "add_gauss=0.1,0.2"], "must hold 0.8"),
         (["matrix", "--set", "lr=-1"], "lr must be a positive number"),
         (["matrix", "--set", "on=both"], "on must be"),
+        (["matrix", "--set", "fused=0"], "fused must be at least 1"),
+        (["matrix", "--set", "fused=2", "--set", "compile=true"], "do not take compile"),
         (["nonsense"], "invalid choice"),
     ],
 )
@@ -556,6 +558,24 @@ def test_rows_trained_at_once_give_the_numbers_of_rows_trained_in_turn(tmp_path)
         assert all(torch.equal(a[k], b[k]) for k in a), row
     with pytest.raises(rw.UserError, match="rows_at_once must be at least 1"):
         rp.resolve_preset("tiny", ["rows_at_once=0"])
+
+
+def test_fused_rows_write_a_folder_each_that_the_sweeps_read(tmp_path):
+    """fused=2: stoch-mult and sign train as one fused network, stoch-sign (left alone in its group)
+    as a plain run; in threads two groups at once. Every row has its own run folder, swept and
+    judged as ever; a second call resumes them all without training."""
+    sets = {"dataset": "demo", "train_subset": 600, "test_subset": 200, "epochs": 1, "trials": 1}
+    sets.update(fused=2, rows_at_once=2)
+    r = rw.reproduce("stoch-proj", "tiny", tmp_path / "f", sets, progress=False)
+    assert set(r["sweeps"]) == {"stoch-mult", "sign", "stoch-sign"}
+    fused = {}
+    for row in r["sweeps"]:
+        (line,) = (tmp_path / "f" / "train" / row / "metrics.jsonl").read_text().splitlines()
+        fused[row] = json.loads(line).get("fused_networks")
+        assert (tmp_path / "f" / "sweeps" / row / "sweep.json").is_file()
+    assert fused == {"stoch-mult": 2, "sign": 2, "stoch-sign": None}
+    again = rw.reproduce("stoch-proj", "tiny", tmp_path / "f", sets, progress=False)
+    assert again["claims"] == r["claims"] and again["trained"] == r["trained"]
 
 
 def test_the_gpu_lease_scripts_second_call_runs_on_the_cpu_and_falls_back(tmp_path):

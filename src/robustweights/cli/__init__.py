@@ -32,6 +32,8 @@ def cmd_train(args) -> int:
     from ..training import TrainConfig, train
 
     given = _given(args, TrainConfig)
+    if args.fused_seeds is not None:
+        return _train_fused_seeds(args, given)
     if not args.resume:
         config = TrainConfig(**given)
         result = train(config, progress=not args.quiet)
@@ -63,6 +65,31 @@ def cmd_train(args) -> int:
     )
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _train_fused_seeds(args, given: dict) -> int:
+    """``train --fused-seeds K``: K seeds as one fused network, a run folder each."""
+    from ..fused_training import seed_configs, train_fused
+    from ..training import TrainConfig
+
+    if args.resume and "out" not in given:
+        raise UserError("--resume needs --out, the folder holding the seed-<s> run folders")
+    configs = seed_configs(TrainConfig(**given), args.fused_seeds)
+    if args.resume:  # each seed's saved configuration, with what this command gives
+        configs = [
+            TrainConfig.from_dict(
+                {**_saved_config({**given, "out": c.out}), **given, "seed": c.seed, "out": c.out}
+            )
+            for c in configs
+        ]
+    results = train_fused(configs, resume=args.resume, progress=not args.quiet)
+    for c, r in zip(configs, results):
+        print(
+            f"seed {c.seed}: test {r.measure.replace('_', ' ')} {r.test_value:.4g} after "
+            f"{len(r.history)} epochs" + (f"; checkpoint: {r.checkpoint}" if r.checkpoint else "")
+        )
+    print(f"{len(results)} seeds trained as one fused network in {results[0].seconds:.0f} s")
     return 0
 
 

@@ -140,6 +140,15 @@ def _add_train(sub, debug) -> None:
     t.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    t.add_argument(
+        "--fused-seeds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train K seeds (--seed, --seed+1, ...) of this configuration as one fused network "
+        "(grouped convolutions, batched linear layers), each in its own run folder "
+        "<--out>/seed-<s>; equal to K separate runs within float rounding",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 

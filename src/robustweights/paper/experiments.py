@@ -49,6 +49,7 @@ import torch
 
 from . import claims
 from .claims import REFERENCE
+from .rows import train_rows
 from .presets import (
     EXPERIMENTS,
     MATRIX_ROWS,
@@ -65,7 +66,6 @@ from .presets import (
 )
 from ..data import make_image_folders
 from ..models import check_model
-from ..distributed import run_together
 from ..errors import UserError
 from ..results import claims_markdown
 from ..runs import check_writable, git_commit, machine, now, write_text
@@ -73,7 +73,6 @@ from ..sweeps import SweepConfig, run_sweep
 from ..checkpoints import load_config_data
 from ..locks import one_writer
 from ..config import TrainConfig
-from ..training import train
 
 # The presets' names, kept importable from here (the command line, the tests and the docs use them).
 __all__ = [
@@ -244,7 +243,7 @@ def _reproduce(experiment, scale, out, preset, prev, rows, overrides, progress, 
     t0 = time.perf_counter()
     # every row trains and tests on the same data: load once
     data = load_config_data(configs[rows[0]])
-    trained = _train_rows(configs, rows, preset, data, progress, say)
+    trained = train_rows(configs, rows, preset, data, progress, say)
     sweeps = _sweep_rows(configs, rows, preset, cols, out, data, progress, say)
     first = configs[rows[0]]
     setting = (
@@ -337,63 +336,6 @@ def _row_configs(preset: dict, rows, out: Path, experiment: str) -> dict[str, Tr
     return configs
 
 
-def _train_rows(configs: dict, rows, preset: dict, data, progress: bool, say) -> dict:
-    """Train every row (in turn, or ``rows_at_once`` together): ``{row: what its training
-    measured}``."""
-    at_once = min(preset["rows_at_once"], len(rows))
-
-    def train_row(i, row, stop=None):
-        label = f"[train {i + 1}/{len(rows)}]"
-        return _train_row(configs[row], row, label, at_once, data, progress, say, stop)
-
-    if at_once > 1:  # threads, one CUDA stream each (robustweights.distributed.run_together)
-        jobs = [lambda stop, i=i, row=row: train_row(i, row, stop) for i, row in enumerate(rows)]
-        return dict(zip(rows, run_together(jobs, at_once, configs[rows[0]].device)))
-    return {row: train_row(i, row) for i, row in enumerate(rows)}
-
-
-def _train_row(cfg: TrainConfig, row: str, label: str, at_once, data, progress, say, stop) -> dict:
-    """Train one row, resuming its folder if it has one; ``stop`` (rows trained together) is called
-    after each epoch, which then prints one line instead of a progress bar."""
-    say(
-        f"{label} {row}: {cfg.projection} ({cfg.mode}), clip {cfg.clip}, {cfg.epochs} epochs"
-        + (" (already trained)" if _finished(cfg) else "")
-        + (f", {at_once} rows at once" if stop else ""),
-        flush=True,
-    )
-    # (a row killed before its first checkpoint starts over: train says so)
-    resume = Path(cfg.out).exists()
-
-    def each_epoch(epoch, h):
-        say(
-            f"  {row} epoch {epoch}/{cfg.epochs}: test error {h['test_error']:.2%}, "
-            f"{h['images_per_second']:.0f} img/s",
-            flush=True,
-        )
-        stop()
-
-    try:
-        r = train(
-            cfg,
-            resume=resume,
-            progress=progress and not stop,
-            data=data,
-            callback=stop and each_epoch,
-        )
-    except UserError as e:
-        if resume and "cannot resume" in str(e):
-            raise UserError(f"{cfg.out} was trained with other settings: {e}") from None
-        raise
-    last = r.history[-1] if r.history else None
-    return {
-        "test_error": r.test_error,
-        "epochs": len(r.history),
-        "train_seconds": sum(h["seconds"] for h in r.history),
-        "test_weights": last["test_weights"] if last else None,
-        "test_error_stored_bn": last.get("test_error_stored_bn") if last else None,
-    }
-
-
 def _sweep_rows(configs, rows, preset: dict, cols, out: Path, data, progress: bool, say) -> dict:
     """Sweep every trained row with the experiment's columns: ``{row: sweep}`` (finished cells are
     read back)."""
@@ -464,15 +406,6 @@ def summary(result: dict) -> str:
         f"total time {result['total_seconds']:.0f} s",
     ]
     return "\n".join(lines)
-
-
-def _finished(cfg: TrainConfig) -> bool:
-    m = Path(cfg.out) / "metrics.jsonl"
-    try:
-        return len(m.read_text(encoding="utf-8").splitlines()) >= cfg.epochs
-    except (OSError, UnicodeDecodeError):
-        # missing or unreadable: not known to be finished (train decides)
-        return False
 
 
 def _api_command(experiment, scale, out, overrides) -> str:

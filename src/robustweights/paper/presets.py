@@ -155,6 +155,8 @@ class Preset:
     cuda_graph: bool = False  # train --cuda-graph (robustweights.steps)
     # rows trained together, in threads (a GPU that one row leaves idle)
     rows_at_once: int = 1
+    # rows trained K at a time as one fused network (robustweights.fusion), a folder each
+    fused: int = 1
     clip: str = "glorot"  # a number, glorot or none
     init: str = "default"  # uniform: BinaryConnect's, each clipped weight uniform in [-H, H]
     preprocess: str = "standardize"
@@ -337,6 +339,11 @@ def _check_preset(preset: dict) -> None:
     ):
         raise UserError(
             "trials and rows_at_once must be at least 1, bn_calibrate and bn_reestimate 0 or more"
+        )
+    if preset["fused"] < 1 or (preset["fused"] > 1 and preset["compile"]):
+        raise UserError(
+            f"fused must be at least 1, and fused rows do not take compile=true; fused is "
+            f"{preset['fused']!r}"
         )
     if preset["on"] not in ("hidden", "projected"):
         raise UserError(f"on must be hidden or projected, not {preset['on']!r}")
