@@ -164,7 +164,7 @@ def test_a_failed_write_in_sweep_and_report_is_one_line_and_the_rerun_equal(
 
 
 # reproduce at the tiny scale cut further (3 rows, 2 epochs, one strength a column): 76 writes
-# (trainings, sweeps, claims, report) in about 4 s on 2 cores; claim 1 is judged from its rows.
+# (trainings, sweeps, claims, report), seconds on 2 cores; claim 1 is judged from its rows.
 REPRO = [
     "reproduce",
     "matrix",
