@@ -11,8 +11,8 @@ linear layer becomes one batched matrix product, a convolution a grouped
 convolution; an op without a batching rule runs trial by trial inside the
 pass). Each trial's output is scored by the measure's own ``batch`` and
 ``finish``, as :func:`robustweights.measures.measure_split` scores it: the
-logits agree to float rounding (about 1e-7 on a CPU), so the error counts are
-the same but where two logits tie to that rounding.
+logits agree to float rounding (under 1e-6 on a CPU in the tests), so the
+error counts are the same but where two logits tie to that rounding.
 
 Fusion is for small networks on a GPU, where one trial at a time leaves the
 GPU idle between small kernels; ``auto`` (the default) fuses on CUDA only.
