@@ -292,10 +292,11 @@ class Fuser:
             kw = dict(batch_size=p.batch_size, device=p.device, check=not self.checked)
             results = measure_trials(p.model, p.hit, pins, self.test, self.m, **kw)
         except Exception as e:  # a network vmap cannot run, memory: the unfused pass decides
-            why = one_line(e)[:200] if isinstance(e, _Differs) else None
-            self._unfused(
-                why or f"the fused network failed ({type(e).__name__}: {one_line(e)[:200]})"
-            )
-            return [cell_row(p, c) for c in group]
-        self.checked = True
-        return [row(p, c, d, r) for c, d, r in zip(group, draws, results)]
+            failed = one_line(e)[:200] if isinstance(e, _Differs) else None
+            failed = failed or f"the fused network failed ({type(e).__name__}: {one_line(e)[:200]})"
+        else:
+            self.checked = True
+            return [row(p, c, d, r) for c, d, r in zip(group, draws, results)]
+        del pins  # (out of the except block: its traceback no longer holds the stacked tensors)
+        self._unfused(failed)
+        return [cell_row(p, c) for c in group]
