@@ -438,6 +438,14 @@ class SweepConfig:
         default=None,
     )
     batch_size: int = _opt("evaluation batch size", default=1000)
+    fuse_trials: str | int = _opt(
+        "measure this many trials of a strength as one fused network (torch.func.vmap over the "
+        "trials' distorted weights, each drawn as alone: the logits agree to float rounding; "
+        "faster for small networks on a GPU): auto (up to 8 on CUDA, none on a CPU) or a number "
+        "(1: one at a time); batch-norm re-estimation, a whole-pass measure and a network vmap "
+        "cannot run are measured one at a time, and the sweep says so (default: auto)",
+        default="auto",
+    )
     target_error: float | None = _opt(
         "target for the effective-bits summary, in the measure's units (a fraction for an "
         "error; default: undistorted + 1 point for a percentage, else a hundredth of it, on "
@@ -454,6 +462,7 @@ class SweepConfig:
         "out",
         "target_error",
         "batch_size",
+        "fuse_trials",
         "checkpoint",
         "state_dict",
     )

@@ -29,6 +29,7 @@ from .grid import cells
 from .measures import Measure
 from .results import better_when_higher, complete_row, is_percent, lowest_bits, write_rows
 from .runs import check_writable, git_commit, now, write_text
+from .sweep_fusion import fuse_setting
 from .sweep_models import prepare, selection
 
 __all__ = [
@@ -325,6 +326,7 @@ def check_config(config: SweepConfig) -> None:
     if config.on not in projected.WEIGHTS:
         raise UserError(f"on must be one of {', '.join(projected.WEIGHTS)}, not {config.on!r}")
     cells(config.distortions, config.trials)  # checks the grids
+    fuse_setting(config.fuse_trials)
 
 
 @dataclasses.dataclass

@@ -32,10 +32,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import bits as bits_mod
 from . import data as data_mod
 from . import projected
-from . import sweep_runs
+from . import sweep_fusion, sweep_runs
 from .config import SweepConfig
 from .distributed import process_group
 from .errors import UserError
@@ -50,13 +49,14 @@ from .evaluation import (
     train_modes,
     weights_label,
 )
-from .grid import cell_seed, cells
+from .grid import cells
 from .locks import one_writer
 from .measures import Measure, measure_split
 from .progress import Lines
 from .progress import bar as progress_bar
 from .results import COLUMNS, complete_row
 from .sweep_models import load_state_dict_file, measure_named, prepare
+from .sweep_fusion import score
 from .sweep_runs import data_fingerprint, save_sweep
 from .draws import derive_seed
 
@@ -147,6 +147,7 @@ def sweep(
     split: str = "test",
     loss: str = "ce",
     progress: bool = False,
+    fuse_trials: "int | str" = "auto",
 ) -> SweepRows:
     """``measure`` of ``model`` under every cell of ``distortions``: a list of rows, one per cell
     (:data:`COLUMNS`; :func:`to_frame` makes a pandas frame of them), which carries the sweep's
@@ -176,7 +177,9 @@ def sweep(
     reaches the output is left out and said so. A plain model is given back
     as it came (its classes, and its training mode);
     ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
-    batches after distorting.
+    batches after distorting. ``fuse_trials`` (:mod:`robustweights.sweep_fusion`) measures
+    that many trials of a strength as one fused network (``auto``: up to 8 on CUDA, none on a
+    CPU; 1: one at a time): each trial drawn as alone, the same error counts.
     """
     return _sweep(
         model,
@@ -195,6 +198,7 @@ def sweep(
         split=split,
         loss=loss,
         progress=progress,
+        fuse_trials=fuse_trials,
     )
 
 
@@ -220,12 +224,14 @@ def _sweep(
     on_row: Callable[[dict], None] | None = None,
     only: set | None = None,
     covered: tuple[dict, dict] | None = None,
+    fuse_trials="auto",
 ) -> SweepRows:
     """:func:`sweep` with the plumbing of :func:`run_sweep`: ``done`` maps cell keys ``(spec,
     trial)`` to rows already computed (reused, not recomputed); ``on_row`` is called with each new
     row; ``only``, if given, is the set of cell keys to compute (a distributed sweep gives each rank
     its share); ``covered`` is :func:`sweep_coverage`'s answer when the caller has it already."""
     test, train = _checked(data, split, evaluate, on, bn_batches)
+    fuse_trials = sweep_fusion.fuse_setting(fuse_trials)
     m = _measure_of(measure, evaluate, metric, loss)
     todo = cells(distortions, trials, default_scale(model))
     selection = dict(selection or {})
@@ -244,6 +250,9 @@ def _sweep(
         untouched, cov = covered or _coverage(plan, test, keep, selection, evaluate)
         _announce(untouched, cov, progress)
         plan.aim(untouched)
+        plan.fuser = sweep_fusion.Fuser(
+            plan, fuse_trials, trials, test, m, evaluate, bn_batches, progress
+        )
         rows = SweepRows(
             coverage=cov,
             on=on,
@@ -301,6 +310,7 @@ class _Plan:
         self.metric = metric
         self.distort_on = "hidden" if on == "hidden" else "projected"  # auto: as evaluation uses
         self.measure: Callable[[nn.Module], dict] | None = None
+        self.fuser: sweep_fusion.Fuser | None = None  # how the cells are measured (trials fused)
 
     def aim(self, untouched: dict) -> None:
         """The tensors the distortions act on, and their clip bounds: the same for every cell
@@ -324,7 +334,7 @@ class _Plan:
 def _coverage(plan: _Plan, test, keep, selection, evaluate) -> tuple[dict, dict]:
     """:func:`sweep_coverage` of the sweep: its reach probe on a few examples of ``test``, or of
     the first inputs the user's ``evaluate`` gives the model."""
-    forward = None if evaluate is None else lambda: _score(plan.measure(plan.model), plan.metric)
+    forward = None if evaluate is None else lambda: score(plan.measure(plan.model), plan.metric)
     return sweep_coverage(
         plan.model,
         test,
@@ -356,11 +366,19 @@ def _run_cells(plan: _Plan, todo, rows: list, done: dict, only, on_row, progress
     a bar on a terminal, else a line as each grid ends (a log holds no redraws)."""
     bar = progress_bar(todo, desc="sweep", unit="cell", enabled=progress)
     lines = progress and isinstance(bar, Lines)
+    ahead: dict = {}  # rows measured with an earlier trial of their strength (fused)
+
+    def wanted(k) -> bool:
+        return k not in done and (only is None or k in only)
+
     for i, c in enumerate(bar):
         if c.key() in done:
             rows.append(done[c.key()])
-        elif only is None or c.key() in only:
-            row = _cell_row(plan, c)
+        elif wanted(c.key()):
+            if c.key() not in ahead:
+                group = plan.fuser.group(todo, i, wanted)
+                ahead.update(zip([g.key() for g in group], plan.fuser.rows(group, _cell_row)))
+            row = ahead.pop(c.key())
             rows.append(row)
             bar.set_postfix(cell=c.t.spec, **{plan.metric: f"{row['score']:.4g}"})
             if on_row is not None:
@@ -378,45 +396,12 @@ def _grid(c) -> tuple:
 
 def _cell_row(plan: _Plan, c) -> dict:
     """One cell: its distortion drawn from its own seed and pinned, the model measured, the row."""
-    s = cell_seed(plan.seed, c)
-    g = torch.Generator(device=plan.device).manual_seed(s)
-    measured = bits_mod.measured_bits(c.t, plan.bases, plan.bounds)
-    model = plan.model
-    with projected.distort(model, c.t, g, on=plan.distort_on, exclude=plan.untouched):
-        snr = bits_mod.snr_bits(plan.bases, [x.pinned for x in plan.hit])
-        entropy = None
-        if bits_mod.is_discrete(c.t):
-            entropy = bits_mod.weighted_entropy([x.pinned for x in plan.hit])
-        with reestimated_bn(model, plan.train, plan.bn_batches, plan.batch_size, plan.device, s):
-            r = plan.measure(model)
-    return {
-        "distortion": c.t.name,
-        "param": c.param,
-        "value": c.value,
-        "trial": c.trial,
-        "seed": s,
-        "error": r.get("error"),
-        "loss": r.get("loss"),
-        "effective_bits": measured,
-        "n_examples": r.get("n"),
-        "entropy_bits": entropy,
-        "spec": c.t.spec,
-        "on": plan.on,
-        "metric": plan.metric,
-        "score": _score(r, plan.metric),
-        "nominal_bits": bits_mod.capacity_bits(c.t),
-        "scale": c.t.params.get("scale"),
-        "snr_bits": snr,
-    }
-
-
-def _score(result, metric: str) -> float:
-    if not isinstance(result, dict) or metric not in result:
-        have = ", ".join(map(str, result)) if isinstance(result, dict) else type(result).__name__
-        raise UserError(
-            f"the evaluation gave no {metric!r} (it gave: {have}); pass metric= one of its keys"
-        )
-    return float(result[metric])
+    with sweep_fusion.drawn(plan, c) as d:
+        with reestimated_bn(
+            plan.model, plan.train, plan.bn_batches, plan.batch_size, plan.device, d.seed
+        ):
+            r = plan.measure(plan.model)
+    return sweep_fusion.row(plan, c, d, r)
 
 
 # ---------------------------------------------------------------------------
@@ -470,6 +455,7 @@ def _run_sweep(config: SweepConfig, progress: bool, rank: int, world: int, devic
         progress=progress,
         only=keeper.mine,
         covered=run.covered,
+        fuse_trials=config.fuse_trials,
     )
     return sweep_runs.finish(run, keeper, rows, record, time.perf_counter() - t0)
 
