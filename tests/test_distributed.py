@@ -5,7 +5,9 @@ import faulthandler
 import json
 import os
 import socket
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +35,26 @@ def _same_on_all_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
+def _capture_stderr(path: str):
+    """This process's fd 2 (C++'s messages as well as Python's) and faulthandler's stacks of every
+    thread on a fatal signal, into ``path``: a worker that aborts leaves where it was."""
+    f = open(path, "w", buffering=1)
+    os.dup2(f.fileno(), 2)
+    faulthandler.enable(file=f, all_threads=True)
+    return f
+
+
+def _captured(run_dir: Path) -> str:
+    """The tail of each worker's captured fd 2, for the message of a failed try."""
+    parts = []
+    for p in sorted(run_dir.glob("worker*.stderr")):
+        text = p.read_text(errors="replace").strip()
+        parts.append(f"[{p.name}] {text[-1500:] or '(empty)'}")
+    return " | ".join(parts) or "(no worker output captured)"
+
+
 def _worker(rank, world, port, out, result_file, projection):
-    faulthandler.enable()  # a worker that aborts (SIGABRT) prints where it was
+    _capture_stderr(f"{Path(out).parent}/worker{rank}.stderr")
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -86,6 +106,21 @@ def _worker(rank, world, port, out, result_file, projection):
     dist.destroy_process_group()
 
 
+def _aborting_worker(rank, run_dir):
+    _capture_stderr(f"{run_dir}/worker{rank}.stderr")
+    print("before the abort", file=sys.stderr, flush=True)
+    os.abort()  # as "terminate called without an active exception" ends a process: SIGABRT
+
+
+def test_a_worker_that_aborts_leaves_its_stack_in_the_failed_trys_message(tmp_path):
+    """The capture the gloo test relies on: an aborting worker's fd 2 and its stack reach us."""
+    with pytest.raises(mp.ProcessExitedException, match="SIGABRT"):
+        mp.spawn(_aborting_worker, args=(str(tmp_path),), nprocs=1, join=True)
+    said = _captured(tmp_path)
+    assert "[worker0.stderr] before the abort" in said and "Fatal Python error: Aborted" in said
+    assert "in _aborting_worker" in said  # faulthandler's stack names the function
+
+
 @pytest.mark.parametrize(
     "projection", ["sign", "stoch-sign"]
 )  # stoch-sign: per-rank random generators
@@ -98,7 +133,8 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
         # the checks below are deterministic, so a real fault fails both. Not reproduced outside the suite:
         # benchmarks/gloo_aborts.py ran these workers 30 + 30 times (each worker's fd 2 and faulthandler's
         # stacks to a file) on a machine at load 7-19, 0 aborts (docs/results/faults). Suspected: gloo threads
-        # outliving the interpreter at exit (PyTorch PR #179291, closed unmerged); unconfirmed.
+        # outliving the interpreter at exit (PyTorch PR #179291, closed unmerged); unconfirmed. Each
+        # worker's fd 2 and faulthandler's stacks go to a file: a failed try's warning carries them.
         run_dir = tmp_path / f"try{attempt}"
         out, result_file = str(run_dir / "run"), str(run_dir / "result")
         run_dir.mkdir()
@@ -110,8 +146,9 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
             if attempt == 2:
                 raise
-            warnings.warn(
-                f"a gloo worker failed, trying once more: {' '.join(str(e).split())[:300]}"
+            warnings.warn(  # the workers' own fd 2 and stacks: the cause, when it happens again
+                f"a gloo worker failed, trying once more: {' '.join(str(e).split())[:300]}; "
+                f"its output: {_captured(run_dir)}"
             )
     tmp_path = run_dir
     r = [json.loads(open(f"{result_file}.{i}").read()) for i in range(2)]

@@ -2,6 +2,8 @@
 restoring."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -310,3 +312,24 @@ def test_projected_re_exports_the_attachment_names():
     for name in attachment.__all__:
         assert getattr(projected, name) is getattr(attachment, name), name
     assert projected.select is selection.select
+
+
+def test_draws_are_untraced_once_torch_compile_imports_dynamo_and_not_imported_before():
+    """Importing torch._dynamo costs about a second of every command's start: robustweights leaves
+    it to torch.compile, and its draws are disabled for tracing as that import ends (a draw traced
+    into a graph would change the numbers of a compiled run, above)."""
+    code = (
+        "import sys, torch, robustweights\n"
+        "from robustweights import draws, devices\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "fns = (draws._draw, devices._normal_, devices._read_generator)\n"
+        "assert not any(hasattr(f, '_torchdynamo_disable') for f in fns)\n"
+        "torch.compile(lambda x: x + 1)\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+        "fns = (draws._draw, devices._normal_, devices._read_generator)\n"
+        "assert all(f._torchdynamo_disable for f in fns), fns\n"
+        "assert draws._UNTRACED == []\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr

@@ -750,13 +750,15 @@ def test_a_binary_metrics_file_counts_as_unreadable_not_a_crash(tmp_path):
     """T19: _finished caught only OSError, so a binary train/<row>/metrics.jsonl raised
     UnicodeDecodeError. It is treated as a missing one is: not known to be finished (the "(already
     trained)" note is left off; train() itself decides from the checkpoint)."""
+    from robustweights.paper import rows
+
     cfg = rp.row_config(rp.resolve_preset("tiny"), "sign", tmp_path, "matrix")
     Path(cfg.out).mkdir(parents=True)
-    assert rp._finished(cfg) is False  # missing
+    assert rows._finished(cfg) is False  # missing
     (Path(cfg.out) / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
-    assert rp._finished(cfg) is False  # binary
+    assert rows._finished(cfg) is False  # binary
     (Path(cfg.out) / "metrics.jsonl").write_text("{}\n" * cfg.epochs)
-    assert rp._finished(cfg) is True
+    assert rows._finished(cfg) is True
 
 
 def test_gpu_tip_points_a_gpu_run_to_the_fast_path_and_stays_quiet_otherwise():

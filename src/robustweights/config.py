@@ -443,8 +443,9 @@ class SweepConfig:
         "trials' distorted weights, each drawn as alone: the logits agree to float rounding; "
         "faster for small networks on a GPU): auto (up to 8 on CUDA, none on a CPU) or a number "
         "(1: one at a time); batch-norm re-estimation, a whole-pass measure and a network vmap "
-        "cannot run are measured one at a time, and the sweep says so (default: auto)",
-        default="auto",
+        "cannot run are measured one at a time, and the sweep says so (default: 1, until a GPU "
+        "run measures auto faster with the same counts)",
+        default=1,
     )
     target_error: float | None = _opt(
         "target for the effective-bits summary, in the measure's units (a fraction for an "

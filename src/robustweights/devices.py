@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .conductances import G_MAX, TILE, matrix, scale_tiles_, tile_max, tile_sums, to_pair
-from .draws import derive_seed, uniform
+from .draws import derive_seed, uniform, untraced
 from .errors import UserError
 from .registry import Param, register_transform
 
@@ -145,7 +145,7 @@ DEVICE_PARAMS = (
 )
 
 
-@torch.compiler.disable
+@untraced
 def _read_generator(g: torch.Generator | None, t: float, device) -> torch.Generator:
     """A generator for the read noise at ``t``: seeded by one draw from ``g`` and ``t``."""
     on = g.device if g is not None else device
@@ -153,7 +153,7 @@ def _read_generator(g: torch.Generator | None, t: float, device) -> torch.Genera
     return torch.Generator(device=on).manual_seed(derive_seed("read", key, float(t)))
 
 
-@torch.compiler.disable
+@untraced
 def _normal_(buf: Tensor, g: torch.Generator | None) -> Tensor:
     """``buf`` filled with standard normal draws from ``g``: the numbers ``draws.normal(buf, g)``
     gives (drawn on ``g``'s device), written into ``buf``; returns ``buf``."""

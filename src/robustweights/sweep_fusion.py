@@ -15,7 +15,8 @@ logits agree to float rounding (under 1e-6 on a CPU in the tests), so the
 error counts are the same but where two logits tie to that rounding.
 
 Fusion is for small networks on a GPU, where one trial at a time leaves the
-GPU idle between small kernels; ``auto`` (the default) fuses on CUDA only.
+GPU idle between small kernels; ``auto`` fuses on CUDA only (the default is 1, one at a
+time, until a GPU run measures ``auto`` faster with the same counts).
 Where it cannot apply the trials run one at a time, and the sweep says so
 once: batch-norm statistics re-estimated per trial, a user's ``evaluate=`` or
 whole-pass measure (they take the model, not its outputs), a network vmap

@@ -147,7 +147,7 @@ def sweep(
     split: str = "test",
     loss: str = "ce",
     progress: bool = False,
-    fuse_trials: "int | str" = "auto",
+    fuse_trials: "int | str" = 1,
 ) -> SweepRows:
     """``measure`` of ``model`` under every cell of ``distortions``: a list of rows, one per cell
     (:data:`COLUMNS`; :func:`to_frame` makes a pandas frame of them), which carries the sweep's
@@ -178,8 +178,8 @@ def sweep(
     as it came (its classes, and its training mode);
     ``bn_batches > 0`` re-estimates batch-norm statistics on that many training
     batches after distorting. ``fuse_trials`` (:mod:`robustweights.sweep_fusion`) measures
-    that many trials of a strength as one fused network (``auto``: up to 8 on CUDA, none on a
-    CPU; 1: one at a time): each trial drawn as alone, the same error counts.
+    that many trials of a strength as one fused network (1, the default: one at a time;
+    ``auto``: up to 8 on CUDA, none on a CPU): each trial drawn as alone, the same counts.
     """
     return _sweep(
         model,
@@ -224,7 +224,7 @@ def _sweep(
     on_row: Callable[[dict], None] | None = None,
     only: set | None = None,
     covered: tuple[dict, dict] | None = None,
-    fuse_trials="auto",
+    fuse_trials=1,
 ) -> SweepRows:
     """:func:`sweep` with the plumbing of :func:`run_sweep`: ``done`` maps cell keys ``(spec,
     trial)`` to rows already computed (reused, not recomputed); ``on_row`` is called with each new
