@@ -330,3 +330,44 @@ def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one
                 torch.equal(v, w)
                 for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values())
             )
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_fused_networks_on_the_device_with_or_without_cuda_graph_train_as_separate_ones(
+    device, graph
+):
+    """fused_training.train_fused (reproduce's fused=K, train --fused-seeds K) on the device, eager
+    and as one CUDA graph a step: each network ends near its separate training (SGD; a GPU's
+    atomics round another way in any run, so within 2e-2 of the losses and 3 points of error)."""
+    from robustweights.fused_training import train_fused
+
+    if device.type != "cuda":
+        pytest.skip("a GPU check (the CPU's is tests/test_fused_training.py)")
+
+    def configs():
+        return [
+            rw.TrainConfig(
+                model="cnn",
+                width=0.25,
+                dataset="demo",
+                train_subset=400,
+                test_subset=200,
+                seed=s,
+                projection=p,
+                epochs=2,
+                batch_size=50,
+                optimizer="sgd",
+                lr=0.01,
+                device=str(device),
+                cuda_graph=graph,
+            )
+            for s, p in [(0, "stoch-sign"), (1, "sign")]
+        ]
+
+    alone = [rw.train(c, progress=False) for c in configs()]
+    fused = train_fused(configs(), progress=False)
+    for a, b in zip(alone, fused):
+        assert [h["train_loss"] for h in b.history] == pytest.approx(
+            [h["train_loss"] for h in a.history], rel=2e-2
+        )
+        assert b.test_error == pytest.approx(a.test_error, abs=0.03)
