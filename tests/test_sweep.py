@@ -783,6 +783,29 @@ def test_sweep_command(trained, tmp_path, capsys):
     assert len(json.loads((d / "results.json").read_text())) == 3  # sigma=0 cannot vary: one cell
 
 
+def test_a_distortion_without_effective_bits_gets_its_measured_snr_bits_line(
+    trained, tmp_path, capsys
+):
+    """A device model has no effective-bits figure, but the weights as read have a signal-to-noise
+    ratio: the lowest-bits line gives those bits, as results.lowest_bits finds them."""
+    d = tmp_path / "snr"
+    code, out, err = run_main(
+        capsys, "sweep", str(trained.ckpt), "--distortion", "pcm:t=1,3600,prog=0.2,read=0.2",
+        "--trials", "2", "--test-subset", "300", "--out", str(d), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    record = json.loads((d / "sweep.json").read_text())
+    rows = json.loads((d / "results.json").read_text())
+    assert all(r["effective_bits"] is None and r["snr_bits"] > 1 for r in rows)
+    best = lowest_bits(rows, record["target_error"], bits="snr_bits")
+    assert best is not None and best["spec"].startswith("pcm:t=")
+    assert lowest_bits(rows, record["target_error"]) is None  # no effective-bits figure
+    assert (
+        "lowest measured bits (signal-to-noise of the weights as read) with it: "
+        f"{best['effective_bits']:.2f} bits per weight ({best['spec']}," in out
+    )
+
+
 @pytest.mark.parametrize(
     "grid, words", [("add-gauss:sigma=-1", "sigma >= 0"), ("add-gauss:sigma=", "sigma=''")]
 )

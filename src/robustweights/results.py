@@ -167,25 +167,29 @@ def _weaker_first(r: dict):
     return (lambda r: r["value"]) if p.stronger == "up" else (lambda r: -r["value"])
 
 
-def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False) -> dict | None:
+def lowest_bits(
+    rows: list[dict], target: float, higher_is_better: bool = False, bits: str = "effective_bits"
+) -> dict | None:
     """The distortion strength with the lowest effective bits at which the mean score *stays* within
     ``target`` (at or below it; at or above it for a metric where higher is better): it meets the
     target there and at every weaker strength of the same curve (docs/method.md section 4). A
     strength without a finite bits figure (most of a power curve) is no candidate, but still ends
     the curve where it misses the target. Curves of a transform this session does not know are
-    ordered by their bits."""
+    ordered by their bits. ``bits`` names the figure (``snr_bits``: the measured signal-to-noise
+    bits of the weights as read, which every continuous distortion has); the result holds it
+    under ``effective_bits``."""
     points: dict[str, list[tuple[float | None, float, str, list[dict]]]] = {}
     for spec, rs in by_spec(
         r for r in rows if r.get("spec")
     ).items():  # (a row without one is on no curve)
         mean = sum(r["score"] for r in rs) / len(rs)
-        bits = [r.get("effective_bits") for r in rs]
-        bits = (
-            (sum(bits) / len(bits))
-            if all(isinstance(b, (int, float)) and math.isfinite(b) for b in bits)
+        got = [r.get(bits) for r in rs]
+        got = (
+            (sum(got) / len(got))
+            if all(isinstance(b, (int, float)) and math.isfinite(b) for b in got)
             else None
         )
-        points.setdefault(curve_of(rs[0]), []).append((bits, mean, spec, rs))
+        points.setdefault(curve_of(rs[0]), []).append((got, mean, spec, rs))
     best = None
     for curve in points.values():
         order = _weaker_first(curve[0][3][0])
@@ -193,14 +197,14 @@ def lowest_bits(rows: list[dict], target: float, higher_is_better: bool = False)
             curve = sorted((p for p in curve if p[0] is not None), key=lambda p: -p[0])
         else:
             curve = sorted(curve, key=lambda p: order(p[3][0]))
-        for bits, mean, spec, rs in curve:
+        for got, mean, spec, rs in curve:
             if not (mean >= target if higher_is_better else mean <= target):
                 # the score left the target here: stronger strengths on this curve do not count
                 break
-            if bits is not None and (best is None or bits < best["effective_bits"]):
+            if got is not None and (best is None or got < best["effective_bits"]):
                 best = {
                     "spec": spec,
-                    "effective_bits": bits,
+                    "effective_bits": got,
                     "mean_error": mean,
                     "mean_score": mean,
                     "metric": rs[0]["metric"],

@@ -222,7 +222,7 @@ def cmd_sweep(args) -> int:
 def _print_sweep(r: dict) -> None:
     """The undistorted score, each spec's mean and the lowest effective bits of a sweep, in its
     measure's units and direction (``error 9.54%``, ``perplexity 52.3``)."""
-    from ..results import is_percent, score_format, spec_lines
+    from ..results import is_percent, lowest_bits, score_format, spec_lines
 
     metric = r.get("metric", "error")
     percent = is_percent(metric, r.get("measure"))
@@ -251,6 +251,12 @@ def _print_sweep(r: dict) -> None:
         print(
             f"lowest effective bits with mean {target}: {best['effective_bits']:.2f} bits per "
             f"weight ({best['spec']}, mean {metric} {show(best['mean_score'])})"
+        )
+    elif snr := lowest_bits(r["rows"], r["target_error"], r.get("higher_is_better"), "snr_bits"):
+        print(  # a device model, mult-gauss, a user's own: their bits are the weights' SNR
+            f"no distortion with an effective-bits figure kept the mean {target}; lowest measured "
+            f"bits (signal-to-noise of the weights as read) with it: {snr['effective_bits']:.2f} "
+            f"bits per weight ({snr['spec']}, mean {metric} {show(snr['mean_score'])})"
         )
     else:
         print(f"no distortion with an effective-bits figure kept the mean {target}")
