@@ -4,8 +4,8 @@ For each command: one uninterrupted reference run, then runs killed with SIGKILL
 moments (uniform between the moment the reference first wrote its folder and its end), each
 resumed by running the same command again (for `train`, with `--resume` once the folder holds
 a checkpoint), until one ends by itself. The final files are compared with the reference's:
-every tensor of the checkpoints bitwise (model and optimizer state), the epoch figures without their timings,
-every results table cell for cell. Prints the counts and writes them as JSON.
+every tensor of the checkpoints bitwise (model and optimizer state), the epoch figures without
+their timings, every results table cell for cell. Prints the counts and writes them as JSON.
 
     python benchmarks/fault_kills.py --kills 10 --out runs/faults      # about 10 minutes on 2 cores
     python benchmarks/fault_kills.py --kills 1 --commands train,sweep  # CI's small version

@@ -1,8 +1,9 @@
-"""GPU runs on CIFAR-10: full-width bc-vgg with float, sign and stoch-mult weights, then additive-noise curves.
+"""GPU runs on CIFAR-10: full-width bc-vgg with float, sign and stoch-mult weights, \
+then additive-noise curves.
 
     python benchmarks/gpu_cifar.py --data-dir DIR --out OUT [--epochs 30] [--budget-s 150]
-    python benchmarks/gpu_cifar.py --pack SRC_DIR DEST_DIR      # compress batches into DEST/a and DEST/b
-    python benchmarks/gpu_cifar.py --unpack SRC_DIR DEST_DIR    # and back, byte for byte
+    python benchmarks/gpu_cifar.py --pack SRC_DIR DEST_DIR  # compress batches into DEST/a, DEST/b
+    python benchmarks/gpu_cifar.py --unpack SRC_DIR DEST_DIR  # and back, byte for byte
 
 The device machine cannot see ``../shared/datasets``, and one call carries at
 most 64 MiB (the working tree, about 9 MiB, included), so the CIFAR batch
@@ -60,8 +61,9 @@ PIXELS = (
 
 
 def _mosaic(block: bytes):
-    """A batch's pixels as one 3200x3200 RGB picture (100 x 100 tiles): lossless WebP packs one large
-    picture about 27% smaller than xz packs the planar bytes (15.0 against 20.6 MB a batch)."""
+    """A batch's pixels as one 3200x3200 RGB picture (100 x 100 tiles): lossless WebP packs one
+    large picture about 27% smaller than xz packs the planar bytes (15.0 against 20.6 MB a
+    batch)."""
     import numpy as np
 
     return (
@@ -132,7 +134,8 @@ class OutOfTime(Exception):
 
 
 def reestimate_bn(model: nn.Module, split, batches: int, batch_size: int, device) -> None:
-    """Batch-norm statistics re-estimated on ``batches`` training batches (the library's, only BN in train mode).
+    """Batch-norm statistics re-estimated on ``batches`` training batches (the library's, only BN
+    in train mode).
 
     The results recorded in docs/results/gpu-h200 (commit c686197) came from an
     earlier copy that put every layer in training mode: the same for the
@@ -275,13 +278,15 @@ def main():
             "dataset": test["dataset"],
         }
         print(
-            f"{name}: final test error {test['error']:.2%} ({test['weights']} weights) on {test['dataset']}",
+            f"{name}: final test error {test['error']:.2%} ({test['weights']} weights) "
+            f"on {test['dataset']}",
             flush=True,
         )
         save()
         entry["sweeps"] = []
-        # The sign network's hidden weights are not its evaluation weights (its batch-norm statistics
-        # belong to weights of magnitude H), so its curves distort the binary weights it runs with.
+        # The sign network's hidden weights are not its evaluation weights (its batch-norm
+        # statistics belong to weights of magnitude H), so its curves distort the binary
+        # weights it runs with.
         variants = (
             [("projected", False), ("projected", True), ("hidden", True)]
             if name == "sign"

@@ -1,13 +1,20 @@
 """Projection overhead: a training step with a projection against a float step of the same model.
 
-    python benchmarks/projection_overhead.py                     # cnn on 28x28 and bc-vgg 0.25 on 32x32
+    # cnn on 28x28 and bc-vgg 0.25 on 32x32
+    python benchmarks/projection_overhead.py
     python benchmarks/projection_overhead.py --models cnn --projections sign stoch-mult:gamma=0.5
-    python benchmarks/projection_overhead.py --compile           # torch.compile against eager, per projection
-    python benchmarks/projection_overhead.py --concurrent 4      # 4 networks stepped together against one
-    python benchmarks/projection_overhead.py --cuda-graph --concurrent 4 --threads   # as rows_at_once=4 (GPU)
-    python benchmarks/projection_overhead.py --cuda-graph        # eager against the step as one CUDA graph (GPU)
-    python benchmarks/projection_overhead.py --cuda-graph --compile --cudnn-benchmark   # inductor, then captured
-    python benchmarks/projection_overhead.py --profile           # where an eager step's time goes (top kernels)
+    # torch.compile against eager, per projection
+    python benchmarks/projection_overhead.py --compile
+    # 4 networks stepped together against one
+    python benchmarks/projection_overhead.py --concurrent 4
+    # as rows_at_once=4 (GPU)
+    python benchmarks/projection_overhead.py --cuda-graph --concurrent 4 --threads
+    # eager against the step as one CUDA graph (GPU)
+    python benchmarks/projection_overhead.py --cuda-graph
+    # inductor, then captured
+    python benchmarks/projection_overhead.py --cuda-graph --compile --cudnn-benchmark
+    # where an eager step's time goes (top kernels)
+    python benchmarks/projection_overhead.py --profile
 
 Each step is forward, backward, Adam step and the hidden-weight clip, on random
 inputs of the model's natural size (the data does not change the cost). The
@@ -19,8 +26,9 @@ median step times from one run. Prints the machine and torch version.
 With ``--compile`` each variant also runs through ``torch.compile`` (the model's
 forward and backward, as ``train --compile`` does; Adam and the clip stay
 eager): it prints the compiled step against the eager one, the seconds the
-first compiled step took (compilation), and how many steps pay that back. Compilation is timed cold: the script gives inductor a
-fresh cache folder unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
+first compiled step took (compilation), and how many steps pay that back.
+Compilation is timed cold: the script gives inductor a fresh cache folder
+unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
 """
 
 from __future__ import annotations
@@ -101,9 +109,11 @@ def make_step(
                 torch.cuda.synchronize()
 
         return step
-    # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4), instead of one per tensor
+    # fused: one kernel for the whole Adam update (CUDA; CPU from torch 2.4),
+    # instead of one per tensor
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
-    # compile_mode "reduce-overhead" adds CUDA graphs (a batch-50 step is launch-bound); ignored on CPU
+    # compile_mode "reduce-overhead" adds CUDA graphs (a batch-50 step is launch-bound);
+    # ignored on CPU
     net = torch.compile(model, mode=compile_mode) if compile else model
 
     def step():
@@ -155,7 +165,8 @@ def bench(
     times = timed_rounds(steps, rounds, per_round)
     base = statistics.median(times["identity"])
     print(
-        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+        f"\n{model_name} width {width}, batch {batch}"
+        f"{', bf16 autocast, channels-last' if amp else ''}: "
         f"float step {base * 1e3:.1f} ms = {batch / base:.0f} img/s (median of {rounds} rounds)"
     )
     for p in projections:
@@ -200,8 +211,10 @@ def bench_compile(
         times.update(timed_rounds({(p, False): eager, (p, True): compiled}, rounds, per_round))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
-        f"eager against torch.compile mode={compile_mode or 'default'}{', fused Adam' if fused else ''} (median of {rounds} rounds of {per_round} steps)"
+        f"\n{model_name} width {width}, batch {batch}"
+        f"{', bf16 autocast, channels-last' if amp else ''}: "
+        f"eager against torch.compile mode={compile_mode or 'default'}"
+        f"{', fused Adam' if fused else ''} (median of {rounds} rounds of {per_round} steps)"
     )
     print(
         f"  {'projection':<24} {'eager ms':>9} {'compiled ms':>12} {'ratio':>6} {'compile s':>10} "
@@ -236,8 +249,9 @@ def bench_graph(
     compile_mode=None,
     **_,
 ):
-    """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph (with
-    ``compile``: the model's forward and backward through torch.compile first, then captured)."""
+    """Each projection's eager step (fused Adam) against the whole step replayed as one CUDA graph
+    (with ``compile``: the model's forward and backward through torch.compile first, then
+    captured)."""
     times = {}
     for p in ["identity", *projections]:
         torch._dynamo.reset()
@@ -262,15 +276,16 @@ def bench_graph(
         }
         times[p] = (med["eager"], med["graph"], capture)
     print(
-        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}: "
+        f"\n{model_name} width {width}, batch {batch}"
+        f"{', bf16 autocast, channels-last' if amp else ''}: "
         f"eager (fused Adam) against the whole step as one CUDA graph (train --cuda-graph"
         f"{', the model through torch.compile first' if compile else ''}"
         f"{', cudnn.benchmark' if torch.backends.cudnn.benchmark else ''}), "
         f"median of {rounds} rounds of {per_round} steps"
     )
     print(
-        f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} {'graph img/s':>12} "
-        f"{'capture s':>10}"
+        f"  {'projection':<24} {'eager ms':>9} {'eager img/s':>12} {'graph ms':>9} "
+        f"{'graph img/s':>12} {'capture s':>10}"
     )
     for p, (e, g, c) in times.items():
         print(
@@ -282,8 +297,9 @@ def bench_graph(
 def bench_profile(
     model_name, width, projections, batch, device, amp=False, fused=False, steps=20, top=12
 ):
-    """Where an eager step's time goes: torch.profiler over ``steps`` steps, the kernels (or CPU ops) that take
-    the most time, and the device time a step against its wall time (launch-bound when much smaller)."""
+    """Where an eager step's time goes: torch.profiler over ``steps`` steps, the kernels (or CPU
+    ops) that take the most time, and the device time a step against its wall time (launch-bound
+    when much smaller)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -311,7 +327,8 @@ def bench_profile(
         own = [getattr(e, key) for e in events]
         print(
             f"\n{model_name} width {width}, batch {batch}, {p}: {sum(own) / steps / 1e3:.2f} ms of "
-            f"{'kernels' if cuda else 'CPU ops'} a step, {wall * 1e3:.2f} ms a step with the profiler"
+            f"{'kernels' if cuda else 'CPU ops'} a step, {wall * 1e3:.2f} ms a step "
+            "with the profiler"
         )
         print(events.table(sort_by=key, row_limit=top, max_name_column_width=60))
 
@@ -333,8 +350,9 @@ def bench_concurrent(
     threads=False,
 ):
     """Aggregate training images/s of ``copies`` independent networks (rows) stepped together in one
-    process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves the GPU
-    idle enough that several rows at once pay (part 8). On a CPU the copies simply take turns."""
+    process, each on its own CUDA stream, against one network alone: whether a batch-50 row leaves
+    the GPU idle enough that several rows at once pay (part 8). On a CPU the copies simply take
+    turns."""
     cuda = device.type == "cuda"
     out = {}
     for p in ["identity", *projections]:
@@ -397,20 +415,24 @@ def bench_concurrent(
         else ", eager"
     )
     print(
-        f"\n{model_name} width {width}, batch {batch}{', bf16 autocast, channels-last' if amp else ''}{how}"
+        f"\n{model_name} width {width}, batch {batch}"
+        f"{', bf16 autocast, channels-last' if amp else ''}{how}"
         f"{', fused Adam' if fused else ''}: {copies} networks stepped together "
-        f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), median of {rounds} rounds"
+        f"({'one CUDA stream each' if cuda else 'taking turns: no streams on a CPU'}), "
+        f"median of {rounds} rounds"
     )
     print(f"  {'projection':<24} {'one img/s':>10} {f'{copies} together img/s':>20} {'gain':>6}")
     for p, r in out.items():
         print(
-            f"  {p:<24} {r['one_img_s']:10.0f} {r['all_img_s']:20.0f} {r['all_img_s'] / r['one_img_s']:6.2f}"
+            f"  {p:<24} {r['one_img_s']:10.0f} {r['all_img_s']:20.0f} "
+            f"{r['all_img_s'] / r['one_img_s']:6.2f}"
         )
     return out
 
 
 def main():
-    # killed by `timeout` (SIGTERM) on a GPU lease: print where every thread stood (a hang shows its place)
+    # killed by `timeout` (SIGTERM) on a GPU lease: print where every thread stood
+    # (a hang shows its place)
     faulthandler.register(signal.SIGTERM, chain=True)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "bc-vgg"])
@@ -444,7 +466,8 @@ def main():
     ap.add_argument(
         "--cuda-graph",
         action="store_true",
-        help="eager against the whole step captured as one CUDA graph (train --cuda-graph; GPU only)",
+        help="eager against the whole step captured as one CUDA graph "
+        "(train --cuda-graph; GPU only)",
     )
     ap.add_argument(
         "--concurrent",
@@ -456,17 +479,20 @@ def main():
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="where an eager step's time goes (torch.profiler: the top kernels, device time a step)",
+        help="where an eager step's time goes "
+        "(torch.profiler: the top kernels, device time a step)",
     )
     ap.add_argument(
         "--cudnn-benchmark",
         action="store_true",
-        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each conv shape)",
+        help="torch.backends.cudnn.benchmark = True "
+        "(cuDNN times its algorithms for each conv shape)",
     )
     ap.add_argument(
         "--threads",
         action="store_true",
-        help="with --concurrent: each network in its own thread, as reproduce's rows_at_once trains rows",
+        help="with --concurrent: each network in its own thread, "
+        "as reproduce's rows_at_once trains rows",
     )
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -479,7 +505,8 @@ def main():
         else platform.processor() or platform.machine()
     )
     print(
-        f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
     )
     configs = {"cnn": (1.0, 100), "bc-vgg": (0.25, 50), "mlp": (1.0, 100), "resnet18": (0.25, 50)}
     for m in args.models:

@@ -1,6 +1,6 @@
 """Training throughput with 1 and N processes (torchrun), same preset, same machine.
 
-    python benchmarks/scaling.py                         # cnn on Fashion-MNIST, 1 epoch, 1 and 2 processes
+    python benchmarks/scaling.py  # cnn on Fashion-MNIST, 1 epoch, 1 and 2 processes
     python benchmarks/scaling.py --procs 1 2 4 --epochs 2 --dataset demo
 
 Each setting runs `robustweights train` as a subprocess (`torchrun
@@ -75,10 +75,12 @@ def main():
     args = ap.parse_args()
     print(
         f"machine: {os.cpu_count()} CPUs, GPU: "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; torch {torch.__version__}"
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
+        f"torch {torch.__version__}"
     )
     print(
-        f"{args.model} on {args.dataset}, {args.projection}, {args.epochs} epoch(s), global batch {args.batch_size}"
+        f"{args.model} on {args.dataset}, {args.projection}, {args.epochs} epoch(s), "
+        f"global batch {args.batch_size}"
     )
     base = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +88,10 @@ def main():
             r = run(n, args, Path(tmp) / f"p{n}")
             base = base or r["images_per_second"]
             print(
-                f"  {n} process(es) x {r['threads_each']} thread(s): {r['images_per_second']:8.0f} img/s "
-                f"(x{r['images_per_second'] / base:.2f}), test error after the last epoch {r['test_error']:.2%}"
+                f"  {n} process(es) x {r['threads_each']} thread(s): "
+                f"{r['images_per_second']:8.0f} img/s "
+                f"(x{r['images_per_second'] / base:.2f}), "
+                f"test error after the last epoch {r['test_error']:.2%}"
             )
 
 

@@ -1,6 +1,6 @@
 """Sweep fusion: the T trials of one sweep cell as one fused network against one trial at a time.
 
-    python benchmarks/sweep_fusion.py                          # mlp width 0.25, 8 trials, 2000 inputs
+    python benchmarks/sweep_fusion.py  # mlp width 0.25, 8 trials, 2000 inputs
     python benchmarks/sweep_fusion.py --model cnn --width 0.5 --trials 8 --device cuda
 
 Both sides run the same :func:`robustweights.sweep` of one ``add-gauss`` strength with

@@ -1,6 +1,7 @@
-"""Sweep overhead: one sweep cell (distort, evaluate, restore) against plain inference on the same test set.
+"""Sweep overhead: one sweep cell (distort, evaluate, restore) against plain inference \
+on the same test set.
 
-    python benchmarks/sweep_overhead.py                       # bc-vgg width 0.25, 2000 CIFAR-sized inputs
+    python benchmarks/sweep_overhead.py  # bc-vgg width 0.25, 2000 CIFAR-sized inputs
     python benchmarks/sweep_overhead.py --model bc-vgg --width 1 --n 10000 --device cuda
 
 A cell draws the distorted weights once (``add-gauss``, the most expensive
@@ -72,10 +73,12 @@ def main():
     )
     print(f"machine: {where}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
-        f"{args.model} width {args.width}, {args.n} inputs, batch {args.batch_size}, {args.distortion}"
+        f"{args.model} width {args.width}, {args.n} inputs, batch {args.batch_size}, "
+        f"{args.distortion}"
     )
     print(
-        f"plain inference {p:.3f} s ({args.n / p:.0f} img/s); sweep cell {c:.3f} s ({args.n / c:.0f} img/s); "
+        f"plain inference {p:.3f} s ({args.n / p:.0f} img/s); "
+        f"sweep cell {c:.3f} s ({args.n / c:.0f} img/s); "
         f"ratio {c / p:.3f} (median of {args.rounds} rounds)"
     )
 

@@ -1,9 +1,12 @@
 """Time to accuracy: train the part-1 target settings and record accuracy and wall time per epoch.
 
-    python benchmarks/time_to_accuracy.py fmnist-float fmnist-sign          # Fashion-MNIST, small CNN
-    python benchmarks/time_to_accuracy.py cifar-sign                        # CIFAR-10, bc-vgg width 0.25
+    # Fashion-MNIST, small CNN
+    python benchmarks/time_to_accuracy.py fmnist-float fmnist-sign
+    # CIFAR-10, bc-vgg width 0.25
+    python benchmarks/time_to_accuracy.py cifar-sign
     python benchmarks/time_to_accuracy.py fmnist-sign --out docs/results/part1
-    python benchmarks/time_to_accuracy.py fmnist-sign --compile --out DIR    # writes fmnist-sign-compiled.json
+    # writes fmnist-sign-compiled.json
+    python benchmarks/time_to_accuracy.py fmnist-sign --compile --out DIR
 
 Each preset is a TrainConfig; the script prints, per epoch, the test accuracy
 and the wall time since the start of training (data loading and the
@@ -109,7 +112,8 @@ def run(name: str, out: Path | None, overrides: dict) -> dict:
         "reached": reached or None,
         "final_test_accuracy": 1 - result.test_error,
         "train_seconds": result.seconds,
-        "wall_seconds": wall,  # the whole call: data loading, test passes and any compilation included
+        # the whole call: data loading, test passes and any compilation included
+        "wall_seconds": wall,
         "config": dataclasses.asdict(config),
         "history": result.history,
         "machine": machine(),
@@ -125,7 +129,8 @@ def run(name: str, out: Path | None, overrides: dict) -> dict:
         else f"did not reach {target:.0%}"
     )
     print(
-        f"{name}: final test accuracy {1 - result.test_error:.2%} after {result.seconds:.0f} s of training "
+        f"{name}: final test accuracy {1 - result.test_error:.2%} "
+        f"after {result.seconds:.0f} s of training "
         f"({config.epochs} epochs, {wall:.0f} s in all); {verdict}; machine: {report['machine']}",
         flush=True,
     )

@@ -66,7 +66,8 @@ def windows(ids: torch.Tensor, context: int, n: int, generator: torch.Generator)
 def build(
     steps: int = 600, context: int = 64, batch: int = 32, seed: int = 0, corpus: Path = CORPUS
 ):
-    """Train the model; returns ``(model, evaluate)`` where ``evaluate(model)`` gives validation perplexity."""
+    """Train the model; returns ``(model, evaluate)`` where ``evaluate(model)`` gives validation
+    perplexity."""
     text = read_corpus(corpus)
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])

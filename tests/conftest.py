@@ -1,9 +1,10 @@
 """Helpers shared by the test files, and the device the device tests run on.
 
-pytest                                  # everything on the CPU, also on a machine with a GPU
-pytest --device cuda                    # tests/test_device.py on the GPU, and "auto" picks it elsewhere
-RW_TEST_DEVICE=cuda pytest              # the same
-pytest tests/test_device.py --device cuda   # only what makes sense on a GPU (benchmarks/gpu_tests.sh)
+pytest                      # everything on the CPU, also on a machine with a GPU
+pytest --device cuda        # tests/test_device.py on the GPU, and "auto" picks it elsewhere
+RW_TEST_DEVICE=cuda pytest  # the same
+# only what makes sense on a GPU (benchmarks/gpu_tests.sh):
+pytest tests/test_device.py --device cuda
 """
 
 import os
@@ -25,15 +26,16 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """Without --device cuda the suite is the CPU suite CI runs, on any machine: the GPU is hidden (before
-    anything initialises CUDA), so that "auto" means the CPU here as it does on CI."""
+    """Without --device cuda the suite is the CPU suite CI runs, on any machine: the GPU is hidden
+    (before anything initialises CUDA), so that "auto" means the CPU here as it does on CI."""
     if not config.getoption("--device").startswith("cuda"):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
-    """The device under test: one line and a failure (not a skip) when it was asked for and is missing."""
+    """The device under test: one line and a failure (not a skip) when it was asked for and is
+    missing."""
     name = request.config.getoption("--device")
     d = torch.device(name)
     if d.type == "cuda" and not torch.cuda.is_available():
@@ -71,8 +73,8 @@ def need(path: Path, what: str) -> None:
 
 
 def need_fashion_mnist() -> None:
-    """For the tests that train the ``tiny`` reproduce preset (Fashion-MNIST from Debian's package): a GPU
-    machine, for one, has no datasets."""
+    """For the tests that train the ``tiny`` reproduce preset (Fashion-MNIST from Debian's package):
+    a GPU machine, for one, has no datasets."""
     found = default_data_dir("fashion-mnist")
     need(
         Path(found or "/usr/share/datasets/fashion-mnist"),

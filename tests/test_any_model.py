@@ -1,4 +1,5 @@
-"""Models this project never defined: every weight covered, one answer on every path, the model given back.
+"""Models this project never defined: every weight covered, one answer on every path, the model
+given back.
 
 The transformer classifier reads a 28x28 image as 28 tokens; its attention keeps
 ``in_proj_weight`` as a raw parameter, reads ``out_proj.weight`` directly, and
@@ -24,8 +25,8 @@ from robustweights.data import load_data
 
 from conftest import one_error_line, run_main
 
-# The model of examples/transformer_classifier.py (a 28x28 image as 28 tokens, nn.TransformerEncoder inside,
-# no batch norm), imported from there by the tests and, as a factory, by the command line.
+# The model of examples/transformer_classifier.py (a 28x28 image as 28 tokens, nn.TransformerEncoder
+# inside, no batch norm), imported from there by the tests and, as a factory, by the command line.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from transformer_classifier import RowTransformer  # noqa: E402
 
@@ -100,7 +101,8 @@ def test_distorting_each_covered_parameter_alone_changes_the_output_on_the_fused
 
 @pytest.mark.parametrize("projection", ["sign", "quant:bits=2", "power:beta=0.5"])
 def test_one_network_one_answer_with_and_without_no_grad(trained, demo, projection):
-    """Eval mode with gradients runs the unfused layers; under no_grad the fused fast path: same weights."""
+    """Eval mode with gradients runs the unfused layers; under no_grad the fused fast path: same
+    weights."""
     model = row_transformer()
     model.load_state_dict(trained.state_dict())
     rw.attach(model, projection)
@@ -189,9 +191,9 @@ def test_tied_weights_are_one_site_read_by_every_holder():
 
 
 def test_tied_weight_random_projection_draws_per_read_and_a_distortion_once():
-    """The documented convention (docs/method.md section 3): in training a random projection draws at every
-    read, so the two readers of a tied weight see independent draws (same seed, same draws); a sweep's
-    distortion is drawn once and every reader sees the same tensor."""
+    """The documented convention (docs/method.md section 3): in training a random projection draws
+    at every read, so the two readers of a tied weight see independent draws (same seed, same
+    draws); a sweep's distortion is drawn once and every reader sees the same tensor."""
 
     def reads(seed):
         torch.manual_seed(0)
@@ -211,8 +213,9 @@ def test_tied_weight_random_projection_draws_per_read_and_a_distortion_once():
 
 
 def test_a_parametrized_weight_says_its_stored_tensors_are_what_is_distorted():
-    """weight_norm / spectral_norm compute the weight from stored tensors; those are what attach reaches, and
-    the coverage line says so (sign of g and v is not a binary weight) instead of claiming the weight."""
+    """weight_norm / spectral_norm compute the weight from stored tensors; those are what attach
+    reaches, and the coverage line says so (sign of g and v is not a binary weight) instead of
+    claiming the weight."""
     from torch.nn.utils import parametrize
     from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
@@ -231,7 +234,8 @@ def test_a_parametrized_weight_says_its_stored_tensors_are_what_is_distorted():
         w = m[0].weight.clone()
         with rw.distort(m, "sign"):  # sign of g and of v: +-max|g|/sqrt(6), not sign(W) = +-max|W|
             assert not torch.allclose(m[0].weight.abs(), w.abs().max().expand_as(w))
-    # the advice works: without the parametrization the weight itself is reached, and nothing is said
+    # the advice works: without the parametrization the
+    # weight itself is reached, and nothing is said
     plain = weight_norm(nn.Linear(6, 5)).eval()
     parametrize.remove_parametrizations(plain, "weight")
     rw.attach(plain, "identity", mode="none", clip=None)
@@ -309,7 +313,8 @@ def test_selection_vocabulary():
 
 
 def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_path, demo):
-    # config.model left at its default: the factory passed is what is built, saved and rebuilt by load
+    # config.model left at its default: the factory
+    # passed is what is built, saved and rebuilt by load
     config = rw.TrainConfig(
         dataset="demo",
         train_subset=2000,
@@ -327,7 +332,8 @@ def test_training_a_transformer_tests_it_with_the_weights_it_trained_with(tmp_pa
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["coverage"]
     assert len(saved["covered"]) == 11
     h = result.history[-1]
-    # before the fix the test pass ran float linear1/linear2 under no_grad: 88% error against 29% training error
+    # before the fix the test pass ran float linear1/linear2
+    # under no_grad: 88% error against 29% training error
     assert h["test_error"] < 0.6 and h["test_error"] < h["train_error"] + 0.15, (
         h
     )  # 0.506 measured with 1 thread
@@ -388,8 +394,9 @@ def test_cli_sweep_of_own_model_with_raw_pixels_prints_coverage_and_preprocessin
 def test_state_dicts_saved_from_ddp_or_torch_compile_load_as_the_plain_one(
     tmp_path, capsys, trained
 ):
-    """DistributedDataParallel saves keys under ``module.``, torch.compile under ``_orig_mod.``: the same
-    weights, the same sweep numbers; a prefix that does not make the keys fit is not stripped."""
+    """DistributedDataParallel saves keys under ``module.``, torch.compile under ``_orig_mod.``: the
+    same weights, the same sweep numbers; a prefix that does not make the keys fit is not
+    stripped."""
     plain = trained.state_dict()
     files = {
         "plain": plain,
@@ -468,8 +475,8 @@ def rgb_cnn():
 
 
 def test_a_model_that_cannot_take_the_data_is_one_line_and_nothing_is_written(tmp_path, capsys):
-    """A 3-channel model on 1-channel images: the user's model and data do not match (one line, exit 2,
-    no --out folder), not a traceback from inside PyTorch."""
+    """A 3-channel model on 1-channel images: the user's model and data do not match (one line, exit
+    2, no --out folder), not a traceback from inside PyTorch."""
     torch.save(rgb_cnn().state_dict(), tmp_path / "rgb.pt")
     code, out, err = run_main(
         capsys,
@@ -498,7 +505,8 @@ def test_a_model_that_cannot_take_the_data_is_one_line_and_nothing_is_written(tm
 
 
 class _CachedReference(nn.Module):
-    """A model that reads one weight through a reference taken at construction: attaching cannot reach it."""
+    """A model that reads one weight through a reference taken at construction: attaching cannot
+    reach it."""
 
     def __init__(self):
         super().__init__()
@@ -533,8 +541,8 @@ def test_training_names_a_weight_its_projection_never_reaches(tmp_path):
 
 
 def test_the_training_probe_changes_no_state():
-    """The probe runs a training-mode batch: batch-norm statistics, the projection's generator and the
-    global random state must be as before (dropout draws from the latter)."""
+    """The probe runs a training-mode batch: batch-norm statistics, the projection's generator and
+    the global random state must be as before (dropout draws from the latter)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3),
@@ -573,8 +581,9 @@ def wrapped_output():
 
 
 def test_outputs_wrapped_as_tuple_dict_or_hugging_face_output_are_read_as_their_logits():
-    """A tuple (first item), a dict or an object with .logits: the same numbers as the bare tensor, in
-    evaluation and in training; an output with no logits in it, or logits that cannot be, is one line."""
+    """A tuple (first item), a dict or an object with .logits: the same numbers as the bare tensor,
+    in evaluation and in training; an output with no logits in it, or logits that cannot be, is one
+    line."""
     demo = load_data("demo", test_subset=200)
     errors, runs = {}, {}
     for wrap in ("plain", "tuple", "dict", "output"):
@@ -644,7 +653,8 @@ def test_messages_a_user_can_act_on(tmp_path, capsys):
         and "holds a pickled whole model" in one_error_line(err)
         and "weights_only=False" not in err
     )
-    # an --out that cannot be written: one line before any data is read (the data folder does not exist either)
+    # an --out that cannot be written: one line before any
+    # data is read (the data folder does not exist either)
     (tmp_path / "file").write_text("x")
     for argv in (
         [
@@ -702,7 +712,8 @@ def _mlp(first=nn.Linear):
 
 
 def test_a_weight_computed_through_a_cached_view_is_left_out_and_named(demo):
-    """Before: read once on the probe, reported as distorted, while every cell ran the cached clean view."""
+    """Before: read once on the probe, reported as distorted, while every cell ran the cached clean
+    view."""
     model = _mlp(CachedT)
     with pytest.warns(UserWarning, match=r"1.weight \(its value never reaches the output"):
         rows = rw.sweep(model, demo, ["add-gauss:sigma=1000"], trials=1)
@@ -736,7 +747,8 @@ def test_sweep_gives_back_each_modules_own_mode(demo):
 
 
 def test_torchscript_is_refused_in_one_line_and_left_as_it_was(demo):
-    """jit.trace crashed in detach and left attributes behind; jit.script swept at 0% coverage as 'robust'."""
+    """jit.trace crashed in detach and left attributes behind; jit.script swept at 0% coverage as
+    'robust'."""
     x, _ = next(iter(demo.test.batches(8)))
     for script in (torch.jit.trace(_mlp(), x), torch.jit.script(_mlp())):
         with pytest.raises(UserError, match="TorchScript"):
@@ -745,7 +757,8 @@ def test_torchscript_is_refused_in_one_line_and_left_as_it_was(demo):
 
 
 def test_quantizing_half_precision_weights_computes_in_float32(demo):
-    """float16 has no 65535: a 16-bit quantizer's top level became inf and the sweep reported 50% error."""
+    """float16 has no 65535: a 16-bit quantizer's top level became inf and the sweep reported 50%
+    error."""
     w = torch.randn(64, 64).half()
     q = rw.transform("quant:bits=16,scale=max")(w)
     assert torch.isfinite(q).all()
@@ -753,7 +766,8 @@ def test_quantizing_half_precision_weights_computes_in_float32(demo):
 
 
 def test_mode_fwd_refuses_a_weight_read_outside_its_layer(demo):
-    """F.linear(h, self.head.weight) sends the input gradient through the projected weight: that is fwd+bwd."""
+    """F.linear(h, self.head.weight) sends the input gradient through the projected weight: that is
+    fwd+bwd."""
 
     class Direct(nn.Module):
         def __init__(self):
@@ -812,7 +826,8 @@ def test_clipping_never_writes_a_frozen_weight():
 
 
 def test_sweep_with_a_users_evaluation_takes_any_batch_format():
-    """A loader of dict batches with evaluate=fn crashed in the coverage probe ('too many values to unpack')."""
+    """A loader of dict batches with evaluate=fn crashed in the coverage probe ('too many values to
+    unpack')."""
     torch.manual_seed(0)
     xs, ys = torch.randn(64, 6), torch.randn(64, 2)
     loader = torch.utils.data.DataLoader([{"x": a, "y": b} for a, b in zip(xs, ys)], batch_size=16)
@@ -830,8 +845,8 @@ def test_sweep_with_a_users_evaluation_takes_any_batch_format():
 
 
 class Observed(nn.Module):
-    """Tracks the largest weight it has run with, in eval mode too, and scales its output by it (as a QAT
-    observer's range)."""
+    """Tracks the largest weight it has run with, in eval mode too, and scales its output by it (as
+    a QAT observer's range)."""
 
     def __init__(self):
         super().__init__()
@@ -844,10 +859,10 @@ class Observed(nn.Module):
 
 
 def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_buffers_back():
-    """Three cases the probe compared the whole output for: an output object with a .logits field (every weight
-    'never reaches the output', so the sweep stopped); a weight feeding only an auxiliary output (counted as
-    covered: 98.6% of the weights 'perfectly robust' to sigma 5); and a forward that updates a buffer in eval mode
-    (a QAT observer kept the probe's NaN for good)."""
+    """Three cases the probe compared the whole output for: an output object with a .logits field
+    (every weight 'never reaches the output', so the sweep stopped); a weight feeding only an
+    auxiliary output (counted as covered: 98.6% of the weights 'perfectly robust' to sigma 5); and a
+    forward that updates a buffer in eval mode (a QAT observer kept the probe's NaN for good)."""
     from dataclasses import dataclass as dc
 
     @dc
@@ -883,8 +898,8 @@ def test_the_reach_probe_reads_the_logits_the_error_is_computed_from_and_puts_bu
 
 
 def test_attention_bias_k_and_bias_v_are_biases_not_weights():
-    """nn.MultiheadAttention(add_bias_kv=True) holds bias_k and bias_v of shape (1, 1, E): they passed the
-    'two or more dimensions' rule and were distorted and counted as weight tensors."""
+    """nn.MultiheadAttention(add_bias_kv=True) holds bias_k and bias_v of shape (1, 1, E): they
+    passed the 'two or more dimensions' rule and were distorted and counted as weight tensors."""
     m = nn.MultiheadAttention(16, 2, add_bias_kv=True)
     rw.attach(m, "sign")
     names = [s.name for s in rw.projected.sites(m)]
@@ -897,8 +912,9 @@ def test_attention_bias_k_and_bias_v_are_biases_not_weights():
 
 
 def test_a_forward_that_updates_buffers_leaves_every_cell_and_the_model_as_before():
-    """A QAT observer's range moved with every cell's distorted weights: the same cell and seed gave loss 2.34640
-    alone and 2.35328 after a cell of sigma 20, and the model came back changed (rw.distort too)."""
+    """A QAT observer's range moved with every cell's distorted weights: the same cell and seed gave
+    loss 2.34640 alone and 2.35328 after a cell of sigma 20, and the model came back changed
+    (rw.distort too)."""
     data = rw.data.load_data("demo", train_subset=200, test_subset=100)
     torch.manual_seed(0)
     m = Observed().eval()
@@ -914,8 +930,9 @@ def test_a_forward_that_updates_buffers_leaves_every_cell_and_the_model_as_befor
 
 
 def test_the_older_hook_based_weight_norm_and_spectral_norm_are_named_in_the_coverage_line():
-    """torch.nn.utils.weight_norm / spectral_norm (forward pre-hooks, not parametrize): weight_g, weight_v and
-    weight_orig were distorted with no word that the weight the layer computes is not what is acted on."""
+    """torch.nn.utils.weight_norm / spectral_norm (forward pre-hooks, not parametrize): weight_g,
+    weight_v and weight_orig were distorted with no word that the weight the layer computes is not
+    what is acted on."""
     import warnings
 
     with warnings.catch_warnings():

@@ -155,7 +155,8 @@ def test_no_function_is_over_about_60_lines():
 
 def test_ruff_lints_and_formats_the_package_as_pyproject_says():
     """Lines under 100 characters and one formatting, held by ruff (configured in pyproject.toml)
-    rather than by hand: no packed lines."""
+    rather than by hand: no packed lines, in the package and in its tests, benchmarks, examples and
+    scripts."""
     import shutil
     import subprocess
     import sys
@@ -163,6 +164,7 @@ def test_ruff_lints_and_formats_the_package_as_pyproject_says():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is in the test extras: pip install -e '.[test]'"
     root = PACKAGE.parent.parent
-    for args in (["check", "src"], ["format", "--check", "src", "tests"]):
+    paths = ["src", "tests", "benchmarks", "examples", "scripts"]
+    for args in (["check", *paths], ["format", "--check", *paths]):
         done = subprocess.run([ruff, *args], cwd=root, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -12,8 +12,8 @@ from robustweights.paper import demo
 
 
 def _on_part_of_the_data(monkeypatch, train=2000, test=500):
-    """The demo's whole path (train, test, sweep, report, print) on a seeded part of its shipped data:
-    the command and its checks are the same, the numbers are not the demo's (those are in
+    """The demo's whole path (train, test, sweep, report, print) on a seeded part of its shipped
+    data: the command and its checks are the same, the numbers are not the demo's (those are in
     docs/results/demo, from the whole data)."""
     real = demo._configs
 

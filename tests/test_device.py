@@ -79,7 +79,8 @@ def test_every_transform_on_the_device(device, name):
     assert torch.equal(a, b) and torch.equal(w, before)
     if t.random:
         assert not torch.equal(a, t(w, torch.Generator(device=device).manual_seed(2)))
-    else:  # the CPU's numbers (exactly where only comparisons, +-H and exact arithmetic are involved)
+    else:
+        # the CPU's numbers (exactly where only comparisons, +-H and exact arithmetic are involved)
         cpu = t(w.cpu(), None).to(device)
         assert (
             torch.equal(a, cpu)
@@ -118,7 +119,8 @@ def test_a_training_step_of_every_projection_and_mode(device, projection, mode):
     "projection", ["stoch-sign", "stoch-mult:gamma=0.5", "add-gauss:sigma=0.5"]
 )
 def test_compiled_random_projection_draws_what_eager_draws(device, projection):
-    """Inductor on a GPU; dynamo with the eager backend on the CPU (inductor there: test_projected.py)."""
+    """Inductor on a GPU; dynamo with the eager backend on the CPU (inductor there:
+    test_projected.py)."""
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
     b = copy.deepcopy(a)
@@ -224,8 +226,9 @@ def _graph_step(device, graphed):
 
 
 def test_a_cuda_graph_step_draws_anew_at_every_launch_as_eager_steps_do(device):
-    """train --cuda-graph: the random projection's generator is registered with the graph, so each launch
-    draws the numbers the eager step would draw at that point; reseeding the generator reseeds the graph."""
+    """train --cuda-graph: the random projection's generator is registered with the graph, so each
+    launch draws the numbers the eager step would draw at that point; reseeding the generator
+    reseeds the graph."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
     x, y = torch.randn(16, 1, 8, 8, device=device), torch.randint(0, 3, (16,), device=device)
@@ -243,8 +246,8 @@ def test_a_cuda_graph_step_draws_anew_at_every_launch_as_eager_steps_do(device):
 def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(
     device, tmp_path, projection
 ):
-    """A whole run with --cuda-graph (a partial last batch included, run eagerly) against the same run
-    without it, and a graphed run cut after one epoch and resumed."""
+    """A whole run with --cuda-graph (a partial last batch included, run eagerly) against the same
+    run without it, and a graphed run cut after one epoch and resumed."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
 
@@ -268,9 +271,9 @@ def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(
 
     eager = rw.train(config(tmp_path / "eager", 2, False), progress=False)
     graphed = rw.train(config(tmp_path / "graphed", 2, True), progress=False)
-    # Adam's capturable kernel computes its bias corrections on the GPU in float32, the eager one in Python:
-    # the runs round apart and binary weights near 0 may flip, so they are compared as runs, not bit for bit.
-    # A graph that reused its draws or its first learning rate would be far off.
+    # Adam's capturable kernel computes its bias corrections on the GPU in float32, the eager one in
+    # Python: the runs round apart and binary weights near 0 may flip, so they are compared as runs,
+    # not bit for bit. A graph that reused its draws or its first learning rate would be far off.
     assert [h["train_loss"] for h in graphed.history] == pytest.approx(
         [h["train_loss"] for h in eager.history], rel=2e-2
     )
@@ -290,8 +293,9 @@ def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(
 def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one_by_one(
     device, graph
 ):
-    """run_together (reproduce's rows_at_once): trainings in threads, each on its own CUDA stream, with or
-    without --cuda-graph (captures in thread_local mode, one at a time), end as the same trainings one by one."""
+    """run_together (reproduce's rows_at_once): trainings in threads, each on its own CUDA stream,
+    with or without --cuda-graph (captures in thread_local mode, one at a time), end as the same
+    trainings one by one."""
     from robustweights.distributed import run_together
 
     if graph and device.type != "cuda":

@@ -1,4 +1,5 @@
-"""Training under torch.distributed: 2 CPU processes with gloo, as `torchrun --nproc-per-node 2` runs them."""
+"""Training under torch.distributed: 2 CPU processes with gloo, as `torchrun --nproc-per-node 2`
+runs them."""
 
 import contextlib
 import faulthandler
@@ -128,13 +129,14 @@ def test_two_gloo_processes_keep_hidden_weights_bitwise_identical_after_every_st
     tmp_path, projection
 ):
     for attempt in (1, 2):
-        # A gloo worker of this test has died about once in ten full-suite runs (twice seen as SIGABRT,
-        # "terminate called without an active exception"; never in isolation). One more try in fresh folders:
-        # the checks below are deterministic, so a real fault fails both. Not reproduced outside the suite:
-        # benchmarks/gloo_aborts.py ran these workers 30 + 30 times (each worker's fd 2 and faulthandler's
-        # stacks to a file) on a machine at load 7-19, 0 aborts (docs/results/faults). Suspected: gloo threads
-        # outliving the interpreter at exit (PyTorch PR #179291, closed unmerged); unconfirmed. Each
-        # worker's fd 2 and faulthandler's stacks go to a file: a failed try's warning carries them.
+        # A gloo worker of this test has died about once in ten full-suite runs (twice seen as
+        # SIGABRT, "terminate called without an active exception"; never in isolation). One more try
+        # in fresh folders: the checks below are deterministic, so a real fault fails both. Not
+        # reproduced outside the suite: benchmarks/gloo_aborts.py ran these workers 30 + 30 times
+        # (each worker's fd 2 and faulthandler's stacks to a file) on a machine at load 7-19, 0
+        # aborts (docs/results/faults). Suspected: gloo threads outliving the interpreter at exit
+        # (PyTorch PR #179291, closed unmerged); unconfirmed. Each worker's fd 2 and faulthandler's
+        # stacks go to a file: a failed try's warning carries them.
         run_dir = tmp_path / f"try{attempt}"
         out, result_file = str(run_dir / "run"), str(run_dir / "result")
         run_dir.mkdir()
@@ -230,11 +232,14 @@ def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted
         lr=3e-3,
         seed=0,
     )
+
     # Rank 1 is on "another machine": its --out path does not exist there.
-    two = lambda out, epochs, i: [
-        dict(base, epochs=epochs, out=str(tmp_path / out)),  # noqa: E731
-        dict(base, epochs=epochs, out=str(tmp_path / f"elsewhere{i}")),
-    ]
+    def two(out, epochs, i):
+        return [
+            dict(base, epochs=epochs, out=str(tmp_path / out)),
+            dict(base, epochs=epochs, out=str(tmp_path / f"elsewhere{i}")),
+        ]
+
     assert _spawn_train(tmp_path, two("straight", 2, 0)) == [None, None]
     assert _spawn_train(tmp_path, two("cut", 2, 1), kill_after=1) == [
         None,
@@ -246,17 +251,21 @@ def test_resume_needs_the_run_folder_on_rank_0_only_and_ends_as_an_uninterrupted
     resumed, _ = rw.load(tmp_path / "cut")
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-    untimed = lambda run: [
-        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}  # noqa: E731
-        for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-    ]
+
+    def untimed(run):
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_second")}
+            for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
+
     assert untimed("cut") == untimed("straight") and len(untimed("cut")) == 2
 
 
 def test_a_resumed_run_with_a_validation_split_ends_on_every_rank(tmp_path):
-    """Rank 1 never reads the run folder, so when no epoch of the resumed session was the best it had no
-    best.pt network and raised 'the network of the best validation epoch was not kept' (rank 0 then died on a
-    closed connection). Each rank also chose its best epoch from its own validation errors."""
+    """Rank 1 never reads the run folder, so when no epoch of the resumed session was the best it
+    had no best.pt network and raised 'the network of the best validation epoch was not kept' (rank
+    0 then died on a closed connection). Each rank also chose its best epoch from its own validation
+    errors."""
     base = dict(
         model="cnn",
         width=0.25,
@@ -282,7 +291,8 @@ def test_a_resumed_run_with_a_validation_split_ends_on_every_rank(tmp_path):
 
 
 def _cli_worker(rank, world, port, argvs, result_file):
-    """``robustweights ARGV`` as torchrun starts it on rank ``rank`` (the command line joins the group)."""
+    """``robustweights ARGV`` as torchrun starts it on rank ``rank`` (the command line joins the
+    group)."""
     from robustweights.cli import main
 
     faulthandler.enable()
@@ -300,9 +310,10 @@ def _cli_worker(rank, world, port, argvs, result_file):
 
 
 def test_train_resume_on_the_command_line_needs_the_run_folder_on_rank_0_only(tmp_path, capsys):
-    """`train --resume --out RUN` read RUN's checkpoint on every rank before joining the group: on a machine
-    without RUN that rank stopped with 'no checkpoint', and the others waited for it (usage.md promises that
-    resuming works without shared storage; its test went through rw.train, not the command line)."""
+    """`train --resume --out RUN` read RUN's checkpoint on every rank before joining the group: on a
+    machine without RUN that rank stopped with 'no checkpoint', and the others waited for it
+    (usage.md promises that resuming works without shared storage; its test went through rw.train,
+    not the command line)."""
     tiny = [
         "--device",
         "cpu",
@@ -528,7 +539,8 @@ def test_a_checkpoint_missing_on_one_rank_stops_the_sweep_on_every_rank(tmp_path
 
 
 def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch):
-    """A distributed sweep killed mid-way leaves results.rankN.jsonl; a restart computes only the rest."""
+    """A distributed sweep killed mid-way leaves results.rankN.jsonl; a restart computes only the
+    rest."""
     import importlib
     import shutil
 
@@ -544,7 +556,8 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
     )
     rw.run_sweep(rw.SweepConfig(**base, out=str(tmp_path / "full")), progress=False)
     rows = json.loads((tmp_path / "full" / "results.json").read_text())
-    # What two ranks would have left after finishing 2 and 1 of their cells (ranks take every other cell).
+    # What two ranks would have left after finishing 2
+    # and 1 of their cells (ranks take every other cell).
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copy(tmp_path / "full" / "sweep.json", killed / "sweep.json")
@@ -565,8 +578,9 @@ def test_resume_reads_the_rows_ranks_left_in_partial_files(tmp_path, monkeypatch
 
 
 def _launchers(tmp_path, nodes, argv, timeout=120):
-    """Run ``torchrun --nnodes NODES --nproc-per-node 1 --rdzv-backend c10d ... -m robustweights ARGV`` once per
-    node, all on this machine (the README's several-machines command with 127.0.0.1 as the endpoint)."""
+    """Run ``torchrun --nnodes NODES --nproc-per-node 1 --rdzv-backend c10d ... -m robustweights
+    ARGV`` once per node, all on this machine (the README's several-machines command with 127.0.0.1
+    as the endpoint)."""
     import shutil
     import subprocess
     import sys
@@ -592,8 +606,8 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
         "robustweights",
         *argv,
     ]
-    # Loopback only: by default torchrun and gloo find this machine by its hostname, which a sandbox (the GPU
-    # machines lent to this project) may not resolve to a reachable address.
+    # Loopback only: by default torchrun and gloo find this machine by its hostname, which a sandbox
+    # (the GPU machines lent to this project) may not resolve to a reachable address.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     procs = [
         subprocess.Popen(
@@ -610,7 +624,8 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
             p.kill()
         said = "\n---\n".join(p.communicate()[0][-3000:] for p in procs)
         pytest.fail(
-            f"torchrun launchers still running after {timeout} s (hostname {socket.gethostname()!r}):\n{said}"
+            f"torchrun launchers still running after {timeout} s "
+            f"(hostname {socket.gethostname()!r}):\n{said}"
         )
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
@@ -618,7 +633,8 @@ def _launchers(tmp_path, nodes, argv, timeout=120):
 
 
 def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, capsys):
-    """Two torchrun launchers meeting at a c10d rendezvous, as two machines would: the commands users type."""
+    """Two torchrun launchers meeting at a c10d rendezvous, as two machines would: the commands
+    users type."""
 
     train = [
         "train",
@@ -650,7 +666,8 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
     code, _, _ = run_main(capsys, *train, "--out", str(tmp_path / "one"))
     assert code == 0
     one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    # The same global batches, gradients averaged over the two halves: the same training up to rounding.
+    # The same global batches, gradients averaged over
+    # the two halves: the same training up to rounding.
     assert abs(rows[-1]["test_error"] - one[-1]["test_error"]) <= 0.05
     assert rows[-1]["test_error"] < 0.6  # chance: 0.9
 
@@ -683,8 +700,9 @@ def test_torchrun_across_two_nodes_trains_and_sweeps_like_one_process(tmp_path, 
 
 
 def test_more_processes_than_gpus_on_a_machine_is_one_line(monkeypatch, capsys):
-    """`torchrun --nproc-per-node 2` on a one-GPU machine: process 1 asked for cuda:1, which does not exist
-    (a traceback from deep inside torch, seen on an H200 machine); now one line saying what to do."""
+    """`torchrun --nproc-per-node 2` on a one-GPU machine: process 1 asked for cuda:1, which does
+    not exist (a traceback from deep inside torch, seen on an H200 machine); now one line saying
+    what to do."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -697,8 +715,9 @@ def test_more_processes_than_gpus_on_a_machine_is_one_line(monkeypatch, capsys):
 
 
 def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c():
-    """Several trainings at once in one process (reproduce's rows_at_once): results in the jobs' order; a failing
-    job stops the queue and its error is raised; Ctrl-C asks the running jobs to stop and is raised after them."""
+    """Several trainings at once in one process (reproduce's rows_at_once): results in the jobs'
+    order; a failing job stops the queue and its error is raised; Ctrl-C asks the running jobs to
+    stop and is raised after them."""
     import _thread
     import time
 

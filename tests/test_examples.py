@@ -1,4 +1,5 @@
-"""The worked examples of the README run, at a small size, and sweep metrics other than the error."""
+"""The worked examples of the README run, at a small size, and sweep metrics other than the
+error."""
 
 import importlib.util
 import json

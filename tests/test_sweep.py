@@ -1,4 +1,5 @@
-"""Sweeps: grids, per-cell seeds, exact restoration, files, resume, refusals, effective bits, the command."""
+"""Sweeps: grids, per-cell seeds, exact restoration, files, resume, refusals, effective bits, the
+command."""
 
 import copy
 import csv
@@ -39,7 +40,8 @@ GRIDS = ["add-gauss:sigma=0.25,0.5", "sign"]  # 2 strengths x 2 trials + 1 deter
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny real network for the whole module: the MLP on the shipped Fashion-MNIST subset, 1 epoch."""
+    """One tiny real network for the whole module: the MLP on the shipped Fashion-MNIST subset, 1
+    epoch."""
     root = tmp_path_factory.mktemp("sweep")
     config = rw.TrainConfig(
         model="mlp",
@@ -278,7 +280,8 @@ def test_full_sweep_with_bn_reestimation_restores_everything(net):
     ] == versions  # the hidden weights were never written
     assert [m.momentum for m in bns(model)] == momenta
     assert all(s.pinned is None for s in rw.sites(model)) and not model.training
-    # the re-estimation really changed the statistics used for the cells (so restoring them mattered)
+    # the re-estimation really changed the statistics
+    # used for the cells (so restoring them mattered)
     without = rw.sweep(model, data, grids, trials=2, seed=0, batch_size=100)
     assert all(a["loss"] != b["loss"] for a, b in zip(with_bn, without))
     again = rw.sweep(model, data, grids, trials=2, seed=0, bn_batches=2, batch_size=100)
@@ -306,9 +309,9 @@ def test_interrupt_in_the_middle_of_a_cell_restores_everything(net, stop_at, in_
             )
             raise KeyboardInterrupt
 
-    # calls 1 to P are the sweep's check that every distorted weight is read and reaches the output (one pass,
-    # then one with each weight read as NaN); then, batch_size 100: each cell runs 2 re-estimation batches
-    # (calls P + 1, P + 2), then 3 test batches (P + 3 to P + 5)
+    # calls 1 to P are the sweep's check that every distorted weight is read and reaches the output
+    # (one pass, then one with each weight read as NaN); then, batch_size 100: each cell runs 2
+    # re-estimation batches (calls P + 1, P + 2), then 3 test batches (P + 3 to P + 5)
     stop_at += len(rw.sites(model))
     handle = layer.register_forward_hook(hook)
     with pytest.raises(KeyboardInterrupt):
@@ -358,7 +361,8 @@ def test_sweep_never_copies_the_model(net, monkeypatch, trained, tmp_path):
     )
     assert len(rows) == 3 and [p.data_ptr() for p in model.parameters()] == ptrs
 
-    # run_sweep too (dataclasses.asdict deep-copies plain config values: only models and tensors are refused)
+    # run_sweep too (dataclasses.asdict deep-copies plain
+    # config values: only models and tensors are refused)
     monkeypatch.undo()
     original = copy.deepcopy
 
@@ -394,7 +398,8 @@ def test_run_sweep_writes_results_and_provenance(trained, done_sweep):
         float(table[0]["nominal_bits"]) == 0.5 * math.log2(17)
         and float(table[4]["effective_bits"]) == 1.0
     )
-    # measured from the weights' signal-to-noise ratio: near the nominal figure (weights of mean near 0)
+    # measured from the weights' signal-to-noise ratio:
+    # near the nominal figure (weights of mean near 0)
     assert float(table[0]["effective_bits"]) == pytest.approx(0.5 * math.log2(17), rel=1e-3)
     assert table[0]["scale"] == "std" and table[4]["scale"] == "max"
     rows = json.loads((out / "results.json").read_text())
@@ -533,7 +538,8 @@ def test_bad_checkpoint_files_are_refused(trained, used_out, tmp_path):
 
 
 def test_a_mistake_after_loading_leaves_no_file_behind(trained, tmp_path):
-    """A bad --keep is found before anything is written, so the corrected command can use the same folder."""
+    """A bad --keep is found before anything is written, so the corrected command can use the same
+    folder."""
     out = tmp_path / "out"
     refuses(
         lambda: run_sweep(sweep_config(trained, out, keep=["nope"]), progress=False),
@@ -704,9 +710,9 @@ def test_lowest_bits_uses_the_mean_error_over_trials():
 
 
 def test_lowest_bits_needs_the_error_to_stay_within_the_target_along_its_curve():
-    """method.md section 4: 'the lowest b_eff at which test error *stays* at or below a target'. A noisy curve
-    that leaves the target at a weaker strength and comes back at a stronger one does not count below where it
-    left; another curve (another scale) is its own."""
+    """method.md section 4: 'the lowest b_eff at which test error *stays* at or below a target'. A
+    noisy curve that leaves the target at a weaker strength and comes back at a stronger one does
+    not count below where it left; another curve (another scale) is its own."""
 
     def row(sigma, bits, error, scale="std"):
         spec = f"add-gauss:sigma={sigma}" + ("" if scale == "std" else f",scale={scale}")
@@ -724,11 +730,13 @@ def test_lowest_bits_needs_the_error_to_stay_within_the_target_along_its_curve()
     assert lowest_bits(curve, 0.125)["spec"] == "add-gauss:sigma=0.8"
     other = [row(0.2, 0.9, 0.105, "max"), row(0.4, 0.5, 0.2, "max")]
     assert lowest_bits(curve + other, 0.11)["spec"] == "add-gauss:sigma=0.2,scale=max"
-    # a bits figure that is not a number never wins (before: a NaN listed first was kept, as nothing is below it)
+    # a bits figure that is not a number never wins (before:
+    # a NaN listed first was kept, as nothing is below it)
     assert lowest_bits([row(1.0, float("nan"), 0.0)] + curve, 0.11)["spec"] == "add-gauss:sigma=0.4"
     assert curve_of(row(0.8, 0.68, 0.1, "max")) == "add-gauss:scale=max"
-    # strengths without a bits figure still end the curve (before: left out first, so a power curve that failed
-    # at beta 0.5 counted again at beta 0, "1 bit" at 40% error against a baseline of 30%)
+    # strengths without a bits figure still end the curve (before: left out first, so a power curve
+    # that failed at beta 0.5 counted again at beta 0, "1 bit" at 40% error against a baseline of
+    # 30%)
     power = [
         {
             "spec": f"power:beta={b}",
@@ -820,7 +828,8 @@ def test_sweep_command_mistakes_print_one_line(trained, tmp_path, capsys, grid, 
 
 
 def test_bn_calibration_is_exact_repeatable_and_only_touches_statistics(net):
-    """calibrate_bn: the same batches give bit-identical statistics; weights and momenta stay as they were."""
+    """calibrate_bn: the same batches give bit-identical statistics; weights and momenta stay as
+    they were."""
     model, data = net
     weights = {
         k: v.clone()
@@ -836,7 +845,8 @@ def test_bn_calibration_is_exact_repeatable_and_only_touches_statistics(net):
         torch.equal(a, m.running_mean) and torch.equal(b, m.running_var)
         for (a, b), m in zip(first, bns(model))
     )
-    # a cumulative average over the 3 batches: the first layer's mean is the mean of its inputs' pre-activations
+    # a cumulative average over the 3 batches: the first
+    # layer's mean is the mean of its inputs' pre-activations
     g = torch.Generator().manual_seed(5)
     xs = torch.cat(
         [x for _, (x, _) in zip(range(3), data.train.batches(100, shuffle=True, generator=g))]
@@ -902,8 +912,8 @@ def test_spec_lines_give_the_mean_and_spread_per_strength_in_the_metric_of_the_r
 
 
 def test_weights_holding_nan_or_inf_are_refused_and_the_model_comes_back():
-    """A NaN made max|W| count as 1 and sign send it to -H; an inf made every weight NaN: numbers wrong without a
-    word. Now one line, and the model as it came."""
+    """A NaN made max|W| count as 1 and sign send it to -H; an inf made every weight NaN: numbers
+    wrong without a word. Now one line, and the model as it came."""
     data = rw.data.load_data("demo", preprocess="none")
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     with torch.no_grad():
@@ -920,8 +930,8 @@ def test_weights_holding_nan_or_inf_are_refused_and_the_model_comes_back():
 
 
 def test_a_metrics_direction_is_read_from_the_words_of_its_name():
-    """By substring, top1_error, top5_err, error2, cauchy_loss and accuracy_drop counted as better when higher:
-    the lowest-bits summary then picked the cell with 80% error."""
+    """By substring, top1_error, top5_err, error2, cauchy_loss and accuracy_drop counted as better
+    when higher: the lowest-bits summary then picked the cell with 80% error."""
     from robustweights.results import better_when_higher
 
     for lower in (
@@ -943,8 +953,9 @@ def test_a_metrics_direction_is_read_from_the_words_of_its_name():
 
 
 def test_a_sweep_tests_a_checkpoint_on_its_own_test_subset_unless_told(trained, tmp_path, capsys):
-    """`evaluate` tested a run trained with --test-subset 300 on its 300 examples, `sweep` on all 1000 (another
-    undistorted error for the same network, and minutes instead of seconds on CIFAR-10)."""
+    """`evaluate` tested a run trained with --test-subset 300 on its 300 examples, `sweep` on all
+    1000 (another undistorted error for the same network, and minutes instead of seconds on
+    CIFAR-10)."""
     code, _, err = run_main(
         capsys,
         "sweep",
@@ -977,8 +988,8 @@ def test_a_sweep_tests_a_checkpoint_on_its_own_test_subset_unless_told(trained, 
 
 
 def test_a_sweep_with_nothing_to_distort_leaves_its_out_folder_free(trained, tmp_path, capsys):
-    """It stopped with one line but left a sweep.json with end null, so --out then refused any other checkpoint
-    ('holds a sweep of another checkpoint')."""
+    """It stopped with one line but left a sweep.json with end null, so --out then refused any other
+    checkpoint ('holds a sweep of another checkpoint')."""
     code, _, err = run_main(
         capsys,
         "sweep",
@@ -1004,8 +1015,9 @@ def test_a_state_dict_with_keys_that_are_not_names_is_one_line(tmp_path):
 def test_a_resume_at_another_batch_size_is_refused_when_batch_norm_is_re_estimated(
     trained, tmp_path
 ):
-    """The batch size sets the batches batch-norm statistics are re-estimated on: a sweep resumed at another one
-    mixed rows of two sweeps under one sweep.json. Without re-estimation it changes no number and may change."""
+    """The batch size sets the batches batch-norm statistics are re-estimated on: a sweep resumed at
+    another one mixed rows of two sweeps under one sweep.json. Without re-estimation it changes no
+    number and may change."""
     kw = dict(distortions=["add-gauss:sigma=0.5"], trials=1)
     run_sweep(
         sweep_config(trained, tmp_path / "bn", bn_reestimate=2, batch_size=100, **kw),
@@ -1021,9 +1033,9 @@ def test_a_resume_at_another_batch_size_is_refused_when_batch_norm_is_re_estimat
 
 
 def test_a_sweep_resumed_on_other_data_is_refused(tmp_path):
-    """data_dir may change on a resume (the data moved), so a resume on other image folders of the same classes
-    and size kept every cell measured on the old data beside a baseline measured on the new (float +57.5 became
-    +52.5 in a reproduce folder, and claim 4 got a verdict)."""
+    """data_dir may change on a resume (the data moved), so a resume on other image folders of the
+    same classes and size kept every cell measured on the old data beside a baseline measured on the
+    new (float +57.5 became +52.5 in a reproduce folder, and claim 4 got a verdict)."""
     from robustweights.data import make_image_folders
 
     make_image_folders(tmp_path / "a", classes=3, train_per_class=8, val_per_class=4, size=16)
