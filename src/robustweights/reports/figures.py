@@ -402,14 +402,17 @@ def _reading(key: Key) -> tuple[str, str]:
 def device_text(keys: list[Key]) -> str:
     """The device parameters of the time keys, for a caption: each model's words and the
     parameters it was swept with."""
-    out = {}
+    models: dict[str, dict[str, None]] = {}  # each model's words once, then its settings
     for k in keys:
         e = entry(k.name)
         _, rest = _reading(k)
         quiet = [f"{p.name}={p.default}" for p in e.params if p.quiet and p.name not in rest]
-        words = e.doc.split("\n")[0].replace("``", "").rstrip(".")
-        out.setdefault(f"{k.name} ({words}): {', '.join(rest.split(',') + quiet)}", None)
-    return "Device parameters: " + "; ".join(out) + "."
+        models.setdefault(k.name, {})[", ".join(rest.split(",") + quiet)] = None
+    out = []
+    for name, settings in models.items():
+        words = entry(name).doc.split("\n")[0].replace("``", "").rstrip(".")
+        out.append(f"{name} ({words}): " + "; ".join(settings))
+    return "Device parameters: " + ". ".join(out) + "."
 
 
 def fig_time(sources, keys, colors, caption, ylabel) -> Figure | None:
