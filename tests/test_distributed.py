@@ -5,6 +5,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import signal
 import socket
 import sys
 import warnings
@@ -754,17 +755,24 @@ def test_run_together_keeps_order_raises_the_first_failure_and_stops_on_ctrl_c()
                 time.sleep(0.1)
                 _thread.interrupt_main()  # as Ctrl-C in the calling thread
             try:
-                while True:
+                for _ in range(3000):  # 30 s at most: a lost interrupt fails, it does not hang
                     time.sleep(0.01)
                     stop()
             except Stopped:
                 ended.append(i)
                 raise
+            raise AssertionError("the interrupt never reached the running jobs")
 
         return run
 
-    with pytest.raises(KeyboardInterrupt):
-        run_together([endless(i) for i in range(4)], 2)
+    # Ctrl-C raises KeyboardInterrupt whatever handler an earlier test left (torchrun's agent
+    # installs its own): without it the interrupt was swallowed and this test waited forever
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_together([endless(i) for i in range(4)], 2)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert sorted(ended) == [
         0,
         1,
