@@ -289,6 +289,16 @@ def test_training_with_a_cuda_graph_follows_eager_training_and_resumes(
     assert abs(resumed.test_error - graphed.test_error) <= 0.03
 
 
+def _small_runs(device, graph, rows, **kw) -> list:
+    """Two-epoch runs of the small CNN on the shipped demo data, one per ``(seed, projection)``
+    of ``rows``, on ``device``, as CUDA graphs when ``graph``; ``kw`` sets the rest."""
+    base = dict(model="cnn", width=0.25, dataset="demo", epochs=2, batch_size=50)
+    return [
+        rw.TrainConfig(**base, **kw, seed=s, projection=p, device=str(device), cuda_graph=graph)
+        for s, p in rows
+    ]
+
+
 @pytest.mark.parametrize("graph", [False, True])
 def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one_by_one(
     device, graph
@@ -300,23 +310,8 @@ def test_rows_trained_at_once_in_threads_with_or_without_cuda_graph_train_as_one
 
     if graph and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
-    configs = [
-        rw.TrainConfig(
-            model="cnn",
-            width=0.25,
-            dataset="demo",
-            train_subset=620,
-            test_subset=300,
-            seed=s,
-            projection=p,
-            epochs=2,
-            batch_size=50,
-            lr=3e-3,
-            device=str(device),
-            cuda_graph=graph,
-        )
-        for s, p in [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]
-    ]
+    rows = [(0, "stoch-sign"), (1, "sign"), (2, "stoch-mult:gamma=0.5")]
+    configs = _small_runs(device, graph, rows, train_subset=620, test_subset=300, lr=3e-3)
     alone = [rw.train(c, progress=False) for c in configs]
     together = run_together(
         [lambda stop, c=c: rw.train(c, progress=False) for c in configs], 3, device
@@ -349,24 +344,10 @@ def test_fused_networks_on_the_device_with_or_without_cuda_graph_train_as_separa
         pytest.skip("a GPU check (the CPU's is tests/test_fused_training.py)")
 
     def configs():
-        return [
-            rw.TrainConfig(
-                model="cnn",
-                width=0.25,
-                dataset="demo",
-                train_subset=400,
-                test_subset=200,
-                seed=s,
-                projection=p,
-                epochs=2,
-                batch_size=50,
-                optimizer="sgd",
-                lr=0.01,
-                device=str(device),
-                cuda_graph=graph,
-            )
-            for s, p in [(0, "stoch-sign"), (1, "sign")]
-        ]
+        return _small_runs(
+            device, graph, [(0, "stoch-sign"), (1, "sign")], train_subset=400, test_subset=200,
+            optimizer="sgd", lr=0.01,
+        )  # fmt: skip
 
     alone = [rw.train(c, progress=False) for c in configs()]
     fused = train_fused(configs(), progress=False)
